@@ -1,0 +1,55 @@
+"""The contract every backend keeps.
+
+A backend module `edgerep/backends/<name>.py` defines `BACKEND`, an object with:
+  name: str                         e.g. "openvino"
+  precisions: tuple[str, ...]       what it can build, from ("fp32", "fp16", "int8")
+  available() -> str | None         None when usable, else the reason (e.g. "openvino is not installed;
+                                    pip install 'edgerep[openvino]'"). Must not raise.
+  build(onnx_path, precision, *, out_dir, profile, calib=None, options=None) -> Artifact
+                                    builds one engine from the simplified ONNX; writes it atomically
+                                    (temporary name, then rename) with a sidecar JSON beside it.
+  load(artifact) -> Runner          an object that runs the engine on NCHW float32 numpy batches.
+Heavy imports (openvino, onnxruntime, tensorrt, nncf) happen inside these methods, never at import.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class Artifact:
+    """One built engine (or a stand-in that was skipped)."""
+
+    backend: str
+    precision: str
+    path: Path | None  # the engine file (for OpenVINO the .xml; the .bin sits beside it)
+    sidecar: Path | None = None
+    status: str = "ok"  # ok | failed | skipped
+    reason: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # backend-specific details for the report
+
+
+@runtime_checkable
+class Runner(Protocol):
+    input_name: str
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run one NCHW float32 batch; returns the first output as float32."""
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    precisions: tuple[str, ...]
+
+    def available(self) -> str | None: ...
+
+    def build(self, onnx_path: Path, precision: str, *, out_dir: Path, profile: Any, calib: Any = None,
+              options: dict[str, Any] | None = None) -> Artifact: ...
+
+    def load(self, artifact: Artifact) -> Runner: ...

@@ -1,0 +1,280 @@
+"""ONNX Runtime (CPU) backend: FP32 is the simplified ONNX; INT8 is a Q/DQ ONNX from quantize_static.
+
+FP32 keeps the portable graph and lets the session optimize it at load time: a saved ORT-optimized
+graph (optimized_model_filepath) may hold ORT-internal fused ops tied to this ORT build and CPU.
+`quantize_qdq` is public: the TensorRT backend reuses it for its host-side Q/DQ (symmetric INT8).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import atomic_files, companion_files, write_sidecar
+from ..errors import UserError
+from .base import Artifact
+from .common import (calib_batch_count, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input,
+                     require_available, require_calib, require_precision, sample_batches, time_calls)
+
+_METHODS = ("minmax", "entropy", "percentile")
+_PACKAGES = ("onnxruntime",)
+# Samples whose intermediate tensors ORT's calibrators hold at once (CalibStridedMinMax): bounds memory,
+# since the histogram calibrators keep every intermediate output of a collect_data call.
+_CALIB_CHUNK_SAMPLES = 8
+_DYNAMIC_CALIB_BATCH = 8
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    precisions = ("fp32", "int8")
+    calib_methods = _METHODS
+
+    def available(self) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed; pip install 'edgerep[onnxruntime]'"
+        return None
+
+    def artifact_path(self, out_dir: Path, precision: str) -> Path:
+        return Path(out_dir) / f"model.{precision}.onnx"
+
+    def build(self, onnx_path: Path, precision: str, *, out_dir: Path, profile: Any = None, calib: Any = None,
+              options: dict[str, Any] | None = None) -> Artifact:
+        require_precision(self, precision)
+        require_available(self)
+        options = check_options(options, self.name)
+        onnx_path = Path(onnx_path)
+        path = self.artifact_path(out_dir, precision)
+        if precision == "fp32":
+            _copy_onnx(onnx_path, path)
+            settings: dict[str, Any] = {"graph_optimization": "ORT_ENABLE_ALL at load"}
+        else:
+            require_calib(calib, self.name)
+            method, num = calib_settings(profile, options, "minmax", _METHODS)
+            act = options.get("activation_type", "uint8")
+            settings = quantize_qdq(onnx_path, path, calib, method=method, num_samples=num,
+                                    ignored_nodes=options.get("ignored_nodes"), activation_type=act)
+        info = engine_info(backend=self.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
+                           settings=settings, packages=_PACKAGES)
+        sidecar = write_sidecar(path, info)
+        return Artifact(backend=self.name, precision=precision, path=path, sidecar=sidecar, info=info)
+
+    def load(self, artifact: Artifact) -> "OrtRunner":
+        require_available(self)
+        if artifact.path is None or not Path(artifact.path).is_file():
+            raise UserError(f"{artifact.path}: engine file not found; build it first")
+        return OrtRunner(Path(artifact.path))
+
+
+class OrtRunner:
+    """Runs an ONNX model on ONNX Runtime's CPU execution provider."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise UserError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {str(exc)[:200]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.path = path
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def latency(self, batch: np.ndarray, warmup: int, iterations: int) -> list[float]:
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        return time_calls(lambda: self.session.run(None, feed), warmup, iterations)
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _copy_onnx(src: Path, dst: Path) -> None:
+    """Copy an ONNX file (with its external data file, renamed to match) atomically."""
+    data = companion_files(src)
+    with atomic_files(dst) as tmp:
+        if data:  # the .data name is recorded inside the model, so re-save rather than copy
+            import onnx
+
+            from ..export import save_onnx
+
+            save_onnx(onnx.load(str(src)), tmp, external_data_threshold=0)
+        else:
+            shutil.copyfile(src, tmp)
+
+
+# --- INT8 Q/DQ -------------------------------------------------------------------------------------
+
+
+class _StreamingReader:
+    """A CalibrationDataReader over a DataSource that never holds more than one batch.
+
+    It implements __len__ and set_range so quantize_static's "CalibStridedMinMax" option can feed it in
+    chunks (ORT calls set_range in order, so the stream just continues).
+    """
+
+    def __init__(self, calib: Any, input_name: str, batch_size: int, limit: int, exact: bool) -> None:
+        self.calib, self.input_name, self.batch_size, self.limit, self.exact = calib, input_name, batch_size, limit, exact
+        self.total = calib_batch_count(calib, batch_size, limit, exact=exact)
+        self._stream = None
+        self._pos = 0
+        self._end = self.total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def _restart(self) -> None:
+        self._stream = sample_batches(self.calib, self.batch_size, self.limit, exact=self.exact)
+        self._pos = 0
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        if self._stream is None or start_index < self._pos:
+            self._restart()
+        while self._pos < start_index:  # skip forward (not used by ORT's in-order loop)
+            next(self._stream, None)
+            self._pos += 1
+        self._end = end_index
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._stream is None:
+            self._restart()
+        if self._pos >= self._end:
+            return None
+        batch = next(self._stream, None)
+        if batch is None:
+            return None
+        self._pos += 1
+        return {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._stream = None
+
+
+def _stride(total: int, batch_size: int) -> int:
+    """The largest chunk (in batches) dividing `total` that keeps at most _CALIB_CHUNK_SAMPLES samples."""
+    cap = max(1, _CALIB_CHUNK_SAMPLES // batch_size)
+    return max(d for d in range(1, min(cap, total) + 1) if total % d == 0)
+
+
+def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "minmax", num_samples: int = 300,
+                 ignored_nodes: list[str] | None = None, activation_type: str = "uint8",
+                 symmetric_activations: bool = False, per_channel: bool = True,
+                 extra_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Quantize an ONNX model to INT8 Q/DQ with ONNX Runtime's static quantizer, written atomically.
+
+    Weights QInt8 per output channel; activations QUInt8 (ONNX Runtime's fast U8S8 path on x86 CPUs) or
+    QInt8 (`activation_type="int8"`, with `symmetric_activations=True` for TensorRT). Calibration streams
+    `num_samples` samples of `calib` (MinMax, Entropy or Percentile). `ignored_nodes` (ONNX node names)
+    stay in float. Returns the settings used, for the sidecar.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in _METHODS:
+        raise UserError(f"--calib-method {method}: not one of {', '.join(_METHODS)}")
+    if activation_type not in ("uint8", "int8"):
+        raise UserError(f"activation_type {activation_type!r}: use 'uint8' or 'int8'")
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    ignored = check_ignored_nodes(onnx_path, ignored_nodes)
+    input_name, shape = onnx_input(onnx_path)
+    exact = bool(shape) and shape[0] is not None
+    batch = shape[0] if exact else _DYNAMIC_CALIB_BATCH
+    reader = _StreamingReader(calib, input_name, batch, num_samples, exact)
+    if len(reader) == 0:
+        raise UserError(f"--calib {calib.path}: {calib.num_samples} samples, fewer than the model's batch of {batch}")
+    stride = _stride(len(reader), batch)
+    external = bool(companion_files(onnx_path))
+    options = {"CalibStridedMinMax": stride, "ActivationSymmetric": symmetric_activations, **(extra_options or {})}
+    method_enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}[method]
+    work = Path(tempfile.mkdtemp(prefix=".ortq-", dir=out_path.parent if out_path.parent.exists() else None))
+    try:
+        source = _pre_process(onnx_path, work / "pre.onnx", external)
+        if ignored:
+            source = _unshare_initializers(source, work / "unshared.onnx", set(ignored), external)
+        with atomic_files(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()):
+            # ORT's histogram collector prints progress on stdout, which would corrupt `--json` output.
+            quantize_static(
+                str(source), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                weight_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
+                calibrate_method=method_enum, nodes_to_exclude=ignored, use_external_data_format=external,
+                extra_options=options,
+            )
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"onnxruntime INT8: quantize_static failed on {onnx_path.name} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"format": "QDQ", "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+            "activations": activation_type, "symmetric_activations": symmetric_activations,
+            "calib_method": method, "calib_samples": min(int(calib.num_samples), num_samples),
+            "calib_batch": batch, "ignored_nodes": ignored}
+
+
+def _pre_process(onnx_path: Path, out: Path, external: bool) -> Path:
+    """ORT's recommended pre-processing (shape inference) before quantization; node names are kept
+    (skip_optimization), so ignored-node names still match. Falls back to the input if it fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(onnx_path), str(out), skip_optimization=True, save_as_external_data=external,
+                              all_tensors_to_one_file=True)
+        return out
+    except Exception as exc:  # symbolic shape inference does not know every op
+        warnings.warn(f"onnxruntime INT8: pre-processing skipped ({type(exc).__name__}); quantizing the model as is",
+                      UserWarning, stacklevel=3)
+        return onnx_path
+
+
+def _unshare_initializers(path: Path, out: Path, nodes: set[str], external: bool) -> Path:
+    """Give ignored nodes their own copy of initializers they share with quantized nodes.
+
+    onnxsim merges identical constants (e.g. equal folded biases), and quantize_static replaces a shared
+    initializer by its dequantized version for every consumer, so an ignored node would silently get an
+    INT32-quantized bias. A private copy keeps the ignored node's weights exactly in float.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    changed = False
+    for node in graph.node:
+        if node.name not in nodes:
+            continue
+        for i, name in enumerate(node.input):
+            if name in inits and users[name] > 1:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__float_{len(graph.initializer)}"
+                graph.initializer.append(copy)
+                node.input[i] = copy.name
+                users[name] -= 1
+                changed = True
+    if not changed:
+        return path
+    onnx.save_model(model, str(out), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=out.name + ".data")
+    return out
+
+
+BACKEND = OnnxRuntimeBackend()

@@ -1,0 +1,212 @@
+"""OpenVINO backend: IR (.xml + .bin) in FP32, FP16 (weights compressed) or INT8 (NNCF post-training).
+
+At load time the CPU plugin is pinned to an inference precision: on CPUs with bfloat16 support it
+would otherwise run FP32 IRs in bf16 (measured on this machine's Xeon), and the FP32 gate would test
+bf16 numbers. fp32 and int8 (the layers NNCF leaves in float) run in f32; fp16 runs in f16 where the
+CPU supports it, else f32 with compressed weights. The precision used is in the sidecar.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..artifacts import atomic_files, write_sidecar
+from ..errors import UserError
+from .base import Artifact
+from .common import (calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input, require_available,
+                     require_calib, require_precision, sample_batches, time_calls)
+
+_METHODS = ("minmax", "percentile", "entropy")
+_PACKAGES = ("openvino", "nncf")
+_MISSING = "openvino is not installed; pip install 'edgerep[openvino]'"
+# The NNCF range estimator standing in for each calibration method. NNCF has no KL-divergence
+# calibration: "entropy" maps to its histogram estimator, which also optimizes ranges from a histogram.
+_ESTIMATORS = {"minmax": None, "percentile": "MEAN_QUANTILE", "entropy": "HISTOGRAM"}
+
+
+class OpenVINOBackend:
+    name = "openvino"
+    precisions = ("fp32", "fp16", "int8")
+    calib_methods = _METHODS
+
+    def available(self) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return _MISSING
+        return None
+
+    def artifact_path(self, out_dir: Path, precision: str) -> Path:
+        return Path(out_dir) / f"model.{precision}.xml"
+
+    def build(self, onnx_path: Path, precision: str, *, out_dir: Path, profile: Any = None, calib: Any = None,
+              options: dict[str, Any] | None = None) -> Artifact:
+        require_precision(self, precision)
+        require_available(self)
+        options = check_options(options, self.name)
+        import openvino as ov
+
+        onnx_path = Path(onnx_path)
+        path = self.artifact_path(out_dir, precision)
+        try:
+            model = ov.convert_model(str(onnx_path))
+        except Exception as exc:
+            raise UserError(f"openvino: cannot convert {onnx_path.name} ({type(exc).__name__}: {_line(exc)})") from None
+        settings: dict[str, Any] = {"compress_to_fp16": precision == "fp16",
+                                    "inference_precision": _inference_precision(precision)}
+        if precision == "int8":
+            require_calib(calib, self.name)
+            model, quant = _quantize(model, onnx_path, calib, profile, options)
+            settings.update(quant)
+        with atomic_files(path) as tmp:
+            ov.save_model(model, str(tmp), compress_to_fp16=precision == "fp16")
+        info = engine_info(backend=self.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
+                           settings=settings, packages=_PACKAGES)
+        sidecar = write_sidecar(path, info)
+        return Artifact(backend=self.name, precision=precision, path=path, sidecar=sidecar, info=info)
+
+    def load(self, artifact: Artifact) -> "OpenVINORunner":
+        require_available(self)
+        if artifact.path is None or not Path(artifact.path).is_file():
+            raise UserError(f"{artifact.path}: engine file not found; build it first")
+        hint = (artifact.info.get("settings") or {}).get("inference_precision") or _inference_precision(artifact.precision)
+        return OpenVINORunner(Path(artifact.path), hint)
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def _inference_precision(precision: str) -> str:
+    if precision != "fp16":
+        return "f32"
+    import openvino as ov
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "f16" if "FP16" in caps else "f32"
+
+
+class OpenVINORunner:
+    """A model compiled for the CPU; `run` and `latency` use synchronous infer requests."""
+
+    def __init__(self, path: Path, inference_precision: str = "f32") -> None:
+        import openvino as ov
+        import openvino.properties.hint as hints
+
+        core = ov.Core()
+        try:
+            self.compiled = core.compile_model(str(path), "CPU", {hints.inference_precision: inference_precision})
+        except Exception as exc:
+            raise UserError(f"{path}: OpenVINO cannot compile it ({type(exc).__name__}: {_line(exc)})") from None
+        self.request = self.compiled.create_infer_request()
+        self.input_name = self.compiled.input(0).get_any_name()
+        self.inference_precision = inference_precision
+        self.path = path
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        result = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.array(result[self.compiled.output(0)], dtype=np.float32)  # copy: the request reuses its buffer
+
+    def latency(self, batch: np.ndarray, warmup: int, iterations: int) -> list[float]:
+        feed = {0: np.ascontiguousarray(batch, dtype=np.float32)}
+        return time_calls(lambda: self.request.infer(feed), warmup, iterations)
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+# --- INT8 through NNCF -----------------------------------------------------------------------------
+
+
+class _Samples:
+    """A re-iterable view of the calibration data as single samples (NNCF may pass over it more than once,
+    and counts subset_size in items, so one item is one sample)."""
+
+    def __init__(self, calib: Any, limit: int, batch: int | None) -> None:
+        self.calib, self.limit, self.batch = calib, limit, batch
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        step = self.batch or 1
+        for x in sample_batches(self.calib, step, self.limit, exact=True):
+            yield x
+
+    def __len__(self) -> int:
+        step = self.batch or 1
+        return min(int(self.calib.num_samples), self.limit) // step
+
+
+def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: dict) -> tuple[Any, dict]:
+    try:
+        import nncf
+    except ImportError:
+        raise UserError("nncf is not installed (needed for OpenVINO INT8); pip install 'edgerep[openvino]'") from None
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    method, num = calib_settings(profile, options, "minmax", _METHODS)
+    preset_name = options.get("preset", "mixed")
+    presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
+    if preset_name not in presets:
+        raise UserError(f"openvino preset {preset_name!r}: use 'performance' (symmetric) or 'mixed' (asymmetric activations)")
+    ignored = check_ignored_nodes(onnx_path, options.get("ignored_nodes"))
+    ov_ignored = _ov_names(model, ignored)
+
+    _, shape = onnx_input(onnx_path)
+    fixed_batch = shape[0] if shape and shape[0] is not None else None
+    samples = _Samples(calib, num, fixed_batch)
+    count = len(samples)
+    if count == 0:
+        raise UserError(f"--calib {calib.path}: {calib.num_samples} samples, fewer than the model's batch of {fixed_batch}")
+    estimator = _ESTIMATORS[method]
+    advanced = None
+    if estimator is not None:
+        advanced = AdvancedQuantizationParameters(
+            activations_range_estimator_params=getattr(RangeEstimatorParametersSet, estimator))
+    # MIXED (asymmetric activations) is the default: it keeps the range of non-ReLU activations
+    # (SiLU, HardSwish, GELU) and costs the CPU plugin next to nothing; PERFORMANCE is selectable.
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.ERROR)  # NNCF logs progress bars and notes at INFO/WARNING
+    try:
+        # NNCF draws rich progress bars on stdout; keep stdout clean for `--json` output.
+        with contextlib.redirect_stdout(sys.stderr):
+            quantized = nncf.quantize(
+                model, nncf.Dataset(samples), preset=presets[preset_name], subset_size=count,
+                target_device=nncf.TargetDevice.CPU,
+                ignored_scope=nncf.IgnoredScope(names=ov_ignored, validate=False) if ov_ignored else None,
+                advanced_parameters=advanced,
+            )
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"openvino INT8: nncf.quantize failed on {onnx_path.name} ({type(exc).__name__}: {_line(exc)})") from None
+    finally:
+        nncf_log.setLevel(level)
+    return quantized, {"quantizer": "nncf.quantize", "preset": preset_name, "calib_method": method,
+                       "range_estimator": estimator or "nncf default (MINMAX weights, MEAN_MINMAX activations)",
+                       "calib_samples": count * (fixed_batch or 1), "ignored_nodes": ignored,
+                       "ignored_openvino_ops": ov_ignored}
+
+
+def _ov_names(model: Any, onnx_names: list[str]) -> list[str]:
+    """OpenVINO op names for ONNX node names. The ONNX frontend names an op after its ONNX node, or
+    "<node>/<part>" when it splits one node into several (a Conv with bias becomes
+    "<node>/WithoutBiases" + an Add "<node>")."""
+    if not onnx_names:
+        return []
+    ops = [op.get_friendly_name() for op in model.get_ordered_ops()]
+    found: list[str] = []
+    for name in onnx_names:
+        matches = [op for op in ops if op == name or op.startswith(name + "/")]
+        found.extend(m for m in matches if m not in found)
+    return found
+
+
+BACKEND = OpenVINOBackend()

@@ -1,0 +1,465 @@
+"""The TensorRT work that needs no GPU and no `tensorrt`: it runs on any machine and in CI.
+
+  * `lint_for_profile` / `run_check`: `edgerep check --target PROFILE --model SPEC|file.onnx`;
+  * `prepare_int8`: host calibration (ONNX Runtime) -> TensorRT calibration cache + Q/DQ ONNX, cached by hash;
+  * `prepare_fp16`: the float16 ONNX TensorRT 11 builds FP16 engines from;
+  * `update_bundle` / `finish_offline`: the device bundle (and the Q/DQ prediction row in the report);
+  * `run_validate_bundle`: `edgerep validate --bundle DIR --engine FILE` on the device, without PyTorch.
+The pieces live in edgerep/trt/ (versions, lint, calibrate, calib_cache, qdq, guard, trtexec, bundle).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from ..trt.versions import Version, parse_version, version_str
+
+PREDICTION_BACKEND = "onnxruntime-qdq"  # the report row of the INT8 Q/DQ model run in ONNX Runtime on the CPU
+HOST_DIR = "tensorrt-host"  # host artifacts (ranges, cache, Q/DQ, FP16 ONNX) beside the engines
+BUNDLE_DIR = "device-bundle"
+
+
+def profile_version(profile: Any) -> Version:
+    if getattr(profile, "tensorrt", None) is None:
+        raise UserError(f"--target {getattr(profile, 'name', '?')}: not a TensorRT profile (backend "
+                        f"{getattr(profile, 'backend', '?')}); pick tensorrt or a jetson-* target")
+    return parse_version(profile.tensorrt.version, what=f"{profile.source or profile.name}: tensorrt.version")
+
+
+# --- lint / `edgerep check` ------------------------------------------------------------------------
+
+
+def lint_for_profile(onnx_path: Path, profile: Any) -> Any:
+    """Lint an ONNX file for the profile's TensorRT version and settings (edgerep.trt.lint.LintReport)."""
+    from ..trt.lint import lint_onnx
+
+    trt = profile.tensorrt
+    return lint_onnx(Path(onnx_path), profile_version(profile), profile_opset=profile.opset,
+                     dynamic_batch=profile.dynamic_batch, int8_mode=trt.int8_mode,
+                     precisions=list(profile.precisions), dla_core=trt.dla_core)
+
+
+def _export_for_check(spec: str, profile: Any, work: Path, *, weights: Path | None, input_shape: str | None,
+                      num_classes: int | None, trust_pickle: bool) -> Path:
+    """Load, fuse and export a model spec as `edgerep build` would for this profile; returns the simplified ONNX."""
+    import torch
+
+    from ..export import export_pipeline
+    from ..models import load_model
+
+    info = load_model(spec, weights=weights, input_shape=input_shape, num_classes=num_classes, trust_pickle=trust_pickle)
+    model = info.module
+    if not info.deploy:
+        from ..fuse import fuse
+
+        result = fuse(info.module, torch.randn(*info.input_shape, generator=torch.Generator().manual_seed(0)))
+        model = result.model
+    with contextlib.redirect_stdout(io.StringIO()):
+        exported = export_pipeline(info, model, work, opset=profile.opset, dynamic_batch=profile.dynamic_batch)
+    return Path(exported.sim_path)
+
+
+def run_check(*, target: str, model: str, weights: Path | None = None, input_shape: str | None = None,
+              num_classes: int | None = None, trust_pickle: bool = False, as_json: bool = False,
+              out: Any = None, console: Any = None) -> int:
+    """`edgerep check`: lint for the target's TensorRT; prints a table (or JSON). 1 on errors, else 0."""
+    import tempfile
+
+    from ..targets import load_target
+
+    profile = load_target(target)
+    profile_version(profile)
+    path = Path(model)
+    with tempfile.TemporaryDirectory(prefix="edgerep-check-") as tmp:
+        if model.endswith(".onnx"):
+            if not path.is_file():
+                raise UserError(f"--model {model}: file not found")
+            onnx_path = path
+        else:
+            onnx_path = _export_for_check(model, profile, Path(tmp), weights=weights, input_shape=input_shape,
+                                          num_classes=num_classes, trust_pickle=trust_pickle)
+        report = lint_for_profile(onnx_path, profile)
+    report.model = model
+    if as_json:
+        if out is not None:
+            out.print_json(json.dumps({"target": profile.name, **report.to_dict()}))
+        return report.exit_code()
+    if out is not None:
+        print_lint(report, profile, out)
+    return report.exit_code()
+
+
+def print_lint(report: Any, profile: Any, out: Any) -> None:
+    from rich.table import Table
+
+    out.print(f"TensorRT {report.trt_version} ONNX parser (operators.md table {report.table}) - target {profile.name}, "
+              f"model opset {report.opset}", highlight=False)
+    for note in report.notes:
+        out.print(f"[dim]note: {note}[/]", highlight=False)
+    shown = [f for f in report.findings if f.severity != "info"]
+    infos = [f for f in report.findings if f.severity == "info"]
+    if shown:
+        table = Table(show_lines=False)
+        for col in ("severity", "node", "op", "problem", "fix"):
+            table.add_column(col, overflow="fold")
+        for f in shown:
+            style = "red" if f.severity == "error" else "yellow"
+            table.add_row(f"[{style}]{f.severity}[/]", f.node, f.op_type, f.message, f.fix)
+        out.print(table)
+    for f in infos:
+        out.print(f"[dim]info: {f.node} {f.op_type}: {f.message}[/]", highlight=False)
+    verdict = "[red]fails[/]" if report.errors else "[green]passes[/]"
+    out.print(f"{verdict}: {len(report.errors)} error(s), {len(report.warnings)} warning(s)", highlight=False)
+
+
+# --- host artifacts: INT8 (calibration cache + Q/DQ) and FP16 ------------------------------------
+
+
+def _key(obj: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _onnx_meta(onnx_path: Path) -> tuple[str, int | None]:
+    import onnx
+
+    from ..export import onnx_sha256
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return onnx_sha256(onnx_path), opset
+
+
+def prepare_int8(onnx_path: Path, profile: Any, calib: Any, work_dir: Path, *, method: str, num_samples: int,
+                 ignored_nodes: list[str] | None = None, entropy_bins: int | None = None) -> dict[str, Any]:
+    """Calibrate on the CPU and write, in `work_dir`: calib_ranges.json, calib.cache (+ sidecar) for the
+    profile's TensorRT version, and model.qdq.onnx (+ sidecar). Reused when nothing they depend on changed.
+    Returns {"ranges", "cache", "qdq", "key", "method", "num_samples", "data_sha256", ...}."""
+    from ..artifacts import read_sidecar, write_json_atomic, write_sidecar
+    from ..trt import calib_cache, guard, qdq
+    from ..trt.calibrate import ENTROPY_BINS, calibrate
+
+    version = profile_version(profile)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    onnx_sha, opset = _onnx_meta(onnx_path)
+    data_sha = calib.sha256()
+    bins = entropy_bins or ENTROPY_BINS
+    key = _key({"onnx": onnx_sha, "data": data_sha, "method": method, "num_samples": num_samples,
+                "ignored": sorted(ignored_nodes or []), "trt": version_str(version), "bins": bins,
+                "versions": _versions("edgerep", "onnxruntime", "onnx")})
+    ranges_path, cache_path, qdq_path = work_dir / "calib_ranges.json", work_dir / "calib.cache", work_dir / "model.qdq.onnx"
+    cache_side, qdq_side = read_sidecar(cache_path), read_sidecar(qdq_path)
+    if cache_side and qdq_side and cache_side.get("key") == key and qdq_side.get("key") == key and ranges_path.is_file():
+        return {"ranges": ranges_path, "cache": cache_path, "qdq": qdq_path, "key": key, "reused": True,
+                "method": method, "num_samples": cache_side.get("num_samples"), "data_sha256": data_sha,
+                "onnx_sha256": onnx_sha, "qdq_settings": qdq_side.get("settings")}
+    with contextlib.redirect_stdout(io.StringIO()):  # ONNX Runtime's collectors print progress on stdout
+        ranges = calibrate(Path(onnx_path), calib, method=method, num_samples=num_samples, entropy_bins=bins)
+        settings = qdq.make_qdq(Path(onnx_path), qdq_path, ranges, nodes_to_exclude=ignored_nodes)
+    write_json_atomic(ranges_path, {**ranges.to_json(), "onnx_sha256": onnx_sha, "data_sha256": data_sha})
+    calib_cache.write_cache(cache_path, ranges.amax(), version)
+    header = calib_cache.read_cache(cache_path).header
+    write_sidecar(cache_path, {**guard.cache_sidecar(
+        trt_version=version_str(version), header=header, method=method, num_samples=ranges.num_samples,
+        data_sha256=data_sha, onnx_sha256=onnx_sha, opset=opset, produced_by="onnxruntime-host",
+        extra={"key": key, "settings": ranges.settings, "onnxruntime": _versions("onnxruntime")["onnxruntime"]})})
+    write_sidecar(qdq_path, {"kind": "onnx-qdq", "backend": "onnxruntime", "precision": "int8", "key": key,
+                             "onnx_sha256": onnx_sha, "calib_sha256": data_sha, "calib_method": method,
+                             "num_samples": ranges.num_samples, "opset": opset, "settings": settings,
+                             "trt_version": version_str(version)})
+    return {"ranges": ranges_path, "cache": cache_path, "qdq": qdq_path, "key": key, "reused": False,
+            "method": method, "num_samples": ranges.num_samples, "data_sha256": data_sha, "onnx_sha256": onnx_sha,
+            "qdq_settings": settings}
+
+
+def prepare_fp16(onnx_path: Path, work_dir: Path) -> Path:
+    """model.fp16.onnx in `work_dir` (TensorRT 11 builds FP16 from the graph's types); reused by hash."""
+    from ..artifacts import read_sidecar, write_sidecar
+    from ..trt.qdq import make_fp16
+
+    onnx_sha, opset = _onnx_meta(onnx_path)
+    path = Path(work_dir) / "model.fp16.onnx"
+    side = read_sidecar(path)
+    if side and side.get("onnx_sha256") == onnx_sha:
+        return path
+    make_fp16(Path(onnx_path), path)
+    write_sidecar(path, {"kind": "onnx-fp16", "precision": "fp16", "onnx_sha256": onnx_sha, "opset": opset,
+                         "converter": "onnxruntime.transformers.float16 (keep_io_types)"})
+    return path
+
+
+def _versions(*names: str) -> dict[str, str | None]:
+    from ..artifacts import package_versions
+
+    return package_versions(*names)
+
+
+# --- the device bundle ---------------------------------------------------------------------------
+
+
+def update_bundle(bundle_dir: Path, *, onnx_path: Path, profile: Any, precisions: list[str],
+                  int8: dict[str, Any] | None = None, fp16_onnx: Path | None = None) -> Path:
+    """Add the files for `precisions` to the bundle (model.onnx always) and rewrite manifest, build.sh and
+    README. Keeps a reference and predictions already in it when the ONNX is unchanged."""
+    from ..trt import bundle as B
+    from ..trt.calibrate import model_input
+
+    bundle_dir = Path(bundle_dir)
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    version = profile_version(profile)
+    input_name, shape = model_input(Path(onnx_path))
+    output_name = _output_name(Path(onnx_path))
+    old = _read_manifest(bundle_dir)
+    manifest = B.new_manifest(profile, version, input_name=input_name, input_shape=shape, output_name=output_name)
+    files: dict[str, str] = {}
+    files[B.ONNX_FP32] = B.copy_in(bundle_dir, Path(onnx_path), B.ONNX_FP32)
+    same_model = bool(old) and old.get("files", {}).get(B.ONNX_FP32) == files[B.ONNX_FP32]
+    keep = old if same_model else {}
+    prec = list(dict.fromkeys([*(e["precision"] for e in keep.get("engines", [])), *precisions]))
+    prec = [p for p in ("fp32", "fp16", "int8") if p in prec]
+    for name in (B.ONNX_QDQ, B.CACHE, B.CACHE + ".json", B.CACHE_RANGES, B.ONNX_FP16, B.REFERENCE):
+        if name in keep.get("files", {}) and (bundle_dir / name).is_file():
+            files[name] = keep["files"][name]
+    if int8 is not None:
+        files[B.ONNX_QDQ] = B.copy_in(bundle_dir, Path(int8["qdq"]), B.ONNX_QDQ)
+        files[B.CACHE] = B.copy_in(bundle_dir, Path(int8["cache"]), B.CACHE)
+        files[B.CACHE + ".json"] = B.copy_in(bundle_dir, Path(str(int8["cache"]) + ".json"), B.CACHE + ".json")
+        files[B.CACHE_RANGES] = B.copy_in(bundle_dir, Path(int8["ranges"]), B.CACHE_RANGES)
+        manifest["calibration"] = {"method": int8["method"], "num_samples": int8["num_samples"],
+                                   "data_sha256": int8["data_sha256"], "cache": B.CACHE, "ranges": B.CACHE_RANGES,
+                                   "produced_by": "onnxruntime-host"}
+    elif keep.get("calibration"):
+        manifest["calibration"] = keep["calibration"]
+    if fp16_onnx is not None:
+        files[B.ONNX_FP16] = B.copy_in(bundle_dir, Path(fp16_onnx), B.ONNX_FP16)
+    if profile.source is not None and Path(profile.source).is_file():
+        files["profile.toml"] = B.copy_in(bundle_dir, Path(profile.source), "profile.toml")
+    manifest["engines"] = B.engine_plan(profile, version, prec, input_name=input_name, input_shape=shape)
+    for eng in manifest["engines"]:
+        if eng["onnx"] not in files:
+            raise RuntimeError(f"bundle: {eng['onnx']} for the {eng['precision']} engine was not prepared")
+    manifest["reference"] = keep.get("reference")
+    manifest["predictions"] = keep.get("predictions", {})
+    manifest["files"] = files
+    _write_scripts(bundle_dir, manifest)
+    return bundle_dir
+
+
+def _write_scripts(bundle_dir: Path, manifest: dict[str, Any]) -> None:
+    from ..trt import bundle as B
+
+    manifest["files"]["build.sh"] = B.write_text(bundle_dir, "build.sh", B.build_script(manifest), executable=True)
+    manifest["files"]["README.md"] = B.write_text(bundle_dir, "README.md", B.readme(manifest))
+    B.write_manifest(bundle_dir, manifest)  # last: its presence and hashes mean the bundle is complete
+
+
+def _read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    from ..trt.bundle import MANIFEST
+
+    try:
+        return json.loads((Path(bundle_dir) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _output_name(onnx_path: Path) -> str | None:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return model.graph.output[0].name if model.graph.output else None
+
+
+def bundle_reference(bundle_dir: Path, reference: Any) -> None:
+    """Write the reference inputs/outputs (capped at bundle.REFERENCE_MAX_BYTES of inputs) into the bundle."""
+    from ..trt import bundle as B
+
+    manifest = _read_manifest(bundle_dir)
+    if not manifest:
+        raise RuntimeError(f"{bundle_dir}: no bundle manifest to add the reference to")
+    n_ref = int(reference.outputs.shape[0])
+    xs: list[np.ndarray] = []
+    sample_shape = None
+    taken = 0
+    limit = n_ref
+    for x, _ in reference.source.iter_batches(64, limit=reference.limit):
+        if sample_shape is None:
+            sample_shape = tuple(x.shape[1:])
+            limit = B.reference_limit(sample_shape, n_ref)
+        take = min(x.shape[0], limit - taken)
+        xs.append(np.asarray(x[:take], dtype=np.float32))
+        taken += take
+        if taken >= limit:
+            break
+    x_all = np.concatenate(xs)
+    labels = reference.labels[:taken] if reference.labels is not None else None
+    digest = B.write_reference(bundle_dir, x_all, reference.outputs[:taken], labels)
+    manifest["files"][B.REFERENCE] = digest
+    manifest["reference"] = {"file": B.REFERENCE, "kind": "pytorch-unfused", "num_samples": int(taken),
+                             "of": n_ref, "labelled": labels is not None,
+                             "data": reference.source.describe() if hasattr(reference.source, "describe") else None}
+    _write_scripts(bundle_dir, manifest)
+
+
+def bundle_predictions(bundle_dir: Path, predictions: dict[str, dict[str, Any]]) -> None:
+    manifest = _read_manifest(bundle_dir)
+    if not manifest:
+        return
+    manifest["predictions"] = predictions
+    _write_scripts(bundle_dir, manifest)
+
+
+# --- the build hook: predictions and the finished bundle ------------------------------------------
+
+
+def qdq_prediction(qdq_path: Path, reference: Any, *, profile: Any, engine_batch: int) -> dict[str, Any]:
+    """Validate the Q/DQ model in ONNX Runtime on the CPU like any engine: the INT8 engine's predicted accuracy."""
+    from ..report import engine_entry
+    from ..validate import gate_to_dict, validate_runner
+    from . import get_backend
+    from .base import Artifact
+
+    ort = get_backend("onnxruntime")
+    record = engine_entry(PREDICTION_BACKEND, "int8", path=str(qdq_path), status="ok", prediction=True,
+                          prediction_of="tensorrt int8",
+                          note="the INT8 Q/DQ model TensorRT builds from, run in ONNX Runtime on the CPU: "
+                               "a prediction of the device engine's accuracy (its latency is the CPU's)")
+    record["gate"] = gate_to_dict(profile.gate("int8"))
+    runner = ort.load(Artifact(backend="onnxruntime", precision="int8", path=Path(qdq_path)))
+    try:
+        record.update(validate_runner(runner, reference, engine_batch=engine_batch, gate=profile.gate("int8"),
+                                      latency_batches=[engine_batch], warmup=2, iterations=10,
+                                      dynamic_batch=profile.dynamic_batch))
+    finally:
+        runner.close()
+    return record
+
+
+def finish_offline(artifacts: dict[str, Any], reference: Any, *, profile: Any, engine_batch: int) -> list[dict[str, Any]]:
+    """After the reference is computed: validate each INT8 Q/DQ model in ONNX Runtime (a report row of its
+    own, backend "onnxruntime-qdq"), and complete the device bundle (reference.npz, predictions).
+    Returns the extra engine records for report.json."""
+    extra: list[dict[str, Any]] = []
+    bundles: set[str] = set()
+    predictions: dict[str, dict[str, Any]] = {}
+    for artifact in artifacts.values():
+        info = getattr(artifact, "info", None) or {}
+        if info.get("bundle"):
+            bundles.add(info["bundle"])
+        if artifact.precision == "int8" and info.get("qdq") and Path(info["qdq"]).is_file():
+            record = qdq_prediction(Path(info["qdq"]), reference, profile=profile, engine_batch=engine_batch)
+            extra.append(record)
+            predictions["int8"] = {k: record.get(k) for k in ("backend", "accuracy", "passed", "reason")}
+    for b in sorted(bundles):
+        bundle_reference(Path(b), reference)
+        if predictions:
+            bundle_predictions(Path(b), predictions)
+    return extra
+
+
+# --- `edgerep validate --bundle DIR --engine FILE` ------------------------------------------------
+
+
+def _engine_precision(bundle: Any, engine: Path, side: dict[str, Any] | None) -> str:
+    from ..trt import bundle as B
+
+    if side and side.get("precision"):
+        return str(side["precision"])
+    for e in bundle.manifest.get("engines", []):
+        if engine.name in (e["engine"],):
+            return e["precision"]
+    by_source = {B.ONNX_QDQ: "int8", B.ONNX_FP16: "fp16", B.ONNX_FP32: "fp32"}
+    if engine.name in by_source:
+        return by_source[engine.name]
+    raise UserError(f"--engine {engine}: cannot tell its precision (no sidecar, not a bundle file name); "
+                    f"pass --precision")
+
+
+def load_engine_runner(engine: Path, bundle: Any) -> tuple[Any, dict[str, Any] | None, str]:
+    """A runner for `engine`: ONNX Runtime for .onnx (the stand-in on machines without TensorRT), TensorRT for
+    .engine/.plan/.trt after the sidecar guard. Returns (runner, sidecar or None, runtime name)."""
+    from ..artifacts import read_sidecar
+    from . import get_backend
+    from .base import Artifact
+
+    engine = Path(engine)
+    if not engine.is_file():
+        raise UserError(f"--engine {engine}: file not found")
+    if engine.suffix == ".onnx":
+        ort = get_backend("onnxruntime")
+        return ort.load(Artifact(backend="onnxruntime", precision="fp32", path=engine)), read_sidecar(engine), "onnxruntime"
+    if engine.suffix not in (".engine", ".plan", ".trt"):
+        raise UserError(f"--engine {engine}: expected a TensorRT plan (.engine, .plan, .trt) or an .onnx stand-in")
+    from .tensorrt import BACKEND as TRT
+
+    reason = TRT.available()
+    if reason is not None:
+        raise UserError(f"--engine {engine}: {reason}")
+    side = read_sidecar(engine)
+    onnx_name = next((e["onnx"] for e in bundle.manifest.get("engines", []) if e["engine"] == engine.name), None)
+    runner = TRT.load_checked(engine, side, onnx_sha256=bundle.manifest["files"].get(onnx_name) if onnx_name else None)
+    return runner, side, "tensorrt"
+
+
+def run_validate_bundle(*, bundle: Path, engine: Path, precision: str | None = None, as_json: bool = False,
+                        out: Any = None, console: Any = None) -> int:
+    """Validate an engine against the bundle's reference (no PyTorch): 0 passes its gate, 1 fails, 2 bad input."""
+    from ..report import engine_entry
+    from ..trt.bundle import load_bundle, read_reference
+    from ..validate import Reference, gate_to_dict, validate_runner
+
+    b = load_bundle(Path(bundle))
+    source, ref, labels = read_reference(b)
+    runner, side, runtime = load_engine_runner(Path(engine), b)
+    try:
+        prec = precision or _engine_precision(b, Path(engine), side)
+        gates = b.manifest["profile"].get("gates") or {}
+        gate_name = prec if prec in gates else min(gates, key=lambda k: ("fp32", "fp16", "int8").index(k)) if gates else None
+        gate = gates.get(gate_name) if gate_name else None
+        dims = b.manifest["input"]["shape"]
+        engine_batch = int(dims[0]) if dims and dims[0] else 32
+        lat = b.manifest["profile"].get("latency") or {}
+        reference = Reference(outputs=ref, labels=labels, source=source, limit=None)
+        record = engine_entry(runtime, prec, path=str(engine), status="ok", gate=gate_to_dict(gate),
+                              gate_precision=gate_name, bundle=str(b.path))
+        record.update(validate_runner(runner, reference, engine_batch=engine_batch, gate=gate,
+                                      latency_batches=[engine_batch], warmup=int(lat.get("warmup", 10)),
+                                      iterations=int(lat.get("iterations", 50)),
+                                      dynamic_batch=bool(b.manifest["profile"].get("dynamic_batch"))))
+    finally:
+        runner.close()
+    if side:
+        record["sidecar"] = {k: side.get(k) for k in ("trt_version", "gpu_name", "compute_capability", "precision",
+                                                       "dla_layers", "gpu_fallback_layers") if k in side}
+    code = 0 if record.get("passed") else 1
+    if as_json:
+        if out is not None:
+            out.print_json(json.dumps(record, default=str))
+        return code
+    if out is not None:
+        acc, latency = record["accuracy"], record["latency_ms"]
+        out.print(f"{engine} ({runtime}, {prec}) vs the bundle reference ({ref.shape[0]} samples, unfused PyTorch):",
+                  highlight=False)
+        out.print(f"  max abs err {acc['max_abs_err']:.3g}, cosine {acc['cosine']:.6f}, top-1 agreement "
+                  f"{_pct(acc.get('top1_agreement'))}" + (f", top-1 {_pct(acc.get('top1'))} (reference "
+                  f"{_pct(acc.get('ref_top1'))})" if acc.get("top1") is not None else ""), highlight=False)
+        if latency.get("p50") is not None:
+            out.print(f"  latency p50 {latency['p50']:.3f} ms, p99 {latency['p99']:.3f} ms (batch {engine_batch})",
+                      highlight=False)
+        if side and side.get("dla_layers"):
+            out.print(f"  DLA layers {len(side['dla_layers'])}, GPU fallback {len(side.get('gpu_fallback_layers') or [])}",
+                      highlight=False)
+        verdict = "[green]passes[/]" if code == 0 else f"[red]FAILS[/] ({record.get('reason')})"
+        out.print(f"  {verdict} the {gate_name} gate of {b.manifest['profile']['name']}", highlight=False)
+    return code
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}%"

@@ -1,0 +1,215 @@
+"""The `edgerep` command line: it parses flags, calls the library, and prints. No backend is imported here.
+
+User errors (edgerep.errors.UserError) print one line and exit 2, without a traceback.
+Each command body lives in the library; the functions here only translate flags.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Re-parameterize, export, build and validate edge engines.")
+console = Console(stderr=True)
+out = Console()
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the zoo models (use them as --model zoo:NAME)."""
+    from . import zoo
+
+    for name in zoo.model_names():
+        entry = zoo.get_entry(name)
+        out.print(f"zoo:{name}\t{'x'.join(map(str, entry.input_shape))}\t{entry.description}")
+
+
+@app.command("fuse")
+def fuse_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, file.pt2 or package.module:factory"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights (only for files you trust)"),
+    output: Path = typer.Option(Path("fused"), "-o", "--output", help="output folder"),
+    tol: float = typer.Option(1e-4, "--tol", help="max relative error allowed between fused and original (FP32)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as one JSON object on stdout"),
+) -> None:
+    """Fuse every re-parameterizable block into plain convolutions and prove it computes the same function."""
+    from .fuse.command import run_fuse
+
+    code = run_fuse(model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
+                    trust_pickle=trust_pickle, output=output, tol=tol, as_json=as_json, out=out, console=console)
+    raise typer.Exit(code)
+
+
+@app.command("build")
+def build_cmd(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="zoo:NAME, timm:NAME, file.pt2 or package.module:factory (default: the demo zoo:repvgg_digits)"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights (only for files you trust)"),
+    target: str = typer.Option("openvino-cpu", "--target", "-t", help="a profile name (`edgerep targets`) or a .toml file"),
+    precision: Optional[str] = typer.Option(None, "--precision", "-p", help="comma list, e.g. fp32,int8 (default: every precision of the target)"),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data: image folder, ImageFolder tree, .npy or .npz (x, NCHW float32)"),
+    val: Optional[Path] = typer.Option(None, "--val", help="validation data, same kinds; labels (ImageFolder classes or npz y) give top-1"),
+    calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="calibration samples (default: the profile's)"),
+    calib_method: Optional[str] = typer.Option(None, "--calib-method", help="minmax, entropy or percentile (default: the profile's)"),
+    val_samples: Optional[int] = typer.Option(None, "--val-samples", help="validate on the first N samples (default: all)"),
+    mean: Optional[str] = typer.Option(None, "--mean", help="image preprocessing mean per channel, e.g. 0.485,0.456,0.406"),
+    std: Optional[str] = typer.Option(None, "--std", help="image preprocessing std per channel"),
+    resize: Optional[int] = typer.Option(None, "--resize", help="resize the shorter image side to this before the centre crop"),
+    interpolation: Optional[str] = typer.Option(None, "--interpolation", help="bilinear, bicubic, nearest, ..."),
+    channel_order: Optional[str] = typer.Option(None, "--channel-order", help="RGB or BGR"),
+    simplifier: str = typer.Option("onnxsim", "--simplifier", help="onnxsim (onnxslim as fallback), onnxslim or none"),
+    force: bool = typer.Option(False, "--force", help="rebuild every stage, even those whose inputs did not change"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output folder (default: runs/<model-name>-<target>)"),
+) -> None:
+    """Fuse, export, build and validate engines for a target; writes report.json, report.md and a plot.
+
+    With no arguments: the demo (zoo:repvgg_digits, its shipped weights and digits data, openvino-cpu, every precision).
+    Exit 0 when every engine passes its gates, 1 when one fails (named with the reason), 2 on bad input."""
+    from .build import parse_floats, run_build
+
+    code = run_build(model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
+                     trust_pickle=trust_pickle, target=target, precisions=precision, calib=calib, val=val,
+                     calib_samples=calib_samples, calib_method=calib_method, val_samples=val_samples,
+                     mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize,
+                     interpolation=interpolation, channel_order=channel_order, simplifier=simplifier,
+                     force=force, output=output, console=console, out=out)
+    raise typer.Exit(code)
+
+
+@app.command("validate")
+def validate_cmd(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="the model the engine was built from (the unfused reference)"),
+    engine: Path = typer.Option(..., "--engine", "-e", help="a built engine file (its sidecar JSON names the backend)"),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="a TensorRT device bundle: validate against its reference, no PyTorch"),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="profile whose gates apply (default: the engine's)"),
+    val: Optional[Path] = typer.Option(None, "--val", help="validation data: image folder, ImageFolder tree, .npy or .npz"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    val_samples: Optional[int] = typer.Option(None, "--val-samples", help="validate on the first N samples"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
+) -> None:
+    """Validate a built engine against the unfused PyTorch model: accuracy, latency and the target's gates."""
+    if bundle is not None:  # on the device: the bundle carries the reference; TensorRT (or ONNX Runtime for .onnx) only
+        from .backends.tensorrt_host import run_validate_bundle
+
+        raise typer.Exit(run_validate_bundle(bundle=bundle, engine=engine, as_json=as_json, out=out, console=console))
+    if model is None:
+        raise UserError("--model: required (the unfused model the engine was built from), or --bundle DIR on a device")
+    from .validate import run_validate
+
+    code = run_validate(model=model, engine=engine, target=target, val=val, weights=weights, input_shape=input_shape,
+                        num_classes=num_classes, trust_pickle=trust_pickle, val_samples=val_samples,
+                        as_json=as_json, out=out, console=console)
+    raise typer.Exit(code)
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, file.pt2 or package.module:factory"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights (only for files you trust)"),
+    target: str = typer.Option("openvino-cpu", "--target", "-t", help="target profile name or .toml (sets the opset)"),
+    dynamic_batch: Optional[bool] = typer.Option(None, "--dynamic-batch/--static-batch", help="default: the target's setting"),
+    simplifier: str = typer.Option("onnxsim", "--simplifier", help="onnxsim (onnxslim as fallback), onnxslim or none"),
+    output: Path = typer.Option(Path("export"), "-o", "--output", help="output folder"),
+    tol: float = typer.Option(1e-4, "--tol", help="max relative error of ONNX Runtime vs PyTorch after each stage"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
+) -> None:
+    """Fuse the model, export it to ONNX (opset from the target), simplify it, and check each stage in ONNX Runtime."""
+    from .export import run_export
+
+    code = run_export(model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
+                      trust_pickle=trust_pickle, target=target, dynamic_batch=dynamic_batch, simplifier=simplifier,
+                      output=output, tol=tol, as_json=as_json, out=out, console=console)
+    raise typer.Exit(code)
+
+
+@app.command("targets")
+def targets_cmd() -> None:
+    """List the target profiles (use them as --target NAME)."""
+    from rich import box
+    from rich.table import Table
+
+    from .targets import DEFAULT_TARGET, list_targets
+
+    table = Table(title="edgerep targets (* default)", box=box.SIMPLE_HEAD)
+    wide = out.width >= 140  # descriptions only fit a wide terminal
+    for column in ("name", "backend", "precisions", "opset", "batch", "device"):
+        table.add_column(column, no_wrap=column != "device")
+    if wide:
+        table.add_column("description", overflow="fold", ratio=1)
+    for prof in list_targets():
+        trt = prof.tensorrt
+        device = "CPU" if trt is None else (f"TRT {trt.version}" + (f" JetPack {trt.jetpack}" if trt.jetpack else "")
+                                            + (f" DLA{trt.dla_core}" if trt.dla_core is not None else ""))
+        name = prof.name + ("*" if prof.name == DEFAULT_TARGET else "")
+        cells = [name, prof.backend, ",".join(prof.precisions), str(prof.opset),
+                 "dynamic" if prof.dynamic_batch else "static", device]
+        table.add_row(*cells, *([prof.description] if wide else []))
+    out.print(table)
+
+
+@app.command("check")
+def check_cmd(
+    target: str = typer.Option(..., "--target", "-t", help="a TensorRT profile: tensorrt or jetson-*"),
+    model: str = typer.Option(..., "--model", "-m", help="file.onnx, or a model spec (zoo:NAME, timm:NAME, ...) exported as build would"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle"),
+    as_json: bool = typer.Option(False, "--json", help="print the findings as one JSON object on stdout"),
+) -> None:
+    """Lint an ONNX model for the target's TensorRT parser (opset, operators, attributes, INT64, dynamic shapes).
+    Exit 1 when it has errors, 0 when only warnings."""
+    from .backends.tensorrt_host import run_check
+
+    code = run_check(target=target, model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
+                     trust_pickle=trust_pickle, as_json=as_json, out=out, console=console)
+    raise typer.Exit(code)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: user errors become one line and exit code 2."""
+    from rich.markup import escape
+
+    try:
+        # standalone_mode=False: click returns a command's typer.Exit code instead of raising it.
+        code = app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        # escape: messages hold text like 'edgerep[openvino]' that rich would take for markup
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]; finished stages are kept, the next run resumes")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come as click exceptions
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

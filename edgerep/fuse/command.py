@@ -1,0 +1,103 @@
+"""`edgerep fuse`: load a model, fuse it, write the fused weights and a torch.export archive, print the report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import UserError
+from ..models import ModelInfo, load_model
+from . import FuseReport, FuseResult, fuse
+
+
+def example_input(info: ModelInfo, seed: int = 0) -> torch.Tensor:
+    """A random input of the model's shape; a model that rejects it is a user error naming the shape."""
+    x = torch.randn(*info.input_shape, generator=torch.Generator().manual_seed(seed))
+    try:
+        with torch.no_grad():
+            info.module(x)
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        shape = "x".join(map(str, info.input_shape))
+        raise UserError(f"--input-shape {shape}: the model rejects this input ({first}); pass the shape it expects") from None
+    return x
+
+
+def fuse_model(info: ModelInfo) -> tuple[FuseResult, torch.Tensor]:
+    x = example_input(info)
+    return fuse(info.module, x), x
+
+
+def save_fused(result: FuseResult, example: torch.Tensor, out_dir: Path) -> dict[str, Path]:
+    """Write fused.safetensors, fused.pt2 and fuse_report.json, each under a temporary name first."""
+    from safetensors.torch import save_file
+
+    from ..artifacts import atomic_path, write_json_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"weights": out_dir / "fused.safetensors", "program": out_dir / "fused.pt2",
+             "report": out_dir / "fuse_report.json"}
+    state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
+    with atomic_path(paths["weights"]) as tmp:
+        save_file(state, str(tmp))
+    program = torch.export.export(result.model, (example,))
+    with atomic_path(paths["program"]) as tmp:
+        torch.export.save(program, str(tmp))
+    write_json_atomic(paths["report"], result.report.to_dict())
+    return paths
+
+
+def report_table(report: FuseReport, tol: float) -> Table:
+    table = Table(title="edgerep fuse", show_header=True)
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    kinds = sorted(set(report.ops_before) | set(report.ops_after))
+    for kind in kinds:
+        table.add_row(kind, str(report.ops_before.get(kind, 0)), str(report.ops_after.get(kind, 0)))
+    table.add_section()
+    table.add_row("params", f"{report.params_before:,}", f"{report.params_after:,}")
+    table.add_row("GFLOPs", f"{report.flops_before / 1e9:.3f}", f"{report.flops_after / 1e9:.3f}")
+    table.add_section()
+    verdict = "[green]ok[/]" if report.passed(tol) else f"[red]over --tol {tol:g}[/]"
+    table.add_row("max abs err", "", f"{report.max_abs_err:.3g}")
+    table.add_row("max rel err", verdict, f"{report.max_rel_err:.3g}")
+    return table
+
+
+def run_fuse(*, model: str, weights: Path | None, input_shape: str | None, num_classes: int | None,
+             trust_pickle: bool, output: Path, tol: float, as_json: bool, out: Console, console: Console) -> int:
+    info = load_model(model, weights=weights, input_shape=input_shape, num_classes=num_classes,
+                      trust_pickle=trust_pickle)
+    with console.status(f"fusing {info.spec}"):
+        result, example = fuse_model(info)
+    passed = result.report.passed(tol)
+    if passed:
+        paths = save_fused(result, example, output)
+    else:  # never leave fused weights that look usable when they are not: the report only
+        from ..artifacts import write_json_atomic
+
+        output.mkdir(parents=True, exist_ok=True)
+        paths = {"report": output / "fuse_report.json"}
+        write_json_atomic(paths["report"], result.report.to_dict())
+    if as_json:
+        payload: dict[str, Any] = {"model": info.spec, "tol": tol, "passed": passed,
+                                   "outputs": {k: str(v) for k, v in paths.items()}, **result.report.to_dict()}
+        out.print_json(json.dumps(payload))
+    else:
+        out.print(report_table(result.report, tol))
+        for item in result.report.unfused:
+            out.print(f"kept unfused: {item.node} ({item.op}): {item.reason}", highlight=False)
+        for note in result.report.notes:
+            out.print(f"note: {note}", highlight=False)
+        if passed:
+            out.print(f"wrote {paths['weights']} and {paths['program']}", highlight=False)
+    if not passed:
+        console.print(f"[bold red]error:[/] the fused model differs from the original by {result.report.max_rel_err:.3g} "
+                      f"(relative), over --tol {tol:g}; nothing is wrong with your input: please report this model")
+        return 1
+    return 0

@@ -1,0 +1,297 @@
+"""Model specs: turn `zoo:NAME`, `timm:NAME`, `file.pt2` or `pkg.module:factory` into an nn.Module.
+
+Weights are loaded safely: safetensors, or a .pt/.pth state dict through `torch.load(weights_only=True)`.
+A full pickle is only unpickled behind an explicit `trust_pickle=True` (`--trust-pickle`).
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelInfo:
+    """A loaded model and what we know about its input."""
+
+    module: nn.Module
+    spec: str
+    input_shape: tuple[int, ...]  # NCHW, batch 1
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    num_classes: int | None = None
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+    deploy: bool = False  # the zoo model was built in its deploy (fused) form
+    weights: str | None = None
+
+    @property
+    def name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.spec.split("/")[-1].split(":")[-1]) or "model"
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """'1x3x224x224' (or '1,3,224,224') -> (1, 3, 224, 224)."""
+    parts = re.split(r"[x,\s]+", text.strip().lower())
+    try:
+        shape = tuple(int(p) for p in parts if p)
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or any(d <= 0 for d in shape):
+        raise UserError(f"--input-shape {text!r}: expected positive sizes like 1x3x224x224")
+    return shape
+
+
+def load_model(
+    spec: str,
+    *,
+    weights: str | Path | None = None,
+    input_shape: tuple[int, ...] | str | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+) -> ModelInfo:
+    """Build the model named by `spec`, load `weights` into it, and put it in eval mode."""
+    if isinstance(input_shape, str):
+        input_shape = parse_input_shape(input_shape)
+    if spec.startswith("zoo:"):
+        info = _load_zoo(spec[4:], weights, num_classes, trust_pickle)
+    elif spec.startswith("timm:"):
+        info = _load_timm(spec[5:], num_classes)
+        if weights is not None:
+            load_weights_into(info.module, weights, trust_pickle=trust_pickle)
+    elif spec.endswith(".pt2"):
+        info = _load_exported(spec)
+        if weights is not None:
+            raise UserError(f"--weights {weights}: a .pt2 archive carries its own weights; drop --weights")
+    elif ":" in spec and not Path(spec).exists():
+        info = _load_factory(spec, num_classes)
+        if weights is not None:
+            load_weights_into(info.module, weights, trust_pickle=trust_pickle)
+    else:
+        raise UserError(
+            f"--model {spec!r}: unknown model spec; use zoo:NAME, timm:NAME, path/to/file.pt2 or package.module:factory"
+        )
+    if weights is not None:
+        info.weights = str(weights)
+    if input_shape is not None:
+        info.input_shape = tuple(input_shape)
+    info.module.eval()
+    return info
+
+
+# --- zoo -------------------------------------------------------------------------------------------
+
+
+def _load_zoo(name: str, weights: str | Path | None, num_classes: int | None, trust_pickle: bool) -> ModelInfo:
+    from . import zoo
+
+    entry = zoo.get_entry(name)
+    path = Path(weights) if weights is not None else entry.weights_path()
+    module = zoo.create_model(name, num_classes=num_classes)
+    deploy = False
+    if path is not None:
+        state = read_state_dict(path, trust_pickle=trust_pickle)
+        if _matches(module, state):
+            _load_checked(module, state, path)
+        else:
+            # A fused checkpoint (written by `edgerep fuse`) loads into the deploy form.
+            deployed = zoo.create_model(name, num_classes=num_classes, deploy=True)
+            if _matches(deployed, state):
+                module, deploy = deployed, True
+                _load_checked(module, state, path)
+            else:
+                _load_checked(module, state, path)  # raises with the first mismatches
+    return ModelInfo(
+        module=module,
+        spec=f"zoo:{name}",
+        input_shape=entry.input_shape,
+        mean=entry.mean,
+        std=entry.std,
+        num_classes=num_classes or entry.num_classes,
+        deploy=deploy,
+        weights=str(path) if path is not None else None,
+    )
+
+
+# --- timm ------------------------------------------------------------------------------------------
+
+
+def _load_timm(name: str, num_classes: int | None) -> ModelInfo:
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"--model timm:{name}: timm is not installed; pip install 'edgerep[timm]'") from None
+    if not timm.list_models(name):
+        raise UserError(f"--model timm:{name}: timm has no model of that name; timm.list_models('*{name}*') lists close ones")
+    kwargs: dict[str, Any] = {"pretrained": False}  # nothing is downloaded at run time
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    module = timm.create_model(name, **kwargs)
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    size = tuple(cfg.get("input_size", (3, 224, 224)))
+    return ModelInfo(
+        module=module,
+        spec=f"timm:{name}",
+        input_shape=(1, *size),
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+        num_classes=getattr(module, "num_classes", num_classes),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        interpolation=str(cfg.get("interpolation", "bilinear")),
+    )
+
+
+# --- torch.export archives -------------------------------------------------------------------------
+
+
+def _load_exported(path_text: str) -> ModelInfo:
+    path = Path(path_text)
+    if not path.is_file():
+        raise UserError(f"--model {path}: file not found")
+    # A .pt2 archive may unpickle internally: it is trusted input by contract (README says so).
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # corrupt archive, wrong format
+        raise UserError(f"--model {path}: not a readable torch.export archive ({type(exc).__name__}: {exc})") from None
+    module = program.module()
+    shape = None
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name not in program.graph_signature.inputs_to_parameters \
+                and node.name not in program.graph_signature.inputs_to_buffers:
+            val = node.meta.get("val")
+            if val is not None and hasattr(val, "shape"):
+                shape = tuple(int(d) if isinstance(d, int) else 1 for d in val.shape)
+                break
+    if shape is None:
+        raise UserError(f"--model {path}: cannot tell the input shape; pass --input-shape 1x3xHxW")
+    return ModelInfo(module=_ExportedWrapper(module), spec=str(path), input_shape=shape)
+
+
+class _ExportedWrapper(nn.Module):
+    """`ExportedProgram.module()` has no train/eval switch worth calling; keep the rest of edgerep uniform."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+    def train(self, mode: bool = True) -> "_ExportedWrapper":  # noqa: D401 - exported graphs are fixed
+        self.training = mode
+        return self
+
+
+# --- package.module:factory ------------------------------------------------------------------------
+
+
+def _load_factory(spec: str, num_classes: int | None) -> ModelInfo:
+    mod_name, _, attr = spec.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise UserError(f"--model {spec}: cannot import module {mod_name!r} ({exc})") from None
+    factory = getattr(mod, attr, None)
+    if factory is None or not callable(factory):
+        raise UserError(f"--model {spec}: module {mod_name!r} has no callable {attr!r}")
+    module = factory(num_classes=num_classes) if num_classes is not None else factory()
+    if not isinstance(module, nn.Module):
+        raise UserError(f"--model {spec}: the factory returned {type(module).__name__}, not an nn.Module")
+    shape = tuple(getattr(module, "input_shape", (1, 3, 224, 224)))
+    return ModelInfo(module=module, spec=spec, input_shape=shape, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                     num_classes=num_classes)
+
+
+# --- weights ---------------------------------------------------------------------------------------
+
+
+def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a state dict: safetensors, or .pt/.pth with weights_only=True unless trust_pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--weights {path}: file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise UserError(f"--weights {path}: not a readable safetensors file ({exc})") from None
+    if trust_pickle:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)  # --trust-pickle given
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "pickle" in str(exc).lower():
+                raise UserError(
+                    f"--weights {path}: holds pickled objects beyond tensors; refusing to unpickle it "
+                    f"(convert it to safetensors, or pass --trust-pickle if you trust its source)"
+                ) from None
+            raise UserError(f"--weights {path}: cannot read it ({msg})") from None
+    return _extract_state_dict(obj, path)
+
+
+def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "ema"):
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module):
+                return inner.state_dict()
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return _strip_prefix(inner)
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return _strip_prefix(obj)
+    raise UserError(f"--weights {path}: no state dict found in it (expected a dict of tensors)")
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in ("module.", "model."):
+        if state and all(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _matches(module: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    own = module.state_dict()
+    return set(own) == set(state) and all(own[k].shape == state[k].shape for k in own)
+
+
+def _load_checked(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch: " + "; ".join(wrong[:3]))
+        if missing:
+            parts.append("missing: " + ", ".join(missing[:3]))
+        if unexpected:
+            parts.append("unexpected: " + ", ".join(unexpected[:3]))
+        raise UserError(f"--weights {path}: does not fit the model ({' | '.join(parts)})")
+    module.load_state_dict(state)
+
+
+def load_weights_into(module: nn.Module, weights: str | Path, *, trust_pickle: bool = False) -> None:
+    path = Path(weights)
+    _load_checked(module, read_state_dict(path, trust_pickle=trust_pickle), path)
+
+
+def with_shape(info: ModelInfo, shape: tuple[int, ...]) -> ModelInfo:
+    return replace(info, input_shape=tuple(shape))

@@ -1,0 +1,224 @@
+"""The build report: report.json (a stable schema), report.md and a latency-vs-accuracy plot.
+
+report.json, schema version 1 (keys below are always present; more may be added, none removed):
+  schema: 1, model: {spec, name, input_shape, weights, ...}, target: {name, backend, ...},
+  reference: {kind: "pytorch-unfused", data, num_samples, top1 (percent or null)},
+  engines: [{backend, precision, path, status (ok|failed|skipped),
+             accuracy: {max_abs_err, cosine, top1_agreement, top1, top1_drop, mean_abs_err, sqnr_db, ...},
+             latency_ms: {p50, p90, p99}, throughput_ips, passed, reason}]
+  optional: fuse, export, stages, versions, created.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+ENGINE_KEYS = ("backend", "precision", "path", "status", "accuracy", "latency_ms", "throughput_ips", "passed", "reason")
+ACCURACY_KEYS = ("max_abs_err", "cosine", "top1_agreement", "top1", "top1_drop")
+
+
+def engine_entry(backend: str, precision: str, *, path: str | None = None, status: str = "ok",
+                 reason: str | None = None, **extra: Any) -> dict[str, Any]:
+    """An engine record with every schema key present (null where unknown)."""
+    entry: dict[str, Any] = {
+        "backend": backend,
+        "precision": precision,
+        "path": path,
+        "status": status,
+        "accuracy": {k: None for k in ACCURACY_KEYS},
+        "latency_ms": {"p50": None, "p90": None, "p99": None},
+        "throughput_ips": None,
+        "passed": False if status != "ok" else None,
+        "reason": reason,
+    }
+    entry.update(extra)
+    return entry
+
+
+def normalize(report: dict[str, Any]) -> dict[str, Any]:
+    """Fill the schema's keys and turn non-finite floats into null (JSON has no Infinity/NaN)."""
+    report = dict(report)
+    report.setdefault("schema", SCHEMA_VERSION)
+    for key in ("model", "target", "reference"):
+        report.setdefault(key, None)
+    engines = []
+    for eng in report.get("engines", []):
+        full = engine_entry(eng.get("backend", "?"), eng.get("precision", "?"))
+        full.update(eng)
+        acc = {k: None for k in ACCURACY_KEYS}
+        acc.update(full.get("accuracy") or {})
+        full["accuracy"] = acc
+        lat = {"p50": None, "p90": None, "p99": None}
+        lat.update(full.get("latency_ms") or {})
+        full["latency_ms"] = lat
+        engines.append(full)
+    report["engines"] = engines
+    return _finite(report)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _finite(obj.item())
+    return obj
+
+
+def write_report(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path, Path]:
+    """Write report.json, report.md and latency_accuracy.png into `out_dir`, each atomically."""
+    from .artifacts import atomic_path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = normalize(report)
+    json_path, md_path, plot_path = out_dir / "report.json", out_dir / "report.md", out_dir / "latency_accuracy.png"
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(render_markdown(report))
+    with atomic_path(plot_path) as tmp:
+        plot_latency_accuracy(report, tmp)
+    return json_path, md_path, plot_path
+
+
+# --- markdown --------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str = ".4g", suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:{spec}}{suffix}"
+    return f"{value}{suffix}"
+
+
+def engine_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row of display strings per engine (shared by report.md and the terminal summary)."""
+    rows = []
+    for eng in report["engines"]:
+        acc, lat = eng["accuracy"], eng["latency_ms"]
+        verdict = {True: "pass", False: "FAIL", None: "-"}[eng["passed"]] if eng["status"] == "ok" else eng["status"]
+        rows.append([
+            eng["backend"], eng["precision"], verdict,
+            _fmt(acc.get("max_abs_err"), ".3g"), _fmt(acc.get("cosine"), ".6f"), _fmt(acc.get("sqnr_db"), ".1f"),
+            _fmt(acc.get("top1_agreement"), ".2f", "%"), _fmt(acc.get("top1"), ".2f", "%"),
+            _fmt(acc.get("top1_drop"), "+.2f"),
+            _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"), _fmt(eng.get("throughput_ips"), ".1f"),
+            eng.get("reason") or "",
+        ])
+    return rows
+
+
+ROW_HEADERS = ["backend", "precision", "gate", "max abs err", "cosine", "SQNR dB", "top-1 agree", "top-1",
+               "drop pp", "p50 ms", "p99 ms", "inputs/s", "reason"]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    model, target, ref = report.get("model") or {}, report.get("target") or {}, report.get("reference") or {}
+    lines = [f"# edgerep build: {model.get('spec', '?')} on {target.get('name', '?')}", ""]
+    if report.get("created"):
+        lines += [f"Created {report['created']}.", ""]
+    lines.append(f"- model: `{model.get('spec')}` input {model.get('input_shape')}, weights `{model.get('weights')}`")
+    lines.append(f"- target: `{target.get('name')}` (backend {target.get('backend')})")
+    ref_top1 = ref.get("top1")
+    lines.append(f"- reference: unfused PyTorch model on `{(ref.get('data') or {}).get('path')}`, "
+                 f"{ref.get('num_samples')} samples" + (f", top-1 {ref_top1:.2f}%" if ref_top1 is not None else ", no labels"))
+    fuse = report.get("fuse")
+    if isinstance(fuse, dict) and fuse.get("max_rel_err") is not None:
+        lines.append(f"- fuse: max relative error {fuse['max_rel_err']:.3g}")
+    lines += ["", "| " + " | ".join(ROW_HEADERS) + " |", "|" + "---|" * len(ROW_HEADERS)]
+    for row in engine_rows(report):
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
+    lines += ["", "Latency: median (p50) and p99 after warm-up at the first batch size of the profile; "
+              "top-1 drop is against the unfused PyTorch model's own labelled top-1.", ""]
+    for eng in report["engines"]:
+        if eng.get("path"):
+            lines.append(f"- {eng['backend']} {eng['precision']}: `{eng['path']}`")
+    stages = report.get("stages")
+    if isinstance(stages, list) and stages:
+        lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+        for st in stages:
+            lines.append(f"| {st.get('name')} | {st.get('status')} | {_fmt(st.get('seconds'), '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- plot ------------------------------------------------------------------------------------------
+
+
+def plot_latency_accuracy(report: dict[str, Any], path: Path) -> Path:
+    """Latency p50 (x) against accuracy (y: labelled top-1 where labels exist, else top-1 agreement, else
+    cosine) per engine; the reference top-1 as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    engines = [e for e in report["engines"] if e["status"] == "ok" and e["latency_ms"].get("p50") is not None]
+    metric = "top1" if any(e["accuracy"].get("top1") is not None for e in engines) else (
+        "top1_agreement" if any(e["accuracy"].get("top1_agreement") is not None for e in engines) else "cosine")
+    label = {"top1": "labelled top-1 (%)", "top1_agreement": "top-1 agreement with reference (%)", "cosine": "cosine similarity"}[metric]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    ys = []
+    for i, eng in enumerate(sorted(engines, key=lambda e: e["latency_ms"]["p50"])):
+        y = eng["accuracy"].get(metric)
+        if y is None:
+            continue
+        x = eng["latency_ms"]["p50"]
+        ys.append(y)
+        ax.scatter([x], [y], s=60, color="tab:green" if eng["passed"] else "tab:red", zorder=3)
+        # Alternate labels above and below, so engines with the same accuracy stay readable.
+        ax.annotate(f"{eng['backend']} {eng['precision']}", (x, y), textcoords="offset points",
+                    xytext=(4, 8 if i % 2 == 0 else -14), fontsize=8)
+    ax.set_xlim(left=0)
+    if metric != "cosine" and ys:
+        low = min(ys + ([ref_top1] if (ref_top1 := (report.get("reference") or {}).get("top1")) is not None else []))
+        ax.set_ylim(max(0.0, low - max(2.0, (100 - low) * 0.2)), 100.5)
+    ref_top1 = (report.get("reference") or {}).get("top1")
+    if metric == "top1" and ref_top1 is not None:
+        ax.axhline(ref_top1, color="gray", linestyle="--", linewidth=1, label=f"PyTorch reference {ref_top1:.2f}%")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("latency p50 (ms)")
+    ax.set_ylabel(label)
+    model, target = (report.get("model") or {}).get("spec", "?"), (report.get("target") or {}).get("name", "?")
+    ax.set_title(f"{model} on {target}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if not engines:
+        ax.text(0.5, 0.5, "no engine was measured", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+SUMMARY_COLUMNS = ("engine", "gate", "cosine", "agree%", "top-1%", "drop", "p50 ms", "p99 ms", "in/s")
+
+
+def summary_table(report: dict[str, Any]) -> Any:
+    """A compact rich Table of the engines (fits 80 columns) for the end of `edgerep build`; report.md has
+    every column, and the reasons of failed gates are printed as lines of their own."""
+    from rich import box
+    from rich.table import Table
+
+    report = normalize(report)
+    table = Table(title=f"{(report.get('model') or {}).get('spec')} on {(report.get('target') or {}).get('name')}",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for c in SUMMARY_COLUMNS:
+        table.add_column(c, no_wrap=True, justify="left" if c in ("engine", "gate") else "right")
+    for eng in report["engines"]:
+        acc, lat = eng["accuracy"], eng["latency_ms"]
+        verdict = {True: "pass", False: "FAIL", None: "-"}[eng["passed"]] if eng["status"] == "ok" else eng["status"]
+        style = "green" if verdict == "pass" else ("red" if verdict in ("FAIL", "failed") else None)
+        table.add_row(f"{eng['backend']} {eng['precision']}", verdict, _fmt(acc.get("cosine"), ".5f"),
+                      _fmt(acc.get("top1_agreement"), ".2f"), _fmt(acc.get("top1"), ".2f"),
+                      _fmt(acc.get("top1_drop"), "+.2f"), _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"),
+                      _fmt(eng.get("throughput_ips"), ".0f"), style=style)
+    return table

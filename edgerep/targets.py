@@ -1,0 +1,340 @@
+"""Target profiles: one TOML file per deployment target (targets/*.toml), validated on load.
+
+A profile says which backend builds the engine, which precisions it may build, the ONNX opset cap,
+latency settings, the accuracy gates per precision and, for TensorRT, the device facts.
+The validation is a small hand-written schema check: tomllib has none, and one that names the file and
+the field in a single line is what users need (a pydantic dependency would be heavier than the check).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_TARGET = "openvino-cpu"
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIB_METHODS = ("entropy", "minmax", "percentile")
+INT8_MODES = ("calibrate", "qdq")
+# Calibration method when a profile gives none: what each runtime's own tools use by default
+# (TensorRT's IInt8EntropyCalibrator2; ONNX Runtime's quantize_static and NNCF use min/max ranges).
+_DEFAULT_METHOD = {"tensorrt": "entropy", "onnxruntime": "minmax", "openvino": "minmax"}
+# The opsets the TorchScript ONNX exporter can write (export.py uses it).
+MIN_OPSET, MAX_OPSET = 9, 20
+
+
+@dataclass
+class Gate:
+    """Accuracy thresholds for one precision; None means "not checked"."""
+
+    max_abs_err: float | None = None
+    min_cosine: float | None = None
+    min_top1_agreement: float | None = None  # percent of samples whose top-1 matches the reference
+    max_top1_drop: float | None = None  # percentage points of labelled top-1, only where labels exist
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class LatencySettings:
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    warmup: int = 10
+    iterations: int = 50
+
+
+@dataclass
+class TensorRTSettings:
+    version: str  # a version prefix: "8.5" matches 8.5.x, "10" any 10.x (see trt_version_matches)
+    jetpack: str | None = None
+    workspace_mb: int = 1024
+    int8_mode: str = "qdq"  # "calibrate" (calibrator + cache, TRT 8.x-10.x) or "qdq" (Q/DQ ONNX from the host)
+    dla_core: int | None = None  # use this DLA core by default (None: GPU)
+    dla_cores: int = 0  # how many DLA cores the device has (0: none)
+    gpu: str | None = None
+
+
+@dataclass
+class CalibrationSettings:
+    method: str = "minmax"
+    num_samples: int = 300
+
+
+@dataclass
+class TargetProfile:
+    name: str
+    description: str
+    backend: str
+    precisions: list[str]
+    opset: int
+    dynamic_batch: bool = False
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    gates: dict[str, Gate] = field(default_factory=dict)
+    tensorrt: TensorRTSettings | None = None
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    source: Path | None = None
+
+    def gate(self, precision: str) -> Gate:
+        return self.gates.get(precision, Gate())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for reports and sidecars."""
+        out: dict[str, Any] = {
+            "name": self.name, "description": self.description, "backend": self.backend,
+            "precisions": list(self.precisions), "opset": self.opset, "dynamic_batch": self.dynamic_batch,
+            "latency": vars(self.latency).copy(),
+            "gates": {k: g.to_dict() for k, g in self.gates.items()},
+            "calibration": vars(self.calibration).copy(),
+            "source": str(self.source) if self.source else None,
+        }
+        if self.tensorrt is not None:
+            out["tensorrt"] = vars(self.tensorrt).copy()
+        return out
+
+
+# --- where profiles live ---------------------------------------------------------------------------
+
+
+def targets_dirs() -> list[Path]:
+    """Folders holding profiles: the installed package data (edgerep/targets, a wheel install) and
+    the repository's targets/ (a source checkout or editable install)."""
+    pkg = Path(__file__).resolve().parent
+    dirs = [pkg / "targets", pkg.parent / "targets"]
+    return [d for d in dirs if d.is_dir() and any(d.glob("*.toml"))]
+
+
+def _profile_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in targets_dirs():
+        for path in sorted(folder.glob("*.toml")):
+            found.setdefault(path.stem, path)  # the first folder wins
+    return found
+
+
+def list_targets() -> list[TargetProfile]:
+    """Every profile shipped with edgerep, the default first then by name."""
+    files = _profile_files()
+    names = sorted(files, key=lambda n: (n != DEFAULT_TARGET, n))
+    return [_load_file(files[n]) for n in names]
+
+
+def load_target(name_or_path: str | Path) -> TargetProfile:
+    """A profile by name (`openvino-cpu`) or by path to a .toml file."""
+    text = str(name_or_path)
+    path = Path(text)
+    if text.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"--target {text}: file not found")
+        return _load_file(path)
+    files = _profile_files()
+    if text not in files:
+        known = ", ".join(sorted(files)) or "none found"
+        raise UserError(f"--target {text}: no such target (known: {known}); `edgerep targets` lists them, or pass a .toml path")
+    return _load_file(files[text])
+
+
+def trt_version_matches(profile_version: str, installed: str) -> bool:
+    """True when the installed TensorRT version falls under the profile's prefix ("8.5" ~ "8.5.2.2")."""
+    want = [p for p in str(profile_version).split(".") if p]
+    have = str(installed).split(".")
+    return have[: len(want)] == want
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+
+class _Checker:
+    """Reads typed fields out of a TOML table, raising UserError "<file>: <field>: ..." on any problem."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, what: str) -> UserError:
+        return UserError(f"{self.path}: {where}: {what}; fix the profile (see targets/openvino-cpu.toml)")
+
+    def table(self, data: Any, where: str) -> dict:
+        if not isinstance(data, dict):
+            raise self.fail(where, f"expected a table, got {type(data).__name__}")
+        return data
+
+    def no_unknown(self, data: dict, allowed: set[str], prefix: str) -> None:
+        for key in data:
+            if key not in allowed:
+                raise self.fail(f"{prefix}{key}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+    def get(self, data: dict, key: str, kind: type | tuple, prefix: str = "", *, required: bool = False,
+            default: Any = None) -> Any:
+        where = f"{prefix}{key}"
+        if key not in data:
+            if required:
+                raise self.fail(where, "missing required field")
+            return default
+        value = data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a profile saying `opset = true` is a mistake, not 1.
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            raise self.fail(where, f"expected {names}, got {type(value).__name__} {value!r}")
+        if float in kinds and isinstance(value, int):
+            value = float(value)
+        return value
+
+    def int_list(self, data: dict, key: str, prefix: str, default: list[int]) -> list[int]:
+        value = self.get(data, key, list, prefix, default=default)
+        if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            raise self.fail(f"{prefix}{key}", f"expected a non-empty list of positive integers, got {value!r}")
+        return list(value)
+
+    def choice(self, value: Any, choices: tuple[str, ...], where: str) -> None:
+        if value not in choices:
+            raise self.fail(where, f"{value!r} is not one of {', '.join(choices)}")
+
+
+_TOP = {"name", "description", "backend", "precisions", "opset", "dynamic_batch", "latency", "gates",
+        "tensorrt", "calibration"}
+
+
+def _load_file(path: Path) -> TargetProfile:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc}); fix the profile") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror})") from None
+    return parse_profile(data, path)
+
+
+def parse_profile(data: dict, path: Path) -> TargetProfile:
+    """Validate a parsed TOML document and build the profile."""
+    c = _Checker(path)
+    c.no_unknown(data, _TOP, "")
+    name = c.get(data, "name", str, required=True)
+    if name != path.stem:
+        raise c.fail("name", f"{name!r} differs from the file name {path.stem!r}; make them equal")
+    description = c.get(data, "description", str, required=True)
+    backend = c.get(data, "backend", str, required=True)
+    backend_precisions, backend_methods = _backend_capabilities(backend, c)
+
+    precisions = c.get(data, "precisions", list, required=True)
+    if not precisions:
+        raise c.fail("precisions", "empty; list at least one of " + ", ".join(PRECISIONS))
+    for p in precisions:
+        c.choice(p, PRECISIONS, "precisions")
+        if p not in backend_precisions:
+            raise c.fail("precisions", f"backend {backend!r} cannot build {p!r} (it builds {', '.join(backend_precisions)})")
+    if len(set(precisions)) != len(precisions):
+        raise c.fail("precisions", f"listed twice in {precisions!r}")
+
+    opset = c.get(data, "opset", int, required=True)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise c.fail("opset", f"{opset} is outside the exporter's range {MIN_OPSET}..{MAX_OPSET}")
+    dynamic_batch = c.get(data, "dynamic_batch", bool, default=False)
+
+    lat_data = c.table(data.get("latency", {}), "latency")
+    c.no_unknown(lat_data, {"batch_sizes", "warmup", "iterations"}, "latency.")
+    latency = LatencySettings(
+        batch_sizes=c.int_list(lat_data, "batch_sizes", "latency.", [1]),
+        warmup=c.get(lat_data, "warmup", int, "latency.", default=10),
+        iterations=c.get(lat_data, "iterations", int, "latency.", default=50),
+    )
+    if latency.warmup < 0 or latency.iterations < 1:
+        raise c.fail("latency", "warmup must be >= 0 and iterations >= 1")
+    if not dynamic_batch and any(b != 1 for b in latency.batch_sizes):
+        raise c.fail("latency.batch_sizes", "batch sizes other than 1 need dynamic_batch = true")
+
+    gates = _parse_gates(c, c.table(data.get("gates", {}), "gates"), precisions)
+
+    trt = None
+    if "tensorrt" in data:
+        if backend != "tensorrt":
+            raise c.fail("tensorrt", f"only for backend 'tensorrt', this profile's backend is {backend!r}")
+        trt = _parse_tensorrt(c, c.table(data["tensorrt"], "tensorrt"))
+    elif backend == "tensorrt":
+        raise c.fail("tensorrt", "missing required table [tensorrt] (version, ...)")
+
+    cal_data = c.table(data.get("calibration", {}), "calibration")
+    c.no_unknown(cal_data, {"method", "num_samples"}, "calibration.")
+    method = c.get(cal_data, "method", str, "calibration.", default=_DEFAULT_METHOD.get(backend, "minmax"))
+    c.choice(method, CALIB_METHODS, "calibration.method")
+    if backend_methods is not None and method not in backend_methods:
+        raise c.fail("calibration.method", f"backend {backend!r} supports {', '.join(backend_methods)}, not {method!r}")
+    num_samples = c.get(cal_data, "num_samples", int, "calibration.", default=300)
+    if num_samples < 1:
+        raise c.fail("calibration.num_samples", "must be >= 1")
+
+    return TargetProfile(name=name, description=description, backend=backend, precisions=list(precisions),
+                         opset=opset, dynamic_batch=dynamic_batch, latency=latency, gates=gates, tensorrt=trt,
+                         calibration=CalibrationSettings(method=method, num_samples=num_samples), source=path)
+
+
+def _backend_capabilities(backend: str, c: _Checker) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """The precisions (and calibration methods, when it says) of the backend module, imported lazily
+    (backend modules import their runtimes only inside functions, so this is cheap)."""
+    from .backends import get_backend
+
+    try:
+        module = get_backend(backend)
+    except UserError:
+        raise c.fail("backend", f"unknown backend {backend!r} (no edgerep/backends/{backend}.py)") from None
+    return tuple(module.precisions), getattr(module, "calib_methods", None)
+
+
+def _parse_gates(c: _Checker, data: dict, precisions: list[str]) -> dict[str, Gate]:
+    gates: dict[str, Gate] = {}
+    for key in data:
+        if key not in PRECISIONS:
+            raise c.fail(f"gates.{key}", f"unknown precision (use {', '.join(PRECISIONS)})")
+        if key not in precisions:
+            raise c.fail(f"gates.{key}", f"a gate for a precision the profile does not list ({', '.join(precisions)})")
+    for p in precisions:
+        if p not in data:
+            raise c.fail(f"gates.{p}", "missing: every listed precision needs its accuracy gate")
+        table = c.table(data[p], f"gates.{p}")
+        prefix = f"gates.{p}."
+        c.no_unknown(table, {f.name for f in fields(Gate)}, prefix)
+        gate = Gate(**{f.name: c.get(table, f.name, float, prefix) for f in fields(Gate)})
+        if all(v is None for v in gate.to_dict().values()):
+            raise c.fail(f"gates.{p}", "empty; set at least min_cosine or min_top1_agreement")
+        if gate.min_cosine is not None and not -1.0 <= gate.min_cosine <= 1.0:
+            raise c.fail(f"{prefix}min_cosine", f"{gate.min_cosine} is outside [-1, 1]")
+        if gate.min_top1_agreement is not None and not 0.0 <= gate.min_top1_agreement <= 100.0:
+            raise c.fail(f"{prefix}min_top1_agreement", f"{gate.min_top1_agreement} is a percentage, outside [0, 100]")
+        for name in ("max_abs_err", "max_top1_drop"):
+            value = getattr(gate, name)
+            if value is not None and value < 0:
+                raise c.fail(f"{prefix}{name}", f"{value} is negative")
+        gates[p] = gate
+    return gates
+
+
+def _parse_tensorrt(c: _Checker, data: dict) -> TensorRTSettings:
+    prefix = "tensorrt."
+    c.no_unknown(data, {f.name for f in fields(TensorRTSettings)}, prefix)
+    settings = TensorRTSettings(
+        version=c.get(data, "version", str, prefix, required=True),
+        jetpack=c.get(data, "jetpack", str, prefix),
+        workspace_mb=c.get(data, "workspace_mb", int, prefix, default=1024),
+        int8_mode=c.get(data, "int8_mode", str, prefix, default="qdq"),
+        dla_core=c.get(data, "dla_core", int, prefix),
+        dla_cores=c.get(data, "dla_cores", int, prefix, default=0),
+        gpu=c.get(data, "gpu", str, prefix),
+    )
+    parts = settings.version.split(".")
+    if not all(p.isdigit() for p in parts):
+        raise c.fail(f"{prefix}version", f"{settings.version!r} is not a version like '8.5' or '10.3'")
+    c.choice(settings.int8_mode, INT8_MODES, f"{prefix}int8_mode")
+    if settings.int8_mode == "calibrate" and int(parts[0]) >= 11:
+        raise c.fail(f"{prefix}int8_mode", "TensorRT 11 removed implicit quantization (calibrators); use 'qdq'")
+    if settings.workspace_mb < 1:
+        raise c.fail(f"{prefix}workspace_mb", "must be >= 1")
+    if settings.dla_core is not None and not 0 <= settings.dla_core < settings.dla_cores:
+        raise c.fail(f"{prefix}dla_core", f"{settings.dla_core} but the device has {settings.dla_cores} DLA core(s) (dla_cores)")
+    return settings

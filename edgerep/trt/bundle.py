@@ -1,0 +1,370 @@
+"""The device bundle: everything a Jetson (or any GPU box) needs to build and check the TensorRT engines
+without PyTorch and without edgerep's build machinery.
+
+    bundle.json          manifest: profile, TensorRT version, engines to build (with their trtexec lines),
+                         every file with its sha256, the reference, the host predictions (written last)
+    model.onnx           the simplified FP32 ONNX (FP16 and calibrate-mode INT8 engines start here)
+    model.qdq.onnx       INT8 Q/DQ in TensorRT's conventions (qdq-mode INT8 engines start here)
+    model.fp16.onnx      float16 graph for TensorRT 11+ (strongly typed FP16)
+    calib.cache          TensorRT calibration cache (+ calib.cache.json sidecar), calib_ranges.json
+    reference.npz        x (inputs), ref (outputs of the unfused PyTorch model), y (labels, if any)
+    profile.toml         the target profile
+    build.sh             builds the engines with trtexec, guarding the TensorRT version
+    README.md            what to do on the device
+
+Files are written atomically one by one and the manifest last; `load_bundle` checks every listed hash,
+so a half-written or edited bundle is refused rather than used.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from .trtexec import ONNX_FP16, ONNX_FP32, ONNX_QDQ, engine_name, engine_source, trtexec_args
+from .versions import Version, api_features, cache_header, parse_version, version_code, version_str
+
+BUNDLE_FORMAT = "edgerep-tensorrt-bundle"
+BUNDLE_SCHEMA = 1
+MANIFEST = "bundle.json"
+REFERENCE = "reference.npz"
+CACHE, CACHE_RANGES = "calib.cache", "calib_ranges.json"
+REFERENCE_MAX_BYTES = 64 << 20  # cap on the reference inputs carried to the device
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def trt_version(self) -> Version:
+        return parse_version(self.manifest["trt_version"])
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def file_hash(path: Path) -> str:
+    from ..artifacts import file_sha256
+
+    return file_sha256(path)
+
+
+def copy_in(bundle_dir: Path, src: Path, name: str) -> str:
+    """Copy `src` into the bundle as `name` atomically (skipped when identical); returns its sha256."""
+    from ..artifacts import atomic_path
+
+    dst = Path(bundle_dir) / name
+    digest = file_hash(src)
+    if dst.is_file() and file_hash(dst) == digest:
+        return digest
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return digest
+
+
+def write_reference(bundle_dir: Path, x: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> str:
+    from ..artifacts import atomic_path
+
+    arrays: dict[str, np.ndarray] = {"x": np.ascontiguousarray(x, dtype=np.float32),
+                                     "ref": np.ascontiguousarray(ref, dtype=np.float32)}
+    if labels is not None:
+        arrays["y"] = np.asarray(labels, dtype=np.int64)
+    dst = Path(bundle_dir) / REFERENCE
+    with atomic_path(dst) as tmp:
+        with open(tmp, "wb") as f:  # np.savez on a path would append ".npz" to the temporary name
+            np.savez(f, **arrays)
+    return file_hash(dst)
+
+
+def reference_limit(sample_shape: tuple[int, ...], available: int) -> int:
+    """How many reference samples to carry: all of them up to REFERENCE_MAX_BYTES of inputs."""
+    per = int(np.prod(sample_shape)) * 4
+    return max(1, min(available, REFERENCE_MAX_BYTES // max(per, 1)))
+
+
+def engine_plan(profile: Any, version: Version, precisions: list[str], *, input_name: str,
+                input_shape: list[int]) -> list[dict[str, Any]]:
+    """One entry per engine to build on the device: its source ONNX, engine file and trtexec arguments."""
+    trt = profile.tensorrt
+    dynamic = None
+    if profile.dynamic_batch:
+        sizes = sorted(set(int(b) for b in profile.latency.batch_sizes) | {1})
+        dynamic = (sizes[0], sizes[len(sizes) // 2], sizes[-1])
+    plan = []
+    for precision in precisions:
+        args = trtexec_args(version, precision, int8_mode=trt.int8_mode, input_name=input_name,
+                            input_shape=[int(d) if d else 1 for d in input_shape], workspace_mb=trt.workspace_mb,
+                            dynamic_batch=dynamic, dla_core=trt.dla_core if precision != "fp32" else None,
+                            calib_cache=CACHE if precision == "int8" and trt.int8_mode == "calibrate" else None)
+        plan.append({"precision": precision, "onnx": engine_source(version, precision, trt.int8_mode),
+                     "engine": engine_name(precision), "trtexec": args})
+    return plan
+
+
+def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Path:
+    from ..artifacts import write_json_atomic
+
+    path = Path(bundle_dir) / MANIFEST
+    write_json_atomic(path, manifest)
+    return path
+
+
+def new_manifest(profile: Any, version: Version, *, input_name: str, input_shape: list[Any],
+                 output_name: str | None) -> dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "format": BUNDLE_FORMAT, "schema": BUNDLE_SCHEMA, "edgerep_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "profile": profile.to_dict(), "trt_version": version_str(version), "trt_version_code": version_code(version),
+        "trt_version_spec": str(profile.tensorrt.version),
+        "cache_header": cache_header(version), "int8_mode": profile.tensorrt.int8_mode,
+        "input": {"name": input_name, "shape": list(input_shape)}, "output_name": output_name,
+        "files": {}, "engines": [], "reference": None, "calibration": None, "predictions": {},
+    }
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Read and check a bundle: its manifest, and every listed file against its hash."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"--bundle {path}: not a folder; pass the device bundle folder edgerep build wrote")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(f"--bundle {path}: no {MANIFEST} in it (an unfinished or foreign folder); re-run edgerep build")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--bundle {path}: {MANIFEST} is not readable JSON ({exc}); re-run edgerep build") from None
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise UserError(f"--bundle {path}: {MANIFEST} is not an edgerep TensorRT bundle manifest")
+    if manifest.get("schema") != BUNDLE_SCHEMA:
+        raise UserError(f"--bundle {path}: bundle schema {manifest.get('schema')} (this edgerep reads {BUNDLE_SCHEMA}); "
+                        f"use the edgerep version that wrote it ({manifest.get('edgerep_version')})")
+    for name, digest in (manifest.get("files") or {}).items():
+        f = path / name
+        if not f.is_file():
+            raise UserError(f"--bundle {path}: {name} is missing; copy the whole bundle folder")
+        if file_hash(f) != digest:
+            raise UserError(f"--bundle {path}: {name} does not match its hash in {MANIFEST} (changed or truncated); "
+                            f"copy the bundle again")
+    return Bundle(path=path, manifest=manifest)
+
+
+def read_reference(bundle: Bundle) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    """(a streaming DataSource over the reference inputs, reference outputs, labels)."""
+    from ..data import open_data
+
+    if not bundle.manifest.get("reference") or REFERENCE not in bundle.manifest.get("files", {}):
+        raise UserError(f"--bundle {bundle.path}: it carries no reference outputs (the build stopped before "
+                        f"validation); re-run edgerep build on the host")
+    ref_path = bundle.file(REFERENCE)
+    with np.load(ref_path, allow_pickle=False) as data:
+        ref = np.asarray(data["ref"], dtype=np.float32)
+        labels = np.asarray(data["y"]) if "y" in data.files else None
+    source = open_data(ref_path, None, role="val")
+    return source, ref, labels
+
+
+# --- build.sh and README -------------------------------------------------------------------------
+
+
+def build_script(manifest: dict[str, Any]) -> str:
+    """A bash script that builds every engine of the manifest with trtexec on the device.
+
+    It reads the device's TensorRT version from trtexec's banner ("[TensorRT v8502]", NV_TENSORRT_VERSION),
+    refuses a version outside the profile's ("8.5": any 8.5.x, "10": any 10.x; the ONNX was linted for it), and
+    re-heads the host-made calibration cache for the exact device version (its scales are version-independent;
+    a stale header makes TensorRT silently recalibrate with no data). It writes a sidecar beside each engine."""
+    version = parse_version(manifest["trt_version"])
+    spec = str(manifest.get("trt_version_spec") or version_str(version)).split(".")
+    want_major, want_minor = int(spec[0]), (spec[1] if len(spec) > 1 and spec[1].isdigit() else '""')
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Builds the TensorRT engines of this bundle on the device (edgerep {manifest.get('edgerep_version')},",
+        f"# profile {manifest['profile']['name']}, TensorRT {version_str(version)}). Usage: bash build.sh [precision ...]",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
+        'if [ ! -x "$TRTEXEC" ]; then',
+        '  echo "error: trtexec not found; set TRTEXEC=/path/to/trtexec (JetPack: /usr/src/tensorrt/bin/trtexec)" >&2; exit 2',
+        "fi",
+        "# NV_TENSORRT_VERSION from trtexec's banner: 8.x MAJOR*1000+MINOR*100+PATCH, 10+ MAJOR*10000+MINOR*100+PATCH",
+        'BANNER="$("$TRTEXEC" --help 2>&1 | grep -o "TensorRT v[0-9.]*" | head -n 1 || true)"',
+        'DEVICE_CODE="${BANNER#TensorRT v}"',
+        'if [ -z "$DEVICE_CODE" ]; then',
+        '  echo "error: cannot read the TensorRT version from $TRTEXEC --help; set DEVICE_CODE=<NV_TENSORRT_VERSION>" >&2; exit 2',
+        "fi",
+        'case "$DEVICE_CODE" in *.*) IFS=. read -r MA MI PA _ <<<"$DEVICE_CODE"; PA="${PA:-0}";',
+        '  if [ "$MA" -ge 10 ]; then DEVICE_CODE=$((MA*10000+MI*100+PA)); else DEVICE_CODE=$((MA*1000+MI*100+PA)); fi;; esac',
+        "DEV_MAJOR=$(( DEVICE_CODE >= 100000 ? DEVICE_CODE / 10000 : DEVICE_CODE / 1000 ))",
+        "DEV_MINOR=$(( DEVICE_CODE >= 100000 ? DEVICE_CODE / 100 % 100 : DEVICE_CODE / 100 % 10 ))",
+        f"WANT_MAJOR={want_major}; WANT_MINOR={want_minor}  # the profile's TensorRT version: {manifest.get('trt_version_spec')}",
+        'if [ "$DEV_MAJOR" != "$WANT_MAJOR" ] || { [ -n "$WANT_MINOR" ] && [ "$DEV_MINOR" != "$WANT_MINOR" ]; }; then',
+        f'  echo "error: this device has TensorRT $DEV_MAJOR.$DEV_MINOR ($DEVICE_CODE), the bundle is for TensorRT '
+        f'{manifest.get("trt_version_spec")};" >&2',
+        '  echo "       run edgerep build with a profile for this TensorRT version" >&2; exit 2',
+        "fi",
+        'WANT="${*:-ALL}"',
+        "want() { [ \"$WANT\" = ALL ] || [[ \" $WANT \" == *\" $1 \"* ]]; }",
+    ]
+    if CACHE in manifest.get("files", {}):
+        lines += [
+            "# The cache's scales come from ONNX Runtime on the host: re-head it for this exact TensorRT version.",
+            f'sed "1s/.*/TRT-$DEVICE_CODE-EntropyCalibration2/" {CACHE} > calib.device.cache',
+        ]
+    for eng in manifest["engines"]:
+        args = [a.replace(f"--calib={CACHE}", "--calib=calib.device.cache") for a in eng["trtexec"]]
+        cmd = " ".join(shlex.quote(a) for a in args)
+        p, engine = eng["precision"], eng["engine"]
+        lines += [
+            f"if want {p}; then",
+            f'  echo "building {engine} from {eng["onnx"]} ..."',
+            f'  "$TRTEXEC" {cmd} --verbose > {engine}.build.log 2>&1 || '
+            f'{{ echo "error: trtexec failed for {p}; see {engine}.build.log" >&2; exit 1; }}',
+            f"  write_sidecar {p} {engine} {eng['onnx']}",
+            f'  echo "built {engine}; check it: edgerep validate --bundle . --engine {engine}"',
+            "fi",
+        ]
+    sidecar_py = _SIDECAR_PY.replace("__INT8_MODE__", manifest["int8_mode"])
+    func = ["write_sidecar() {", f"  DEVICE_CODE=\"$DEVICE_CODE\" python3 - \"$@\" <<'PY'", sidecar_py.rstrip(), "PY", "}"]
+    # the function must exist before it is called
+    head, body = lines[:lines.index('WANT="${*:-ALL}"')], lines[lines.index('WANT="${*:-ALL}"'):]
+    return "\n".join(head + func + body) + "\n"
+
+
+# A stdlib-only sidecar writer (the device may have neither edgerep nor numpy): the same fields and the
+# same artifact hash as edgerep.artifacts.write_sidecar, plus the DLA/GPU layer split from the build log.
+_SIDECAR_PY = r'''
+import hashlib, json, os, re, subprocess, sys, time
+precision, engine, onnx = sys.argv[1:4]
+def sha(p):
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+art = hashlib.sha256(engine.encode() + b"\0" + bytes.fromhex(sha(engine))).hexdigest()
+code = int(os.environ["DEVICE_CODE"])
+ver = (code // 10000, code // 100 % 100, code % 100) if code >= 100000 else (code // 1000, code // 100 % 10, code % 100)
+gpu = cc = None
+try:
+    import pycuda.autoinit, pycuda.driver as cuda
+    dev = cuda.Device(0); gpu = dev.name(); cc = "%d.%d" % dev.compute_capability()
+except Exception:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+        if out:
+            gpu, cc = [s.strip() for s in out[0].split(",")[:2]]
+    except Exception:
+        pass
+    if gpu is None and os.path.exists("/proc/device-tree/model"):
+        gpu = open("/proc/device-tree/model").read().strip("\x00\n ")
+dla, gpu_layers = [], []
+if os.path.exists(engine + ".build.log"):
+    # TensorRT's builder log: "[TRT] [I] [DlaLayer] {ForeignNode[...]}" / "[GpuLayer] POOLING: ..."
+    for line in open(engine + ".build.log", errors="replace"):
+        m = re.search(r"\[(DlaLayer|GpuLayer)\]\s*(.*)", line)
+        if m:
+            (dla if m.group(1) == "DlaLayer" else gpu_layers).append(m.group(2).strip())
+manifest = json.load(open("bundle.json"))
+body = {"schema": 1, "artifact": engine, "files": [engine], "artifact_sha256": art,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kind": "tensorrt-engine", "backend": "tensorrt",
+        "precision": precision, "trt_version": "%d.%d.%d" % ver, "gpu_name": gpu, "compute_capability": cc,
+        "opset": manifest["profile"].get("opset"), "onnx": onnx, "onnx_sha256": manifest["files"].get(onnx),
+        "calib_sha256": (manifest.get("calibration") or {}).get("data_sha256") if precision == "int8" else None,
+        "int8_mode": "__INT8_MODE__" if precision == "int8" else None,
+        "dla_core": manifest["profile"].get("tensorrt", {}).get("dla_core") if precision != "fp32" else None,
+        "dla_layers": dla, "gpu_fallback_layers": gpu_layers if dla else [],
+        "built_by": "trtexec (bundle build.sh)", "target": manifest["profile"]["name"]}
+tmp = engine + ".json.partial-%d" % os.getpid()
+json.dump(body, open(tmp, "w"), indent=2)
+os.replace(tmp, engine + ".json")
+'''
+
+
+def readme(manifest: dict[str, Any]) -> str:
+    version = parse_version(manifest["trt_version"])
+    prof = manifest["profile"]
+    feats = api_features(version)
+    rows = "\n".join(f"| {e['precision']} | `{e['onnx']}` | `{e['engine']}` |" for e in manifest["engines"])
+    pred = manifest.get("predictions") or {}
+    pred_lines = "\n".join(
+        f"- {k}: {v.get('backend')} on the host CPU: cosine {_fmt(v.get('accuracy', {}).get('cosine'))}, "
+        f"top-1 agreement {_fmt(v.get('accuracy', {}).get('top1_agreement'))}%, "
+        f"top-1 {_fmt(v.get('accuracy', {}).get('top1'))}%" for k, v in pred.items()) or "- (none)"
+    steps = [
+        f"# TensorRT bundle for `{prof['name']}`",
+        "",
+        f"{prof.get('description', '')}",
+        "",
+        f"Made on a machine without TensorRT/GPU: the engines must be built on the device, which must run "
+        f"TensorRT {version.__getitem__(0)}.{version[1]}.x (the ONNX was checked against that version's parser; "
+        f"JetPack {prof.get('tensorrt', {}).get('jetpack') or '-'}).",
+        "",
+        "| precision | built from | engine |",
+        "|---|---|---|",
+        rows,
+        "",
+        "## On the device",
+        "",
+        "```bash",
+        "bash build.sh                 # every engine; or: bash build.sh fp16",
+        "pip install --no-deps edgerep && pip install numpy typer rich onnx   # no PyTorch needed",
+        "pip install pycuda            # the [tensorrt] extra; JetPack ships the tensorrt Python package",
+        *[f"edgerep validate --bundle . --engine {e['engine']}" for e in manifest["engines"]],
+        "```",
+        "",
+        "`build.sh` reads the device's TensorRT version from trtexec, refuses another major.minor, and re-heads",
+        "`calib.cache` for the exact version (its scales were computed on the host by ONNX Runtime and do not",
+        "depend on the TensorRT version; TensorRT ignores a cache whose header names another version).",
+        "Each engine gets a sidecar `<engine>.json` (TensorRT version, GPU, precision, hashes, and DLA/GPU layers",
+        "from the build log); `edgerep validate --bundle` refuses an engine whose sidecar does not match the running",
+        "TensorRT and GPU, and compares its outputs with `reference.npz` (the unfused PyTorch model's outputs).",
+        "",
+        "## Host predictions",
+        "",
+        pred_lines,
+        "",
+        "## trtexec commands",
+        "",
+        "```",
+        *[f"trtexec {' '.join(e['trtexec'])}" for e in manifest["engines"]],
+        "```",
+        "",
+        f"INT8 mode: `{manifest['int8_mode']}`"
+        + (" (implicit quantization with `calib.cache`)" if manifest["int8_mode"] == "calibrate"
+           else " (explicit Q/DQ in `model.qdq.onnx`; the scales are in the graph)"),
+        "" if feats.calibrators else "TensorRT 11+: no calibrators; FP16 comes from `model.fp16.onnx`, INT8 from `model.qdq.onnx`.",
+    ]
+    return "\n".join(steps) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def write_text(bundle_dir: Path, name: str, text: str, *, executable: bool = False) -> str:
+    from ..artifacts import atomic_path
+
+    dst = Path(bundle_dir) / name
+    with atomic_path(dst) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        if executable:
+            tmp.chmod(0o755)
+    return file_hash(dst)
+
+
+__all__ = ["Bundle", "BUNDLE_FORMAT", "CACHE", "CACHE_RANGES", "MANIFEST", "ONNX_FP16", "ONNX_FP32", "ONNX_QDQ",
+           "REFERENCE", "build_script", "copy_in", "engine_plan", "load_bundle", "new_manifest", "read_reference",
+           "readme", "reference_limit", "write_manifest", "write_reference", "write_text"]

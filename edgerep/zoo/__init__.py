@@ -1,0 +1,10 @@
+"""Training-time re-parameterizable blocks and the model families we build from them.
+
+Importing this package registers every family (each module registers its own models).
+"""
+from .registry import ZooEntry, create_model, get_entry, model_names, register_model
+
+# Each family module registers itself on import; keep this list in one place.
+from . import repvgg, acb, dbb, orepa, mobileone, ghostnet, saconv, digits  # noqa: E402,F401
+
+__all__ = ["ZooEntry", "create_model", "get_entry", "model_names", "register_model"]

@@ -1,0 +1,171 @@
+"""Switchable Atrous Convolution (DetectoRS, Qiao et al., CVPR 2021; as mmdet/mmcv's SAConv2d, no deform).
+
+out = s * conv(x', Ws, d) + (1 - s) * conv(x', Ws + dW, 3d), with Ws the standardized weight,
+x' = x + pre_context(global mean of x), s = switch 1x1 conv of a 5x5 reflect-padded avg-pool of x' (mmdet
+applies no sigmoid to it; `sigmoid_switch=True` adds one), then out + post_context(global mean of out).
+
+The switch and the contexts depend on the input: they stay. What fuses is weight standardization (folded
+into constant `weight_s` / `weight_l`) and the BN that follows in the network: since s and 1 - s sum to 1,
+BN's scale goes into both branch weights and its shift into the post-context bias (see `fold_following_bn`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .common import ClassifierHead, ConvBN, bn_scale_shift, pair, reparameterize_children
+from .registry import register_model
+
+WS_EPS = 1e-5
+
+
+def standardize_weight(w: Tensor) -> Tensor:
+    """Per output channel: (w - mean) / sqrt(var + eps) over (in, kh, kw); traceable."""
+    flat = w.flatten(1)
+    mean = flat.mean(dim=1).reshape(-1, 1, 1, 1)
+    std = torch.sqrt(flat.var(dim=1) + WS_EPS).reshape(-1, 1, 1, 1)
+    return (w - mean) / std
+
+
+class SAConv2d(nn.Module):
+    """SAConv2d; deploy form holds `weight_s`, `weight_l`, `bias` (always) + `switch`, `pre_context`, `post_context`."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int | None = None,
+        dilation: int = 1, groups: int = 1, bias: bool = False, sigmoid_switch: bool = False, deploy: bool = False,
+    ) -> None:
+        super().__init__()
+        self.sigmoid_switch = sigmoid_switch
+        self.stride, self.dilation, self.groups = pair(stride), pair(dilation), groups
+        self.padding = pair(dilation * (kernel_size - 1) // 2 if padding is None else padding)
+        self.padding_l = (3 * self.padding[0], 3 * self.padding[1])
+        self.dilation_l = (3 * self.dilation[0], 3 * self.dilation[1])
+        shape = (out_channels, in_channels // groups, kernel_size, kernel_size)
+        self.switch = nn.Conv2d(in_channels, 1, 1, stride=stride, bias=True)
+        self.pre_context = nn.Conv2d(in_channels, in_channels, 1, bias=True)
+        self.post_context = nn.Conv2d(out_channels, out_channels, 1, bias=True)
+        # mmdet's init: switch starts at 1 (small dilation only), contexts at 0.
+        nn.init.zeros_(self.switch.weight)
+        nn.init.ones_(self.switch.bias)
+        for m in (self.pre_context, self.post_context):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        if deploy:
+            self.weight = self.weight_diff = None
+            self.weight_s = nn.Parameter(torch.empty(shape))
+            self.weight_l = nn.Parameter(torch.empty(shape))
+            self.bias = nn.Parameter(torch.zeros(out_channels))
+        else:
+            self.weight_s = self.weight_l = None
+            self.weight = nn.Parameter(torch.empty(shape))
+            nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+            self.weight_diff = nn.Parameter(torch.zeros(shape))
+            self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.pre_context(F.adaptive_avg_pool2d(x, 1)).expand_as(x)
+        switch = self.switch(F.avg_pool2d(F.pad(x, [2, 2, 2, 2], mode="reflect"), 5, 1, 0))
+        if self.sigmoid_switch:
+            switch = torch.sigmoid(switch)
+        if self.weight_s is not None:
+            w_s, w_l = self.weight_s, self.weight_l
+        else:
+            w_s = standardize_weight(self.weight)
+            w_l = w_s + self.weight_diff
+        out_s = F.conv2d(x, w_s, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        out_l = F.conv2d(x, w_l, self.bias, self.stride, self.padding_l, self.dilation_l, self.groups)
+        out = switch * out_s + (1 - switch) * out_l
+        return out + self.post_context(F.adaptive_avg_pool2d(out, 1)).expand_as(out)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold weight standardization into constant weights (idempotent)."""
+        if self.weight_s is not None:
+            return
+        w = self.weight.detach().double()
+        w_s = standardize_weight(w)
+        w_l = w_s + self.weight_diff.detach().double()
+        like = self.weight
+        bias = self.bias.detach() if self.bias is not None else like.new_zeros(like.shape[0])
+        self.weight = self.weight_diff = self.bias = None
+        self.weight_s = nn.Parameter(w_s.to(like.dtype))
+        self.weight_l = nn.Parameter(w_l.to(like.dtype))
+        self.bias = nn.Parameter(bias.clone())
+
+    @torch.no_grad()
+    def fold_following_bn(self, bn: nn.BatchNorm2d) -> None:
+        """Absorb an eval-mode BN applied to this conv's output (deploy form only).
+
+        BN(y) = a*y + c with y = sac + ctx(mean(sac)). Scaling both branches by a gives sac' = a*sac, so the
+        post-context must see mean(sac')/a: W'[o, i] = a[o] * W[o, i] / a[i], and b' = a*b + c.
+        Needs every a != 0 (a BN with a zero gamma cannot be folded through the context; it raises).
+        """
+        if self.weight_s is None:
+            raise RuntimeError("fold_following_bn needs the deploy form; call reparameterize() first")
+        a, c = bn_scale_shift(bn)
+        if bool((a.abs() < 1e-12).any()):
+            raise ValueError("BN with a zero scale cannot be folded through SAConv's post-context")
+        col = a.reshape(-1, 1, 1, 1)
+        dtype = self.weight_s.dtype
+        self.weight_s.copy_((self.weight_s.double() * col).to(dtype))
+        self.weight_l.copy_((self.weight_l.double() * col).to(dtype))
+        self.bias.copy_((self.bias.double() * a).to(dtype))
+        pw = self.post_context.weight.double()
+        self.post_context.weight.copy_((pw * col / a.reshape(1, -1, 1, 1)).to(dtype))
+        self.post_context.bias.copy_((self.post_context.bias.double() * a + c).to(dtype))
+
+
+class SACBasicBlock(nn.Module):
+    """ResNet basic block whose first conv is SAConv: SAC(stride)-BN-ReLU, conv3x3+BN, + shortcut, ReLU.
+
+    Deploy form: `conv1` (SAConv with BN folded, no `bn1`), `conv2.conv`, `shortcut.conv`.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, deploy: bool = False) -> None:
+        super().__init__()
+        self.conv1 = SAConv2d(in_ch, out_ch, 3, stride, deploy=deploy)
+        self.bn1 = None if deploy else nn.BatchNorm2d(out_ch)
+        self.act1 = nn.ReLU()
+        self.conv2 = ConvBN(out_ch, out_ch, 3, deploy=deploy)
+        self.shortcut = None if (in_ch == out_ch and stride == 1) else ConvBN(in_ch, out_ch, 1, stride, deploy=deploy)
+        self.act2 = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv1(x)
+        if self.bn1 is not None:
+            y = self.bn1(y)
+        y = self.conv2(self.act1(y))
+        return self.act2(y + (x if self.shortcut is None else self.shortcut(x)))
+
+    def reparameterize(self) -> None:
+        reparameterize_children(self)
+        if self.bn1 is not None:
+            self.conv1.fold_following_bn(self.bn1)
+            self.bn1 = None
+
+
+class SACResNet(nn.Module):
+    """stem conv+BN+ReLU (stride 2) -> SAC basic blocks -> classifier head."""
+
+    def __init__(self, widths=(16, 32, 64), depths=(1, 1, 2), num_classes: int = 10, deploy: bool = False) -> None:
+        super().__init__()
+        self.stem = ConvBN(3, widths[0], 3, 2, deploy=deploy)
+        self.stem_act = nn.ReLU()
+        blocks, in_ch = [], widths[0]
+        for i, (w, d) in enumerate(zip(widths, depths)):
+            for j in range(d):
+                blocks.append(SACBasicBlock(in_ch, w, 2 if (i > 0 and j == 0) else 1, deploy))
+                in_ch = w
+        self.blocks = nn.Sequential(*blocks)
+        self.head = ClassifierHead(in_ch, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem_act(self.stem(x))))
+
+
+@register_model(input_shape=(1, 3, 64, 64), num_classes=10)
+def saconv_resnet_tiny(*, num_classes: int = 10, deploy: bool = False, **kw) -> SACResNet:
+    """A tiny ResNet (16-32-64, 4 basic blocks) whose first conv in each block is SAConv."""
+    return SACResNet(num_classes=num_classes, deploy=deploy, **kw)

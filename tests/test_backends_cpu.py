@@ -1,0 +1,202 @@
+"""OpenVINO and ONNX Runtime backends: every precision built from a real export, calibrated on real images
+(scikit-learn's digits), run, and compared with PyTorch."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgerep.artifacts import file_sha256, load_artifact, sha256_files
+from edgerep.backends import get_backend
+from edgerep.data import open_data
+from edgerep.errors import UserError
+from edgerep.export import export_pipeline
+from edgerep.models import load_model
+from edgerep.targets import load_target
+
+SHAPE = (1, 3, 32, 32)
+pytest.importorskip("sklearn", reason="scikit-learn provides the digits images")
+
+
+def _digits(n: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    img = d.images[offset:offset + n].astype(np.float32) / 16.0  # 8x8 in [0, 1]
+    img = np.kron(img, np.ones((4, 4), np.float32))  # 32x32
+    x = np.repeat(img[:, None], 3, axis=1)
+    return np.ascontiguousarray((x - 0.3) / 0.4, dtype=np.float32), d.target[offset:offset + n].astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backends")
+    torch.manual_seed(0)
+    info = load_model("zoo:repvgg_tiny", input_shape=SHAPE)
+    export = export_pipeline(info, info.module, root / "export", opset=17, dynamic_batch=True)
+    x, y = _digits(48, 0)
+    np.savez(root / "calib.npz", x=x, y=y)
+    calib = open_data(root / "calib.npz", None, role="calib")
+    val_x, _ = _digits(32, 500)
+    with torch.no_grad():
+        ref = info.module(torch.from_numpy(val_x)).numpy()
+    return {"root": root, "onnx": export.sim_path, "calib": calib, "val": val_x, "ref": ref}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def _run_all(runner, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    return np.concatenate([runner.run(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def _assert_ir_holds(xml, precision: str) -> None:
+    """The IR really is what was asked: FP16 weight constants, FakeQuantize ops for INT8 only."""
+    import openvino as ov
+
+    ops = ov.Core().read_model(str(xml)).get_ops()
+    weight_types = {op.get_output_element_type(0).get_type_name() for op in ops
+                    if op.get_type_name() == "Constant" and op.get_output_partial_shape(0).rank.get_length() == 4}
+    if precision in ("fp32", "fp16"):
+        assert weight_types == {"f16" if precision == "fp16" else "f32"}
+    assert ("FakeQuantize" in {op.get_type_name() for op in ops}) == (precision == "int8")
+
+
+CASES = [("openvino-cpu", "fp32"), ("openvino-cpu", "fp16"), ("openvino-cpu", "int8"),
+         ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "int8")]
+
+
+@pytest.mark.parametrize("target,precision", CASES)
+def test_build_run_and_match_pytorch(setup, target, precision):
+    profile = load_target(target)
+    backend = get_backend(profile.backend)
+    assert backend.available() is None
+    out_dir = setup["root"] / target
+    art = backend.build(setup["onnx"], precision, out_dir=out_dir, profile=profile, calib=setup["calib"])
+    assert art.status == "ok" and art.path.is_file() and art.sidecar.is_file()
+
+    side = json.loads(art.sidecar.read_text())
+    assert (side["backend"], side["precision"], side["target"]) == (profile.backend, precision, target)
+    onnx_files = [setup["onnx"]]
+    assert side["onnx_sha256"] == sha256_files(onnx_files)
+    assert side["calib_sha256"] == (setup["calib"].sha256() if precision == "int8" else None)
+    assert side["packages"][profile.backend] is not None
+    if precision == "int8":
+        assert side["settings"]["calib_method"] == profile.calibration.method
+        assert side["settings"]["calib_samples"] == 48
+
+    if profile.backend == "openvino":
+        _assert_ir_holds(art.path, precision)
+    else:
+        ops = {n.op_type for n in onnx.load(str(art.path)).graph.node}
+        assert ("DequantizeLinear" in ops) == (precision == "int8")
+
+    runner = backend.load(load_artifact(art.path))  # reloaded from the files alone
+    out = _run_all(runner, setup["val"])
+    ref = setup["ref"]
+    rel = np.abs(out - ref).max() / np.abs(ref).max()
+    cos = _cosine(out, ref)
+    if precision == "fp32":
+        assert rel < 1e-4, rel
+    elif precision == "fp16":
+        assert cos > 0.999 and rel < 2e-2, (cos, rel)
+    else:
+        assert cos > 0.95 and rel > 1e-5, (cos, rel)  # close, but visibly quantized
+    times = runner.latency(setup["val"][:1], warmup=1, iterations=3)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    runner.close()
+
+
+def test_ignored_nodes_stay_float_on_both_backends(setup):
+    model = onnx.load(str(setup["onnx"]))
+    first_conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    options = {"ignored_nodes": [first_conv]}
+
+    ort_art = get_backend("onnxruntime").build(setup["onnx"], "int8", out_dir=setup["root"] / "ign-ort",
+                                               calib=setup["calib"], options=options)
+    q = onnx.load(str(ort_art.path))
+    producers = {o: n for n in q.graph.node for o in n.output}
+    conv = next(n for n in q.graph.node if n.name == first_conv)
+    assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in conv.input[1:])
+    other = [n for n in q.graph.node if n.op_type == "Conv" and n.name != first_conv]
+    assert all(producers[n.input[1]].op_type == "DequantizeLinear" for n in other)
+    assert ort_art.info["settings"]["ignored_nodes"] == [first_conv]
+
+    import openvino as ov
+
+    ov_art = get_backend("openvino").build(setup["onnx"], "int8", out_dir=setup["root"] / "ign-ov",
+                                           calib=setup["calib"], options=options)
+    ov_ops = ov_art.info["settings"]["ignored_openvino_ops"]
+    assert ov_ops and all(o == first_conv or o.startswith(first_conv + "/") for o in ov_ops)
+    ir = ov.Core().read_model(str(ov_art.path))
+    for op in ir.get_ops():
+        if op.get_type_name() == "Convolution":
+            fed_by_fq = any(op.input_value(i).get_node().get_type_name() == "FakeQuantize" for i in range(2))
+            assert fed_by_fq == (op.get_friendly_name() not in ov_ops), op.get_friendly_name()
+
+    with pytest.raises(UserError, match="ignored nodes: /no/such/Conv not in"):
+        get_backend("onnxruntime").build(setup["onnx"], "int8", out_dir=setup["root"] / "bad",
+                                         calib=setup["calib"], options={"ignored_nodes": ["/no/such/Conv"]})
+
+
+@pytest.mark.parametrize("backend_name,method", [("onnxruntime", "entropy"), ("onnxruntime", "percentile"),
+                                                 ("openvino", "percentile")])
+def test_other_calibration_methods(setup, backend_name, method):
+    art = get_backend(backend_name).build(setup["onnx"], "int8", out_dir=setup["root"] / f"{backend_name}-{method}",
+                                          calib=setup["calib"], options={"calib_method": method})
+    assert art.info["settings"]["calib_method"] == method
+    runner = get_backend(backend_name).load(art)
+    out = _run_all(runner, setup["val"])
+    assert _cosine(out, setup["ref"]) > 0.9
+
+
+def test_argument_errors(setup):
+    ort = get_backend("onnxruntime")
+    with pytest.raises(UserError, match="--precision fp16: the onnxruntime backend builds fp32, int8"):
+        ort.build(setup["onnx"], "fp16", out_dir=setup["root"] / "e1")
+    with pytest.raises(UserError, match="--calib: onnxruntime INT8 needs calibration data"):
+        ort.build(setup["onnx"], "int8", out_dir=setup["root"] / "e2")
+    with pytest.raises(UserError, match="--calib-method kl"):
+        ort.build(setup["onnx"], "int8", out_dir=setup["root"] / "e3", calib=setup["calib"], options={"calib_method": "kl"})
+    with pytest.raises(UserError, match="unknown colour"):
+        ort.build(setup["onnx"], "fp32", out_dir=setup["root"] / "e4", options={"colour": 1})
+
+
+def test_failed_build_leaves_no_file(setup, tmp_path):
+    # calibration data of the wrong shape: the quantizer fails, nothing that looks finished is left
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((8, 3, 16, 16), np.float32))
+    wrong = open_data(tmp_path / "wrong.npz", None, role="calib")
+    for name in ("onnxruntime", "openvino"):
+        out_dir = tmp_path / name
+        with pytest.raises(UserError, match="INT8"):
+            get_backend(name).build(setup["onnx"], "int8", out_dir=out_dir, calib=wrong)
+        assert not out_dir.exists() or list(out_dir.iterdir()) == []
+
+
+def test_missing_package_is_reported(setup, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
+    backend = get_backend("openvino")
+    message = "openvino is not installed; pip install 'edgerep[openvino]'"
+    assert backend.available() == message
+    with pytest.raises(UserError, match=r"openvino is not installed; pip install 'edgerep\[openvino\]'"):
+        backend.build(setup["onnx"], "fp32", out_dir=setup["root"] / "none")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert get_backend("onnxruntime").available() == "onnxruntime is not installed; pip install 'edgerep[onnxruntime]'"
+
+
+def test_static_batch_model_calibrates_sample_by_sample(setup, tmp_path):
+    info = load_model("zoo:repvgg_tiny", input_shape=SHAPE)
+    export = export_pipeline(info, info.module, tmp_path / "static", opset=13, dynamic_batch=False)
+    for name in ("onnxruntime", "openvino"):
+        art = get_backend(name).build(export.sim_path, "int8", out_dir=tmp_path / name, calib=setup["calib"],
+                                      options={"num_samples": 20})
+        assert art.info["settings"]["calib_samples"] == 20
+        assert art.info["input_shape"] == list(SHAPE)
+        runner = get_backend(name).load(art)
+        assert runner.run(setup["val"][:1]).shape == (1, 10)
+    assert file_sha256(export.sim_path)

@@ -1,0 +1,211 @@
+"""Target profiles: the shipped ones load, bad ones fail with the file and field named."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgerep.errors import UserError
+from edgerep.targets import DEFAULT_TARGET, list_targets, load_target, targets_dirs, trt_version_matches
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = {"openvino-cpu", "onnxruntime-cpu", "tensorrt", "jetson-nano", "jetson-xavier-nx", "jetson-orin-nano",
+           "jetson-agx-orin"}
+
+
+def test_every_shipped_profile_loads_default_first():
+    profiles = list_targets()
+    assert {p.name for p in profiles} == SHIPPED
+    assert profiles[0].name == DEFAULT_TARGET == "openvino-cpu"
+    for prof in profiles:
+        assert prof.source is not None and prof.source.stem == prof.name
+        assert set(prof.gates) == set(prof.precisions)  # a gate for every precision, none extra
+        for gate in prof.gates.values():
+            assert gate.min_cosine is not None and gate.min_top1_agreement is not None
+        assert (prof.tensorrt is not None) == (prof.backend == "tensorrt")
+
+
+def test_profile_facts():
+    ov, ort = load_target("openvino-cpu"), load_target("onnxruntime-cpu")
+    assert ov.backend == "openvino" and ov.precisions == ["fp32", "fp16", "int8"]
+    assert ort.backend == "onnxruntime" and ort.precisions == ["fp32", "int8"]
+    # gates tighten with precision
+    assert ov.gates["fp32"].min_cosine > ov.gates["fp16"].min_cosine > ov.gates["int8"].min_cosine
+    assert ov.gates["int8"].max_top1_drop == 1.0
+    nano = load_target("jetson-nano")
+    assert nano.opset == 13 and nano.tensorrt.version == "8.2" and nano.tensorrt.int8_mode == "calibrate"
+    nx = load_target("jetson-xavier-nx")
+    assert nx.opset == 17 and nx.tensorrt.version == "8.5" and nx.tensorrt.jetpack.startswith("5.1")
+    assert nx.tensorrt.dla_core == 0
+    orin_nano = load_target("jetson-orin-nano")
+    assert orin_nano.tensorrt.version == "10.3" and orin_nano.tensorrt.dla_cores == 0 and orin_nano.tensorrt.dla_core is None
+    agx = load_target("jetson-agx-orin")
+    assert agx.tensorrt.version == "10.3" and agx.tensorrt.dla_core == 0
+    trt = load_target("tensorrt")
+    assert trt.precisions == ["fp16", "int8"] and trt.tensorrt.version.startswith("10")
+    assert trt.to_dict()["tensorrt"]["version"] == trt.tensorrt.version
+
+
+def test_load_by_path_and_unknown_name(tmp_path):
+    src = load_target("onnxruntime-cpu").source
+    assert load_target(str(src)).name == "onnxruntime-cpu"
+    with pytest.raises(UserError, match=r"--target nope: no such target \(known: .*openvino-cpu"):
+        load_target("nope")
+    with pytest.raises(UserError, match="file not found"):
+        load_target(str(tmp_path / "missing.toml"))
+
+
+def test_trt_version_matches():
+    assert trt_version_matches("8.5", "8.5.2.2")
+    assert trt_version_matches("10", "10.3.0")
+    assert not trt_version_matches("8.5", "8.6.1")
+    assert not trt_version_matches("10.3", "10.30.1")  # components, not string prefixes
+
+
+GOOD = """
+name = "{name}"
+description = "a test profile"
+backend = "onnxruntime"
+precisions = ["fp32", "int8"]
+opset = 17
+[gates.fp32]
+min_cosine = 0.9999
+[gates.int8]
+min_cosine = 0.98
+"""
+
+BAD = [
+    # (replace this, with that, expected field in the message)
+    ('opset = 17', 'opset = 17\ncolor = "red"', "color: unknown field"),
+    ('opset = 17', 'opset = "17"', "opset: expected int"),
+    ('opset = 17', 'opset = true', "opset: expected int"),
+    ('opset = 17', 'opset = 5', "opset: 5 is outside"),
+    ('opset = 17\n', '', "opset: missing required field"),
+    ('description = "a test profile"\n', '', "description: missing required field"),
+    ('["fp32", "int8"]', '["fp32", "fp16", "int8"]', "precisions: backend 'onnxruntime' cannot build 'fp16'"),
+    ('["fp32", "int8"]', '["fp64"]', "precisions: 'fp64' is not one of"),
+    ('[gates.int8]\nmin_cosine = 0.98', '', "gates.int8: missing"),
+    ('min_cosine = 0.98', 'min_cosine = 0.98\nmin_top1_agreement = 120', "gates.int8.min_top1_agreement"),
+    ('min_cosine = 0.98', 'min_cosin = 0.98', "gates.int8.min_cosin: unknown field"),
+    ('backend = "onnxruntime"', 'backend = "tflite"', "backend: unknown backend 'tflite'"),
+    ('opset = 17', 'opset = 17\n[tensorrt]\nversion = "10.3"', "tensorrt: only for backend 'tensorrt'"),
+    ('opset = 17', 'opset = 17\n[calibration]\nmethod = "kl"', "calibration.method: 'kl' is not one of"),
+    ('opset = 17', 'opset = 17\n[latency]\nbatch_sizes = [1, 8]', "latency.batch_sizes: batch sizes other than 1"),
+    ('opset = 17', 'opset = 17\n[latency]\nbatch_sizes = [0]', "latency.batch_sizes"),
+    ('opset = 17', 'opset = [17', "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("old,new,expected", BAD, ids=[b[2][:30] for b in BAD])
+def test_bad_profiles_name_file_and_field(tmp_path, old, new, expected):
+    text = GOOD.format(name="mine")
+    assert old in text
+    path = tmp_path / "mine.toml"
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(UserError) as err:
+        load_target(str(path))
+    message = err.value.message
+    assert str(path) in message and expected in message
+    assert "\n" not in message
+
+
+def test_good_custom_profile_and_name_mismatch(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(GOOD.format(name="mine"))
+    prof = load_target(str(path))
+    assert prof.name == "mine" and prof.calibration.method == "minmax" and prof.calibration.num_samples == 300
+    assert prof.latency.batch_sizes == [1] and prof.dynamic_batch is False
+    other = tmp_path / "other.toml"
+    other.write_text(GOOD.format(name="mine"))
+    with pytest.raises(UserError, match="name: 'mine' differs from the file name 'other'"):
+        load_target(str(other))
+
+
+TRT = """
+name = "dev"
+description = "a TensorRT test profile"
+backend = "tensorrt"
+precisions = ["fp16", "int8"]
+opset = 17
+[gates.fp16]
+min_cosine = 0.999
+[gates.int8]
+min_cosine = 0.98
+[tensorrt]
+version = "10.3"
+"""
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ('int8_mode = "calibrate"\nversion_x = 1', "tensorrt.version_x: unknown field"),
+    ('dla_core = 1\ndla_cores = 1', "tensorrt.dla_core: 1 but the device has 1"),
+    ('int8_mode = "fp8"', "tensorrt.int8_mode: 'fp8' is not one of"),
+])
+def test_bad_tensorrt_settings(tmp_path, extra, expected):
+    path = tmp_path / "dev.toml"
+    path.write_text(TRT + extra + "\n")
+    with pytest.raises(UserError, match=expected.replace("(", r"\(")):
+        load_target(str(path))
+
+
+def test_tensorrt_11_refuses_calibrators_and_table_required(tmp_path):
+    path = tmp_path / "dev.toml"
+    path.write_text(TRT.replace('"10.3"', '"11.1"') + 'int8_mode = "calibrate"\n')
+    with pytest.raises(UserError, match="TensorRT 11 removed implicit quantization"):
+        load_target(str(path))
+    path.write_text(TRT.split("[tensorrt]")[0])
+    with pytest.raises(UserError, match=r"tensorrt: missing required table"):
+        load_target(str(path))
+    path.write_text(TRT)
+    assert load_target(str(path)).tensorrt.int8_mode == "qdq"
+
+
+def test_targets_cli_lists_every_profile(capsys):
+    from edgerep.cli import main
+
+    try:
+        main(["targets"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    shown = capsys.readouterr().out
+    for name in SHIPPED:
+        assert name in shown
+    assert "openvino-cpu*" in shown
+
+
+def test_profiles_found_in_a_non_editable_install(tmp_path):
+    """Build a wheel from a copy of the sources, install it into a folder and list the targets from there."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REPO / "pyproject.toml", src)
+    for name in ("edgerep", "targets", "calib"):
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if (REPO / "README.md").exists():
+        shutil.copy(REPO / "README.md", src)
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src),
+                            "-w", str(tmp_path / "dist")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    if build.returncode != 0 and "No module named" in build.stderr and "setuptools" in build.stderr:
+        pytest.skip("setuptools is not installed")
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("edgerep-*.whl"))
+    site = tmp_path / "site"
+    inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert inst.returncode == 0, inst.stderr[-2000:]
+    code = "import edgerep.targets as t; print(t.__file__); print(' '.join(sorted(p.name for p in t.list_targets())))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**env, "PYTHONPATH": str(site)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    module_file, *names = run.stdout.strip().splitlines()
+    assert module_file.startswith(str(site))  # the installed copy, not the checkout
+    assert names and set(names[0].split()) == SHIPPED, "the wheel ships no targets/*.toml (see pyproject packages)"
+
+
+def test_source_checkout_dir_is_found():
+    assert REPO / "targets" in targets_dirs() or Path(__file__).resolve().parents[1].joinpath("edgerep", "targets") in targets_dirs()

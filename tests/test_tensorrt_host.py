@@ -1,0 +1,494 @@
+"""The TensorRT work that needs no GPU: lint, host calibration -> TensorRT cache, Q/DQ, device bundle,
+version guard, trtexec flags. Real models (the demo RepVGG trained on digits, small torch exports with
+operators TensorRT 8.2 lacks), real data (calib/digits), ONNX Runtime's own calibrators as the reference."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from onnx import TensorProto, helper, numpy_helper
+
+from edgerep.artifacts import read_sidecar
+from edgerep.backends.tensorrt_host import PREDICTION_BACKEND, lint_for_profile, run_check, run_validate_bundle
+from edgerep.data import calib_root, open_data
+from edgerep.errors import UserError
+from edgerep.targets import load_target
+from edgerep.trt import calib_cache, guard, qdq
+from edgerep.trt.bundle import MANIFEST, load_bundle
+from edgerep.trt.calibrate import calibrate, entropy_threshold
+from edgerep.trt.lint import lint_onnx
+from edgerep.trt.trtexec import engine_source, trtexec_args
+from edgerep.trt.versions import (api_features, cache_header, ops_table, parse_cache_header, parse_version,
+                                  version_code)
+
+DIGITS = calib_root() / "digits"
+
+
+def _export(model: nn.Module, path: Path, *, opset: int, shape=(1, 3, 8, 8), dynamic: bool = False) -> Path:
+    kwargs = {"dynamic_axes": {"input": {0: "N"}}} if dynamic else {}
+    torch.onnx.export(model.eval(), torch.randn(*shape), str(path), opset_version=opset, input_names=["input"],
+                      output_names=["output"], dynamo=False, **kwargs)
+    return path
+
+
+class _NotOn82(nn.Module):
+    """fmod -> Mod and reciprocal -> Reciprocal: both unsupported by the TensorRT 8.2 parser, supported from 8.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return (torch.fmod(y, 3.0) + torch.reciprocal(y.abs() + 1.0)).mean((2, 3))
+
+
+class _LayerNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x).mean((2, 3)))
+
+
+# --- the demo model and data, through the real `edgerep build` for a Jetson profile --------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """`edgerep build --target jetson-xavier-nx` on this machine (no TensorRT): engines skipped, a device
+    bundle, the Q/DQ prediction. TensorRT 8.5 with int8_mode calibrate and DLA core 0."""
+    from edgerep.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("trt-build") / "run"
+    result = build(BuildOptions(target="jetson-xavier-nx", output=out, calib_samples=120, val_samples=96))
+    return result
+
+
+def test_build_without_tensorrt_writes_bundle_and_prediction(built):
+    assert built.exit_code == 0
+    engines = built.report["engines"]
+    trt_rows = [e for e in engines if e["backend"] == "tensorrt"]
+    assert [e["precision"] for e in trt_rows] == ["fp16", "int8"]
+    assert all(e["status"] == "skipped" and "on the device" in e["reason"] for e in trt_rows)
+    pred = [e for e in engines if e["backend"] == PREDICTION_BACKEND]
+    assert len(pred) == 1 and pred[0]["precision"] == "int8" and pred[0]["status"] == "ok" and pred[0]["prediction"]
+    # the INT8 prediction of the fused RepVGG: close to the unfused PyTorch reference on labelled digits
+    acc = pred[0]["accuracy"]
+    assert acc["cosine"] > 0.95 and acc["top1_agreement"] >= 90.0 and acc["top1"] is not None
+    bundle = load_bundle(built.out_dir / "engines" / "device-bundle")
+    m = bundle.manifest
+    assert m["trt_version"] == "8.5.2" and m["cache_header"] == "TRT-8502-EntropyCalibration2"
+    assert m["reference"]["num_samples"] == 96 and m["reference"]["labelled"]
+    assert m["predictions"]["int8"]["accuracy"]["cosine"] == pytest.approx(acc["cosine"])
+    assert {"model.onnx", "model.qdq.onnx", "calib.cache", "calib.cache.json", "reference.npz", "build.sh",
+            "README.md", "profile.toml"} <= set(m["files"])
+    for eng in m["engines"]:  # TensorRT 8.5: --memPoolSize (not --workspace), --buildOnly (not --skipInference)
+        assert "--memPoolSize=workspace:1024" in eng["trtexec"] and "--buildOnly" in eng["trtexec"]
+        assert "--useDLACore=0" in eng["trtexec"] and "--allowGPUFallback" in eng["trtexec"]
+    int8 = next(e for e in m["engines"] if e["precision"] == "int8")
+    assert int8["onnx"] == "model.onnx" and "--calib=calib.cache" in int8["trtexec"]
+    assert subprocess.run(["bash", "-n", str(bundle.path / "build.sh")]).returncode == 0
+
+
+def test_validate_bundle_with_onnxruntime_standing_in(built):
+    bdir = built.out_dir / "engines" / "device-bundle"
+    # model.onnx through ONNX Runtime reproduces the unfused PyTorch reference carried in the bundle
+    assert run_validate_bundle(bundle=bdir, engine=bdir / "model.onnx") == 0
+    from io import StringIO
+
+    from rich.console import Console
+
+    buf = StringIO()
+    code = run_validate_bundle(bundle=bdir, engine=bdir / "model.onnx", as_json=True, out=Console(file=buf, width=400))
+    record = json.loads(buf.getvalue())
+    assert code == 0 and record["accuracy"]["max_abs_err"] < 1e-4 and record["accuracy"]["top1_agreement"] == 100.0
+    # the Q/DQ model gives the same numbers as the prediction row of the build
+    buf = StringIO()
+    run_validate_bundle(bundle=bdir, engine=bdir / "model.qdq.onnx", as_json=True, out=Console(file=buf, width=400))
+    q = json.loads(buf.getvalue())
+    pred = next(e for e in built.report["engines"] if e["backend"] == PREDICTION_BACKEND)
+    assert q["precision"] == "int8" and q["accuracy"]["cosine"] == pytest.approx(pred["accuracy"]["cosine"], abs=1e-6)
+
+
+def test_validate_bundle_refuses_tampered_or_foreign_input(built, tmp_path):
+    src = built.out_dir / "engines" / "device-bundle"
+    copy = tmp_path / "bundle"
+    shutil.copytree(src, copy)
+    with open(copy / "model.qdq.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(UserError, match="does not match its hash"):
+        run_validate_bundle(bundle=copy, engine=copy / "model.onnx")
+    with pytest.raises(UserError, match="no bundle.json"):
+        run_validate_bundle(bundle=tmp_path, engine=copy / "model.onnx")
+    with pytest.raises(UserError, match="expected a TensorRT plan"):
+        run_validate_bundle(bundle=src, engine=src / "calib.cache")
+
+
+def test_validate_bundle_cli_imports_no_torch(built):
+    bdir = built.out_dir / "engines" / "device-bundle"
+    code = ("import sys\nfrom edgerep.cli import app\n"
+            f"rc = app(args=['validate', '--bundle', {str(bdir)!r}, '--engine', {str(bdir / 'model.onnx')!r}], "
+            "standalone_mode=False)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "passes" in proc.stdout
+
+
+def _fake_trtexec(bin_dir: Path, banner: str) -> Path:
+    """A stand-in for NVIDIA's trtexec binary (absent here): prints its version banner, logs its arguments,
+    writes the engine file and a DLA/GPU layer log like TensorRT's builder."""
+    path = bin_dir / "trtexec"
+    path.write_text("#!/usr/bin/env bash\n"
+                    f"echo '&&&& RUNNING TensorRT.trtexec [TensorRT {banner}] # trtexec '\"$*\"\n"
+                    "echo \"$*\" >> \"$(dirname \"$0\")/calls.log\"\n"
+                    "for a in \"$@\"; do case \"$a\" in --saveEngine=*) printf 'plan-%s' \"$RANDOM\" > \"${a#--saveEngine=}\";; esac; done\n"
+                    "echo '[08/31/2023-07:07:49] [I] [TRT] [DlaLayer] {ForeignNode[/stage0/Conv.../stage3/Relu]}'\n"
+                    "echo '[08/31/2023-07:07:49] [I] [TRT] [GpuLayer] POOLING: /head/GlobalAveragePool'\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_build_sh_guards_version_and_writes_sidecars(built, tmp_path):
+    bdir = tmp_path / "bundle"
+    shutil.copytree(built.out_dir / "engines" / "device-bundle", bdir)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    trtexec = _fake_trtexec(bin_dir, "v8502")
+    env = {**os.environ, "TRTEXEC": str(trtexec), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(bdir / "build.sh")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (bdir / "calib.device.cache").read_text().splitlines()[0] == "TRT-8502-EntropyCalibration2"
+    calls = (bin_dir / "calls.log").read_text()
+    assert "--calib=calib.device.cache" in calls and "--fp16" in calls
+    for precision in ("fp16", "int8"):
+        engine = bdir / f"model.{precision}.engine"
+        side = read_sidecar(engine)  # the stdlib writer makes the same artifact hash as edgerep's
+        assert side is not None and side["trt_version"] == "8.5.2" and side["precision"] == precision
+        assert side["dla_layers"] and side["gpu_fallback_layers"] == ["POOLING: /head/GlobalAveragePool"]
+        assert guard.engine_mismatches(side, {"trt_version": "8.5.2.2"}) == []
+        assert guard.engine_mismatches(side, {"trt_version": "10.3.0.26"}) == ["built with TensorRT 8.5.2, running TensorRT 10.3.0"]
+    # a device on another TensorRT is refused before anything is built
+    _fake_trtexec(bin_dir, "v100300")
+    proc = subprocess.run(["bash", str(bdir / "build.sh"), "fp16"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "bundle is for TensorRT 8.5" in proc.stderr
+    # a dotted banner of the same release is accepted, and the cache is re-headed for its patch
+    _fake_trtexec(bin_dir, "v8.5.3.1")
+    proc = subprocess.run(["bash", str(bdir / "build.sh"), "int8"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (bdir / "calib.device.cache").read_text().splitlines()[0] == "TRT-8503-EntropyCalibration2"
+
+
+# --- lint ----------------------------------------------------------------------------------------
+
+
+def test_lint_flags_operators_trt82_lacks(tmp_path):
+    path = _export(_NotOn82(), tmp_path / "m.onnx", opset=13)
+    nano = lint_onnx(path, "8.2", profile_opset=13)
+    unsupported = {(f.op_type, f.node) for f in nano.errors if f.code == "unsupported-op"}
+    assert unsupported == {("Mod", "/Mod"), ("Reciprocal", "/Reciprocal")}
+    assert all(f.fix for f in nano.errors) and nano.exit_code() == 1
+    assert nano.source.startswith("onnx/onnx-tensorrt@4f54a19")
+    assert lint_onnx(path, "8.5", profile_opset=17).errors == []  # both became supported in 8.5
+    assert run_check(target="jetson-nano", model=str(path)) == 1
+    assert run_check(target="jetson-orin-nano", model=str(path)) == 0
+
+
+def test_lint_opset_and_layernorm(tmp_path):
+    path = _export(_LayerNorm(), tmp_path / "ln.onnx", opset=17)
+    xavier = load_target("jetson-xavier-nx")
+    report = lint_for_profile(path, xavier)  # TensorRT 8.5 lists LayerNormalization as unsupported
+    assert [(f.code, f.op_type) for f in report.errors] == [("unsupported-op", "LayerNormalization")]
+    assert "opset <= 16" in report.errors[0].fix
+    assert lint_for_profile(path, load_target("jetson-orin-nano")).errors == []
+    nano = lint_for_profile(path, load_target("jetson-nano"))
+    codes = {f.code for f in nano.errors}
+    assert {"opset-too-new", "unknown-op"} <= codes  # opset 17 > 13, LayerNormalization not in the 8.2 table
+
+
+def _graph_model(nodes, inputs, outputs, inits=(), opset=13):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_lint_attributes_int64_dynamic_custom():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    idx = helper.make_tensor_value_info("idx", TensorProto.INT64, None)
+    big = numpy_helper.from_array(np.array([0, 2 ** 40], dtype=np.int64), "big")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], dtype=np.float32), "scales")
+    nodes = [
+        helper.make_node("Resize", ["x", "", "scales"], ["r"], name="up", mode="cubic"),
+        helper.make_node("MaxPool", ["r"], ["p", "idx"], name="pool", kernel_shape=[2, 2]),
+        helper.make_node("Gather", ["p", "big"], ["g"], name="gather", axis=1),
+        helper.make_node("MyOp", ["g"], ["y"], name="custom", domain="com.example"),
+    ]
+    model = _graph_model(nodes, [x], [y, idx], [big, scales])
+    report = lint_onnx(model, "8.2")
+    found = {(f.code, f.node) for f in report.findings}
+    assert ("restriction", "up") in found and any("mode='cubic'" in f.message for f in report.errors)
+    assert ("restriction", "pool") in found  # the Indices output is used
+    assert ("int64-range", "gather") in found
+    assert ("custom-op", "custom") in found
+    dyn = [f for f in report.errors if f.code == "dynamic-shape"]
+    assert {f.message.split(" of ")[0] for f in dyn} == {"axis 0", "axis 2"}
+    # with an optimization profile for the batch, only the spatial axis remains an error
+    report = lint_onnx(model, "8.2", dynamic_batch=True)
+    assert [f.message.split(" of ")[0] for f in report.errors if f.code == "dynamic-shape"] == ["axis 2"]
+    # TensorRT 10 parses INT64 natively: no INT64 finding there
+    assert not [f for f in lint_onnx(model, "10.3").findings if f.code.startswith("int64")]
+
+
+def test_lint_profile_settings_and_clean_model(built):
+    sim = built.out_dir / "onnx" / "model.sim.onnx"
+    for name in ("tensorrt", "jetson-nano", "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"):
+        prof = load_target(name)
+        if prof.opset >= 13:
+            report = lint_for_profile(sim, prof)
+            assert report.exit_code() == 0, (name, [f.message for f in report.errors])
+    r = lint_onnx(sim, "11.1", int8_mode="calibrate", precisions=["int8"], dla_core=0)
+    assert {f.code for f in r.errors} == {"int8-mode", "dla"}
+    with pytest.raises(UserError, match="not a TensorRT profile"):
+        run_check(target="openvino-cpu", model=str(sim))
+
+
+# --- calibration cache -----------------------------------------------------------------------------
+
+
+def test_entropy_threshold_equals_onnxruntime():
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(0)
+    for trial in range(4):
+        x = np.concatenate([rng.standard_normal(4000) * rng.uniform(0.2, 3),
+                            rng.standard_exponential(200) * 6]).astype(np.float32)
+        if trial % 2:
+            x = np.maximum(x, 0)  # a ReLU output: one-sided
+        collector = HistogramCollector("entropy", False, 512, 128, None, None)
+        collector.collect({"t": [x]})
+        hist = collector.histogram_dict["t"]
+        lo_ref, hi_ref = collector.get_entropy_threshold(hist, 128)  # ONNX Runtime's (clipped to min/max)
+        lo, hi = entropy_threshold(hist[0], hist[1], 128)
+        assert (max(lo, hist[2]), min(hi, hist[3])) == (lo_ref, hi_ref)
+
+
+def test_cache_format_parses_back_to_onnxruntime_ranges(built, tmp_path):
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    sim = built.out_dir / "onnx" / "model.sim.onnx"
+    src = open_data(DIGITS / "calib.npz", None, role="calib")
+    ranges = calibrate(sim, src, method="minmax", num_samples=64)
+    # ONNX Runtime's MinMax calibrator, run here directly, is the reference for the ranges
+    calibrator = create_calibrator(sim, None, str(tmp_path / "aug.onnx"), CalibrationMethod.MinMax)
+    batches = iter([{"input": x} for x, _ in src.iter_batches(1, limit=64)])
+
+    class Reader:
+        def get_next(self):
+            return next(batches, None)
+
+    calibrator.collect_data(Reader())
+    ort_ranges = calibrator.compute_data()
+    path = calib_cache.write_cache(tmp_path / "calib.cache", ranges.amax(), parse_version("8.5"))
+    lines = path.read_text().splitlines()
+    assert lines[0] == "TRT-8502-EntropyCalibration2" and lines[1].startswith("input: ")
+    cache = calib_cache.read_cache(path)
+    assert set(cache.scales) == set(ort_ranges.keys())
+    for name, td in ort_ranges.items():
+        amax = max(abs(float(td.range_value[0])), abs(float(td.range_value[1])))
+        assert cache.scales[name] == float(np.float32(amax / 127.0)), name
+    # digits normalised with mean 0.5, std 0.5 span [-1, 1]: the input scale is 1/127, NVIDIA's 3c010204 pattern
+    assert lines[1] == "input: " + struct.pack(">f", 1 / 127).hex() == "input: 3c010204"
+    assert calib_cache.hex_scale("3c010a14") == pytest.approx(1.0002 / 127, rel=1e-4)  # NVIDIA sampleINT8 README
+
+
+def test_cache_headers_per_version_and_retag():
+    assert cache_header(parse_version("8.2")) == "TRT-8201-EntropyCalibration2"
+    assert cache_header(parse_version("10.3")) == "TRT-100300-EntropyCalibration2"
+    assert version_code(parse_version("8.5.2.2")) == 8502
+    assert parse_cache_header("TRT-100300-EntropyCalibration2")[1] == [(10, 3, 0)]
+    assert parse_cache_header("TRT-10300-EntropyCalibration2")[1] == [(10, 3, 0)]  # the other reading
+    text = calib_cache.cache_text({"input": 1.0, "conv1/Conv:0": 2.5}, parse_version("8.5"))
+    moved = calib_cache.retag(text, parse_version("10.3"))
+    assert moved.splitlines()[0] == "TRT-100300-EntropyCalibration2"
+    assert calib_cache.parse_cache(moved).scales == calib_cache.parse_cache(text).scales
+    assert calib_cache.parse_cache(text).scales["conv1/Conv:0"] == pytest.approx(2.5 / 127)
+    with pytest.raises(ValueError):
+        calib_cache.parse_cache("TRT-8502-EntropyCalibration2\ninput 3c010204\n")
+
+
+# --- Q/DQ ------------------------------------------------------------------------------------------
+
+
+def test_qdq_model_follows_tensorrt_conventions_and_cache(built, tmp_path):
+    sim = built.out_dir / "onnx" / "model.sim.onnx"
+    host = built.out_dir / "engines" / "tensorrt-host"
+    model = onnx.load(str(host / "model.qdq.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs
+    for conv in convs:
+        x_dq = next(n for n in model.graph.node if conv.input[0] in n.output)
+        w_dq = next(n for n in model.graph.node if conv.input[1] in n.output)
+        assert x_dq.op_type == w_dq.op_type == "DequantizeLinear"
+        assert inits[x_dq.input[1]].size == 1  # activations per tensor
+        out_channels = inits[next(n for n in model.graph.node if w_dq.input[0] in n.output).input[0]].shape[0]
+        assert inits[w_dq.input[1]].shape == (out_channels,)  # weights per output channel
+        assert next(a.i for a in w_dq.attribute if a.name == "axis") == 0
+    zero_points = [inits[n.input[2]] for n in model.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    # activation scales in the Q/DQ graph are exactly the cache's scales: one set of ranges for both INT8 modes
+    cache = calib_cache.read_cache(host / "calib.cache")
+    scales = qdq.activation_scales(model)
+    assert scales and all(scales[k] == cache.scales[k] for k in scales)
+    # the route without calibration_cache_path (older ONNX Runtime) gives the same graph scales
+    src = open_data(DIGITS / "calib.npz", None, role="calib")
+    ranges = calibrate(sim, src, method="percentile", num_samples=32)
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    qdq.make_qdq(sim, a, ranges, use_cache_path=True)
+    qdq.make_qdq(sim, b, ranges, use_cache_path=False)
+    sa, sb = qdq.activation_scales(onnx.load(str(a))), qdq.activation_scales(onnx.load(str(b)))
+    assert sa.keys() == sb.keys() and all(sa[k] == pytest.approx(sb[k], rel=1e-6) for k in sa)
+
+
+def test_qdq_accuracy_close_to_fp32_on_digits(built):
+    import onnxruntime as ort
+
+    sim = built.out_dir / "onnx" / "model.sim.onnx"
+    qdq_path = built.out_dir / "engines" / "tensorrt-host" / "model.qdq.onnx"
+    with np.load(DIGITS / "val.npz") as data:
+        x, y = data["x"], data["y"]
+    fp32 = ort.InferenceSession(str(sim), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(qdq_path), providers=["CPUExecutionProvider"])
+    a = np.concatenate([fp32.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    b = np.concatenate([int8.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    top1_fp32, top1_int8 = (a.argmax(1) == y).mean() * 100, (b.argmax(1) == y).mean() * 100
+    assert top1_fp32 >= 97.0
+    assert top1_int8 >= top1_fp32 - 2.0  # 360 labelled digits: within two points of FP32
+    cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.mean() > 0.97
+
+
+def test_fp16_onnx_for_trt11(built, tmp_path):
+    import onnxruntime as ort
+
+    sim = built.out_dir / "onnx" / "model.sim.onnx"
+    half = qdq.make_fp16(sim, tmp_path / "model.fp16.onnx")
+    m = onnx.load(str(half))
+    assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # float32 I/O kept
+    assert any(t.data_type == TensorProto.FLOAT16 for t in m.graph.initializer)
+    with np.load(DIGITS / "val.npz") as data:
+        x = data["x"][:16]
+    ref = ort.InferenceSession(str(sim)).run(None, {"input": x[:1]})[0]
+    out = ort.InferenceSession(str(half)).run(None, {"input": x[:1]})[0]
+    assert np.abs(out - ref).max() < 2e-2 * max(1.0, np.abs(ref).max())
+
+
+# --- versions, trtexec, guard ----------------------------------------------------------------------
+
+# API.md section 9 (NVIDIA/TensorRT samples/common/sampleOptions.cpp per release): the versions (major, minor)
+# in which each trtexec flag is parsed: [first, last] inclusive.
+_TRTEXEC_FLAGS = {
+    "--onnx": ((8, 0), (99, 0)), "--saveEngine": ((8, 0), (99, 0)), "--timingCacheFile": ((8, 0), (99, 0)),
+    "--fp16": ((8, 0), (10, 99)), "--int8": ((8, 0), (10, 99)), "--calib": ((8, 0), (10, 99)),
+    "--stronglyTyped": ((10, 0), (99, 0)), "--workspace": ((8, 0), (8, 99)), "--memPoolSize": ((8, 4), (99, 0)),
+    "--useDLACore": ((8, 0), (99, 0)), "--allowGPUFallback": ((8, 0), (99, 0)),
+    "--minShapes": ((8, 0), (99, 0)), "--optShapes": ((8, 0), (99, 0)), "--maxShapes": ((8, 0), (99, 0)),
+    "--minShapesCalib": ((8, 0), (10, 99)), "--optShapesCalib": ((8, 0), (10, 99)), "--maxShapesCalib": ((8, 0), (10, 99)),
+    "--profilingVerbosity": ((8, 2), (99, 0)), "--exportLayerInfo": ((8, 2), (99, 0)),
+    "--explicitBatch": ((8, 0), (8, 99)), "--buildOnly": ((8, 0), (8, 99)), "--skipInference": ((8, 6), (99, 0)),
+}
+
+
+@pytest.mark.parametrize("version", ["8.0", "8.2", "8.4", "8.5", "8.6", "10.0", "10.3", "10.12", "11.1"])
+def test_trtexec_flags_exist_in_each_version(version):
+    v = parse_version(version)
+    mm = (v[0], v[1])
+    for precision in ("fp32", "fp16", "int8"):
+        for mode in ("calibrate", "qdq"):
+            if precision == "int8" and mode == "calibrate" and v[0] >= 11:
+                with pytest.raises(UserError, match="removed calibrators"):
+                    engine_source(v, precision, mode)
+                continue
+            args = trtexec_args(v, precision, int8_mode=mode, input_name="input", input_shape=[1, 3, 32, 32],
+                                workspace_mb=512, dynamic_batch=(1, 4, 8), dla_core=0 if precision != "fp32" and
+                                api_features(v).dla else None, calib_cache="calib.cache")
+            for a in args:
+                flag = a.split("=")[0]
+                first, last = _TRTEXEC_FLAGS[flag]
+                assert first <= mm <= last, f"{flag} is not a trtexec {version} flag"
+            source = next(a for a in args if a.startswith("--onnx=")).split("=")[1]
+            if precision == "int8" and mode == "qdq":
+                assert source == "model.qdq.onnx"
+            if precision == "fp16":
+                assert source == ("model.fp16.onnx" if v[0] >= 11 else "model.onnx")
+                assert ("--fp16" in args) == (v[0] < 11)
+    with pytest.raises(UserError):
+        trtexec_args(v, "fp32", int8_mode="qdq", input_name="input", input_shape=[1, 3, 8, 8], workspace_mb=64,
+                     dla_core=0)  # DLA runs FP16/INT8 only
+
+
+def test_api_features_follow_the_binding_matrix():
+    f82, f85, f103, f1012, f111 = (api_features(parse_version(v)) for v in ("8.2", "8.5", "10.3", "10.12", "11.1"))
+    assert f82.explicit_batch_flag and f82.max_workspace_size and not f82.memory_pool_limit and f82.bindings_api
+    assert f85.tensor_api and f85.memory_pool_limit and f85.calibrators and not f85.strongly_typed_flag
+    assert not f103.explicit_batch_flag and not f103.bindings_api and f103.calibrators_deprecated and f103.calibrators
+    assert f1012.precision_flags_deprecated and f1012.precision_flags
+    assert f111.always_strongly_typed and not f111.precision_flags and not f111.calibrators and not f111.dla
+    assert ops_table(parse_version("10.3")).max_opset == 20  # derived table: opset range from 10.1
+    assert ops_table(parse_version("10")).key == "10.0" and ops_table(parse_version("8.5.2.2")).key == "8.5"
+
+
+def test_engine_guard():
+    side = guard.engine_sidecar(trt_version="8.5.2.2", gpu_name="Xavier", compute_capability="7.2", precision="int8",
+                                opset=17, onnx_sha256="aa")
+    here = {"trt_version": "8.5.2.2", "gpu_name": "Xavier", "compute_capability": "7.2"}
+    assert guard.engine_mismatches(side, here) == []
+    assert guard.engine_mismatches(side, {**here, "trt_version": "10.3.0.26"}) == [
+        "built with TensorRT 8.5.2, running TensorRT 10.3.0"]
+    assert guard.engine_mismatches(side, {**here, "compute_capability": "8.7", "gpu_name": "Orin"}) == [
+        "built for compute capability 7.2, this GPU is 8.7"]
+    assert guard.engine_mismatches(side, here, onnx_sha256="bb") == ["built from another ONNX model (its hash differs)"]
+    vc = guard.engine_sidecar(trt_version="10.3.0", gpu_name="A", compute_capability="8.6", precision="fp16", opset=17,
+                              onnx_sha256="aa", version_compatible=True, hardware_compatibility="ampere_plus")
+    assert guard.engine_mismatches(vc, {"trt_version": "10.8.0", "gpu_name": "B", "compute_capability": "8.9"}) == []
+    assert guard.engine_mismatches(vc, {"trt_version": "10.2.0", "compute_capability": "8.9"})  # older: no
+    with pytest.raises(UserError, match=r"--engine e.engine: built with TensorRT 8.5.2, running TensorRT 10.3.0; rebuild"):
+        guard.guard_engine(Path("e.engine"), side, {**here, "trt_version": "10.3.0"})
+    with pytest.raises(UserError, match="no sidecar"):
+        guard.guard_engine(Path("e.engine"), None, here)
+
+
+def test_cache_guard(built):
+    cache = built.out_dir / "engines" / "tensorrt-host" / "calib.cache"
+    side = read_sidecar(cache)
+    assert side["produced_by"] == "onnxruntime-host" and side["header"] == "TRT-8502-EntropyCalibration2"
+    versions = calib_cache.read_cache(cache).versions
+    assert guard.cache_action(side, {"trt_version": "8.5.2.2"}, cache_versions=versions) == ("use", None)
+    action, reason = guard.cache_action(side, {"trt_version": "8.5.3"}, cache_versions=versions)
+    assert action == "retag" and "8.5.2" in reason
+    assert guard.cache_action(side, {"trt_version": "8.5.2"}, data_sha256="other")[0] == "recalibrate"
+    device_made = {**side, "produced_by": "tensorrt"}
+    assert guard.cache_action(device_made, {"trt_version": "10.3.0"}, cache_versions=versions)[0] == "recalibrate"
+    assert guard.cache_action(None, {"trt_version": "8.5.2"})[0] == "recalibrate"
+
+
+def test_bundle_manifest_lists_every_file_hash(built):
+    bdir = built.out_dir / "engines" / "device-bundle"
+    manifest = json.loads((bdir / MANIFEST).read_text())
+    assert set(manifest["files"]) <= {p.name for p in bdir.iterdir()}
+    assert not [p for p in bdir.iterdir() if ".partial-" in p.name]
