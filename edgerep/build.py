@@ -430,6 +430,8 @@ def build(opts: BuildOptions, *, console: Any = None) -> BuildResult:
     failed = [e for e in report["engines"] if not e.get("prediction") and e["status"] != "skipped"
               and (e["status"] != "ok" or not e.get("passed"))]
     if console is not None:
+        from rich.markup import escape
+
         for e in failed:
             console.print(f"[bold red]FAILED[/] {e['backend']} {e['precision']}: {escape(str(e.get('reason')))}", highlight=False, soft_wrap=True)
     return BuildResult(exit_code=1 if failed else 0, out_dir=out_dir, report=report, paths=paths)

@@ -437,7 +437,8 @@ def calib_root() -> Path:
 def default_data_paths(model_info: Any) -> tuple[Path, Path | None]:
     """Where the default calibration and validation data of a model are (validation may be None)."""
     root = calib_root()
-    if model_info.spec == DEMO_MODEL:
+    # The zoo's digits models (the demo and its A0-width sibling) all take the shipped digits arrays.
+    if model_info.spec == DEMO_MODEL or (model_info.spec.startswith("zoo:") and model_info.spec.endswith("_digits")):
         return root / "digits" / "calib.npz", root / "digits" / "val.npz"
     channels = int(model_info.input_shape[1]) if len(model_info.input_shape) == 4 else 0
     if channels not in (1, 3):

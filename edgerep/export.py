@@ -123,6 +123,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out_path: Path, *, opse
             raise UserError(f"stage export: the {exporter} exporter wrote opset {got}, above the target's cap {opset}; "
                             f"pick a target with a higher opset or simplify the model's ops")
         _set_metadata(proto, {"edgerep.exporter": exporter, "edgerep.opset": str(opset)})
+        name_nodes_by_module(proto)
 
         def check_then_verify(tmp: Path) -> None:
             _check_model(tmp, "export")
@@ -132,6 +133,28 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out_path: Path, *, opse
         return save_onnx(proto, out_path, external_data_threshold=external_data_threshold, verify=check_then_verify)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def name_nodes_by_module(proto: Any) -> None:
+    """Name each weighted node `/<module.path>/<OpType>` after its weight's initializer.
+
+    The TorchScript exporter names nodes by the modules whose forward it saw; a fused GraphModule calls its
+    convs directly, so they came out as `/reparam_3/Conv`. The weight initializer keeps the qualified name
+    (`stages.1.0.reparam.weight`), which is what a user and the INT8 exclusion lists need to see.
+    """
+    initializers = {init.name for init in proto.graph.initializer}
+    wanted: dict[int, str] = {}
+    for index, node in enumerate(proto.graph.node):
+        weight = next((name for name in node.input[1:] if name in initializers and name.endswith(".weight")), None)
+        if weight is not None:
+            wanted[index] = f"/{weight[: -len('.weight')]}/{node.op_type}"
+    taken = {node.name for i, node in enumerate(proto.graph.node) if i not in wanted}
+    counts: dict[str, int] = {}
+    for name in wanted.values():
+        counts[name] = counts.get(name, 0) + 1
+    for index, name in wanted.items():
+        if counts[name] == 1 and name not in taken:  # a weight shared by several nodes keeps the exporter's names
+            proto.graph.node[index].name = name
 
 
 def _ensure_dir(folder: Path) -> Path:

@@ -27,12 +27,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run the real CLI entry point in this process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    cap = capsys.readouterr()
-    return int(exc.value.code or 0), cap.out, cap.err
+def cli(argv: list[str]) -> tuple[int, str, str]:
+    """Run the real CLI entry point (edgerep.cli.main) in this process; returns (exit code, stdout, stderr)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
 
 
 def error_line(err: str) -> str:
@@ -64,30 +71,15 @@ def demo(tmp_path_factory):
         blocker = out_dir / "engines" / "model.fp16.xml"
         blocker.mkdir(parents=True)
         (blocker / "keep").write_text("a folder where the engine file should go")
-        runs = [_run_main(["build"])]
+        runs = [cli(["build"])]
         shutil.rmtree(blocker)
-        runs.append(_run_main(["build"]))
+        runs.append(cli(["build"]))
         first_report = json.loads((out_dir / "report.json").read_text())
-        runs.append(_run_main(["build"]))
+        runs.append(cli(["build"]))
         third_report = json.loads((out_dir / "report.json").read_text())
     finally:
         os.chdir(old)
     return {"root": root, "out_dir": out_dir, "runs": runs, "resumed": first_report, "reused": third_report}
-
-
-def _run_main(argv: list[str]) -> tuple[int, str, str]:
-    """Like cli() but usable from a module-scoped fixture (capsys is per test): captures into strings."""
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
-
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            main(argv)
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_interrupted_build_leaves_nothing_that_looks_finished(demo):
@@ -139,21 +131,21 @@ def test_unchanged_rerun_reuses_every_stage(demo):
     assert all(st[s] == "reused" for s in ("fuse", "export", "build fp32", "build fp16", "build int8"))
 
 
-def test_validate_command_on_a_built_engine(demo, capsys):
+def test_validate_command_on_a_built_engine(demo):
     engine = demo["out_dir"] / "engines" / "model.int8.xml"
-    code, out, err = cli(["validate", "--model", "zoo:repvgg_digits", "--engine", str(engine), "--json"], capsys)
+    code, out, err = cli(["validate", "--model", "zoo:repvgg_digits", "--engine", str(engine), "--json"])
     assert code == 0, err
     eng = json.loads(out)["engines"][0]
     assert eng["backend"] == "openvino" and eng["precision"] == "int8" and eng["passed"] is True
     assert eng["accuracy"]["top1"] >= 97.0 and eng["latency_ms"]["p50"] > 0
 
 
-def test_gate_failure_exits_1_and_says_which_and_why(demo, capsys, tmp_path):
+def test_gate_failure_exits_1_and_says_which_and_why(demo, tmp_path):
     # A copy of openvino-cpu whose INT8 gate nobody can meet: the engines are reused (same build settings).
     text = (REPO / "targets" / "openvino-cpu.toml").read_text().replace('name = "openvino-cpu"', 'name = "strict"')
     text = text.replace("[gates.int8]\n", "[gates.int8]\nmax_abs_err = 1e-9\n")
     (tmp_path / "strict.toml").write_text(text)
-    code, out, err = cli(["build", "-t", str(tmp_path / "strict.toml"), "-o", str(demo["out_dir"])], capsys)
+    code, out, err = cli(["build", "-t", str(tmp_path / "strict.toml"), "-o", str(demo["out_dir"])])
     assert code == 1
     assert "FAILED openvino int8: max_abs_err" in err and "> 1e-09" in err
     rep = json.loads((demo["out_dir"] / "report.json").read_text())
@@ -164,26 +156,26 @@ def test_gate_failure_exits_1_and_says_which_and_why(demo, capsys, tmp_path):
 # --- ONNX Runtime on the demo, --force, and a timm model ----------------------------------------------
 
 
-def test_demo_on_onnxruntime_every_precision_then_force(tmp_path, capsys):
+def test_demo_on_onnxruntime_every_precision_then_force(tmp_path):
     out_dir = tmp_path / "ort"
-    code, out, err = cli(["build", "-t", "onnxruntime-cpu", "-o", str(out_dir)], capsys)
+    code, out, err = cli(["build", "-t", "onnxruntime-cpu", "-o", str(out_dir)])
     assert code == 0, err
     rep = json.loads((out_dir / "report.json").read_text())
     assert [(e["backend"], e["precision"], e["passed"]) for e in rep["engines"]] == [
         ("onnxruntime", "fp32", True), ("onnxruntime", "int8", True)]
     int8 = rep["engines"][1]
     assert int8["accuracy"]["top1"] is not None and int8["settings"]["format"] == "QDQ"
-    code, _, err = cli(["build", "-t", "onnxruntime-cpu", "-o", str(out_dir), "-p", "fp32", "--force"], capsys)
+    code, _, err = cli(["build", "-t", "onnxruntime-cpu", "-o", str(out_dir), "-p", "fp32", "--force"])
     assert code == 0, err
     st = stage_status(json.loads((out_dir / "report.json").read_text()))
     assert st["export"] == "built" and st["build fp32"] == "built" and "build int8" not in st
 
 
-def test_timm_model_small_input(tmp_path, capsys):
+def test_timm_model_small_input(tmp_path):
     pytest.importorskip("timm")
     out_dir = tmp_path / "timm"
     code, _, err = cli(["build", "--model", "timm:resnet18", "--input-shape", "1x3x64x64", "--num-classes", "10",
-                        "-t", "onnxruntime-cpu", "-o", str(out_dir)], capsys)
+                        "-t", "onnxruntime-cpu", "-o", str(out_dir)])
     rep = json.loads((out_dir / "report.json").read_text())
     fp32, int8 = rep["engines"]
     # Calibrated and validated on the shipped photos (no labels): reference = the unfused timm model.
@@ -201,15 +193,15 @@ def test_timm_model_small_input(tmp_path, capsys):
 # --- bad input: one clear line, non-zero exit, no traceback --------------------------------------------
 
 
-def test_unknown_target(capsys):
-    code, _, err = cli(["build", "-t", "no-such-board"], capsys)
+def test_unknown_target():
+    code, _, err = cli(["build", "-t", "no-such-board"])
     assert code == 2 and "--target no-such-board: no such target" in error_line(err)
 
 
-def test_precision_the_backend_lacks(capsys):
-    code, _, err = cli(["build", "-t", "onnxruntime-cpu", "-p", "fp16"], capsys)
+def test_precision_the_backend_lacks():
+    code, _, err = cli(["build", "-t", "onnxruntime-cpu", "-p", "fp16"])
     assert code == 2 and "--precision fp16: target onnxruntime-cpu (onnxruntime) builds fp32, int8" in error_line(err)
-    code, _, err = cli(["build", "-p", "fp8"], capsys)
+    code, _, err = cli(["build", "-p", "fp8"])
     assert code == 2 and "--precision fp8: unknown precision" in error_line(err)
 
 
@@ -224,7 +216,7 @@ def test_backend_package_missing_names_the_extra(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty-dir", "empty-file", "corrupt-npz", "all-unreadable", "wrong-shape"])
-def test_bad_data(kind, tmp_path, capsys):
+def test_bad_data(kind, tmp_path):
     path = tmp_path / "data"
     expect = {"missing": "not found", "empty-dir": "no images", "empty-file": "the file is empty",
               "corrupt-npz": "not a readable .npz", "all-unreadable": "none of its 2 image file(s) could be read",
@@ -244,13 +236,13 @@ def test_bad_data(kind, tmp_path, capsys):
     elif kind == "wrong-shape":
         path = tmp_path / "x.npz"
         np.savez(path, x=np.zeros((4, 1, 16, 16), np.float32))
-    code, _, err = cli(["build", "--calib", str(path), "-o", str(tmp_path / "out")], capsys)
+    code, _, err = cli(["build", "--calib", str(path), "-o", str(tmp_path / "out")])
     line = error_line(err)
     assert code == 2 and line.startswith(f"error: --calib {path}") and expect in line
     assert not (tmp_path / "out").exists()  # bad data fails before any stage writes
 
 
-def test_unreadable_image_is_named_and_skipped_through_the_cli(tmp_path, capsys, caplog):
+def test_unreadable_image_is_named_and_skipped_through_the_cli(tmp_path, caplog):
     folder = tmp_path / "imgs"
     folder.mkdir()
     (folder / "0-broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
@@ -258,6 +250,6 @@ def test_unreadable_image_is_named_and_skipped_through_the_cli(tmp_path, capsys,
     with caplog.at_level(logging.WARNING, logger="edgerep.data"):
         # The calibration folder opens (one readable photo, one skipped); the missing --val then stops the run.
         code, _, err = cli(["build", "--calib", str(folder), "--val", str(tmp_path / "nope.npz"),
-                            "-o", str(tmp_path / "out")], capsys)
+                            "-o", str(tmp_path / "out")])
     assert code == 2 and "--val" in error_line(err)
     assert any("0-broken.jpg: unreadable image, skipped" in r.getMessage() for r in caplog.records)

@@ -255,11 +255,11 @@ def test_lint_attributes_int64_dynamic_custom():
 
 def test_lint_profile_settings_and_clean_model(built):
     sim = built.out_dir / "onnx" / "model.sim.onnx"
-    for name in ("tensorrt", "jetson-nano", "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"):
-        prof = load_target(name)
-        if prof.opset >= 13:
-            report = lint_for_profile(sim, prof)
-            assert report.exit_code() == 0, (name, [f.message for f in report.errors])
+    for name in ("tensorrt", "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"):
+        report = lint_for_profile(sim, load_target(name))  # the opset-17 export of the demo RepVGG is clean
+        assert report.exit_code() == 0, (name, [f.message for f in report.errors])
+    nano = lint_for_profile(sim, load_target("jetson-nano"))
+    assert [f.code for f in nano.errors] == ["opset-too-new"] and "opset 13" in nano.errors[0].fix
     r = lint_onnx(sim, "11.1", int8_mode="calibrate", precisions=["int8"], dla_core=0)
     assert {f.code for f in r.errors} == {"int8-mode", "dla"}
     with pytest.raises(UserError, match="not a TensorRT profile"):
@@ -308,7 +308,7 @@ def test_cache_format_parses_back_to_onnxruntime_ranges(built, tmp_path):
     cache = calib_cache.read_cache(path)
     assert set(cache.scales) == set(ort_ranges.keys())
     for name, td in ort_ranges.items():
-        amax = max(abs(float(td.range_value[0])), abs(float(td.range_value[1])))
+        amax = max(abs(float(np.min(td.range_value[0]))), abs(float(np.max(td.range_value[1]))))
         assert cache.scales[name] == float(np.float32(amax / 127.0)), name
     # digits normalised with mean 0.5, std 0.5 span [-1, 1]: the input scale is 1/127, NVIDIA's 3c010204 pattern
     assert lines[1] == "input: " + struct.pack(">f", 1 / 127).hex() == "input: 3c010204"

@@ -182,8 +182,12 @@ def make_fp16(onnx_path: Path, out_path: Path) -> Path:
 
     from ..artifacts import atomic_path
 
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
     model = onnx.load(str(onnx_path))
-    half = convert_float_to_float16(model, keep_io_types=True)
+    half = OnnxModel(convert_float_to_float16(model, keep_io_types=True))
+    half.topological_sort()  # the converter appends the input Casts at the end of the node list
+    half = half.model
     onnx.checker.check_model(half)
     with atomic_path(Path(out_path)) as partial:
         onnx.save(half, str(partial))
