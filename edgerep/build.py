@@ -150,7 +150,7 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
 def _write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     from .artifacts import write_json_atomic
 
-    write_json_atomic(Path(out_dir) / MANIFEST, manifest)
+    _guard_io(lambda: write_json_atomic(Path(out_dir) / MANIFEST, manifest), Path(out_dir))
 
 
 def _remove_stale_partials(out_dir: Path) -> None:
@@ -245,6 +245,11 @@ def build(opts: BuildOptions, *, console: Any = None) -> BuildResult:
     profile = load_target(opts.target)
     backend = get_backend(profile.backend)
     precisions = parse_precisions(opts.precisions, profile, backend)
+    tensorrt_only = sorted(k for k in opts.backend_options if k in ("int8_mode", "dla_core"))
+    if tensorrt_only and profile.backend != "tensorrt":
+        flag = "--" + tensorrt_only[0].replace("_", "-")
+        raise UserError(f"{flag}: only for TensorRT targets, not {profile.name} ({profile.backend}); drop it or pick "
+                        f"--target tensorrt / jetson-*")
     reason = backend.available()
     if reason is not None and not getattr(backend, "offline_build", False):  # TensorRT: device bundle instead
         raise UserError(reason)

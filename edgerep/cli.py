@@ -70,6 +70,8 @@ def build_cmd(
     simplifier: str = typer.Option("onnxsim", "--simplifier", help="onnxsim (onnxslim as fallback), onnxslim or none"),
     force: bool = typer.Option(False, "--force", help="rebuild every stage, even those whose inputs did not change"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="output folder (default: runs/<model-name>-<target>)"),
+    int8_mode: Optional[str] = typer.Option(None, "--int8-mode", help="TensorRT INT8: calibrate (cache) or qdq (Q/DQ ONNX); default: the profile's"),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="TensorRT: build FP16/INT8 for this DLA core, GPU fallback (default: the profile's)"),
 ) -> None:
     """Fuse, export, build and validate engines for a target; writes report.json, report.md and a plot.
 
@@ -82,7 +84,8 @@ def build_cmd(
                      calib_samples=calib_samples, calib_method=calib_method, val_samples=val_samples,
                      mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize,
                      interpolation=interpolation, channel_order=channel_order, simplifier=simplifier,
-                     force=force, output=output, console=console, out=out)
+                     force=force, output=output, console=console, out=out,
+                     backend_options={k: v for k, v in (("int8_mode", int8_mode), ("dla_core", dla_core)) if v is not None})
     raise typer.Exit(code)
 
 

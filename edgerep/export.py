@@ -157,6 +157,12 @@ def name_nodes_by_module(proto: Any) -> None:
             proto.graph.node[index].name = name
 
 
+def module_path_of(node_name: str) -> str | None:
+    """`/stages.1.0.reparam/Conv` -> `stages.1.0.reparam` (None for names not made by name_nodes_by_module)."""
+    parts = node_name.strip("/").split("/")
+    return parts[0] if len(parts) == 2 and parts[0] else None
+
+
 def _ensure_dir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -492,3 +492,37 @@ def test_bundle_manifest_lists_every_file_hash(built):
     manifest = json.loads((bdir / MANIFEST).read_text())
     assert set(manifest["files"]) <= {p.name for p in bdir.iterdir()}
     assert not [p for p in bdir.iterdir() if ".partial-" in p.name]
+
+
+def test_int8_mode_and_dla_flags_override_the_profile(built, tmp_path):
+    from edgerep.backends import get_backend
+
+    backend = get_backend("tensorrt")
+    sim = built.out_dir / "onnx" / "model.sim.onnx"
+    calib = open_data(DIGITS / "calib.npz", None, role="calib")
+    xavier = load_target("jetson-xavier-nx")  # int8_mode calibrate, dla_core 0 in the profile
+    art = backend.build(sim, "int8", out_dir=tmp_path, profile=xavier, calib=calib,
+                        options={"int8_mode": "qdq", "dla_core": 1, "num_samples": 16})
+    assert art.status == "skipped" and art.info["settings"]["int8_mode"] == "qdq"
+    manifest = load_bundle(Path(art.info["bundle"])).manifest
+    int8 = manifest["engines"][0]
+    assert manifest["int8_mode"] == "qdq" and int8["onnx"] == "model.qdq.onnx" and "--useDLACore=1" in int8["trtexec"]
+    with pytest.raises(UserError, match="--int8-mode fast"):
+        backend.build(sim, "int8", out_dir=tmp_path, profile=xavier, calib=calib, options={"int8_mode": "fast"})
+    with pytest.raises(UserError, match="--dla-core 0: target jetson-orin-nano has 0 DLA"):
+        backend.build(sim, "fp16", out_dir=tmp_path, profile=load_target("jetson-orin-nano"), options={"dla_core": 0})
+
+
+def test_check_command_exit_codes(tmp_path):
+    from edgerep.cli import main
+
+    path = _export(_NotOn82(), tmp_path / "m.onnx", opset=13)
+    for argv, code in ((["check", "-t", "jetson-nano", "-m", str(path)], 1),
+                       (["check", "-t", "jetson-orin-nano", "-m", str(path), "--json"], 0),
+                       (["check", "-t", "jetson-nano", "-m", str(tmp_path / "missing.onnx")], 2)):
+        try:
+            main(argv)
+            got = 0  # main returns normally on success
+        except SystemExit as exc:
+            got = exc.code
+        assert got == code, argv

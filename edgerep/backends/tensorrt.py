@@ -70,9 +70,10 @@ class _Logger:
                 self.lines: list[tuple[Any, str]] = []
 
             def log(self, severity: Any, msg: str) -> None:
-                if severity <= trt.ILogger.Severity.INFO:
-                    self.lines.append((severity, msg))
-                if severity <= trt.ILogger.Severity.WARNING:
+                level = int(severity)  # INTERNAL_ERROR 0, ERROR 1, WARNING 2, INFO 3, VERBOSE 4
+                if level <= 3:
+                    self.lines.append((level, msg))
+                if level <= 2:
                     print(f"[TensorRT] {msg}", file=__import__("sys").stderr)
 
         return Capture()
@@ -133,9 +134,18 @@ class TensorRTBackend:
         version = host.profile_version(profile)
         trt_settings = profile.tensorrt
         int8_mode = options.get("int8_mode") or trt_settings.int8_mode
+        if int8_mode not in ("calibrate", "qdq"):
+            raise UserError(f"--int8-mode {int8_mode}: use calibrate (calibration cache) or qdq (Q/DQ ONNX)")
         if precision == "int8" and int8_mode not in int8_modes(version):
             raise UserError(f"--int8-mode {int8_mode}: TensorRT {version_str(version)} builds INT8 only from Q/DQ; use qdq")
         dla_core = options.get("dla_core", trt_settings.dla_core)
+        if options.get("dla_core") is not None and not 0 <= int(dla_core) < max(trt_settings.dla_cores, 0):
+            raise UserError(f"--dla-core {dla_core}: target {profile.name} has {trt_settings.dla_cores} DLA core(s)")
+        if (int8_mode, dla_core) != (trt_settings.int8_mode, trt_settings.dla_core):  # flags override the profile
+            from dataclasses import replace
+
+            trt_settings = replace(trt_settings, int8_mode=int8_mode, dla_core=dla_core)
+            profile = replace(profile, tensorrt=trt_settings)
         host_dir = out_dir / host.HOST_DIR
         int8 = fp16_onnx = None
         if precision == "int8":
@@ -176,13 +186,8 @@ class TensorRTBackend:
                       timing_cache: str | None, info: dict[str, Any]) -> Artifact:
         import tensorrt as trt
 
-        from ..artifacts import atomic_path, write_sidecar
         from ..targets import trt_version_matches
-        from ..trt import calib_cache
-        from ..trt.calibrate import model_input
-        from ..trt.guard import engine_sidecar
-        from ..trt.versions import api_features, version_str
-        from . import tensorrt_host as host
+        from ..trt.versions import api_features
 
         if not trt_version_matches(profile.tensorrt.version, trt.__version__):
             raise UserError(f"--target {profile.name}: made for TensorRT {profile.tensorrt.version}, this machine has "
@@ -190,6 +195,27 @@ class TensorRTBackend:
         running = _trt_version()
         feats = api_features(running)
         env = running_environment()
+        cuda = _cuda()
+        ctx = cuda.Device(0).retain_primary_context()  # the context TensorRT's runtime uses (pycuda.autoprimaryctx)
+        ctx.push()
+        try:
+            return self._build_in_context(trt, onnx_path, precision, out_dir=out_dir, profile=profile, calib=calib,
+                                          int8=int8, fp16_onnx=fp16_onnx, int8_mode=int8_mode, dla_core=dla_core,
+                                          timing_cache=timing_cache, info=info, feats=feats, env=env)
+        finally:
+            ctx.pop()
+            ctx.detach()
+
+    def _build_in_context(self, trt: Any, onnx_path: Path, precision: str, *, out_dir: Path, profile: Any,
+                          calib: Any, int8: dict[str, Any] | None, fp16_onnx: Path | None, int8_mode: str,
+                          dla_core: int | None, timing_cache: str | None, info: dict[str, Any], feats: Any,
+                          env: dict[str, Any]) -> Artifact:
+        from ..artifacts import atomic_path, write_sidecar
+        from ..trt import calib_cache
+        from ..trt.calibrate import model_input
+        from ..trt.guard import engine_sidecar
+
+        running = _trt_version()
         source = onnx_path
         if precision == "int8" and int8_mode == "qdq":
             source = Path(int8["qdq"])
@@ -236,8 +262,17 @@ class TensorRTBackend:
         if precision == "int8":
             if int8_mode == "calibrate":
                 config.set_flag(trt.BuilderFlag.INT8)
+                from ..artifacts import read_sidecar
+                from ..trt.guard import cache_action
+
+                contents = calib_cache.read_cache(Path(int8["cache"]))
+                action, why = cache_action(read_sidecar(Path(int8["cache"])), env, onnx_sha256=int8["onnx_sha256"],
+                                           data_sha256=int8["data_sha256"], cache_versions=contents.versions)
+                if action == "recalibrate":
+                    raise UserError(f"{int8['cache']}: {why}; delete it and re-run edgerep build")
                 text = Path(int8["cache"]).read_text(encoding="ascii")
-                cache_bytes = calib_cache.retag(text, running).encode("ascii")  # host scales: version-independent
+                # "retag": host scales do not depend on the TensorRT version; head them for this exact release
+                cache_bytes = (calib_cache.retag(text, running) if action == "retag" else text).encode("ascii")
                 calibrator = _calibrator(trt, cache_bytes, calib, input_name, dims, dynamic)
                 config.int8_calibrator = calibrator
                 if opt_profile is not None:
@@ -258,7 +293,7 @@ class TensorRTBackend:
 
         plan = builder.build_serialized_network(network, config)
         if plan is None:
-            errs = [m for s, m in logger.lines if s <= trt.ILogger.Severity.ERROR][-3:]
+            errs = [m for level, m in logger.lines if level <= 1][-3:]
             raise RuntimeError(f"TensorRT could not build the {precision} engine: {' | '.join(errs) or 'see the log'}")
         out_dir.mkdir(parents=True, exist_ok=True)
         engine = out_dir / f"model.{precision}.engine"
@@ -404,9 +439,12 @@ class TensorRTRunner:
         trt, cuda, e, c = self.trt, self.cuda, self.engine, self.context
         self._free()
         if self.tensor_api:
-            c.set_input_shape(self.input_name, shape)
+            if -1 in tuple(e.get_tensor_shape(self.input_name)):  # a dynamic input (optimization profile)
+                c.set_input_shape(self.input_name, shape)
         else:
-            c.set_binding_shape(e.get_binding_index(self.input_name), shape)
+            idx = e.get_binding_index(self.input_name)
+            if -1 in tuple(e.get_binding_shape(idx)):
+                c.set_binding_shape(idx, shape)
         for name in self.inputs + self.outputs:
             if self.tensor_api:
                 dims, dtype = tuple(c.get_tensor_shape(name)), trt.nptype(e.get_tensor_dtype(name))

@@ -6,6 +6,8 @@ mode (BN running statistics), and the report says so: batch statistics are never
 from __future__ import annotations
 
 import copy
+import sys
+import types
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -138,5 +140,19 @@ def _fuse_modules(model: nn.Module, example: torch.Tensor, notes: list[str]
     visit(model, "")
     return model, regions, unfused
 
+
+class _CallableModule(types.ModuleType):
+    """`edgerep.fuse` names both this subpackage and the function: calling the package calls `fuse`.
+
+    (Python's import system binds `edgerep.fuse` to the subpackage whenever any part of it is imported,
+    so a same-named function in edgerep/__init__ would be shadowed; a callable module keeps both working
+    without importing torch when `edgerep` itself is imported.)
+    """
+
+    def __call__(self, model: nn.Module, example_inputs: Any, **kwargs: Any) -> FuseResult:
+        return fuse(model, example_inputs, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["FuseReport", "FuseResult", "fuse"]

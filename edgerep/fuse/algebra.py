@@ -52,8 +52,10 @@ class ConvRep:
         return self.kernel == (1, 1) and self.stride == (1, 1)
 
     def macs(self, out_numel_per_channel: int, batch: int = 1) -> int:
-        kh, kw = self.kernel
-        return batch * self.out_channels * (self.in_channels // self.groups) * kh * kw * out_numel_per_channel
+        # A dilated kernel is held dense (mostly zeros); it is emitted dilated again, so only lattice taps cost.
+        (kh, kw), (dh, dw) = self.kernel, lattice(self.weight)
+        taps = ((kh - 1) // dh + 1) * ((kw - 1) // dw + 1)
+        return batch * self.out_channels * (self.in_channels // self.groups) * taps * out_numel_per_channel
 
 
 # --- constructors -----------------------------------------------------------------------------------
@@ -113,6 +115,24 @@ def avg_pool(channels: int, kernel_size, stride, padding, ceil_mode: bool, count
     stride = _pair(stride if stride else kernel_size)
     w = torch.full((channels, 1, kh, kw), 1.0 / (kh * kw), dtype=torch.float64)
     return ConvRep(w, torch.zeros(channels, dtype=torch.float64), stride, (ph, ph, pw, pw), channels)
+
+
+def lattice(weight: torch.Tensor) -> tuple[int, int]:
+    """The largest dilation (dh, dw) whose grid holds every nonzero tap of a dense kernel (1 if none).
+
+    `conv` spreads a dilated kernel into a dense one; emitting it dense would multiply its cost (a 3x3 with
+    dilation 3 is a 7x7), so the fused conv is emitted with this dilation and the kernel's grid taps.
+    """
+    taps = weight.detach().abs().sum(dim=(0, 1)) != 0  # [kh, kw]
+
+    def best(mask: torch.Tensor) -> int:
+        k, idx = mask.numel(), torch.nonzero(mask).flatten().tolist()
+        for d in range(k - 1, 1, -1):
+            if idx and (k - 1) % d == 0 and all(i % d == 0 for i in idx):
+                return d
+        return 1
+
+    return best(taps.any(dim=1)), best(taps.any(dim=0))
 
 
 # --- groups -----------------------------------------------------------------------------------------

@@ -82,8 +82,9 @@ def _numel_hw(node: fx.Node) -> tuple[int, int, int]:
 
 
 class _RegionFinder:
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, sources: frozenset[fx.Node] = frozenset()) -> None:
         self.gm = gm
+        self.sources = sources  # nodes read as they are (materialized), never composed through
         self.modules = dict(gm.named_modules())
         self.consts: dict[fx.Node, Any] = {}
         self.regions: dict[fx.Node, Region] = {}
@@ -105,7 +106,9 @@ class _RegionFinder:
         if not isinstance(arg, fx.Node) or arg in self.consts:
             raise NotLinear("not a tensor of the model")
         if arg in self.regions:
-            return self.regions[arg]
+            if arg not in self.sources:
+                return self.regions[arg]
+            self.needed.add(arg)  # read as it is: it must be materialized
         _, c, _ = _numel_hw(arg)
         return Region(arg, algebra.identity(c), 0)
 
@@ -474,10 +477,12 @@ def _make_conv(rep: ConvRep, dtype: torch.dtype) -> nn.Module:
     rep = algebra.compact_groups(algebra.trim_zero_border(rep))
     t, b, l, r = rep.pad
     symmetric = t == b and l == r
-    conv = nn.Conv2d(rep.in_channels, rep.out_channels, rep.kernel, rep.stride,
-                     padding=(t, l) if symmetric else 0, groups=rep.groups, bias=True)
+    dh, dw = algebra.lattice(rep.weight)
+    weight = rep.weight[:, :, ::dh, ::dw]
+    conv = nn.Conv2d(rep.in_channels, rep.out_channels, tuple(weight.shape[2:]), rep.stride,
+                     padding=(t, l) if symmetric else 0, dilation=(dh, dw), groups=rep.groups, bias=True)
     with torch.no_grad():
-        conv.weight.copy_(rep.weight.to(dtype))
+        conv.weight.copy_(weight.to(dtype))
         conv.bias.copy_(rep.bias.to(dtype))
     if symmetric:
         return conv
@@ -515,6 +520,55 @@ def _replace_with_value(node: fx.Node, value: Any) -> None:
     node.graph.erase_node(node)
 
 
+def _find_regions(gm: fx.GraphModule) -> _RegionFinder:
+    """Run the finder, then again with more nodes read as materialized while its regions are wasteful.
+
+    The per-step checks in the walk cannot see the whole region: a conv after an avg-pool merges into a
+    costlier kernel, and a region composed through a node that is materialized anyway (SAConv's
+    `1 - switch` through `switch`) would compute that node's convs twice. Each round only adds sources.
+    """
+    sources: frozenset[fx.Node] = frozenset()
+    notes: dict[tuple[str, str], Unfused] = {}
+    while True:
+        finder = _RegionFinder(gm, sources)
+        finder.run()
+        extra: set[fx.Node] = set()
+        for node in finder.needed:
+            region = finder.regions[node]
+            if region.trivial:
+                continue
+            n, _, hw = _numel_hw(node)
+            merged = algebra.compact_groups(algebra.trim_zero_border(region.rep)).macs(hw, n)
+            inside = _path(finder, node)
+            if merged > region.cost:
+                # Only an avg-pool merged with a conv (never checked step by step, as DBB's 1x1-avg branch is
+                # costlier alone but not once summed) gets here: read each pool's output, or a final pool's input.
+                pools = [v for v in inside | {node} if _op_label(gm, v) == "avg_pool"]
+                cut = {v for v in pools if v is not node} | ({a for a in node.all_input_nodes if a in finder.regions}
+                                                             if node in pools or not pools else set())
+                extra.update(cut)
+                finder._note(node, f"merging would raise the cost from {region.cost:,} to {merged:,} MACs")
+            extra.update(v for v in inside if v in finder.needed and not finder.regions[v].trivial)
+        for u in finder.unfused:
+            notes.setdefault((u.node, u.reason), u)
+        if not extra - sources:
+            finder.unfused = list(notes.values())
+            return finder
+        sources = sources | extra
+
+
+def _path(finder: _RegionFinder, node: fx.Node) -> set[fx.Node]:
+    """The nodes `node`'s region composes through, between its source and it (both excluded)."""
+    src, seen, stack = finder.regions[node].src, set(), list(node.all_input_nodes)
+    while stack:
+        cur = stack.pop()
+        if cur in seen or cur is src or cur not in finder.regions or cur in finder.sources:
+            continue
+        seen.add(cur)
+        stack.extend(cur.all_input_nodes)
+    return seen
+
+
 def fuse_graph(gm: fx.GraphModule, example: torch.Tensor, original: nn.Module | None = None) -> GraphFuseOutcome:
     """Collapse the linear regions of `gm` in place; returns it with what was merged and what was not.
 
@@ -523,8 +577,7 @@ def fuse_graph(gm: fx.GraphModule, example: torch.Tensor, original: nn.Module | 
     module_types = dict((original or gm).named_modules())
     ShapeProp(gm).propagate(example)
     _drop_static_checks(gm)
-    finder = _RegionFinder(gm)
-    finder.run()
+    finder = _find_regions(gm)
     dtype = next((p.dtype for p in gm.parameters()), torch.float32)
     outcome = GraphFuseOutcome(gm, unfused=finder.unfused)
     placed: list[tuple[fx.Node, str]] = []
@@ -550,8 +603,11 @@ def fuse_graph(gm: fx.GraphModule, example: torch.Tensor, original: nn.Module | 
         node.replace_all_uses_with(new)
         replaced[node] = new
         rep = algebra.compact_groups(algebra.trim_zero_border(region.rep))
+        dh, dw = algebra.lattice(rep.weight)
+        kernel = f"{(rep.kernel[0] - 1) // dh + 1}x{(rep.kernel[1] - 1) // dw + 1}"
+        kernel += f" dilation ({dh}, {dw})" if (dh, dw) != (1, 1) else ""
         outcome.regions.append(FusedRegion(_fused_name(region, module_types), list(region.modules),
-                                           f"{rep.kernel[0]}x{rep.kernel[1]}", rep.groups, rep.stride))
+                                           kernel, rep.groups, rep.stride))
         placed.append((new, temp))
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()

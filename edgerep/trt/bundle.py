@@ -236,7 +236,7 @@ def build_script(manifest: dict[str, Any]) -> str:
             "fi",
         ]
     sidecar_py = _SIDECAR_PY.replace("__INT8_MODE__", manifest["int8_mode"])
-    func = ["write_sidecar() {", f"  DEVICE_CODE=\"$DEVICE_CODE\" python3 - \"$@\" <<'PY'", sidecar_py.rstrip(), "PY", "}"]
+    func = ["write_sidecar() {", "  DEVICE_CODE=\"$DEVICE_CODE\" python3 - \"$@\" <<'PY'", sidecar_py.rstrip(), "PY", "}"]
     # the function must exist before it is called
     head, body = lines[:lines.index('WANT="${*:-ALL}"')], lines[lines.index('WANT="${*:-ALL}"'):]
     return "\n".join(head + func + body) + "\n"

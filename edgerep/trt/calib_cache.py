@@ -44,8 +44,8 @@ def hex_scale(text: str) -> float:
 def cache_text(amax: dict[str, float], version: Version, algorithm: str = ALGORITHM) -> str:
     lines = [cache_header(version, algorithm)]
     for name, value in amax.items():
-        if ":" in name and name.rsplit(":", 1)[1].strip() == "":
-            raise ValueError(f"tensor name {name!r} ends with ':' and cannot be written to a cache")
+        if "\n" in name or "\r" in name:
+            raise ValueError(f"tensor name {name!r} holds a line break and cannot be written to a cache")
         lines.append(f"{name}: {scale_hex(value)}")
     return "\n".join(lines) + "\n"
 

@@ -31,7 +31,7 @@ METHODS = ("entropy", "minmax", "percentile")
 # per side, chosen for time (about 0.15 s per tensor; 4096/256 takes four times as long).
 ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
 PERCENTILE_BINS, PERCENTILE = 2048, 99.99
-CHUNK_SAMPLES = 64  # samples per collect_data call: bounds the memory of the collected activations
+CHUNK_SAMPLES = 8  # samples per collect_data call: the histogram calibrators hold every activation of a call
 
 
 @dataclass

@@ -1,0 +1,99 @@
+"""The layers INT8 acts on, named twice: by ONNX node (what every backend's exclusion list takes) and by the
+PyTorch module it came from (what the user knows).
+
+The mapping is derived from what the exporters leave behind, most reliable first:
+  1. the weight initializer keeps the qualified parameter name (`stages.1.0.reparam.weight`); edgerep's
+     exporter also names weighted nodes after it, `/stages.1.0.reparam/Conv` (export.name_nodes_by_module);
+  2. the TorchScript exporter's scope path (`/stages.1/stages.1.0/reparam/Conv`), where each segment is the
+     child's name, or its qualified name when it starts with the parent's (nn.Sequential children);
+  3. the dynamo exporter's flattened parameter names (`p_stages_1_0_reparam_weight`), matched against
+     `module_names` when the caller has the model.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+# Weighted operators that post-training INT8 quantizes and that a backend can keep in float one by one.
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class QuantLayer:
+    node: str  # ONNX node name (the key of every exclusion list)
+    op_type: str
+    module: str | None  # PyTorch module path, e.g. "stages.1.0.reparam"
+    weight: str | None  # initializer name of the weight
+    input: str  # activation tensor feeding the layer
+    output: str
+    mapped_by: str  # which rule gave `module`: node-name | initializer | scope | dynamo-name | none
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def module_from_node_name(node_name: str, module_names: set[str] | None = None) -> str | None:
+    """The module path in an ONNX node name: `/stages.1.0.reparam/Conv` (edgerep) or
+    `/stages.1/stages.1.0/reparam/Conv` (TorchScript scopes) -> `stages.1.0.reparam`."""
+    parts = [p for p in node_name.strip("/").split("/") if p]
+    if len(parts) < 2:
+        return None
+    scopes = parts[:-1]  # the last part is the op (Conv, Conv_1, ...)
+    path = ""
+    for seg in scopes:
+        if path and seg.startswith(path + "."):
+            path = seg  # a qualified child name (Sequential items: "stages.1" then "stages.1.0")
+        else:
+            path = f"{path}.{seg}" if path else seg
+    if module_names is not None and path not in module_names:
+        return None
+    return path
+
+
+def module_from_initializer(init_name: str, module_names: set[str] | None = None) -> tuple[str | None, str]:
+    """`stages.1.0.reparam.weight` -> (`stages.1.0.reparam`, "initializer"); dynamo's
+    `p_stages_1_0_reparam_weight` -> the module of `module_names` it flattens, (.., "dynamo-name")."""
+    m = re.match(r"^(.*)\.(weight|weight_orig|kernel)$", init_name)
+    if m and (module_names is None or m.group(1) in module_names):
+        return m.group(1), "initializer"
+    if module_names:
+        flat = re.sub(r"^(p_|param_)", "", init_name)
+        flat = re.sub(r"_(weight)$", "", flat)
+        by_flat = {n.replace(".", "_"): n for n in module_names}
+        if flat in by_flat:
+            return by_flat[flat], "dynamo-name"
+    return None, "none"
+
+
+def quantizable_layers(onnx_path: Path | Any, module_names: Iterable[str] | None = None) -> list[QuantLayer]:
+    """Every weighted node of the ONNX model (a path or a ModelProto), in graph order, with its module."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False) if not hasattr(onnx_path, "graph") else onnx_path
+    names = set(module_names) if module_names is not None else None
+    inits = {t.name for t in model.graph.initializer}
+    layers = []
+    for node in model.graph.node:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+            continue
+        weight = next((i for i in node.input[1:2] if i in inits), None)
+        if weight is None and node.op_type in ("MatMul", "Gemm"):
+            weight = next((i for i in node.input if i in inits), None)
+        if weight is None:
+            continue  # an activation x activation MatMul: nothing to keep in float per layer
+        # The weight's qualified name is the state-dict key itself; node names are only scopes.
+        module, how = module_from_initializer(weight, names)
+        if module is None or how == "dynamo-name":
+            from_node = module_from_node_name(node.name, names)
+            if from_node is not None:
+                module, how = from_node, "node-name"
+        layers.append(QuantLayer(node=node.name, op_type=node.op_type, module=module, weight=weight,
+                                 input=node.input[0], output=node.output[0], mapped_by=how if module else "none"))
+    return layers
+
+
+def module_names_of(model: Any) -> set[str]:
+    """Qualified names of a torch module's submodules (for matching flattened exporter names)."""
+    return {name for name, _ in model.named_modules() if name}

@@ -1,0 +1,105 @@
+"""NNCF's own answer to an accuracy budget, for comparison: nncf.quantize_with_accuracy_control on OpenVINO.
+
+It quantizes like the OpenVINO backend (same preset, range estimator and calibration samples), then reverts
+quantizer groups, most harmful first, until the metric drop is within `max_drop`. The metric is the same as
+edgerep's search: top-1 in percent against the labels, or top-1 agreement with the reference (the unfused
+PyTorch model) where there are none, so `max_drop` is in the same points.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from .evaluate import brief, evaluate_runner, eval_batch
+from .layers import quantizable_layers
+
+
+def accuracy_control(onnx_path: Path, calib: Any, reference: Any, *, max_drop: float, profile: Any,
+                     options: dict[str, Any], work_dir: Path) -> dict[str, Any]:
+    """Run quantize_with_accuracy_control; return {"float_layers", "metrics", "seconds", "settings", "ir"}.
+
+    The IR is saved in `work_dir` (the caller decides whether to keep it). `float_layers` are the weighted
+    ONNX nodes that run in float in the result, read from the CPU plugin's runtime model."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    # The OpenVINO backend's own calibration feed and method -> range-estimator table, so both quantize alike.
+    from ..backends.common import calib_settings, onnx_input
+    from ..backends.openvino import _ESTIMATORS, _METHODS, _Samples, OpenVINORunner
+    from .precision import ov_float_layers
+
+    t0 = time.perf_counter()
+    method, num = calib_settings(profile, options, "minmax", _METHODS)
+    _, shape = onnx_input(Path(onnx_path))
+    fixed = shape[0] if shape and shape[0] is not None else None
+    samples = _Samples(calib, num, fixed)
+    batch = eval_batch(Path(onnx_path))
+    estimator = _ESTIMATORS[method]
+    advanced = AdvancedQuantizationParameters(
+        activations_range_estimator_params=getattr(RangeEstimatorParametersSet, estimator)) if estimator else None
+    items = _validation_items(reference, batch)
+
+    def validate(compiled: Any, data: Any) -> float:
+        correct = total = 0
+        for x, target in data:
+            out = compiled(x)[0]
+            correct += int(np.sum(np.asarray(out).argmax(axis=1) == target))
+            total += int(np.sum(target >= 0))  # padding samples carry target -1
+        return 100.0 * correct / max(total, 1)
+
+    model = ov.convert_model(str(onnx_path))
+    log = logging.getLogger("nncf")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout
+            result = nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(samples), nncf.Dataset(items), validate, max_drop=float(max_drop),
+                drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset.MIXED, subset_size=len(samples),
+                target_device=nncf.TargetDevice.CPU, advanced_quantization_parameters=advanced)
+    except Exception as exc:
+        raise UserError(f"openvino INT8: nncf.quantize_with_accuracy_control failed "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    finally:
+        log.setLevel(level)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ir = work_dir / "nncf_ac.xml"
+    ov.save_model(result, str(ir))
+    nodes = [layer.node for layer in quantizable_layers(Path(onnx_path))]
+    floats = ov_float_layers(ir, nodes)
+    runner = OpenVINORunner(ir, "f32")
+    try:
+        metrics = evaluate_runner(runner, reference, batch)
+    finally:
+        runner.close()
+    return {"float_layers": floats, "metrics": brief(metrics), "seconds": time.perf_counter() - t0, "ir": str(ir),
+            "settings": {"calib_method": method, "range_estimator": estimator or "nncf default",
+                         "preset": "mixed", "calib_samples": len(samples) * (fixed or 1), "max_drop": max_drop,
+                         "drop_type": "absolute", "metric": "top1" if reference.labels is not None else "top1_agreement"}}
+
+
+def _validation_items(reference: Any, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets) batches: targets are the labels, or the reference's classes without labels.
+    A short last batch is padded (fixed-batch models) and its padding dropped from the targets' count."""
+    items = []
+    targets_all = reference.labels if reference.labels is not None else reference.outputs.argmax(axis=1)
+    start = 0
+    for x, _ in reference.source.iter_batches(batch, limit=reference.limit):
+        n = x.shape[0]
+        if n < batch:
+            x = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
+        t = np.asarray(targets_all[start:start + n])
+        t = np.concatenate([t, np.full(batch - n, -1, dtype=t.dtype)]) if n < batch else t  # -1 never matches
+        items.append((np.ascontiguousarray(x, dtype=np.float32), t))
+        start += n
+    return items

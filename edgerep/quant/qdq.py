@@ -1,0 +1,203 @@
+"""Many Q/DQ variants of one model, cheaply: calibrate once, then quantize with different exclusion lists.
+
+Sensitivity analysis quantizes a model 2N+1 times (all layers, each layer alone in float, each layer alone
+quantized). Activation ranges depend only on the float model and the data, so ONNX Runtime's quantizer is
+run with a calibration cache (quantize_static(calibration_cache_path=...)): the first call calibrates and
+saves the ranges, the others reuse them, and every variant sees exactly the same scales.
+
+Three styles follow the three backends' placement of quantizers:
+  onnxruntime  the ONNX Runtime backend's own settings (QUInt8 asymmetric activations, per-channel QInt8
+               weights, Q/DQ on inputs and outputs: what ORT fuses into QLinearConv). Excluding a node
+               keeps its weights and output in float; its input stays quantized when its producer is.
+  openvino     like NNCF's CPU placement: asymmetric 8-bit activations and per-channel weights, quantizers
+               on the inputs of weighted ops only, so excluding a node keeps its input in float as well.
+  tensorrt     TensorRT's conventions (edgerep.trt.qdq): symmetric INT8, Q/DQ on inputs only.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import UserError
+
+STYLES = ("onnxruntime", "openvino", "tensorrt")
+METHODS = ("minmax", "entropy", "percentile")
+_DYNAMIC_BATCH = 8
+
+
+def style_for_backend(backend: str) -> str:
+    return backend if backend in STYLES else "onnxruntime"
+
+
+class QdqMaker:
+    """Writes Q/DQ models of `onnx_path` that differ only in which layers are quantized.
+
+    `calib`: an edgerep DataSource; `work_dir` holds the pre-processed model and the calibration cache.
+    """
+
+    def __init__(self, onnx_path: Path, calib: Any, work_dir: Path, *, style: str = "onnxruntime",
+                 method: str = "minmax", num_samples: int = 300, per_channel: bool = True) -> None:
+        if style not in STYLES:
+            raise UserError(f"quantization style {style!r}: use one of {', '.join(STYLES)}")
+        if method not in METHODS:
+            raise UserError(f"--calib-method {method}: not one of {', '.join(METHODS)}")
+        self.onnx_path, self.calib, self.style = Path(onnx_path), calib, style
+        self.method, self.num_samples, self.per_channel = method, int(num_samples), per_channel
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._source: Path | None = None
+        self._cache = self.work_dir / f"calib-{style}-{method}-{num_samples}.json"
+        self._cache.unlink(missing_ok=True)  # a cache from an earlier model or data would be reused silently
+
+    def settings(self) -> dict[str, Any]:
+        return {"style": self.style, "calib_method": self.method, "calib_samples": self.num_samples,
+                "per_channel": self.per_channel}
+
+    def source(self) -> Path:
+        """The model every variant is made from: shape-inferred (ORT's pre-processing, node names kept) and
+        with no initializer shared between nodes, so excluding one node never changes another's weights."""
+        if self._source is None:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            pre = self.work_dir / "pre.onnx"
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    quant_pre_process(str(self.onnx_path), str(pre), skip_optimization=True)
+            except Exception:  # symbolic shape inference does not know every op: quantize as is
+                shutil.copyfile(self.onnx_path, pre)
+            self._source = unshare_initializers(pre, self.work_dir / "source.onnx")
+        return self._source
+
+    def make(self, out_path: Path, *, exclude: list[str] | tuple[str, ...] = (), only: list[str] | None = None) -> Path:
+        """Quantize every weighted layer except `exclude`, or (with `only`) just the nodes in `only`."""
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        source = self.source()
+        if not self._cache.is_file() and (exclude or only is not None):
+            self.make(self.work_dir / "all.onnx")  # calibrate every tensor once, with nothing excluded
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {"ActivationSymmetric": False}
+        activation = QuantType.QUInt8
+        if self.style == "openvino":
+            model = onnx.load(str(source), load_external_data=False)
+            extra["OpTypesToExcludeOutputQuantization"] = sorted({n.op_type for n in model.graph.node})
+        elif self.style == "tensorrt":
+            from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+            from ..trt.qdq import TRT_QUANT_OPS, trt_extra_options
+
+            model = onnx.load(str(source), load_external_data=False)
+            extra = trt_extra_options(model)
+            activation = QuantType.QInt8
+            registry = set(QDQRegistry) | set(QLinearOpsRegistry)
+            kwargs["op_types_to_quantize"] = [op for op in TRT_QUANT_OPS if op in registry]
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[self.method]
+        reader = None if self._cache.is_file() else self._reader()
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint on the root logger
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # histogram collectors print progress
+                quantize_static(str(source), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                                per_channel=self.per_channel, weight_type=QuantType.QInt8, activation_type=activation,
+                                calibrate_method=method, nodes_to_exclude=list(exclude),
+                                nodes_to_quantize=list(only) if only is not None else None, extra_options=extra,
+                                calibration_cache_path=str(self._cache), **kwargs)
+        finally:
+            root.setLevel(level)
+        return out_path
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """Per-tensor activation ranges of the calibration (calibrating first if needed)."""
+        if not self._cache.is_file():
+            self.make(self.work_dir / "all.onnx")
+        import json
+
+        raw = json.loads(self._cache.read_text())["data"]
+        return {name: (float(np.asarray(t["lowest"]["data"]).reshape(-1)[0]),
+                       float(np.asarray(t["highest"]["data"]).reshape(-1)[0])) for name, t in raw.items()}
+
+    def _reader(self) -> Any:
+        from onnxruntime.quantization import CalibrationDataReader
+
+        from ..backends.common import onnx_input, sample_batches
+
+        name, shape = onnx_input(self.onnx_path)
+        calib, limit = self.calib, self.num_samples
+        if bool(shape) and shape[0] is not None:
+            batch = shape[0]
+        else:
+            # Equal batches: ORT's histogram collectors stack the batches of a tensor and fail on a short last one.
+            n = min(int(calib.num_samples), limit)
+            batch = next(b for b in range(_DYNAMIC_BATCH, 0, -1) if n % b == 0)
+        exact = True
+
+        class _Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._it: Iterator[np.ndarray] = sample_batches(calib, batch, limit, exact=exact)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                x = next(self._it, None)
+                return None if x is None else {name: x}
+
+        return _Reader()
+
+
+def unshare_initializers(path: Path, out: Path) -> Path:
+    """Give every node its own copy of initializers that several nodes use.
+
+    onnxsim merges equal constants (e.g. two zero biases), and quantize_static rewrites a shared initializer
+    for all its users at once, so a node kept in float could get another node's quantized bias. Written by
+    hand: no ONNX tool splits shared initializers."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    changed = False
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name in seen:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__{node.name or node.op_type}_{i}"
+                model.graph.initializer.append(copy)
+                node.input[i] = copy.name
+                changed = True
+            else:
+                seen.add(name)
+    if not changed:
+        return Path(path)
+    onnx.save(model, str(out))
+    return Path(out)
+
+
+def qdq_quantized_nodes(qdq_path: Path, nodes: list[str]) -> dict[str, bool]:
+    """Whether each node of `nodes` computes in INT8 in a Q/DQ model: its weight comes through a
+    DequantizeLinear (a node kept in float reads its float initializer directly)."""
+    import onnx
+
+    model = onnx.load(str(qdq_path), load_external_data=False)
+    producers = {out: n for n in model.graph.node for out in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+    result = {}
+    for name in nodes:
+        node = by_name.get(name)
+        if node is None:
+            raise KeyError(f"{name}: not a node of {Path(qdq_path).name}")
+        weight = node.input[1] if len(node.input) > 1 else ""
+        prod = producers.get(weight)
+        result[name] = prod is not None and prod.op_type == "DequantizeLinear"
+    return result
