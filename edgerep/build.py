@@ -63,6 +63,7 @@ class BuildOptions:
     export_tol: float = 1e-4
     seed: int = 0  # seeds random initialisation, so a model without weights is the same on every run
     backend_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"ignored_nodes": [...]}
+    max_drop: float | None = None  # INT8: keep the fewest sensitive layers in float until the drop is within this (points)
 
 
 @dataclass
@@ -342,6 +343,18 @@ def build(opts: BuildOptions, *, console: Any = None) -> BuildResult:
                 options["num_samples"] = opts.calib_samples
             if opts.calib_method is not None:
                 options["calib_method"] = opts.calib_method
+        int8_plan = None
+        if precision == "int8" and opts.max_drop is not None:  # accuracy-budgeted mixed precision (edgerep.quant)
+            from .quant.mixed import plan_int8
+
+            with log.stage("int8 plan", f"choosing the layers to keep in float (max drop {opts.max_drop:g} pp)") as st:
+                plan, int8_plan = plan_int8(backend=backend, onnx_path=sim_path, profile=profile, calib=calib,
+                                            val=val_source, model=info.module, max_drop=opts.max_drop, options=options,
+                                            work_dir=out_dir / "quant", val_samples=opts.val_samples,
+                                            val_batch=opts.val_batch)
+                options.update(plan)
+                st["detail"] = (f"{len(int8_plan['float_layers'])} layer(s) in float, drop "
+                                f"{int8_plan['chosen']['metrics']['drop']:.2f} pp ({int8_plan['chosen']['source']})")
         key = _key({
             "onnx_sha256": sim_hash, "backend": backend.name, "precision": precision, "options": options,
             "calib_sha256": calib.sha256() if precision == "int8" and calib is not None else None,
@@ -364,6 +377,10 @@ def build(opts: BuildOptions, *, console: Any = None) -> BuildResult:
                     _write_manifest(out_dir, manifest)
             artifacts[precision] = artifact
             engine_records[precision] = _engine_record(artifact)
+            if precision == "int8":
+                engine_records[precision]["float_layers"] = list(options.get("ignored_nodes") or [])
+                if int8_plan is not None:
+                    engine_records[precision]["int8_plan"] = int8_plan
 
     # --- validate
     from .validate import compute_reference, gate_to_dict, validate_runner

@@ -72,6 +72,7 @@ def build_cmd(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="output folder (default: runs/<model-name>-<target>)"),
     int8_mode: Optional[str] = typer.Option(None, "--int8-mode", help="TensorRT INT8: calibrate (cache) or qdq (Q/DQ ONNX); default: the profile's"),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="TensorRT: build FP16/INT8 for this DLA core, GPU fallback (default: the profile's)"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="INT8: keep the fewest, most sensitive layers in float until the drop is within this many points of top-1 (of top-1 agreement without labels)"),
 ) -> None:
     """Fuse, export, build and validate engines for a target; writes report.json, report.md and a plot.
 
@@ -84,7 +85,7 @@ def build_cmd(
                      calib_samples=calib_samples, calib_method=calib_method, val_samples=val_samples,
                      mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize,
                      interpolation=interpolation, channel_order=channel_order, simplifier=simplifier,
-                     force=force, output=output, console=console, out=out,
+                     force=force, output=output, console=console, out=out, max_drop=max_drop,
                      backend_options={k: v for k, v in (("int8_mode", int8_mode), ("dla_core", dla_core)) if v is not None})
     raise typer.Exit(code)
 
@@ -138,6 +139,35 @@ def export_cmd(
     code = run_export(model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
                       trust_pickle=trust_pickle, target=target, dynamic_batch=dynamic_batch, simplifier=simplifier,
                       output=output, tol=tol, as_json=as_json, out=out, console=console)
+    raise typer.Exit(code)
+
+
+@app.command("sensitivity")
+def sensitivity_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, file.pt2 or package.module:factory"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights (only for files you trust)"),
+    target: str = typer.Option("openvino-cpu", "--target", "-t", help="profile whose backend's quantizer placement, opset and calibration apply"),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data (default: the model's shipped data)"),
+    val: Optional[Path] = typer.Option(None, "--val", help="validation data; labels give top-1 (default: the shipped data)"),
+    calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="calibration samples (default: the profile's)"),
+    calib_method: Optional[str] = typer.Option(None, "--calib-method", help="minmax, entropy or percentile (default: the profile's)"),
+    val_samples: Optional[int] = typer.Option(None, "--val-samples", help="use the first N validation samples"),
+    top: int = typer.Option(10, "--top", help="rows in the table of the most sensitive layers"),
+    study: bool = typer.Option(True, "--study/--no-study", help="also compare calibration methods and per-channel/per-tensor weights"),
+    output: Path = typer.Option(Path("sensitivity"), "-o", "--output", help="output folder"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
+) -> None:
+    """INT8 sensitivity per layer (ONNX node and PyTorch module), weight/activation range outliers, and a
+    calibration study; writes sensitivity.json, sensitivity.md and sensitivity.png."""
+    from .quant.command import run_sensitivity
+
+    code = run_sensitivity(model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
+                           trust_pickle=trust_pickle, target=target, calib=calib, val=val, calib_samples=calib_samples,
+                           calib_method=calib_method, val_samples=val_samples, top=top, study=study, output=output,
+                           as_json=as_json, out=out, console=console)
     raise typer.Exit(code)
 
 

@@ -12,7 +12,6 @@ memory map, ``.npz`` members read sequentially from the zip), so a large data se
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math

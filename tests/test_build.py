@@ -75,11 +75,18 @@ def demo(tmp_path_factory):
         shutil.rmtree(blocker)
         runs.append(cli(["build"]))
         first_report = json.loads((out_dir / "report.json").read_text())
+        # What a killed run leaves: temporaries named after a process that no longer exists.
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+        leftovers = [out_dir / "engines" / f"model.int8.xml.partial-{dead}", out_dir / "onnx" / f".model.onnx.partial-{dead}"]
+        leftovers[0].write_text("half an engine")
+        leftovers[1].mkdir()
         runs.append(cli(["build"]))
         third_report = json.loads((out_dir / "report.json").read_text())
     finally:
         os.chdir(old)
-    return {"root": root, "out_dir": out_dir, "runs": runs, "resumed": first_report, "reused": third_report}
+    return {"root": root, "out_dir": out_dir, "runs": runs, "resumed": first_report, "reused": third_report,
+            "leftovers": leftovers}
 
 
 def test_interrupted_build_leaves_nothing_that_looks_finished(demo):
@@ -124,9 +131,10 @@ def test_demo_report_schema_and_gates(demo):
         assert (demo["out_dir"] / name).stat().st_size > 0
 
 
-def test_unchanged_rerun_reuses_every_stage(demo):
+def test_unchanged_rerun_reuses_every_stage_and_drops_a_killed_runs_temporaries(demo):
     code, _, err = demo["runs"][2]
     assert code == 0, err
+    assert not any(p.exists() for p in demo["leftovers"])
     st = stage_status(demo["reused"])
     assert all(st[s] == "reused" for s in ("fuse", "export", "build fp32", "build fp16", "build int8"))
 
@@ -138,6 +146,13 @@ def test_validate_command_on_a_built_engine(demo):
     eng = json.loads(out)["engines"][0]
     assert eng["backend"] == "openvino" and eng["precision"] == "int8" and eng["passed"] is True
     assert eng["accuracy"]["top1"] >= 97.0 and eng["latency_ms"]["p50"] > 0
+
+
+def test_validate_refuses_an_engine_without_its_sidecar(demo, tmp_path):
+    lone = tmp_path / "model.xml"
+    shutil.copy(demo["out_dir"] / "engines" / "model.fp32.xml", lone)
+    code, _, err = cli(["validate", "--model", "zoo:repvgg_digits", "--engine", str(lone)])
+    assert code == 2 and "sidecar model.xml.json is missing" in error_line(err)
 
 
 def test_gate_failure_exits_1_and_says_which_and_why(demo, tmp_path):

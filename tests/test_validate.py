@@ -1,11 +1,8 @@
-"""edgerep.validate: metrics against independent implementations, latency bookkeeping, gates, and the
-`edgerep validate` command on a real engine."""
+"""edgerep.validate: metrics against independent implementations, latency bookkeeping, gates, and streaming
+outputs through fixed-batch runners (the `edgerep validate` command on real engines is in test_build.py)."""
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 import time
 
 import numpy as np

@@ -30,6 +30,10 @@ class NotLinear(Exception):
     """The node is not a linear op of one tensor (it becomes a source)."""
 
 
+class InputDependent(NotLinear):
+    """A product with an input-dependent tensor (SE, a gate, a switch): reported as left unfused, with why."""
+
+
 @dataclass
 class Region:
     src: fx.Node
@@ -129,7 +133,9 @@ class _RegionFinder:
                 continue
             try:
                 region = self.linear(node)
-            except NotLinear:
+            except NotLinear as exc:
+                if isinstance(exc, InputDependent):
+                    self._note(node, str(exc))
                 self._mark_needed(node.all_input_nodes)
                 continue
             except NotExact as exc:
@@ -318,7 +324,9 @@ class _RegionFinder:
         n, c, hw = _numel_hw(node)
         a_const, b_const = self._is_const(a), self._is_const(b)
         if a_const == b_const or (divisor_only and not b_const):
-            raise NotLinear("product of two input-dependent tensors")
+            owner = _owner(node)
+            raise InputDependent(f"scales by an input-dependent tensor{' in ' + owner if owner else ''} (SE, a gate, "
+                                 "a switch): there is no constant weight to fold it into")
         tensor_arg, k = (b, self.const(a)) if a_const else (a, self.const(b))
         k = _per_channel_value(k, c)
         if invert:
@@ -473,6 +481,24 @@ def _delete_unused_constants(gm: fx.GraphModule) -> None:
             delattr(gm, name)
 
 
+def _delete_unused_tensors(gm: fx.GraphModule) -> None:
+    """Drop parameters and buffers nothing reads any more.
+
+    A module fx traced through stays alive while one of its children is still called (timm's
+    BatchNormAct2d keeps its `act`), and with it its folded statistics: dead weights in the checkpoint.
+    """
+    read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    called = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    names = [n for n, _ in gm.named_parameters(remove_duplicate=False)] + \
+        [n for n, _ in gm.named_buffers(remove_duplicate=False)]
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        parts = owner.split(".") if owner else []
+        if name in read or any(".".join(parts[:i]) in called | read for i in range(1, len(parts) + 1)):
+            continue
+        delattr(gm.get_submodule(owner), leaf)
+
+
 def _make_conv(rep: ConvRep, dtype: torch.dtype) -> nn.Module:
     rep = algebra.compact_groups(algebra.trim_zero_border(rep))
     t, b, l, r = rep.pad
@@ -594,6 +620,9 @@ def fuse_graph(gm: fx.GraphModule, example: torch.Tensor, original: nn.Module | 
                 src = replaced.get(region.src, region.src)
                 node.replace_all_uses_with(src)  # identity / eval dropout: drop it
                 replaced[node] = src
+            elif _op_label(gm, node) == "batch_norm":
+                outcome.unfused.append(Unfused(node.name, "batch_norm", "no conv before it to fold into (its input "
+                                               "is a nonlinearity's output or a sum of different inputs)"))
             continue  # a lone BN or scale on a source: no conv to save, keep the original op
         temp = _unique_name(gm, f"edgerep_fused_{len(outcome.regions)}")
         gm.add_submodule(temp, _make_conv(region.rep, dtype))
@@ -612,6 +641,7 @@ def fuse_graph(gm: fx.GraphModule, example: torch.Tensor, original: nn.Module | 
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     _delete_unused_constants(gm)
+    _delete_unused_tensors(gm)
     # Now that the replaced modules are gone, give each fused conv the name of what it replaced, so a
     # fused checkpoint's keys read like the model's own (and load into the zoo's deploy forms).
     for (node, temp), region in zip(placed, outcome.regions):

@@ -124,8 +124,11 @@ class QdqMaker:
         import json
 
         raw = json.loads(self._cache.read_text())["data"]
-        return {name: (float(np.asarray(t["lowest"]["data"]).reshape(-1)[0]),
-                       float(np.asarray(t["highest"]["data"]).reshape(-1)[0])) for name, t in raw.items()}
+
+        def scalar(v: Any) -> float:  # numpy arrays are stored as {"data": [...]}, plain floats as numbers
+            return float(np.asarray(v["data"] if isinstance(v, dict) else v).reshape(-1)[0])
+
+        return {name: (scalar(t["lowest"]), scalar(t["highest"])) for name, t in raw.items()}
 
     def _reader(self) -> Any:
         from onnxruntime.quantization import CalibrationDataReader

@@ -31,10 +31,11 @@ class LayerSensitivity:
     quant_one: dict[str, Any]
     score: float  # estimated share of the output noise this layer adds (NSR units)
     gain_top1: float | None  # points of drop recovered when this layer alone stays in float
+    order: int = 0  # position in the graph
     rank: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "node": self.layer.node, "module": self.layer.module, "op_type": self.layer.op_type,
+        return {"rank": self.rank, "order": self.order, "node": self.layer.node, "module": self.layer.module, "op_type": self.layer.op_type,
                 "score": self.score, "gain_drop": self.gain_top1, "float_one": self.float_one,
                 "quant_one": self.quant_one, "mapped_by": self.layer.mapped_by}
 
@@ -85,7 +86,8 @@ def layer_sensitivity(onnx_path: Path, calib: Any, reference: Any, work_dir: Pat
         gain = all_metrics["nsr"] - f_metrics["nsr"]
         gain_drop = (all_metrics["drop"] - f_metrics["drop"]) if all_metrics.get("drop") is not None else None
         results.append(LayerSensitivity(layer=layer, float_one=brief(f_metrics), quant_one=brief(q_metrics),
-                                        score=0.5 * (max(gain, 0.0) + q_metrics["nsr"]), gain_top1=gain_drop))
+                                        score=0.5 * (max(gain, 0.0) + q_metrics["nsr"]), gain_top1=gain_drop,
+                                        order=i))
     # Highest score first; among equal scores, the larger top-1 recovery, then graph order.
     results.sort(key=lambda s: (-s.score, -(s.gain_top1 or 0.0)))
     for rank, s in enumerate(results, 1):
@@ -95,3 +97,21 @@ def layer_sensitivity(onnx_path: Path, calib: Any, reference: Any, work_dir: Pat
     drop_metric = "top1" if all_metrics.get("top1_drop") is not None else "top1_agreement"
     return SensitivityResult(settings=maker.settings(), all_int8=brief(all_metrics), layers=results,
                              drop_metric=drop_metric, seconds=time.perf_counter() - t0)
+
+
+def calibration_study(onnx_path: Path, calib: Any, reference: Any, work_dir: Path, *, style: str = "onnxruntime",
+                      num_samples: int = 300, methods: tuple[str, ...] = ("minmax", "entropy", "percentile"),
+                      per_channel: tuple[bool, ...] = (True, False)) -> list[dict[str, Any]]:
+    """The whole model in INT8 (Q/DQ, the given placement style) for each calibration method and weight
+    granularity: what each choice costs, smallest drop (then noise) first."""
+    rows = []
+    for method in methods:
+        for pc in per_channel:
+            t0 = time.perf_counter()
+            maker = QdqMaker(onnx_path, calib, Path(work_dir) / f"study-{method}-{'pc' if pc else 'pt'}", style=style,
+                             method=method, num_samples=num_samples, per_channel=pc)
+            path = maker.make(maker.work_dir / "all.onnx")
+            metrics = brief(evaluate_onnx(path, reference))
+            rows.append({"calib_method": method, "per_channel": pc, **metrics, "seconds": time.perf_counter() - t0})
+    rows.sort(key=lambda r: (r["drop"] if r["drop"] is not None else 0.0, r["nsr"]))
+    return rows

@@ -1,0 +1,173 @@
+"""Benchmark INT8 on trained, fused digits RepVGGs: FP32 vs plain INT8 vs edgerep INT8 (--max-drop), per backend.
+
+In one run, for each model (zoo:repvgg_digits with its shipped weights; zoo:repvgg_a0_digits with weights
+trained by scripts/train_digits.py, cached under --work) and each backend (OpenVINO, ONNX Runtime):
+  * FP32 top-1, plain INT8 top-1 (the target profile's calibration), edgerep INT8 top-1 with --max-drop
+    (the accuracy-budgeted search of edgerep.quant.mixed: calibration choice, layers kept in float, NNCF's
+    accuracy control compared on OpenVINO), on calib/digits/val.npz (360 labelled digits);
+  * the latency of each engine at batch 1 and a larger batch: p50 over --iterations calls after --warmup,
+    repeated --rounds times with the engines interleaved so machine load hits all alike; the median of the
+    rounds is reported, and the speed-up INT8 vs FP32 is a ratio within the same run.
+The target of the issue: drop <= 0.5 point with INT8 at least 1.5x faster than FP32, on both backends.
+Note: the search and the reported top-1 use the same validation data.
+
+    python scripts/bench_int8.py [--out bench_int8.json] [--work runs/int8-bench] [--models repvgg_digits,repvgg_a0_digits]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS = ("openvino-cpu", "onnxruntime-cpu")
+
+
+def a0_weights(work: Path, epochs: int, console) -> Path:
+    """RepVGG-A0-digits weights, trained once by scripts/train_digits.py and cached in `work`."""
+    path = work / "repvgg_a0_digits.safetensors"
+    if not path.is_file():
+        console.print(f"training repvgg_a0_digits ({epochs} epochs) -> {path}")
+        subprocess.run([sys.executable, str(REPO / "scripts" / "train_digits.py"), "--model", "repvgg_a0_digits",
+                        "--epochs", str(epochs), "--out", str(path)], check=True)
+    return path
+
+
+def interleaved_latency(runners: dict[str, object], batch: np.ndarray, *, warmup: int, iterations: int,
+                        rounds: int) -> dict[str, dict]:
+    """p50 per engine and round, engines interleaved; the median over rounds (and all rounds) per engine."""
+    from edgerep.validate import runner_latency
+
+    per: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            per[name].append(runner_latency(runner, batch, warmup=warmup, iterations=iterations)["p50"])
+    return {k: {"p50_ms": statistics.median(v), "rounds_ms": v} for k, v in per.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="repvgg_digits,repvgg_a0_digits")
+    ap.add_argument("--max-drop", type=float, default=0.5)
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "int8-bench")
+    ap.add_argument("--out", type=Path, default=Path("bench_int8.json"))
+    ap.add_argument("--batch-sizes", default="1,32")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--a0-epochs", type=int, default=30)
+    args = ap.parse_args()
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgerep.artifacts import package_versions, write_json_atomic
+    from edgerep.backends import get_backend
+    from edgerep.data import default_data_paths, open_data
+    from edgerep.export import export_pipeline
+    from edgerep.fuse import fuse
+    from edgerep.models import load_model
+    from edgerep.quant.evaluate import evaluate_runner
+    from edgerep.quant.mixed import plan_int8
+    from edgerep.targets import load_target
+    from edgerep.validate import compute_reference
+
+    console = Console(stderr=True)
+    out = Console(width=160)  # the table has 13 columns
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.work.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        weights = a0_weights(args.work, args.a0_epochs, console) if name == "repvgg_a0_digits" else None
+        info = load_model(f"zoo:{name}", weights=weights)
+        info_demo = load_model("zoo:repvgg_digits")  # the shipped digits data belong to the demo spec
+        calib_path, val_path = default_data_paths(info_demo)
+        calib = open_data(calib_path, None, expect_shape=tuple(info.input_shape), role="calib")
+        val = open_data(val_path, None, expect_shape=tuple(info.input_shape), role="val")
+        reference = compute_reference(info.module, val)
+        torch.manual_seed(0)
+        fused = fuse(info.module, torch.randn(*info.input_shape))
+        model_dir = args.work / name
+        for target in TARGETS:
+            profile = load_target(target)
+            backend = get_backend(profile.backend)
+            console.rule(f"{name} on {target}")
+            exported = export_pipeline(info, fused.model, model_dir / target / "onnx", opset=profile.opset,
+                                       dynamic_batch=True)
+            onnx_path = Path(exported.sim_path)
+            t0 = time.perf_counter()
+            plan_options, plan = plan_int8(backend=backend, onnx_path=onnx_path, profile=profile, calib=calib, val=val,
+                                           model=info.module, max_drop=args.max_drop, options={},
+                                           work_dir=model_dir / target / "quant",
+                                           log=lambda m: console.print(f"  {m}", highlight=False))
+            search_s = time.perf_counter() - t0
+            engines = {
+                "fp32": backend.build(onnx_path, "fp32", out_dir=model_dir / target / "fp32", profile=profile),
+                "int8 plain": backend.build(onnx_path, "int8", out_dir=model_dir / target / "int8-plain",
+                                            profile=profile, calib=calib),
+                "int8 edgerep": backend.build(onnx_path, "int8", out_dir=model_dir / target / "int8-edgerep",
+                                              profile=profile, calib=calib, options=plan_options),
+            }
+            runners = {k: backend.load(a) for k, a in engines.items()}
+            try:
+                accuracy = {k: evaluate_runner(r, reference, 32) for k, r in runners.items()}
+                sample = next(val.iter_batches(1, limit=1))[0]
+                latency = {}
+                for bs in batch_sizes:
+                    batch = np.ascontiguousarray(np.repeat(sample, bs, axis=0), dtype=np.float32)
+                    latency[bs] = interleaved_latency(runners, batch, warmup=args.warmup, iterations=args.iterations,
+                                                      rounds=args.rounds)
+            finally:
+                for r in runners.values():
+                    r.close()
+            fp32 = {bs: latency[bs]["fp32"]["p50_ms"] for bs in batch_sizes}
+            for kind in engines:
+                acc = accuracy[kind]
+                row = {
+                    "model": name, "target": target, "engine": kind, "top1": acc["top1"], "ref_top1": acc["ref_top1"],
+                    "drop": acc["top1_drop"], "cosine": acc["cosine"],
+                    "float_layers": plan["float_layers"] if kind == "int8 edgerep" else [],
+                    "options": plan_options if kind == "int8 edgerep" else {},
+                    "latency_ms": {str(bs): latency[bs][kind]["p50_ms"] for bs in batch_sizes},
+                    "latency_rounds_ms": {str(bs): latency[bs][kind]["rounds_ms"] for bs in batch_sizes},
+                    "speedup_vs_fp32": {str(bs): fp32[bs] / latency[bs][kind]["p50_ms"] for bs in batch_sizes},
+                }
+                if kind == "int8 edgerep":
+                    row.update(search_s=search_s, plan_source=plan["chosen"]["source"],
+                               calibration=plan["calibration"], nncf_accuracy_control=plan.get("nncf_accuracy_control"),
+                               candidates=[{k: c[k] for k in ("name", "source", "float_layers")} | {"drop": c["metrics"]["drop"]}
+                                           for c in plan["candidates"]])
+                results.append(row)
+    for r in results:
+        if r["engine"] != "fp32":
+            r["meets_target"] = bool(r["drop"] <= args.max_drop + 1e-9 and
+                                     min(r["speedup_vs_fp32"].values()) >= 1.5)
+    report = {"bench": "int8", "max_drop": args.max_drop, "batch_sizes": batch_sizes, "rounds": args.rounds,
+              "warmup": args.warmup, "iterations": args.iterations, "val": "calib/digits/val.npz (360 labelled)",
+              "rows": results, "versions": package_versions("edgerep", "torch", "onnxruntime", "openvino", "nncf"),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(args.out, report)
+
+    table = Table(title=f"INT8 on fused digits RepVGGs (val top-1, drop budget {args.max_drop} pp)")
+    for col in ("model", "backend", "engine", "top-1 %", "drop pp", "float layers",
+                *[f"p50 b{bs} ms" for bs in batch_sizes], *[f"x b{bs}" for bs in batch_sizes], "target"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r["model"], r["target"].split("-")[0], r["engine"], f"{r['top1']:.2f}", f"{r['drop']:+.2f}",
+                      str(len(r["float_layers"])), *[f"{r['latency_ms'][str(bs)]:.3f}" for bs in batch_sizes],
+                      *[f"{r['speedup_vs_fp32'][str(bs)]:.2f}" for bs in batch_sizes],
+                      "-" if r["engine"] == "fp32" else ("yes" if r["meets_target"] else "no"))
+    out.print(table)
+    out.print(f"written: {args.out}", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
