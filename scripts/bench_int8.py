@@ -1,7 +1,8 @@
 """Benchmark INT8 on trained, fused digits RepVGGs: FP32 vs plain INT8 vs edgerep INT8 (--max-drop), per backend.
 
 In one run, for each model (zoo:repvgg_digits with its shipped weights; zoo:repvgg_a0_digits with weights
-trained by scripts/train_digits.py, cached under --work) and each backend (OpenVINO, ONNX Runtime):
+trained by scripts/train_digits.py, cached under --work; "repvgg_digits+stress": the demo with one range-blown
+activation, same function in float, see edgerep/quant/stress.py) and each backend (OpenVINO, ONNX Runtime):
   * FP32 top-1, plain INT8 top-1 (the target profile's calibration), edgerep INT8 top-1 with --max-drop
     (the accuracy-budgeted search of edgerep.quant.mixed: calibration choice, layers kept in float, NNCF's
     accuracy control compared on OpenVINO), on calib/digits/val.npz (360 labelled digits);
@@ -16,7 +17,6 @@ Note: the search and the reported top-1 use the same validation data.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -27,6 +27,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ("openvino-cpu", "onnxruntime-cpu")
+STRESS_PAIR = ("stages.1.0.reparam", "stages.1.1.reparam")  # "+stress": output channel 0 x100, next input /100
 
 
 def a0_weights(work: Path, epochs: int, console) -> Path:
@@ -53,7 +54,7 @@ def interleaved_latency(runners: dict[str, object], batch: np.ndarray, *, warmup
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="repvgg_digits,repvgg_a0_digits")
+    ap.add_argument("--models", default="repvgg_digits,repvgg_a0_digits,repvgg_digits+stress")
     ap.add_argument("--max-drop", type=float, default=0.5)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "int8-bench")
     ap.add_argument("--out", type=Path, default=Path("bench_int8.json"))
@@ -76,6 +77,7 @@ def main() -> int:
     from edgerep.models import load_model
     from edgerep.quant.evaluate import evaluate_runner
     from edgerep.quant.mixed import plan_int8
+    from edgerep.quant.stress import scale_channel_pair
     from edgerep.targets import load_target
     from edgerep.validate import compute_reference
 
@@ -85,8 +87,9 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        weights = a0_weights(args.work, args.a0_epochs, console) if name == "repvgg_a0_digits" else None
-        info = load_model(f"zoo:{name}", weights=weights)
+        base, _, variant = name.partition("+")
+        weights = a0_weights(args.work, args.a0_epochs, console) if base == "repvgg_a0_digits" else None
+        info = load_model(f"zoo:{base}", weights=weights)
         info_demo = load_model("zoo:repvgg_digits")  # the shipped digits data belong to the demo spec
         calib_path, val_path = default_data_paths(info_demo)
         calib = open_data(calib_path, None, expect_shape=tuple(info.input_shape), role="calib")
@@ -94,6 +97,10 @@ def main() -> int:
         reference = compute_reference(info.module, val)
         torch.manual_seed(0)
         fused = fuse(info.module, torch.randn(*info.input_shape))
+        if variant == "stress":  # the same function with one range-blown activation (edgerep.quant.stress)
+            scale_channel_pair(fused.model, *STRESS_PAIR, channel=0, factor=100.0)
+        elif variant:
+            raise SystemExit(f"--models {name}: unknown variant {variant!r} (known: stress)")
         model_dir = args.work / name
         for target in TARGETS:
             profile = load_target(target)

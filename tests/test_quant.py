@@ -29,6 +29,7 @@ from edgerep.quant.precision import ov_layer_precisions, qdq_float_layers  # noq
 from edgerep.quant.qdq import QdqMaker, qdq_quantized_nodes  # noqa: E402
 from edgerep.quant.ranges import range_stats  # noqa: E402
 from edgerep.quant.sensitivity import layer_sensitivity  # noqa: E402
+from edgerep.quant.stress import scale_channel_pair  # noqa: E402
 from edgerep.targets import load_target  # noqa: E402
 from edgerep.validate import compute_reference  # noqa: E402
 
@@ -38,11 +39,7 @@ CALIB_N = 64  # calibration samples: enough for stable ranges on 32x32 digits, f
 
 
 def _blow(fused: torch.nn.Module) -> None:
-    a, b = fused.get_submodule(PRODUCER), fused.get_submodule(CONSUMER)
-    with torch.no_grad():
-        a.weight[0] *= 100.0
-        a.bias[0] *= 100.0
-        b.weight[:, 0] /= 100.0
+    scale_channel_pair(fused, PRODUCER, CONSUMER, channel=0, factor=100.0)
 
 
 @pytest.fixture(scope="module")

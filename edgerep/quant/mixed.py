@@ -314,6 +314,8 @@ def plan_int8(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, val: A
     from ..validate import compute_reference
     from .layers import module_names_of
 
+    if max_drop < 0:
+        raise UserError(f"--max-drop {max_drop}: must be >= 0 (percentage points)")
     if calib is None:
         raise UserError("--max-drop: INT8 needs calibration data; pass --calib")
     base = dict(options or {})
