@@ -75,19 +75,24 @@ def fuse(model: nn.Module, example_inputs: Any, *, check_shapes: list[tuple[int,
     reference.eval()
     work = copy.deepcopy(reference)
     try:
-        fused, regions, unfused = _fuse_fx(work, example)
-        method = "fx"
+        gm = fx.symbolic_trace(work)
     except Exception as exc:  # fx cannot trace it (data-dependent control flow, unsupported Python)
         notes.append(f"torch.fx could not trace the whole model ({type(exc).__name__}); fused module by module")
+        ops_before = check.op_histogram(reference, example)
         fused, regions, unfused = _fuse_modules(work, example, notes)
         method = "modules"
+    else:
+        ops_before = check.op_histogram(gm, example)  # from this trace: tracing a big model twice costs seconds
+        outcome = fuse_graph(gm, example, work)
+        fused, regions, unfused = outcome.module, outcome.regions, outcome.unfused
+        method = "fx"
     fused.eval()
     shapes = check_shapes or check.check_shapes(tuple(example.shape))
     max_abs, max_rel, checked, shape_notes = check.compare(reference, fused, shapes)
     notes.extend(shape_notes)
     report = FuseReport(
         max_abs_err=max_abs, max_rel_err=max_rel, checked_shapes=checked,
-        ops_before=check.op_histogram(reference, example), ops_after=check.op_histogram(fused, example),
+        ops_before=ops_before, ops_after=check.op_histogram(fused, example),
         params_before=check.param_count(reference), params_after=check.param_count(fused),
         flops_before=check.flop_count(reference, example), flops_after=check.flop_count(fused, example),
         method=method, regions=regions, unfused=unfused, notes=notes,
