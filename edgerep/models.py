@@ -159,10 +159,23 @@ def _load_exported(path_text: str) -> ModelInfo:
     if not path.is_file():
         raise UserError(f"--model {path}: file not found")
     # A .pt2 archive may unpickle internally: it is trusted input by contract (README says so).
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # torch.export.load would log a traceback before failing
+        raise UserError(f"--model {path}: not a torch.export archive (not a zip file); "
+                        f"save one with torch.export.save(torch.export.export(model, args), path)")
+    import logging
+
+    export_log = logging.getLogger("torch.export")  # it logs a traceback for an archive it cannot read
+    was_disabled, export_log.disabled = export_log.disabled, True
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # corrupt archive, wrong format
-        raise UserError(f"--model {path}: not a readable torch.export archive ({type(exc).__name__}: {exc})") from None
+        msg = str(exc).split(". Please check the warnings")[0].splitlines()[0] if str(exc) else ""
+        raise UserError(f"--model {path}: not a readable torch.export archive ({type(exc).__name__}: {msg}); "
+                        f"save one with torch.export.save(torch.export.export(model, args), path)") from None
+    finally:
+        export_log.disabled = was_disabled
     module = program.module()
     shape = None
     for node in program.graph.nodes:
@@ -228,12 +241,20 @@ def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str
         except Exception as exc:
             raise UserError(f"--weights {path}: not a readable safetensors file ({exc})") from None
     if trust_pickle:
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)  # --trust-pickle given
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)  # --trust-pickle given
+        except Exception as exc:  # corrupt file, or a pickle whose classes are not importable here
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"--weights {path}: cannot unpickle it ({type(exc).__name__}: {msg}); "
+                            f"re-save it with torch.save(model.state_dict(), path) or as safetensors") from None
     else:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "Unsupported operand" in str(exc):  # not pickle bytes at all: a corrupt or foreign file
+                raise UserError(f"--weights {path}: not a readable PyTorch file (corrupt or another format); "
+                                f"re-save it with torch.save(model.state_dict(), path) or as safetensors") from None
             if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "pickle" in str(exc).lower():
                 raise UserError(
                     f"--weights {path}: holds pickled objects beyond tensors; refusing to unpickle it "

@@ -25,7 +25,6 @@ from edgerep.zoo.dbb import DiverseBranchBlock
 from edgerep.zoo.ghostnet import GhostModule
 from edgerep.zoo.mobileone import MobileOneBlock
 from edgerep.zoo.repvgg import RepVGGBlock
-from edgerep.zoo.saconv import SAConv2d
 
 TOL = 1e-5  # relative to the output's largest magnitude, FP32
 ZOO = ["repvgg_tiny", "acb_resnet_tiny", "dbb_resnet_tiny", "orepa_resnet_tiny", "mobileone_tiny", "ghostnet_tiny",

@@ -135,8 +135,15 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
     save_file(other, str(root / "other_model.safetensors"))
     # A real-world checkpoint shape: the weights plus a non-tensor object (training arguments).
     torch.save({"model": state, "args": argparse.Namespace(lr=0.1, epochs=3)}, root / "pickled.pt")
+    (root / "corrupt.pt").write_bytes(b"garbage, not a torch.save file")
+    (root / "not_zip.pt2").write_bytes(b"garbage, not a torch.export archive")
+    import zipfile
+
+    with zipfile.ZipFile(root / "other_zip.pt2", "w") as z:  # a zip, but not torch.export's layout
+        z.writestr("a.txt", "x")
     return {"wrong_shape": root / "wrong_shape.safetensors", "other_model": root / "other_model.safetensors",
-            "pickled": root / "pickled.pt", "missing": root / "missing.safetensors"}
+            "pickled": root / "pickled.pt", "missing": root / "missing.safetensors", "corrupt": root / "corrupt.pt",
+            "not_zip": root / "not_zip.pt2", "other_zip": root / "other_zip.pt2"}
 
 
 BAD = {
@@ -149,6 +156,11 @@ BAD = {
     "rejected input shape": (["--model", MODEL, "--input-shape", "1x1x64x64"], "--input-shape 1x1x64x64"),
     "malformed input shape": (["--model", MODEL, "--input-shape", "1xthree"], "--input-shape"),
     "pickle without --trust-pickle": (["--model", MODEL, "--weights", "{pickled}"], "--trust-pickle"),
+    "corrupt .pt": (["--model", MODEL, "--weights", "{corrupt}"], "not a readable PyTorch file"),
+    "corrupt .pt, --trust-pickle": (["--model", MODEL, "--weights", "{corrupt}", "--trust-pickle"],
+                                    "cannot unpickle it"),
+    "non-zip .pt2": (["--model", "{not_zip}"], "not a torch.export archive"),
+    "zip that is not a .pt2": (["--model", "{other_zip}"], "not a readable torch.export archive"),
 }
 
 

@@ -123,6 +123,15 @@ def test_validate_bundle_with_onnxruntime_standing_in(built):
     assert q["precision"] == "int8" and q["accuracy"]["cosine"] == pytest.approx(pred["accuracy"]["cosine"], abs=1e-6)
 
 
+def test_validate_bundle_finds_engine_by_its_name_inside_the_bundle(built, tmp_path, monkeypatch):
+    """`edgerep validate --bundle DIR --engine model.onnx` from outside DIR: the name is looked up in the bundle."""
+    bdir = (built.out_dir / "engines" / "device-bundle").resolve()
+    monkeypatch.chdir(tmp_path)  # a folder without model.onnx
+    assert run_validate_bundle(bundle=bdir, engine=Path("model.onnx")) == 0
+    with pytest.raises(UserError, match=r"--engine nope.engine: file not found; give its path, or its name"):
+        run_validate_bundle(bundle=bdir, engine=Path("nope.engine"))
+
+
 def test_validate_bundle_refuses_tampered_or_foreign_input(built, tmp_path):
     src = built.out_dir / "engines" / "device-bundle"
     copy = tmp_path / "bundle"

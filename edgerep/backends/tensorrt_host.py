@@ -391,7 +391,7 @@ def load_engine_runner(engine: Path, bundle: Any) -> tuple[Any, dict[str, Any] |
 
     engine = Path(engine)
     if not engine.is_file():
-        raise UserError(f"--engine {engine}: file not found")
+        raise UserError(f"--engine {engine}: file not found; give its path, or its name inside --bundle")
     if engine.suffix == ".onnx":
         ort = get_backend("onnxruntime")
         return ort.load(Artifact(backend="onnxruntime", precision="fp32", path=engine)), read_sidecar(engine), "onnxruntime"
@@ -417,7 +417,10 @@ def run_validate_bundle(*, bundle: Path, engine: Path, precision: str | None = N
 
     b = load_bundle(Path(bundle))
     source, ref, labels = read_reference(b)
-    runner, side, runtime = load_engine_runner(Path(engine), b)
+    engine = Path(engine)
+    if not engine.is_file() and not engine.is_absolute() and (b.path / engine).is_file():
+        engine = b.path / engine  # `--bundle DIR --engine model.onnx`: the engine's name inside the bundle
+    runner, side, runtime = load_engine_runner(engine, b)
     try:
         prec = precision or _engine_precision(b, Path(engine), side)
         gates = b.manifest["profile"].get("gates") or {}

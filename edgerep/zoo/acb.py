@@ -5,16 +5,17 @@ them (PyTorch's Conv2d padding is (H, W), F.pad's is (W..., H...)). Deploy form:
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .common import ConvBN, IntOr2, TinyRepResNet, new_reparam_conv, pad_kernel, pair, same_padding
+from .common import ReparamBlock, ConvBN, IntOr2, TinyRepResNet, pad_kernel, pair, same_padding
 from .registry import register_model
 
 
-class ACBlock(nn.Module):
+class ACBlock(ReparamBlock):
     """Asymmetric conv block: square kxk+BN, horizontal 1xk+BN, vertical kx1+BN, summed (no activation)."""
+
+    branches = ("square", "hor", "ver")
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: IntOr2 = 1,
@@ -52,14 +53,6 @@ class ACBlock(nn.Module):
             k, b = k + pad_kernel(kb, kh, kw), b + bb
         return k, b
 
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.reparam is not None:
-            return
-        k, b = self.fused_kernel_bias()
-        self.reparam = new_reparam_conv(k, b, stride=self.stride, padding=self.padding, dilation=self.dilation,
-                                        groups=self.groups, like=self.square.conv.weight)
-        self.square = self.hor = self.ver = None
 
 
 def _acb(in_ch: int, out_ch: int, *, stride: int, groups: int, deploy: bool) -> ACBlock:

@@ -141,6 +141,33 @@ def new_reparam_conv(
     return conv
 
 
+class ReparamBlock(nn.Module):
+    """A block whose linear branches fold into one conv, `self.reparam`, in its deploy form.
+
+    Subclasses list their branch attributes in `branches` and compute the folded kernel in
+    `fused_kernel_bias()`; they keep `stride`, `padding`, `dilation` and `groups` for the fused conv.
+    """
+
+    branches: tuple[str, ...] = ()
+    reparam: nn.Conv2d | None
+
+    def fused_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Switch to the deploy form in place (running BN statistics; a second call does nothing)."""
+        if self.reparam is not None:
+            return
+        like = next(p for name in self.branches if isinstance(getattr(self, name), nn.Module)
+                    for p in getattr(self, name).parameters())
+        k, b = self.fused_kernel_bias()
+        self.reparam = new_reparam_conv(k, b, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                                        groups=self.groups, like=like)
+        for name in self.branches:
+            setattr(self, name, None)
+
+
 # --- modules ---------------------------------------------------------------------------------------------
 
 

@@ -7,14 +7,14 @@ Deploy form: one `reparam` conv.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from .common import (
+    ReparamBlock,
     ConvBN, IntOr2, TinyRepResNet, avg_pool_kernel, bn_zero_response, compose_1x1_kxk, const_pad, conv_kernel_bias,
-    fold_bn, new_reparam_conv, pad_kernel, pair, same_padding,
+    fold_bn, pad_kernel, pair, same_padding,
 )
 from .registry import register_model
 
@@ -65,11 +65,13 @@ class OneByOneAvg(nn.Module):
         return compose_1x1_kxk(k1, b1, ka, ba, self.groups)
 
 
-class DiverseBranchBlock(nn.Module):
+class DiverseBranchBlock(ReparamBlock):
     """DBB: kxk+BN, 1x1+BN, 1x1-BN-kxk-BN and 1x1-BN-avg-BN, summed (no activation); supports groups.
 
     With dilation > 1 the avg-pool branch is left out (a dense avg-pool does not fit a dilated kernel).
     """
+
+    branches = ("dbb_origin", "dbb_1x1", "dbb_1x1_kxk", "dbb_avg")
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: IntOr2 = 1,
@@ -112,14 +114,6 @@ class DiverseBranchBlock(nn.Module):
             k, b = k + pad_kernel(kb, kh, kw), b + bb
         return k, b
 
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.reparam is not None:
-            return
-        k, b = self.fused_kernel_bias()
-        self.reparam = new_reparam_conv(k, b, stride=self.stride, padding=self.padding, dilation=self.dilation,
-                                        groups=self.groups, like=self.dbb_origin.conv.weight)
-        self.dbb_origin = self.dbb_1x1 = self.dbb_1x1_kxk = self.dbb_avg = None
 
 
 def _dbb(in_ch: int, out_ch: int, *, stride: int, groups: int, deploy: bool) -> DiverseBranchBlock:

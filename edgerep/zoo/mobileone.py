@@ -6,19 +6,21 @@ Deploy form: one `reparam` conv + `act`.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from .common import (
-    ClassifierHead, ConvBN, IntOr2, fold_bn, identity_kernel, new_reparam_conv, pad_kernel, pair, same_padding,
+    ReparamBlock,
+    ClassifierHead, ConvBN, IntOr2, fold_bn, identity_kernel, pad_kernel, pair, same_padding,
 )
 from .registry import register_model
 
 
-class MobileOneBlock(nn.Module):
+class MobileOneBlock(ReparamBlock):
     """`num_branches` kxk conv+BN + 1x1 conv+BN (if k > 1) + identity BN, summed, then ReLU."""
+
+    branches = ("conv_kxk", "conv_scale", "identity")
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
@@ -74,14 +76,6 @@ class MobileOneBlock(nn.Module):
             k, b = k + kid, b + bid
         return k, b
 
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.reparam is not None:
-            return
-        k, b = self.fused_kernel_bias()
-        self.reparam = new_reparam_conv(k, b, stride=self.stride, padding=self.padding, dilation=self.dilation,
-                                        groups=self.groups, like=self.conv_kxk[0].conv.weight)
-        self.conv_kxk = self.conv_scale = self.identity = None
 
 
 class MobileOneUnit(nn.Sequential):

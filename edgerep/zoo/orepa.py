@@ -13,19 +13,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .common import (
+    ReparamBlock,
     IntOr2, TinyRepResNet, avg_pool_kernel, compose_1x1_kxk, conv_kernel_bias, crop_and_pad, fold_bn,
-    new_reparam_conv, pad_kernel, pair, same_padding,
+    pad_kernel, pair, same_padding,
 )
 from .registry import register_model
 
 _SCALE_INIT = {"scale_kxk": 1.0, "scale_1x1": 0.5, "scale_1x1_kxk": 1.0, "scale_avg": 0.5}
 
 
-class OREPABlock(nn.Module):
+class OREPABlock(ReparamBlock):
     """sum_i scale_i * branch_i(x) -> BN (-> ReLU if act); scales are (1, C, 1, 1) parameters.
 
     With dilation > 1 the avg-pool branch is left out (a dense avg-pool does not fit a dilated kernel).
     """
+
+    branches = ("conv_kxk", "conv_1x1", "conv_1x1_kxk_a", "conv_1x1_kxk_b", "conv_avg", "bn", *_SCALE_INIT)
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: IntOr2 = 1,
@@ -62,7 +65,7 @@ class OREPABlock(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def _set_branches(self, value: None) -> None:
-        for name in ("conv_kxk", "conv_1x1", "conv_1x1_kxk_a", "conv_1x1_kxk_b", "conv_avg", "bn", *_SCALE_INIT):
+        for name in self.branches:
             setattr(self, name, value)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -96,14 +99,6 @@ class OREPABlock(nn.Module):
             k = k + scale(self.scale_avg) * compose_1x1_kxk(w1, b1, pool, torch.zeros_like(b1), self.groups)[0]
         return fold_bn(k, k.new_zeros(k.shape[0]), self.bn)
 
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.reparam is not None:
-            return
-        k, b = self.fused_kernel_bias()
-        self.reparam = new_reparam_conv(k, b, stride=self.stride, padding=self.padding, dilation=self.dilation,
-                                        groups=self.groups, like=self.conv_kxk.weight)
-        self._set_branches(None)
 
 
 def _orepa(in_ch: int, out_ch: int, *, stride: int, groups: int, deploy: bool) -> OREPABlock:

@@ -5,23 +5,25 @@ B variants are registered, plus `repvgg_tiny` for tests.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from .common import (
-    ClassifierHead, ConvBN, IntOr2, fold_bn, identity_kernel, new_reparam_conv, pad_kernel, pair, same_padding,
+    ReparamBlock,
+    ClassifierHead, ConvBN, IntOr2, fold_bn, identity_kernel, pad_kernel, pair, same_padding,
 )
 from .registry import register_model
 
 
-class RepVGGBlock(nn.Module):
+class RepVGGBlock(ReparamBlock):
     """kxk conv+BN + 1x1 conv+BN + identity BN (in == out, stride 1), summed, then ReLU.
 
     Padding need not be dilation*(k-1)/2: the 1x1 and identity branches are aligned to the kxk kernel's
     centre tap (padding offset by the difference, cropping when it is negative), so fusion stays exact.
     """
+
+    branches = ("conv_kxk", "conv_1x1", "identity")
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
@@ -69,14 +71,6 @@ class RepVGGBlock(nn.Module):
             k, b = k + kid, b + bid
         return k, b
 
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        if self.reparam is not None:
-            return
-        k, b = self.fused_kernel_bias()
-        self.reparam = new_reparam_conv(k, b, stride=self.stride, padding=self.padding, dilation=self.dilation,
-                                        groups=self.groups, like=self.conv_kxk.conv.weight)
-        self.conv_kxk = self.conv_1x1 = self.identity = None
 
 
 class RepVGG(nn.Module):
