@@ -164,7 +164,11 @@ def module_path_of(node_name: str) -> str | None:
 
 
 def _ensure_dir(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, not a folder, permission: bad -o, not a crash
+        raise UserError(f"-o {folder}: cannot create the output folder ({exc.strerror or exc}); "
+                        f"pass a writable folder with -o") from None
     return folder
 
 
@@ -466,8 +470,12 @@ def run_export(*, model: str, weights: Path | None, input_shape: str | None, num
                       trust_pickle=trust_pickle)
     dynamic = profile.dynamic_batch if dynamic_batch is None else dynamic_batch
     fused, fuse_summary = _fused_model(info)
-    result = export_pipeline(info, fused, Path(output), opset=profile.opset, dynamic_batch=dynamic,
-                             simplifier=simplifier, tol=tol, extra={"target": profile.name, "fuse": fuse_summary})
+    try:
+        result = export_pipeline(info, fused, Path(output), opset=profile.opset, dynamic_batch=dynamic,
+                                 simplifier=simplifier, tol=tol, extra={"target": profile.name, "fuse": fuse_summary})
+    except OSError as exc:  # read-only or full output folder: a bad -o, not a crash (writes are atomic)
+        raise UserError(f"-o {output}: cannot write the ONNX files ({exc.strerror or exc}); "
+                        f"pass a writable folder with -o") from None
     summary = {"model": info.spec, "target": profile.name, "fuse": fuse_summary, **result.to_dict()}
     if as_json:
         out.print_json(json.dumps(summary, default=str))

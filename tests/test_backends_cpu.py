@@ -200,3 +200,43 @@ def test_static_batch_model_calibrates_sample_by_sample(setup, tmp_path):
         runner = get_backend(name).load(art)
         assert runner.run(setup["val"][:1]).shape == (1, 10)
     assert file_sha256(export.sim_path)
+
+
+def test_per_tensor_weights_on_onnxruntime(setup, tmp_path):
+    """per_channel=False gives one weight scale per conv; the default gives one per output channel."""
+    backend = get_backend("onnxruntime")
+    profile = load_target("onnxruntime-cpu")
+    scale_sizes = {}
+    for per_channel in (True, False):
+        art = backend.build(setup["onnx"], "int8", out_dir=tmp_path / str(per_channel), profile=profile,
+                            calib=setup["calib"], options={"per_channel": per_channel})
+        model = onnx.load(str(art.path))
+        inits = {t.name: t for t in model.graph.initializer}
+        sizes = []
+        for node in model.graph.node:
+            if node.op_type == "DequantizeLinear" and node.input[0] in inits and inits[node.input[0]].data_type == onnx.TensorProto.INT8 \
+                    and len(inits[node.input[0]].dims) == 4:
+                sizes.append(int(np.prod(inits[node.input[1]].dims) if inits[node.input[1]].dims else 1))
+        scale_sizes[per_channel] = sizes
+        runner = backend.load(art)
+        assert _cosine(_run_all(runner, setup["val"]), setup["ref"]) > 0.95
+        runner.close()
+    assert scale_sizes[False] and all(s == 1 for s in scale_sizes[False])
+    assert any(s > 1 for s in scale_sizes[True])
+
+
+def test_full_bias_correction_on_openvino_and_options_per_backend(setup, tmp_path):
+    backend = get_backend("openvino")
+    profile = load_target("openvino-cpu")
+    art = backend.build(setup["onnx"], "int8", out_dir=tmp_path, profile=profile, calib=setup["calib"],
+                        options={"bias_correction": "full"})
+    assert json.loads(art.sidecar.read_text())["settings"]["bias_correction"] == "full"
+    runner = backend.load(art)
+    assert _cosine(_run_all(runner, setup["val"]), setup["ref"]) > 0.95
+    runner.close()
+    with pytest.raises(UserError, match="per_channel"):  # OpenVINO's NNCF weights are always per-channel
+        backend.build(setup["onnx"], "int8", out_dir=tmp_path / "x", profile=profile, calib=setup["calib"],
+                      options={"per_channel": False})
+    with pytest.raises(UserError, match="bias_correction"):
+        get_backend("onnxruntime").build(setup["onnx"], "int8", out_dir=tmp_path / "y", profile=load_target("onnxruntime-cpu"),
+                                         calib=setup["calib"], options={"bias_correction": "full"})

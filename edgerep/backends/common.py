@@ -13,7 +13,8 @@ import numpy as np
 from ..artifacts import companion_files, package_versions, sha256_files
 from ..errors import UserError
 
-KNOWN_OPTIONS = {"ignored_nodes", "calib_method", "num_samples", "preset", "activation_type"}
+# Options every CPU backend takes; each backend module adds its own in its KNOWN_OPTIONS.
+COMMON_OPTIONS = {"ignored_nodes", "calib_method", "num_samples"}
 
 
 def require_precision(backend: Any, precision: str) -> None:
@@ -28,11 +29,11 @@ def require_available(backend: Any) -> None:
         raise UserError(reason)
 
 
-def check_options(options: dict | None, backend_name: str) -> dict:
+def check_options(options: dict | None, backend_name: str, known: set[str]) -> dict:
     options = dict(options or {})
-    unknown = sorted(set(options) - KNOWN_OPTIONS)
+    unknown = sorted(set(options) - known)
     if unknown:
-        raise UserError(f"{backend_name} build options: unknown {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_OPTIONS))})")
+        raise UserError(f"{backend_name} build options: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     return options
 
 

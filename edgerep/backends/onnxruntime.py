@@ -19,8 +19,11 @@ import numpy as np
 from ..artifacts import atomic_files, companion_files, write_sidecar
 from ..errors import UserError
 from .base import Artifact
-from .common import (calib_batch_count, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input,
+from .common import (COMMON_OPTIONS, calib_batch_count, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input,
                      require_available, require_calib, require_precision, sample_batches, time_calls)
+
+# activation_type: "uint8" (default) or "int8"; per_channel: weights per output channel (default) or per tensor.
+KNOWN_OPTIONS = COMMON_OPTIONS | {"activation_type", "per_channel"}
 
 _METHODS = ("minmax", "entropy", "percentile")
 _PACKAGES = ("onnxruntime",)
@@ -49,7 +52,7 @@ class OnnxRuntimeBackend:
               options: dict[str, Any] | None = None) -> Artifact:
         require_precision(self, precision)
         require_available(self)
-        options = check_options(options, self.name)
+        options = check_options(options, self.name, KNOWN_OPTIONS)
         onnx_path = Path(onnx_path)
         path = self.artifact_path(out_dir, precision)
         if precision == "fp32":
@@ -60,7 +63,8 @@ class OnnxRuntimeBackend:
             method, num = calib_settings(profile, options, "minmax", _METHODS)
             act = options.get("activation_type", "uint8")
             settings = quantize_qdq(onnx_path, path, calib, method=method, num_samples=num,
-                                    ignored_nodes=options.get("ignored_nodes"), activation_type=act)
+                                    ignored_nodes=options.get("ignored_nodes"), activation_type=act,
+                                    per_channel=bool(options.get("per_channel", True)))
         info = engine_info(backend=self.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
                            settings=settings, packages=_PACKAGES)
         sidecar = write_sidecar(path, info)

@@ -18,8 +18,12 @@ import numpy as np
 from ..artifacts import atomic_files, write_sidecar
 from ..errors import UserError
 from .base import Artifact
-from .common import (calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input, require_available,
+from .common import (COMMON_OPTIONS, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input, require_available,
                      require_calib, require_precision, sample_batches, time_calls)
+
+# preset: "mixed" (default) or "performance"; bias_correction: NNCF's "fast" (default) or "full" (slower, can be
+# more accurate on models with wide activation ranges).
+KNOWN_OPTIONS = COMMON_OPTIONS | {"preset", "bias_correction"}
 
 _METHODS = ("minmax", "percentile", "entropy")
 _PACKAGES = ("openvino", "nncf")
@@ -48,7 +52,7 @@ class OpenVINOBackend:
               options: dict[str, Any] | None = None) -> Artifact:
         require_precision(self, precision)
         require_available(self)
-        options = check_options(options, self.name)
+        options = check_options(options, self.name, KNOWN_OPTIONS)
         import openvino as ov
 
         onnx_path = Path(onnx_path)
@@ -152,6 +156,9 @@ def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: di
 
     method, num = calib_settings(profile, options, "minmax", _METHODS)
     preset_name = options.get("preset", "mixed")
+    bias_correction = options.get("bias_correction", "fast")
+    if bias_correction not in ("fast", "full"):
+        raise UserError(f"openvino bias_correction {bias_correction!r}: use 'fast' or 'full'")
     presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     if preset_name not in presets:
         raise UserError(f"openvino preset {preset_name!r}: use 'performance' (symmetric) or 'mixed' (asymmetric activations)")
@@ -179,7 +186,7 @@ def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: di
         with contextlib.redirect_stdout(sys.stderr):
             quantized = nncf.quantize(
                 model, nncf.Dataset(samples), preset=presets[preset_name], subset_size=count,
-                target_device=nncf.TargetDevice.CPU,
+                target_device=nncf.TargetDevice.CPU, fast_bias_correction=bias_correction == "fast",
                 ignored_scope=nncf.IgnoredScope(names=ov_ignored, validate=False) if ov_ignored else None,
                 advanced_parameters=advanced,
             )
@@ -190,6 +197,7 @@ def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: di
     finally:
         nncf_log.setLevel(level)
     return quantized, {"quantizer": "nncf.quantize", "preset": preset_name, "calib_method": method,
+                       "bias_correction": bias_correction,
                        "range_estimator": estimator or "nncf default (MINMAX weights, MEAN_MINMAX activations)",
                        "calib_samples": count * (fixed_batch or 1), "ignored_nodes": ignored,
                        "ignored_openvino_ops": ov_ignored}

@@ -34,20 +34,31 @@ def fuse_model(info: ModelInfo) -> tuple[FuseResult, torch.Tensor]:
 
 def save_fused(result: FuseResult, example: torch.Tensor, out_dir: Path) -> dict[str, Path]:
     """Write fused.safetensors, fused.pt2 and fuse_report.json, each under a temporary name first."""
-    from safetensors.torch import save_file
+    import io
+
+    from safetensors.torch import save
 
     from ..artifacts import atomic_path, write_json_atomic
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"weights": out_dir / "fused.safetensors", "program": out_dir / "fused.pt2",
              "report": out_dir / "fuse_report.json"}
     state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
-    with atomic_path(paths["weights"]) as tmp:
-        save_file(state, str(tmp))
     program = torch.export.export(result.model, (example,))
-    with atomic_path(paths["program"]) as tmp:
-        torch.export.save(program, str(tmp))
-    write_json_atomic(paths["report"], result.report.to_dict())
+    # Serialized in memory, written by Python: on a full disk torch.export.save aborts the process from C++
+    # and safetensors raises its own error type; a plain write raises OSError, caught below.
+    weights_bytes = save(state)
+    program_buf = io.BytesIO()
+    torch.export.save(program, program_buf)
+    try:  # read-only, not a folder, disk full: a bad -o, not a crash (atomic_path leaves nothing behind)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(paths["weights"]) as tmp:
+            tmp.write_bytes(weights_bytes)
+        with atomic_path(paths["program"]) as tmp:
+            tmp.write_bytes(program_buf.getvalue())
+        write_json_atomic(paths["report"], result.report.to_dict())
+    except OSError as exc:
+        raise UserError(f"-o {out_dir}: cannot write the fused model ({exc.strerror or exc}); "
+                        f"pass a writable folder with -o") from None
     return paths
 
 

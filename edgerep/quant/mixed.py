@@ -145,9 +145,9 @@ def accepted_options(backend: Any) -> set[str]:
     module = importlib.import_module(type(backend).__module__)
     if hasattr(module, "KNOWN_OPTIONS"):
         return set(module.KNOWN_OPTIONS)
-    from ..backends.common import KNOWN_OPTIONS
+    from ..backends.common import COMMON_OPTIONS
 
-    return set(KNOWN_OPTIONS)
+    return set(COMMON_OPTIONS)
 
 
 def calibration_choices(backend: Any, base: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
