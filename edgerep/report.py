@@ -143,12 +143,36 @@ def render_markdown(report: dict[str, Any]) -> str:
     for eng in report["engines"]:
         if eng.get("path"):
             lines.append(f"- {eng['backend']} {eng['precision']}: `{eng['path']}`")
+    lines += _int8_plan_lines(report)
     stages = report.get("stages")
     if isinstance(stages, list) and stages:
         lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
         for st in stages:
             lines.append(f"| {st.get('name')} | {st.get('status')} | {_fmt(st.get('seconds'), '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+def _int8_plan_lines(report: dict[str, Any]) -> list[str]:
+    """What `--max-drop` decided per INT8 engine: the layers kept in float and the calibration that won."""
+    lines: list[str] = []
+    for eng in report["engines"]:
+        plan = eng.get("int8_plan")
+        if not isinstance(plan, dict):
+            continue
+        floats = eng.get("float_layers") or []
+        lines += ["", f"## INT8 plan: {eng['backend']} (--max-drop {plan.get('max_drop')})", "",
+                  f"- budget {'met' if plan.get('met') else 'NOT met'}; layers kept in float: "
+                  + (", ".join(f"`{name}`" for name in floats) if floats else "none")]
+        calib = plan.get("calibration") or {}
+        if calib.get("tried"):
+            chosen = ", ".join(f"{k}={v}" for k, v in (calib.get("chosen") or {}).items())
+            lines.append(f"- calibration: tried {len(calib['tried'])} settings, chose {chosen} ({calib.get('rule', '')})")
+        for note in calib.get("not_selectable") or []:
+            lines.append(f"- {note}")
+        latency = (eng.get("latency_ms") or {}).get("p50")
+        if latency is not None:
+            lines.append(f"- resulting latency p50 {latency:.3f} ms")
+    return lines
 
 
 # --- plot ------------------------------------------------------------------------------------------

@@ -250,6 +250,9 @@ def test_build_max_drop_end_to_end(setup, tmp_path):
     assert int8["latency_ms"]["p50"] is not None and int8["int8_plan"]["met"]
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert next(e for e in saved["engines"] if e["precision"] == "int8")["float_layers"] == int8["float_layers"]
+    markdown = (tmp_path / "run" / "report.md").read_text()  # the person-readable report names them too
+    assert "## INT8 plan: onnxruntime (--max-drop 0.3)" in markdown
+    assert all(f"`{layer}`" in markdown for layer in int8["float_layers"])
     plan = tmp_path / "run" / "quant" / "int8_plan.json"
     stamp = plan.stat().st_mtime_ns
     again = build(BuildOptions(**opts))  # the plan and the engine are reused
