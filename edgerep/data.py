@@ -287,7 +287,8 @@ class ArraySource(DataSource):
             except UserError:
                 raise
             except Exception as exc:  # BadZipFile, truncated member, bad header
-                raise UserError(f"{flag} {path}: not a readable .npz archive ({_short(exc)})") from None
+                raise UserError(f"{flag} {path}: not a readable .npz archive ({_short(exc)}); "
+                                f"re-save it with np.savez(path, x=inputs, y=labels)") from None
         if len(self._shape) != 4:
             raise UserError(f"{flag} {path}: 'x' has shape {self._shape}; expected NCHW (N, C, H, W) preprocessed inputs")
         if self._dtype.kind != "f":

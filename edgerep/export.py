@@ -188,7 +188,7 @@ def _export_any(model: nn.Module, example: torch.Tensor, path: Path, *, opset: i
         _export_torchscript(model, example, path, opset=opset, dynamic_batch=dynamic_batch,
                             input_name=input_name, output_name=output_name)
         return "torchscript"
-    except UserError:
+    except (UserError, OSError):  # an OSError is the output folder (full, read-only), not the model
         raise
     except Exception as first:
         try:
@@ -495,11 +495,14 @@ def run_export(*, model: str, weights: Path | None, input_shape: str | None, num
 
 def _fused_model(info: Any) -> tuple[nn.Module, dict]:
     """The fused model (a deploy-form zoo model is already fused) and a short summary of the fusion."""
+    from .fuse.command import example_input
+
+    x = example_input(info)  # a shape the model rejects is a user error naming --input-shape, not a trace crash
     if getattr(info, "deploy", False):
         return info.module, {"skipped": True, "note": "the weights are already in deploy (fused) form"}
     from .fuse import fuse
 
-    result = fuse(info.module, torch.randn(*info.input_shape))
+    result = fuse(info.module, x)
     rep = result.report
     return result.model, {"skipped": False, "method": rep.method, "max_rel_err": rep.max_rel_err,
                           "ops_before": rep.ops_before, "ops_after": rep.ops_after, "notes": rep.notes}

@@ -131,7 +131,8 @@ def load_target(name_or_path: str | Path) -> TargetProfile:
     path = Path(text)
     if text.endswith(".toml") or path.is_file():
         if not path.is_file():
-            raise UserError(f"--target {text}: file not found")
+            raise UserError(f"--target {text}: file not found; check the path, or pass a profile name "
+                            f"(`edgerep targets` lists them)")
         return _load_file(path)
     files = _profile_files()
     if text not in files:

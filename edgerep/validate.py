@@ -262,6 +262,9 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     from .report import engine_entry, normalize, summary_table
     from .targets import list_targets, load_target
 
+    if not Path(engine).is_file():
+        raise UserError(f"--engine {engine}: file not found; pass an engine edgerep build wrote "
+                        f"(runs/<model>-<target>/engines/model.<precision>.*)")
     artifact = load_artifact(Path(engine))
     backend = get_backend(artifact.backend)
     reason = backend.available()

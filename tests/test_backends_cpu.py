@@ -240,3 +240,22 @@ def test_full_bias_correction_on_openvino_and_options_per_backend(setup, tmp_pat
     with pytest.raises(UserError, match="bias_correction"):
         get_backend("onnxruntime").build(setup["onnx"], "int8", out_dir=tmp_path / "y", profile=load_target("onnxruntime-cpu"),
                                          calib=setup["calib"], options={"bias_correction": "full"})
+
+
+def test_openvino_write_failure_is_an_os_error_and_leaves_no_file(setup, tmp_path):
+    """OpenVINO reports a failed write (full disk) as "basic_ios::clear: iostream error"; the build turns it
+    into an OSError naming the engine, which `edgerep build` reports as one line. Real write limit
+    (RLIMIT_FSIZE) in a child process."""
+    import resource
+    import subprocess
+
+    out_dir = tmp_path / "engines"
+    code = ("import sys\nfrom edgerep.backends import get_backend\n"
+            "try:\n    get_backend('openvino').build(sys.argv[1], 'fp32', out_dir=sys.argv[2])\n"
+            "except OSError as exc:\n    print(exc.errno, exc.strerror, exc.filename); sys.exit(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(setup["onnx"]), str(out_dir)], capture_output=True,
+                          text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000)))
+    assert proc.returncode == 3, proc.stderr
+    assert "OpenVINO could not write the IR" in proc.stdout and "model.fp32.xml" in proc.stdout
+    assert not out_dir.exists() or [p for p in out_dir.rglob("*") if p.is_file()] == []

@@ -161,7 +161,7 @@ def test_all_images_corrupt(tmp_path):
 
 def test_corrupt_arrays(tmp_path):
     (tmp_path / "c.npz").write_bytes(b"PK\x03\x04garbage")
-    with pytest.raises(UserError, match="not a readable .npz"):
+    with pytest.raises(UserError, match=r"not a readable .npz archive \(.*\); re-save it with np.savez"):
         open_data(tmp_path / "c.npz", None, role="calib")
     (tmp_path / "c.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(UserError, match="not a readable .npy"):

@@ -186,3 +186,41 @@ def test_export_cli_bad_target_exits_2(tmp_path, capsys):
     assert exc.value.code == 2
     assert "--target no-such-target: no such target" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def _limited_file_size(limit: int):
+    """preexec_fn: a real write limit (RLIMIT_FSIZE; writes past it fail with EFBIG, as on a full disk)."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_export_cli_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
+    import subprocess
+
+    from edgerep.cli import main
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "-m", "zoo:repvgg_tiny", "--input-shape", "1x3x32x32", "-o", str(tmp_path / "a_file" / "e")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "cannot create the output folder" in err, err
+    # A write that fails part-way (full disk): named as the output folder, not as an export-unfriendly model.
+    out_dir = tmp_path / "full"
+    proc = subprocess.run([sys.executable, "-m", "edgerep.cli", "export", "-m", "zoo:repvgg_tiny", "--input-shape",
+                           "1x3x32x32", "-o", str(out_dir)], capture_output=True, text=True, timeout=300,
+                          preexec_fn=_limited_file_size(200_000), env={**__import__("os").environ, "COLUMNS": "300"})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"-o {out_dir}: cannot write the ONNX files (File too large)" in proc.stderr
+    assert list(out_dir.rglob("*.onnx")) == []
+
+
+def test_export_cli_rejected_input_shape_is_one_line(tmp_path, capsys):
+    from edgerep.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "-m", "zoo:repvgg_tiny", "--input-shape", "1x3", "-o", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: --input-shape 1x3: the model rejects this input"), err

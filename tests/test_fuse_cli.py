@@ -205,3 +205,21 @@ def test_pickle_accepted_with_trust_pickle(bad_files, tmp_path, capsys):
     # The weights in the pickle were really used (not the model's random init).
     fused = load_file(str(tmp_path / "out" / "fused.safetensors"))
     assert torch.equal(fused["head.fc.weight"], randomized_state()["head.fc.weight"])
+
+
+def test_unwritable_output_is_one_line_exit_2(tmp_path):
+    """-o under a file, and a write that fails part-way (RLIMIT_FSIZE, as on a full disk: torch.export.save
+    used to abort the process from C++): exit 2, one line naming -o, no file that looks finished."""
+    import resource
+
+    (tmp_path / "a_file").write_text("x")
+    cases = {"under a file": (tmp_path / "a_file" / "out", None), "full": (tmp_path / "full", 200_000)}
+    for case, (out_dir, limit) in cases.items():
+        pre = (lambda lim=limit: resource.setrlimit(resource.RLIMIT_FSIZE, (lim, lim))) if limit else None
+        proc = subprocess.run([sys.executable, "-m", "edgerep.cli", "fuse", "--model", MODEL, "--input-shape",
+                               "1x3x32x32", "-o", str(out_dir)], capture_output=True, text=True, timeout=300,
+                              preexec_fn=pre, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300"})
+        assert proc.returncode == 2, (case, proc.stderr)
+        assert proc.stderr.startswith(f"error: -o {out_dir}: cannot write the fused model"), (case, proc.stderr)
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (case, proc.stderr)
+    assert [p.name for p in (tmp_path / "full").iterdir()] == []

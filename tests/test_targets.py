@@ -55,7 +55,7 @@ def test_load_by_path_and_unknown_name(tmp_path):
     assert load_target(str(src)).name == "onnxruntime-cpu"
     with pytest.raises(UserError, match=r"--target nope: no such target \(known: .*openvino-cpu"):
         load_target("nope")
-    with pytest.raises(UserError, match="file not found"):
+    with pytest.raises(UserError, match=r"missing.toml: file not found; check the path, or pass a profile name"):
         load_target(str(tmp_path / "missing.toml"))
 
 

@@ -535,3 +535,8 @@ def test_check_command_exit_codes(tmp_path):
         except SystemExit as exc:
             got = exc.code
         assert got == code, argv
+
+
+def test_check_rejected_input_shape_is_a_user_error():
+    with pytest.raises(UserError, match=r"^--input-shape 1x3: the model rejects this input"):
+        run_check(target="jetson-nano", model="zoo:repvgg_tiny", input_shape="1x3")

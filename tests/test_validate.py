@@ -93,3 +93,11 @@ def test_reference_and_engine_outputs_pad_the_last_batch(tmp_path):
     np.testing.assert_allclose(engine_outputs(FixedBatch(), src, 4), out, rtol=1e-6, atol=1e-6)
     ref = compute_reference(model, src, batch_size=2)
     assert ref.top1 == pytest.approx(100 * np.mean(out.argmax(1) == labels))
+
+
+def test_run_validate_names_a_missing_engine_flag(tmp_path):
+    from edgerep.errors import UserError
+    from edgerep.validate import run_validate
+
+    with pytest.raises(UserError, match=r"^--engine \S+nope\.xml: file not found; pass an engine edgerep build wrote"):
+        run_validate(model="zoo:repvgg_digits", engine=tmp_path / "nope.xml")

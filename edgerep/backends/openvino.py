@@ -8,6 +8,7 @@ CPU supports it, else f32 with compressed weights. The precision used is in the 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -68,7 +69,13 @@ class OpenVINOBackend:
             model, quant = _quantize(model, onnx_path, calib, profile, options)
             settings.update(quant)
         with atomic_files(path) as tmp:
-            ov.save_model(model, str(tmp), compress_to_fp16=precision == "fp16")
+            try:
+                ov.save_model(model, str(tmp), compress_to_fp16=precision == "fp16")
+            except RuntimeError as exc:  # a failed C++ write ("basic_ios::clear: iostream error") hides its errno
+                if "ios" not in str(exc):
+                    raise
+                raise OSError(errno.EIO, "OpenVINO could not write the IR: disk full or folder not writable",
+                              str(path)) from None
         info = engine_info(backend=self.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
                            settings=settings, packages=_PACKAGES)
         sidecar = write_sidecar(path, info)

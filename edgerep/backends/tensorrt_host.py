@@ -48,17 +48,18 @@ def lint_for_profile(onnx_path: Path, profile: Any) -> Any:
 def _export_for_check(spec: str, profile: Any, work: Path, *, weights: Path | None, input_shape: str | None,
                       num_classes: int | None, trust_pickle: bool) -> Path:
     """Load, fuse and export a model spec as `edgerep build` would for this profile; returns the simplified ONNX."""
-    import torch
-
     from ..export import export_pipeline
     from ..models import load_model
 
     info = load_model(spec, weights=weights, input_shape=input_shape, num_classes=num_classes, trust_pickle=trust_pickle)
+    from ..fuse.command import example_input
+
+    x = example_input(info)  # a shape the model rejects is a user error naming --input-shape, not a trace crash
     model = info.module
     if not info.deploy:
         from ..fuse import fuse
 
-        result = fuse(info.module, torch.randn(*info.input_shape, generator=torch.Generator().manual_seed(0)))
+        result = fuse(info.module, x)
         model = result.model
     with contextlib.redirect_stdout(io.StringIO()):
         exported = export_pipeline(info, model, work, opset=profile.opset, dynamic_batch=profile.dynamic_batch)
