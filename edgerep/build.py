@@ -246,6 +246,12 @@ def build(opts: BuildOptions, *, console: Any = None) -> BuildResult:
     profile = load_target(opts.target)
     backend = get_backend(profile.backend)
     precisions = parse_precisions(opts.precisions, profile, backend)
+    if opts.max_drop is not None:
+        if opts.max_drop < 0:
+            raise UserError(f"--max-drop {opts.max_drop:g}: must be >= 0 (points of top-1); pass e.g. --max-drop 0.5")
+        if "int8" not in precisions and console is not None:
+            console.print(f"[yellow]warning:[/] --max-drop applies to INT8 engines only; "
+                          f"{', '.join(precisions)} build without it", highlight=False)
     tensorrt_only = sorted(k for k in opts.backend_options if k in ("int8_mode", "dla_core"))
     if tensorrt_only and profile.backend != "tensorrt":
         flag = "--" + tensorrt_only[0].replace("_", "-")

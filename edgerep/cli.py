@@ -215,6 +215,27 @@ def check_cmd(
     raise typer.Exit(code)
 
 
+def _click_exception_types() -> dict[str, tuple[type, ...]]:
+    """Usage-error and abort classes of click and of the copy of click newer typer releases vendor."""
+    import importlib
+
+    usage: list[type] = []
+    abort: list[type] = []
+    for name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage += [module.ClickException] if hasattr(module, "ClickException") else []
+        abort += [module.Abort] if hasattr(module, "Abort") else []
+    return {"usage": tuple(usage), "abort": tuple(abort)}
+
+
+def _interrupted() -> None:
+    console.print("[bold red]interrupted[/]; finished stages are kept, the next run resumes")
+    sys.exit(130)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: user errors become one line and exit code 2."""
     from rich.markup import escape
@@ -229,17 +250,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        console.print("[bold red]interrupted[/]; finished stages are kept, the next run resumes")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors come as click exceptions
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        _interrupted()
+    except Exception as exc:
+        # Usage errors (missing option, bad value): typer raises them from its own bundled copy of click,
+        # so match the exception classes of whichever click raised them.
+        click_exc = _click_exception_types()
+        if isinstance(exc, click_exc["abort"]):  # click turns Ctrl-C into Abort
+            _interrupted()
+        if isinstance(exc, click_exc["usage"]):
             exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
+            sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
         raise
+    if code == 130:  # typer turned Ctrl-C into Exit(130), which standalone_mode=False returns
+        _interrupted()
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -155,6 +155,8 @@ class _Samples:
 
 def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: dict) -> tuple[Any, dict]:
     try:
+        # NNCF imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on every CPU-only run.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         import nncf
     except ImportError:
         raise UserError("nncf is not installed (needed for OpenVINO INT8); pip install 'edgerep[openvino]'") from None

@@ -27,6 +27,8 @@ def accuracy_control(onnx_path: Path, calib: Any, reference: Any, *, max_drop: f
 
     The IR is saved in `work_dir` (the caller decides whether to keep it). `float_layers` are the weighted
     ONNX nodes that run in float in the result, read from the CPU plugin's runtime model."""
+    # NNCF imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on every CPU-only run.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
