@@ -25,49 +25,13 @@ from edgerep.zoo.dbb import DiverseBranchBlock
 from edgerep.zoo.ghostnet import GhostModule
 from edgerep.zoo.mobileone import MobileOneBlock
 from edgerep.zoo.repvgg import RepVGGBlock
+from reparam_helpers import one_thread, randomize, rel_err  # noqa: F401 (one_thread: autouse fixture)
 
 TOL = 1e-5  # relative to the output's largest magnitude, FP32
 ZOO = ["repvgg_tiny", "acb_resnet_tiny", "dbb_resnet_tiny", "orepa_resnet_tiny", "mobileone_tiny", "ghostnet_tiny",
        "saconv_resnet_tiny"]
 X64 = (1, 3, 64, 64)
 ODD = (2, 3, 37, 45)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small convs gain nothing from intra-op threads; on a loaded 2-core machine OpenMP spinning costs a lot.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics/affines, branch scales, SAConv switch/context/diff weights: every branch matters."""
-    g = torch.Generator().manual_seed(seed)
-
-    def fill(t: torch.Tensor, lo: float, hi: float) -> None:
-        t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
-
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                fill(m.running_mean, -0.5, 0.5)
-                fill(m.running_var, 0.5, 2.0)
-                if m.affine:
-                    fill(m.weight, 0.5, 1.5)
-                    fill(m.bias, -0.5, 0.5)
-        for name, p in model.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf.startswith("scale_"):
-                fill(p, 0.3, 1.5)
-            elif leaf == "weight_diff" or "context" in name or ".switch." in name:
-                fill(p, -0.1, 0.1)
-    return model
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-12)).item()
 
 
 def inputs(shape, seed: int = 1) -> torch.Tensor:

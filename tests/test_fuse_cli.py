@@ -20,16 +20,9 @@ from safetensors.torch import load_file, save_file
 from edgerep import zoo
 from edgerep.cli import main
 from edgerep.models import load_model
+from reparam_helpers import one_thread  # noqa: F401 (one_thread: autouse fixture)
 
 MODEL = "zoo:repvgg_tiny"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def randomized_state(name: str = "repvgg_tiny", seed: int = 0) -> dict[str, torch.Tensor]:

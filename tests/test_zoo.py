@@ -21,47 +21,11 @@ from edgerep.zoo.mobileone import MobileOneBlock
 from edgerep.zoo.orepa import OREPABlock
 from edgerep.zoo.repvgg import RepVGGBlock
 from edgerep.zoo.saconv import SACBasicBlock, SAConv2d
+from reparam_helpers import one_thread, randomize, rel_err  # noqa: F401 (one_thread: autouse fixture)
 
 REL_TOL = 1e-4
 TINY = ["repvgg_tiny", "acb_resnet_tiny", "dbb_resnet_tiny", "orepa_resnet_tiny", "mobileone_tiny",
         "ghostnet_tiny", "saconv_resnet_tiny"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convs gain nothing from intra-op threads, and with other processes on the 2 cores OpenMP's
-    # spin-waiting made each forward ~100x slower (2 s instead of 12 ms). Restored after this module.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN running stats and affines, and non-trivial values for scales, switches and contexts."""
-    g = torch.Generator().manual_seed(seed)
-
-    def u(t: torch.Tensor, lo: float, hi: float) -> None:
-        t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
-
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                u(m.running_mean, -0.5, 0.5)
-                u(m.running_var, 0.5, 2.0)
-                u(m.weight, 0.5, 1.5)
-                u(m.bias, -0.5, 0.5)
-        for name, p in model.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf.startswith("scale_"):
-                u(p, 0.3, 1.5)
-            elif leaf == "weight_diff" or "context" in name or name.startswith("switch") or ".switch." in name:
-                u(p, -0.1, 0.1)
-    return model
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
 
 
 def check_deploy_equivalent(make, x: torch.Tensor) -> nn.Module:
