@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
-from edgerep.artifacts import read_sidecar
+from edgerep.artifacts import file_sha256, read_sidecar
 from edgerep.backends.tensorrt_host import PREDICTION_BACKEND, lint_for_profile, run_check, run_validate_bundle
 from edgerep.data import calib_root, open_data
 from edgerep.errors import UserError
@@ -540,3 +540,29 @@ def test_check_command_exit_codes(tmp_path):
 def test_check_rejected_input_shape_is_a_user_error():
     with pytest.raises(UserError, match=r"^--input-shape 1x3: the model rejects this input"):
         run_check(target="jetson-nano", model="zoo:repvgg_tiny", input_shape="1x3")
+
+
+def test_standalone_check_script_for_old_jetpacks(built):
+    """check_engine.py (for JetPack 4/5, whose Python is older than edgerep's) is Python 3.6 syntax, needs no
+    edgerep or torch, and reproduces the reference on the bundle's ONNX models."""
+    import ast
+
+    bdir = built.out_dir / "engines" / "device-bundle"
+    script = bdir / "check_engine.py"
+    ast.parse(script.read_text(), feature_version=(3, 6))
+    manifest = json.loads((bdir / "bundle.json").read_text())
+    assert manifest["files"]["check_engine.py"] == file_sha256(script)
+    env = {**os.environ, "PYTHONPATH": ""}
+    for name, precision in (("model.onnx", "fp32"), ("model.qdq.onnx", "int8")):
+        code = ("import sys, runpy\nsys.modules['torch'] = None\nsys.modules['edgerep'] = None\n"
+                f"sys.argv = ['check_engine.py', {name!r}]\nrunpy.run_path({str(script)!r}, run_name='__main__')\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(bdir), env=env)
+        assert proc.returncode == 0, proc.stderr[-1500:]
+        result = json.loads(proc.stdout)
+        assert result["precision"] == precision and result["passed"]
+        if precision == "fp32":
+            assert result["accuracy"]["max_abs_err"] < 1e-4 and result["accuracy"]["top1_agreement"] == 100.0
+        else:  # the Q/DQ model: the int8 gate of the profile applies
+            assert result["accuracy"]["cosine"] > 0.98
+    proc = subprocess.run([sys.executable, str(script), "missing.engine"], capture_output=True, text=True, cwd=str(bdir))
+    assert proc.returncode == 2 and "missing.engine: file not found" in proc.stderr

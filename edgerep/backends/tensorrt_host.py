@@ -258,6 +258,9 @@ def _write_scripts(bundle_dir: Path, manifest: dict[str, Any]) -> None:
     from ..trt import bundle as B
 
     manifest["files"]["build.sh"] = B.write_text(bundle_dir, "build.sh", B.build_script(manifest), executable=True)
+    # For JetPack 4/5, whose Python is too old for edgerep: numpy + tensorrt + pycuda only.
+    manifest["files"][B.CHECK_SCRIPT] = B.copy_in(bundle_dir, Path(__file__).parent.parent / "trt_data" / B.CHECK_SCRIPT,
+                                                  B.CHECK_SCRIPT)
     manifest["files"]["README.md"] = B.write_text(bundle_dir, "README.md", B.readme(manifest))
     B.write_manifest(bundle_dir, manifest)  # last: its presence and hashes mean the bundle is complete
 

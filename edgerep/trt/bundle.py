@@ -35,6 +35,7 @@ BUNDLE_FORMAT = "edgerep-tensorrt-bundle"
 BUNDLE_SCHEMA = 1
 MANIFEST = "bundle.json"
 REFERENCE = "reference.npz"
+CHECK_SCRIPT = "check_engine.py"  # standalone engine check for Pythons older than edgerep's (JetPack 4/5)
 CACHE, CACHE_RANGES = "calib.cache", "calib_ranges.json"
 REFERENCE_MAX_BYTES = 64 << 20  # cap on the reference inputs carried to the device
 
@@ -320,9 +321,16 @@ def readme(manifest: dict[str, Any]) -> str:
         "",
         "```bash",
         "bash build.sh                 # every engine; or: bash build.sh fp16",
-        "pip install --no-deps edgerep && pip install numpy typer rich onnx   # no PyTorch needed",
+        "pip install --no-deps ./edgerep && pip install numpy typer rich onnx   # Python >= 3.10 (JetPack 6); no PyTorch",
         "pip install pycuda            # the [tensorrt] extra; JetPack ships the tensorrt Python package",
         *[f"edgerep validate --bundle . --engine {e['engine']}" for e in manifest["engines"]],
+        "```",
+        "",
+        "On JetPack 4/5 (Python 3.6/3.8, older than edgerep needs), check the engines with the standalone script",
+        "(numpy, tensorrt and pycuda only; exit 1 when an engine misses its gate):",
+        "",
+        "```bash",
+        *[f"python3 {CHECK_SCRIPT} {e['engine']}" for e in manifest["engines"]],
         "```",
         "",
         "`build.sh` reads the device's TensorRT version from trtexec, refuses another major.minor, and re-heads",

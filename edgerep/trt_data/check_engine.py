@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Check a TensorRT engine against this bundle's reference, on a Jetson too old for edgerep itself.
+
+edgerep needs Python >= 3.10; JetPack 4.x ships Python 3.6 and JetPack 5.x Python 3.8 with TensorRT 8.x.
+This file is copied into every device bundle and needs only numpy, tensorrt (from JetPack) and pycuda:
+    python3 check_engine.py model.int8.engine        # or model.onnx with onnxruntime, to try it on a host
+It prints the same accuracy figures as `edgerep validate --bundle` (max abs error, cosine, top-1 agreement,
+labelled top-1) and exits 1 when the engine misses the profile's gate recorded in bundle.json.
+Written for Python 3.6: no f-string '=' specifiers, no walrus, no `X | Y` annotations.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def run_onnx(path, x, batch):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def run_engine(path, x, batch):
+    """TensorRT 8.x bindings API (the only one on JetPack 4; on JetPack 5 still present), pycuda buffers."""
+    import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    with open(path, "rb") as f, trt.Runtime(logger) as runtime:
+        engine = runtime.deserialize_cuda_engine(f.read())
+    if engine is None:
+        raise SystemExit("%s: TensorRT could not load it (built by another TensorRT version or GPU?)" % path)
+    context = engine.create_execution_context()
+    inputs = [i for i in range(engine.num_bindings) if engine.binding_is_input(i)]
+    outputs = [i for i in range(engine.num_bindings) if not engine.binding_is_input(i)]
+    shape = tuple(engine.get_binding_shape(inputs[0]))
+    engine_batch = shape[0] if shape[0] > 0 else batch
+    stream = cuda.Stream()
+    results = []
+    for start in range(0, len(x), engine_batch):
+        chunk = x[start:start + engine_batch]
+        real = len(chunk)
+        if real < engine_batch:  # a fixed-batch engine: pad the last batch, keep the real rows
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], engine_batch - real, axis=0)])
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        if shape[0] <= 0:
+            context.set_binding_shape(inputs[0], chunk.shape)
+        host_in = cuda.pagelocked_empty(chunk.size, np.float32)
+        host_in[:] = chunk.ravel()
+        dev_in = cuda.mem_alloc(host_in.nbytes)
+        out_shape = tuple(context.get_binding_shape(outputs[0]))
+        host_out = cuda.pagelocked_empty(int(np.prod(out_shape)), trt.nptype(engine.get_binding_dtype(outputs[0])))
+        dev_out = cuda.mem_alloc(host_out.nbytes)
+        bindings = [0] * engine.num_bindings
+        bindings[inputs[0]], bindings[outputs[0]] = int(dev_in), int(dev_out)
+        for extra in outputs[1:]:  # outputs we do not read still need memory
+            size = int(np.prod(context.get_binding_shape(extra))) * np.dtype(trt.nptype(engine.get_binding_dtype(extra))).itemsize
+            bindings[extra] = int(cuda.mem_alloc(max(size, 1)))
+        cuda.memcpy_htod_async(dev_in, host_in, stream)
+        context.execute_async_v2(bindings=bindings, stream_handle=stream.handle)
+        cuda.memcpy_dtoh_async(host_out, dev_out, stream)
+        stream.synchronize()
+        results.append(np.array(host_out, dtype=np.float32).reshape(out_shape)[:real])
+    return np.concatenate(results)
+
+
+def metrics(ref, out, labels):
+    ref = ref.reshape(len(ref), -1).astype(np.float64)
+    out = out.reshape(len(out), -1).astype(np.float64)
+    cos = (ref * out).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-12)
+    result = {"max_abs_err": float(np.abs(ref - out).max()), "cosine": float(cos.mean()),
+              "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean() * 100), "top1": None, "top1_drop": None}
+    if labels is not None:
+        result["top1"] = float((out.argmax(1) == labels).mean() * 100)
+        result["top1_drop"] = float((ref.argmax(1) == labels).mean() * 100) - result["top1"]
+    return result
+
+
+def gate_failures(result, gate):
+    failures = []
+    for key, name, worse in (("max_abs_err", "max_abs_err", lambda v, g: v > g), ("min_cosine", "cosine", lambda v, g: v < g),
+                             ("min_top1_agreement", "top1_agreement", lambda v, g: v < g),
+                             ("max_top1_drop", "top1_drop", lambda v, g: v > g)):
+        limit, value = gate.get(key), result.get(name)
+        if limit is not None and value is not None and worse(value, limit):
+            failures.append("%s %.6g (gate %s %.6g)" % (name, value, key, limit))
+    return failures
+
+
+def main(argv):
+    if len(argv) != 2:
+        sys.stderr.write("usage: python3 check_engine.py ENGINE (a .engine/.plan file, or a .onnx to try on a host)\n")
+        return 2
+    here = os.path.dirname(os.path.abspath(__file__))
+    engine = argv[1] if os.path.isabs(argv[1]) or os.path.exists(argv[1]) else os.path.join(here, argv[1])
+    if not os.path.isfile(engine):
+        sys.stderr.write("error: %s: file not found; pass an engine built by build.sh\n" % argv[1])
+        return 2
+    with open(os.path.join(here, "bundle.json")) as f:
+        manifest = json.load(f)
+    data = np.load(os.path.join(here, "reference.npz"))
+    x, ref = data["x"], data["ref"]
+    labels = data["y"] if "y" in data.files else None
+    dims = (manifest.get("input") or {}).get("shape") or [1]
+    batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 32
+    out = run_onnx(engine, x, batch) if engine.endswith(".onnx") else run_engine(engine, x, batch)
+    result = metrics(ref, out, labels)
+    base = os.path.basename(engine)
+    precision = "int8" if ("int8" in base or "qdq" in base) else ("fp16" if "fp16" in base else "fp32")
+    gate = ((manifest.get("profile") or {}).get("gates") or {}).get(precision) or {}
+    failures = gate_failures(result, gate)
+    print(json.dumps({"engine": engine, "precision": precision, "accuracy": result, "passed": not failures,
+                      "reason": "; ".join(failures) or None}, indent=2))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
