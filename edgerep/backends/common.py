@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -42,15 +42,35 @@ def require_calib(calib: Any, backend_name: str) -> None:
         raise UserError(f"--calib: {backend_name} INT8 needs calibration data; pass --calib with an image folder or .npz")
 
 
-def onnx_input(onnx_path: Path) -> tuple[str, list[int | None]]:
-    """Name and shape (None for a symbolic dimension) of the model's first input."""
+def onnx_input(onnx_path: Path, *, single: bool = False) -> tuple[str, list[int | None]]:
+    """Name and shape (None for a symbolic dimension) of the model's first input.
+
+    `single`: calibration feeds one tensor, so a model with several inputs is a user error."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     inits = {t.name for t in model.graph.initializer}
-    inp = next(i for i in model.graph.input if i.name not in inits)
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-    return inp.name, dims
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if single and len(inputs) != 1:
+        raise UserError(f"{onnx_path}: calibration supports one model input, this model has {len(inputs)}")
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in inputs[0].type.tensor_type.shape.dim]
+    return inputs[0].name, dims
+
+
+def batches_reader(input_name: str, batches: Iterable[np.ndarray]) -> Any:
+    """An onnxruntime.quantization CalibrationDataReader that feeds `batches` once, in order."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self._it, None)
+            return None if x is None else {input_name: x}
+
+    return _Batches()
 
 
 def onnx_node_names(onnx_path: Path) -> list[str]:

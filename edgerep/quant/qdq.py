@@ -20,7 +20,7 @@ import io
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -131,9 +131,7 @@ class QdqMaker:
         return {name: (scalar(t["lowest"]), scalar(t["highest"])) for name, t in raw.items()}
 
     def _reader(self) -> Any:
-        from onnxruntime.quantization import CalibrationDataReader
-
-        from ..backends.common import onnx_input, sample_batches
+        from ..backends.common import batches_reader, onnx_input, sample_batches
 
         name, shape = onnx_input(self.onnx_path)
         calib, limit = self.calib, self.num_samples
@@ -143,17 +141,7 @@ class QdqMaker:
             # Equal batches: ORT's histogram collectors stack the batches of a tensor and fail on a short last one.
             n = min(int(calib.num_samples), limit)
             batch = next(b for b in range(_DYNAMIC_BATCH, 0, -1) if n % b == 0)
-        exact = True
-
-        class _Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self._it: Iterator[np.ndarray] = sample_batches(calib, batch, limit, exact=exact)
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                x = next(self._it, None)
-                return None if x is None else {name: x}
-
-        return _Reader()
+        return batches_reader(name, sample_batches(calib, batch, limit, exact=True))
 
 
 def unshare_initializers(path: Path, out: Path) -> Path:

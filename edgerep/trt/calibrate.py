@@ -57,30 +57,9 @@ class CalibrationRanges:
 
 def model_input(onnx_path: Path) -> tuple[str, list[int | None]]:
     """Name and shape (None for a dynamic axis) of the model's single graph input."""
-    import onnx
+    from ..backends.common import onnx_input
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise UserError(f"{onnx_path}: calibration supports one model input, this model has {len(inputs)}")
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in inputs[0].type.tensor_type.shape.dim]
-    return inputs[0].name, dims
-
-
-def _reader(input_name: str, batches: list[np.ndarray]) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class _Chunk(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self._it, None)
-            return None if x is None else {input_name: x}
-
-    return _Chunk()
+    return onnx_input(onnx_path, single=True)
 
 
 def _batches(source: Any, batch: int | None, num_samples: int):
@@ -108,6 +87,8 @@ def calibrate(onnx_path: Path, source: Any, *, method: str = "entropy", num_samp
     samples of `source` (an edgerep DataSource) and return the ranges of every float tensor."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, create_calibrator
 
+    from ..backends.common import batches_reader
+
     if method not in METHODS:
         raise UserError(f"--calib-method {method!r}: use one of {', '.join(METHODS)}")
     input_name, dims = model_input(onnx_path)
@@ -124,7 +105,7 @@ def calibrate(onnx_path: Path, source: Any, *, method: str = "entropy", num_samp
         calibrator = create_calibrator(Path(onnx_path), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=ort_method, extra_options=extra)
         for chunk in _batches(source, fixed_batch, num_samples):
-            calibrator.collect_data(_reader(input_name, chunk))
+            calibrator.collect_data(batches_reader(input_name, chunk))
             used += sum(x.shape[0] for x in chunk)
         if used == 0:
             raise UserError(f"--calib {getattr(source, 'path', '')}: no samples of batch {fixed_batch} to calibrate with")

@@ -126,24 +126,12 @@ def _overrides(ranges: Any) -> dict[str, list[dict[str, Any]]]:
 
 
 def _dummy_reader(onnx_path: Path, input_name: str) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
-
+    """One zero batch: quantize_static wants a reader even when every range comes from the overrides."""
+    from ..backends.common import batches_reader
     from .calibrate import model_input
 
     _, dims = model_input(onnx_path)
-    shape = [d if d is not None else 1 for d in dims]
-
-    class _One(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._done = False
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self._done:
-                return None
-            self._done = True
-            return {input_name: np.zeros(shape, dtype=np.float32)}
-
-    return _One()
+    return batches_reader(input_name, [np.zeros([d if d is not None else 1 for d in dims], dtype=np.float32)])
 
 
 def check_trt_conventions(model: Any) -> None:
