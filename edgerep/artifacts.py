@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -22,6 +23,20 @@ from .errors import UserError
 
 SIDECAR_SCHEMA = 1
 _CHUNK = 1 << 20
+
+
+@dataclass
+class Artifact:
+    """One built engine (or a stand-in that was skipped)."""
+
+    backend: str
+    precision: str
+    path: Path | None  # the engine file (for OpenVINO the .xml; the .bin sits beside it)
+    sidecar: Path | None = None
+    status: str = "ok"  # ok | failed | skipped
+    reason: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # backend-specific details for the report
+
 
 
 def _partial_name(path: Path) -> Path:
@@ -180,7 +195,6 @@ def read_sidecar(artifact_path: Path) -> dict | None:
 
 def load_artifact(artifact_path: Path):
     """Rebuild an Artifact (backend, precision, info) from an engine file and its sidecar."""
-    from .backends.base import Artifact
 
     artifact_path = Path(artifact_path)
     if not artifact_path.is_file():

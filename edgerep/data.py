@@ -18,7 +18,7 @@ import math
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -455,3 +455,46 @@ def default_data(model_info: Any, preprocess: Preprocess | None = None) -> tuple
     calib = open_data(calib_path, pre, expect_shape=shape, role="calib")
     val = open_data(val_path, pre, expect_shape=shape, role="val") if val_path is not None else None
     return calib, val
+
+
+# --- calibration batches (every quantizer: ONNX Runtime, NNCF, TensorRT caches) -------------------
+
+
+def batches_reader(input_name: str, batches: Iterable[np.ndarray]) -> Any:
+    """An onnxruntime.quantization CalibrationDataReader that feeds `batches` once, in order."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self._it, None)
+            return None if x is None else {input_name: x}
+
+    return _Batches()
+
+
+def sample_batches(calib: Any, batch_size: int, limit: int, *, exact: bool) -> Iterator[np.ndarray]:
+    """Stream up to `limit` calibration samples as float32 batches of `batch_size`.
+
+    `exact`: the model has a fixed batch, so a short last batch is dropped rather than fed.
+    """
+    buffered: list[np.ndarray] = []
+    have = 0
+    for x, _ in calib.iter_batches(batch_size, limit=limit):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        buffered.append(x)
+        have += x.shape[0]
+        while have >= batch_size:
+            joined = np.concatenate(buffered) if len(buffered) > 1 else buffered[0]
+            yield joined[:batch_size]
+            rest = joined[batch_size:]
+            buffered, have = ([rest] if rest.shape[0] else []), rest.shape[0]
+    if have and not exact:
+        yield np.concatenate(buffered) if len(buffered) > 1 else buffered[0]
+
+
+def calib_batch_count(calib: Any, batch_size: int, limit: int, *, exact: bool) -> int:
+    n = min(int(calib.num_samples), limit)
+    return n // batch_size if exact else -(-n // batch_size)

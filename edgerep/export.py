@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .artifacts import atomic_files, companion_files, package_versions, sha256_files, write_sidecar
+from .artifacts import package_versions, write_sidecar
 from .errors import UserError
+from .onnx_files import EXTERNAL_DATA_THRESHOLD, onnx_sha256, save_onnx
 
 # A serialized ModelProto must stay under 2 GiB (protobuf's limit); keep 64 MiB for the graph itself.
-EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 SIMPLIFIERS = ("onnxsim", "onnxslim", "none")
 
 
@@ -48,37 +48,6 @@ class ExportResult:
 
 
 # --- saving ----------------------------------------------------------------------------------------
-
-
-def proto_nbytes(model: Any) -> int:
-    """Serialized size of a ModelProto, summed per tensor and node so it works past 2 GiB too."""
-    graph = model.graph
-    return sum(t.ByteSize() for t in graph.initializer) + sum(n.ByteSize() for n in graph.node)
-
-
-def save_onnx(model: Any, path: Path, *, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
-              verify: Callable[[Path], None] | None = None) -> Path:
-    """Save a ModelProto atomically; weights go to "<name>.data" when the proto exceeds the threshold.
-
-    `verify(tmp_path)` runs on the written files before they are moved into place; if it raises,
-    nothing is left behind. Note: saving as external data moves the tensors out of `model`.
-    """
-    import onnx
-
-    path = Path(path)
-    external = proto_nbytes(model) > external_data_threshold
-    stale = path.with_name(path.name + ".data")
-    with atomic_files(path) as tmp:
-        if external:
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=path.name + ".data", size_threshold=1024)
-        else:
-            onnx.save_model(model, str(tmp))
-        if verify is not None:
-            verify(tmp)
-        if not external:
-            stale.unlink(missing_ok=True)  # an older external-data copy of this model
-    return path
 
 
 def _check_model(path: Path, stage: str) -> None:
@@ -445,12 +414,6 @@ def _metadata(path: Path) -> dict[str, str]:
 
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
-
-
-def onnx_sha256(path: Path) -> str:
-    """Hash of an ONNX model including its external data file, if any."""
-    path = Path(path)
-    return sha256_files([path, *companion_files(path)])
 
 
 # --- the `edgerep export` command ------------------------------------------------------------------

@@ -26,6 +26,21 @@ INT8_MODES = ("calibrate", "qdq")
 # Calibration method when a profile gives none: what each runtime's own tools use by default
 # (TensorRT's IInt8EntropyCalibrator2; ONNX Runtime's quantize_static and NNCF use min/max ranges).
 _DEFAULT_METHOD = {"tensorrt": "entropy", "onnxruntime": "minmax", "openvino": "minmax"}
+
+
+@dataclass(frozen=True)
+class BackendCapabilities:
+    precisions: tuple[str, ...]
+    calib_methods: tuple[str, ...]
+
+
+# What each backend builds and which calibration methods it takes. The backend modules read theirs from
+# here, so a profile is checked without importing the backend (the ground floor imports nothing above).
+BACKEND_CAPABILITIES = {
+    "openvino": BackendCapabilities(("fp32", "fp16", "int8"), ("minmax", "percentile", "entropy")),
+    "onnxruntime": BackendCapabilities(("fp32", "int8"), ("minmax", "entropy", "percentile")),
+    "tensorrt": BackendCapabilities(("fp32", "fp16", "int8"), ("entropy", "minmax", "percentile")),
+}
 # The opsets the TorchScript ONNX exporter can write (export.py uses it).
 MIN_OPSET, MAX_OPSET = 9, 20
 
@@ -277,15 +292,11 @@ def parse_profile(data: dict, path: Path) -> TargetProfile:
 
 
 def _backend_capabilities(backend: str, c: _Checker) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
-    """The precisions (and calibration methods, when it says) of the backend module, imported lazily
-    (backend modules import their runtimes only inside functions, so this is cheap)."""
-    from .backends import get_backend
-
-    try:
-        module = get_backend(backend)
-    except UserError:
-        raise c.fail("backend", f"unknown backend {backend!r} (no edgerep/backends/{backend}.py)") from None
-    return tuple(module.precisions), getattr(module, "calib_methods", None)
+    """The precisions and calibration methods of a backend, from BACKEND_CAPABILITIES."""
+    if backend not in BACKEND_CAPABILITIES:
+        raise c.fail("backend", f"unknown backend {backend!r} (known: {', '.join(BACKEND_CAPABILITIES)})")
+    caps = BACKEND_CAPABILITIES[backend]
+    return caps.precisions, caps.calib_methods
 
 
 def _parse_gates(c: _Checker, data: dict, precisions: list[str]) -> dict[str, Gate]:

@@ -13,24 +13,12 @@ Heavy imports (openvino, onnxruntime, tensorrt, nncf) happen inside these method
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-
-@dataclass
-class Artifact:
-    """One built engine (or a stand-in that was skipped)."""
-
-    backend: str
-    precision: str
-    path: Path | None  # the engine file (for OpenVINO the .xml; the .bin sits beside it)
-    sidecar: Path | None = None
-    status: str = "ok"  # ok | failed | skipped
-    reason: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)  # backend-specific details for the report
+from ..artifacts import Artifact  # noqa: F401 (part of the contract)
 
 
 @runtime_checkable

@@ -18,14 +18,15 @@ import numpy as np
 
 from ..artifacts import atomic_files, companion_files, write_sidecar
 from ..errors import UserError
-from .base import Artifact
+from ..artifacts import Artifact
+from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_batch_count, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input,
                      require_available, require_calib, require_precision, sample_batches, time_calls)
 
 # activation_type: "uint8" (default) or "int8"; per_channel: weights per output channel (default) or per tensor.
 KNOWN_OPTIONS = COMMON_OPTIONS | {"activation_type", "per_channel"}
 
-_METHODS = ("minmax", "entropy", "percentile")
+_METHODS = BACKEND_CAPABILITIES["onnxruntime"].calib_methods
 _PACKAGES = ("onnxruntime",)
 # Samples whose intermediate tensors ORT's calibrators hold at once (CalibStridedMinMax): bounds memory,
 # since the histogram calibrators keep every intermediate output of a collect_data call.
@@ -35,7 +36,7 @@ _DYNAMIC_CALIB_BATCH = 8
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
-    precisions = ("fp32", "int8")
+    precisions = BACKEND_CAPABILITIES["onnxruntime"].precisions
     calib_methods = _METHODS
 
     def available(self) -> str | None:
@@ -112,7 +113,7 @@ def _copy_onnx(src: Path, dst: Path) -> None:
         if data:  # the .data name is recorded inside the model, so re-save rather than copy
             import onnx
 
-            from ..export import save_onnx
+            from ..onnx_files import save_onnx
 
             save_onnx(onnx.load(str(src)), tmp, external_data_threshold=0)
         else:

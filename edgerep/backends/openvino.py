@@ -18,7 +18,8 @@ import numpy as np
 
 from ..artifacts import atomic_files, write_sidecar
 from ..errors import UserError
-from .base import Artifact
+from ..artifacts import Artifact
+from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input, require_available,
                      require_calib, require_precision, sample_batches, time_calls)
 
@@ -26,7 +27,7 @@ from .common import (COMMON_OPTIONS, calib_settings, check_ignored_nodes, check_
 # more accurate on models with wide activation ranges).
 KNOWN_OPTIONS = COMMON_OPTIONS | {"preset", "bias_correction"}
 
-_METHODS = ("minmax", "percentile", "entropy")
+_METHODS = BACKEND_CAPABILITIES["openvino"].calib_methods
 _PACKAGES = ("openvino", "nncf")
 _MISSING = "openvino is not installed; pip install 'edgerep[openvino]'"
 # The NNCF range estimator standing in for each calibration method. NNCF has no KL-divergence
@@ -36,7 +37,7 @@ _ESTIMATORS = {"minmax": None, "percentile": "MEAN_QUANTILE", "entropy": "HISTOG
 
 class OpenVINOBackend:
     name = "openvino"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = BACKEND_CAPABILITIES["openvino"].precisions
     calib_methods = _METHODS
 
     def available(self) -> str | None:

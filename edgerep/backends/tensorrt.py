@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from .base import Artifact
+from ..artifacts import Artifact
+from ..targets import BACKEND_CAPABILITIES
 
 KNOWN_OPTIONS = {"ignored_nodes", "calib_method", "num_samples", "int8_mode", "dla_core", "timing_cache",
                  "entropy_bins"}
@@ -95,8 +96,8 @@ def _layer_split(lines: list[tuple[Any, str]]) -> tuple[list[str], list[str]]:
 
 class TensorRTBackend:
     name = "tensorrt"
-    precisions = ("fp32", "fp16", "int8")
-    calib_methods = ("entropy", "minmax", "percentile")
+    precisions = BACKEND_CAPABILITIES["tensorrt"].precisions
+    calib_methods = BACKEND_CAPABILITIES["tensorrt"].calib_methods
     # build() also works without TensorRT or a GPU: it writes the device bundle and returns skipped engines.
     offline_build = True
 
@@ -302,7 +303,7 @@ class TensorRTBackend:
         with atomic_path(tc_path) as tmp:
             tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
         dla_layers, gpu_layers = _layer_split(logger.lines)
-        from ..export import onnx_sha256
+        from ..onnx_files import onnx_sha256
 
         extra = {"target": profile.name, "onnx": str(source), "dla_layers": dla_layers,
                  "gpu_fallback_layers": gpu_layers if dla_layers else [], "settings": info["settings"]}

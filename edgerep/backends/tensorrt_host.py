@@ -131,7 +131,7 @@ def _key(obj: dict[str, Any]) -> str:
 def _onnx_meta(onnx_path: Path) -> tuple[str, int | None]:
     import onnx
 
-    from ..export import onnx_sha256
+    from ..onnx_files import onnx_sha256
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -328,7 +328,7 @@ def qdq_prediction(qdq_path: Path, reference: Any, *, profile: Any, engine_batch
     from ..report import engine_entry
     from ..validate import gate_to_dict, validate_runner
     from . import get_backend
-    from .base import Artifact
+    from ..artifacts import Artifact
 
     ort = get_backend("onnxruntime")
     record = engine_entry(PREDICTION_BACKEND, "int8", path=str(qdq_path), status="ok", prediction=True,
@@ -391,7 +391,7 @@ def load_engine_runner(engine: Path, bundle: Any) -> tuple[Any, dict[str, Any] |
     .engine/.plan/.trt after the sidecar guard. Returns (runner, sidecar or None, runtime name)."""
     from ..artifacts import read_sidecar
     from . import get_backend
-    from .base import Artifact
+    from ..artifacts import Artifact
 
     engine = Path(engine)
     if not engine.is_file():

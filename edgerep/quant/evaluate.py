@@ -48,7 +48,7 @@ def score(reference: Any, outputs: np.ndarray) -> dict[str, Any]:
 
 def eval_batch(onnx_path: Path) -> int:
     """The batch to run a model at: its fixed batch, or DYNAMIC_EVAL_BATCH for a dynamic one."""
-    from ..backends.common import onnx_input
+    from ..onnx_files import onnx_input
 
     _, shape = onnx_input(Path(onnx_path))
     return int(shape[0]) if shape and shape[0] is not None else DYNAMIC_EVAL_BATCH

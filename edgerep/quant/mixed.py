@@ -310,7 +310,7 @@ def plan_int8(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, val: A
 
     The result is cached in work_dir/int8_plan.json by a hash of everything it depends on."""
     from ..artifacts import package_versions, write_json_atomic
-    from ..export import onnx_sha256
+    from ..onnx_files import onnx_sha256
     from ..validate import compute_reference
     from .layers import module_names_of
 

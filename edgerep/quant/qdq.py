@@ -131,7 +131,8 @@ class QdqMaker:
         return {name: (scalar(t["lowest"]), scalar(t["highest"])) for name, t in raw.items()}
 
     def _reader(self) -> Any:
-        from ..backends.common import batches_reader, onnx_input, sample_batches
+        from ..data import batches_reader, sample_batches
+        from ..onnx_files import onnx_input
 
         name, shape = onnx_input(self.onnx_path)
         calib, limit = self.calib, self.num_samples

@@ -65,7 +65,8 @@ def activation_stats(onnx_path: Path, tensors: list[str], calib: Any, *, num_sam
     import onnx
     import onnxruntime as ort
 
-    from ..backends.common import onnx_input, sample_batches
+    from ..data import sample_batches
+    from ..onnx_files import onnx_input
 
     model = onnx.load(str(onnx_path))
     inferred = onnx.shape_inference.infer_shapes(model)

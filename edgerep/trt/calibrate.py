@@ -57,7 +57,7 @@ class CalibrationRanges:
 
 def model_input(onnx_path: Path) -> tuple[str, list[int | None]]:
     """Name and shape (None for a dynamic axis) of the model's single graph input."""
-    from ..backends.common import onnx_input
+    from ..onnx_files import onnx_input
 
     return onnx_input(onnx_path, single=True)
 
@@ -87,7 +87,7 @@ def calibrate(onnx_path: Path, source: Any, *, method: str = "entropy", num_samp
     samples of `source` (an edgerep DataSource) and return the ranges of every float tensor."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, create_calibrator
 
-    from ..backends.common import batches_reader
+    from ..data import batches_reader
 
     if method not in METHODS:
         raise UserError(f"--calib-method {method!r}: use one of {', '.join(METHODS)}")

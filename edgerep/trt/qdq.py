@@ -127,7 +127,7 @@ def _overrides(ranges: Any) -> dict[str, list[dict[str, Any]]]:
 
 def _dummy_reader(onnx_path: Path, input_name: str) -> Any:
     """One zero batch: quantize_static wants a reader even when every range comes from the overrides."""
-    from ..backends.common import batches_reader
+    from ..data import batches_reader
     from .calibrate import model_input
 
     _, dims = model_input(onnx_path)

@@ -1,0 +1,75 @@
+"""ONNX model files: save atomically (external data past 2 GiB), hash, read the input and node names.
+
+The ground floor: every layer that touches an .onnx file (export, backends, quant, trt) uses these.
+Only onnx is imported, inside the functions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from .artifacts import atomic_files, companion_files, sha256_files
+from .errors import UserError
+
+# Protobuf's hard limit is 2 GiB; keep a margin for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+
+
+def proto_nbytes(model: Any) -> int:
+    """Serialized size of a ModelProto, summed per tensor and node so it works past 2 GiB too."""
+    graph = model.graph
+    return sum(t.ByteSize() for t in graph.initializer) + sum(n.ByteSize() for n in graph.node)
+
+
+def save_onnx(model: Any, path: Path, *, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+              verify: Callable[[Path], None] | None = None) -> Path:
+    """Save a ModelProto atomically; weights go to "<name>.data" when the proto exceeds the threshold.
+
+    `verify(tmp_path)` runs on the written files before they are moved into place; if it raises,
+    nothing is left behind. Note: saving as external data moves the tensors out of `model`.
+    """
+    import onnx
+
+    path = Path(path)
+    external = proto_nbytes(model) > external_data_threshold
+    stale = path.with_name(path.name + ".data")
+    with atomic_files(path) as tmp:
+        if external:
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.name + ".data", size_threshold=1024)
+        else:
+            onnx.save_model(model, str(tmp))
+        if verify is not None:
+            verify(tmp)
+        if not external:
+            stale.unlink(missing_ok=True)  # an older external-data copy of this model
+    return path
+
+
+def onnx_sha256(path: Path) -> str:
+    """Hash of an ONNX model including its external data file, if any."""
+    path = Path(path)
+    return sha256_files([path, *companion_files(path)])
+
+
+def onnx_input(onnx_path: Path, *, single: bool = False) -> tuple[str, list[int | None]]:
+    """Name and shape (None for a symbolic dimension) of the model's first input.
+
+    `single`: calibration feeds one tensor, so a model with several inputs is a user error."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if single and len(inputs) != 1:
+        raise UserError(f"{onnx_path}: calibration supports one model input, this model has {len(inputs)}")
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in inputs[0].type.tensor_type.shape.dim]
+    return inputs[0].name, dims
+
+
+def onnx_node_names(onnx_path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return [n.name for n in model.graph.node]
