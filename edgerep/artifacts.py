@@ -177,6 +177,13 @@ def write_sidecar(artifact_path: Path, info: dict) -> Path:
     return path
 
 
+def update_sidecar(artifact_path: Path, **fields: Any) -> None:
+    """Add fields to a complete sidecar (e.g. where the engine was validated); a missing or stale one is left."""
+    body = read_sidecar(artifact_path)
+    if body is not None:
+        write_json_atomic(sidecar_path(artifact_path), {**body, **fields})
+
+
 def read_sidecar(artifact_path: Path) -> dict | None:
     """The sidecar of an artifact, or None when it is missing or does not match the files beside it."""
     artifact_path = Path(artifact_path)

@@ -64,6 +64,7 @@ class BuildOptions:
     seed: int = 0  # seeds random initialisation, so a model without weights is the same on every run
     backend_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"ignored_nodes": [...]}
     max_drop: float | None = None  # INT8: keep the fewest sensitive layers in float until the drop is within this (points)
+    isa: str | None = None  # CPU targets: the ISA the engines must hold on (None: the profile's `isa`)
 
 
 @dataclass
@@ -243,7 +244,7 @@ def build(opts: BuildOptions, *, console: Any = None) -> BuildResult:
     spec = opts.model or DEMO_MODEL
 
     # Cheap checks first: a bad target, precision or missing runtime fails before any work.
-    profile = load_target(opts.target)
+    profile = load_target(opts.target, isa=opts.isa)
     backend = get_backend(profile.backend)
     precisions = parse_precisions(opts.precisions, profile, backend)
     if opts.max_drop is not None:
@@ -411,6 +412,8 @@ def build(opts: BuildOptions, *, console: Any = None) -> BuildResult:
                         iterations=profile.latency.iterations, dynamic_batch=profile.dynamic_batch))
                 finally:
                     runner.close()
+                if profile.tensorrt is None:
+                    record_isa_check(record, artifact, reference, profile, engine_batch)
             except UserError:
                 raise
             except Exception as exc:  # the engine ran but crashed: a failed engine, not a failed build
@@ -572,6 +575,23 @@ def _build_engine(backend: Any, onnx_path: Path, precision: str, out_dir: Path, 
         _save_traceback(out_dir.parent, f"build-{backend.name}-{precision}")
         return Artifact(backend=backend.name, precision=precision, path=None, status="failed",
                         reason=f"build failed: {_one_line(exc)}")
+
+
+def record_isa_check(record: dict[str, Any], artifact: Any, reference: Any, profile: Any, engine_batch: int) -> None:
+    """Where the engine was validated, and a second run on the target's ISA where this machine can give one
+    (isa_check); a failed gate there fails the engine. The sidecar keeps both ISAs."""
+    from . import isa_check
+    from .artifacts import update_sidecar
+    from .cpu import target_isa
+
+    isa = isa_check.check(artifact, reference, target=target_isa(profile), engine_batch=engine_batch,
+                          gate=profile.gate(artifact.precision))
+    record["isa"] = isa
+    if isa.get("passed") is False and record.get("passed"):
+        record.update(passed=False, reason=f"on {isa['target']} ({isa['method']}): {isa['reason']}")
+    update_sidecar(Path(artifact.path), validated={"isa": isa["measured_on"], "target_isa": isa["target"],
+                                                   "method": isa["method"], "passed": record.get("passed"),
+                                                   "accuracy": record.get("accuracy")})
 
 
 def _engine_record(artifact: Any) -> dict[str, Any]:

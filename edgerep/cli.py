@@ -72,6 +72,7 @@ def build_cmd(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="output folder (default: runs/<model-name>-<target>)"),
     int8_mode: Optional[str] = typer.Option(None, "--int8-mode", help="TensorRT INT8: calibrate (cache) or qdq (Q/DQ ONNX); default: the profile's"),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="TensorRT: build FP16/INT8 for this DLA core, GPU fallback (default: the profile's)"),
+    isa: Optional[str] = typer.Option(None, "--isa", help="CPU targets: the instruction set the engine must hold on: auto (this CPU), avx2, avx_vnni, avx512, avx512_vnni, amx or arm64 (default: the profile's)"),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="INT8: keep the fewest, most sensitive layers in float until the drop is within this many points of top-1 (of top-1 agreement without labels)"),
 ) -> None:
     """Fuse, export, build and validate engines for a target; writes report.json, report.md and a plot.
@@ -85,7 +86,7 @@ def build_cmd(
                      calib_samples=calib_samples, calib_method=calib_method, val_samples=val_samples,
                      mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize,
                      interpolation=interpolation, channel_order=channel_order, simplifier=simplifier,
-                     force=force, output=output, console=console, out=out, max_drop=max_drop,
+                     force=force, output=output, console=console, out=out, max_drop=max_drop, isa=isa,
                      backend_options={k: v for k, v in (("int8_mode", int8_mode), ("dla_core", dla_core)) if v is not None})
     raise typer.Exit(code)
 
@@ -102,6 +103,7 @@ def validate_cmd(
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle"),
     val_samples: Optional[int] = typer.Option(None, "--val-samples", help="validate on the first N samples"),
+    isa: Optional[str] = typer.Option(None, "--isa", help="CPU targets: the instruction set the engine must hold on: auto (this CPU), avx2, avx_vnni, avx512, avx512_vnni, amx or arm64 (default: the profile's)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
 ) -> None:
     """Validate a built engine against the unfused PyTorch model: accuracy, latency and the target's gates."""
@@ -114,7 +116,7 @@ def validate_cmd(
     from .validate import run_validate
 
     code = run_validate(model=model, engine=engine, target=target, val=val, weights=weights, input_shape=input_shape,
-                        num_classes=num_classes, trust_pickle=trust_pickle, val_samples=val_samples,
+                        num_classes=num_classes, trust_pickle=trust_pickle, val_samples=val_samples, isa=isa,
                         as_json=as_json, out=out, console=console)
     raise typer.Exit(code)
 
@@ -156,6 +158,7 @@ def sensitivity_cmd(
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help="minmax, entropy or percentile (default: the profile's)"),
     val_samples: Optional[int] = typer.Option(None, "--val-samples", help="use the first N validation samples"),
     top: int = typer.Option(10, "--top", help="rows in the table of the most sensitive layers"),
+    isa: Optional[str] = typer.Option(None, "--isa", help="CPU targets: the instruction set the engine must hold on: auto (this CPU), avx2, avx_vnni, avx512, avx512_vnni, amx or arm64 (default: the profile's)"),
     study: bool = typer.Option(True, "--study/--no-study", help="also compare calibration methods and per-channel/per-tensor weights"),
     output: Path = typer.Option(Path("sensitivity"), "-o", "--output", help="output folder"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
@@ -166,7 +169,7 @@ def sensitivity_cmd(
 
     code = run_sensitivity(model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
                            trust_pickle=trust_pickle, target=target, calib=calib, val=val, calib_samples=calib_samples,
-                           calib_method=calib_method, val_samples=val_samples, top=top, study=study, output=output,
+                           calib_method=calib_method, val_samples=val_samples, top=top, study=study, output=output, isa=isa,
                            as_json=as_json, out=out, console=console)
     raise typer.Exit(code)
 
@@ -181,13 +184,19 @@ def targets_cmd() -> None:
 
     table = Table(title="edgerep targets (* default)", box=box.SIMPLE_HEAD)
     wide = out.width >= 140  # descriptions only fit a wide terminal
+    from .cpu import host_cpu
+
+    here = host_cpu().isa or "x86-64"
+    profiles = list_targets()
     for column in ("name", "backend", "precisions", "opset", "batch", "device"):
-        table.add_column(column, no_wrap=column != "device")
+        table.add_column(column, no_wrap=column != "device", overflow="fold" if column == "device" else "ellipsis",
+                         min_width=max(len(p.name) for p in profiles) + 1 if column == "name" else None)
     if wide:
         table.add_column("description", overflow="fold", ratio=1)
-    for prof in list_targets():
+    for prof in profiles:
         trt = prof.tensorrt
-        device = "CPU" if trt is None else (f"TRT {trt.version}" + (f" JetPack {trt.jetpack}" if trt.jetpack else "")
+        isa = f"auto={here}" if prof.isa == "auto" else prof.isa
+        device = f"CPU {isa}" if trt is None else (f"TRT {trt.version}" + (f" JetPack {trt.jetpack}" if trt.jetpack else "")
                                             + (f" DLA{trt.dla_core}" if trt.dla_core is not None else ""))
         name = prof.name + ("*" if prof.name == DEFAULT_TARGET else "")
         cells = [name, prof.backend, ",".join(prof.precisions), str(prof.opset),

@@ -122,3 +122,10 @@ def isa_mismatch(built_for: str | None, running: str | None) -> str | None:
                 f"show the int16 saturation a {built_for} CPU can have; validate on the target ISA")
     return (f"the engine was built for {built_for} but this CPU is {running}: latency measured here does not "
             f"predict the target's")
+
+
+def target_isa(profile: object, override: str | None = None) -> str:
+    """The concrete ISA a build is for: `override` (the --isa flag), else the profile's `isa`, else auto."""
+    if override:
+        return resolve_isa(override, "--isa")
+    return resolve_isa(getattr(profile, "isa", None) or "auto", "isa")

@@ -143,6 +143,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for eng in report["engines"]:
         if eng.get("path"):
             lines.append(f"- {eng['backend']} {eng['precision']}: `{eng['path']}`")
+    lines += _isa_lines(report)
     lines += _int8_plan_lines(report)
     stages = report.get("stages")
     if isinstance(stages, list) and stages:
@@ -150,6 +151,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         for st in stages:
             lines.append(f"| {st.get('name')} | {st.get('status')} | {_fmt(st.get('seconds'), '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+def _isa_lines(report: dict[str, Any]) -> list[str]:
+    """Which CPU each engine was built for and measured on, and whether the result holds on the target's ISA."""
+    rows = [(e, e["isa"]) for e in report["engines"] if isinstance(e.get("isa"), dict)]
+    if not rows:
+        return []
+    lines = ["", "## CPU instruction set", "",
+             "| engine | built for | measured on | on the target's ISA | result there |", "|---|---|---|---|---|"]
+    for eng, isa in rows:
+        acc = isa.get("accuracy") or {}
+        there = ("-" if not acc else f"cosine {_fmt(acc.get('cosine'), '.4f')}"
+                 + (f", top-1 {_fmt(acc.get('top1'), '.2f')}%" if acc.get("top1") is not None else "")
+                 + (", pass" if isa.get("passed") else f", FAILED: {isa.get('reason')}"))
+        lines.append(f"| {eng['backend']} {eng['precision']} | {isa.get('target')} | {isa.get('measured_on')} | "
+                     f"{isa.get('method')}: {isa.get('note')} | {there} |")
+    lines += ["", "Latency is that of the CPU measured on. An INT8 engine built for a CPU with VNNI (isa auto on such "
+              "a machine) can lose accuracy on one without (int16 saturation); build with `--isa avx2` (or the "
+              "`*-avx2` targets) for such devices."]
+    return lines
 
 
 def _int8_plan_lines(report: dict[str, Any]) -> list[str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .cpu import ISAS
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -94,6 +95,9 @@ class TargetProfile:
     gates: dict[str, Gate] = field(default_factory=dict)
     tensorrt: TensorRTSettings | None = None
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    # The CPU instruction set the engine must hold on (CPU backends): "auto" (the machine running edgerep)
+    # or one of edgerep.cpu.ISAS. INT8 choices depend on it (see edgerep/cpu.py).
+    isa: str = "auto"
     source: Path | None = None
 
     def gate(self, precision: str) -> Gate:
@@ -107,6 +111,7 @@ class TargetProfile:
             "latency": vars(self.latency).copy(),
             "gates": {k: g.to_dict() for k, g in self.gates.items()},
             "calibration": vars(self.calibration).copy(),
+            "isa": self.isa,
             "source": str(self.source) if self.source else None,
         }
         if self.tensorrt is not None:
@@ -140,9 +145,20 @@ def list_targets() -> list[TargetProfile]:
     return [_load_file(files[n]) for n in names]
 
 
-def load_target(name_or_path: str | Path) -> TargetProfile:
-    """A profile by name (`openvino-cpu`) or by path to a .toml file."""
-    text = str(name_or_path)
+def load_target(name_or_path: str | Path, *, isa: str | None = None) -> TargetProfile:
+    """A profile by name (`openvino-cpu`) or by path to a .toml file; `isa` (the --isa flag) overrides its isa."""
+    profile = _find_target(str(name_or_path))
+    if isa is not None:
+        if profile.tensorrt is not None:
+            raise UserError(f"--isa {isa}: applies to CPU targets; {profile.name} is a TensorRT target")
+        if isa != "auto" and isa not in ISAS:
+            raise UserError(f"--isa {isa}: unknown ISA; use auto or one of {', '.join(ISAS)}")
+        profile.isa = isa
+    return profile
+
+
+def _find_target(text: str) -> TargetProfile:
+    """A profile by name or .toml path."""
     path = Path(text)
     if text.endswith(".toml") or path.is_file():
         if not path.is_file():
@@ -215,7 +231,7 @@ class _Checker:
 
 
 _TOP = {"name", "description", "backend", "precisions", "opset", "dynamic_batch", "latency", "gates",
-        "tensorrt", "calibration"}
+        "tensorrt", "calibration", "isa"}
 
 
 def _load_file(path: Path) -> TargetProfile:
@@ -286,9 +302,15 @@ def parse_profile(data: dict, path: Path) -> TargetProfile:
     if num_samples < 1:
         raise c.fail("calibration.num_samples", "must be >= 1")
 
+    isa = c.get(data, "isa", str, default="auto")
+    if backend == "tensorrt" and "isa" in data:
+        raise c.fail("isa", "applies to CPU backends only; a TensorRT profile describes its GPU in [tensorrt]")
+    c.choice(isa, ("auto",) + ISAS, "isa")
+
     return TargetProfile(name=name, description=description, backend=backend, precisions=list(precisions),
                          opset=opset, dynamic_batch=dynamic_batch, latency=latency, gates=gates, tensorrt=trt,
-                         calibration=CalibrationSettings(method=method, num_samples=num_samples), source=path)
+                         calibration=CalibrationSettings(method=method, num_samples=num_samples), isa=isa,
+                         source=path)
 
 
 def _backend_capabilities(backend: str, c: _Checker) -> tuple[tuple[str, ...], tuple[str, ...] | None]:

@@ -243,10 +243,34 @@ def validate_runner(runner: Any, reference: Reference, *, engine_batch: int, gat
     }
 
 
+def isa_warnings(sidecar: dict[str, Any], isa: str | None, console: Any) -> str | None:
+    """Warn (one line each) where this CPU's ISA differs from the one the engine was built or validated for,
+    naming the figure at risk; returns the target ISA to check the engine on (None for a non-CPU engine)."""
+    from .cpu import host_cpu, isa_mismatch, resolve_isa
+
+    built_for = sidecar.get("isa")
+    if built_for is None and isa is None:
+        return None  # a TensorRT engine, or one built before ISAs were recorded
+    target = resolve_isa(isa, "--isa") if isa else built_for
+    running = host_cpu().isa
+    validated = sidecar.get("validated") or {}
+    acc = validated.get("accuracy") or {}
+    figure = next((f"{k.replace('_', ' ')} {acc[k]:.2f}%" for k in ("top1", "top1_agreement") if acc.get(k) is not None),
+                  None)
+    for label, isa_name in (("built for", target), ("validated on", validated.get("isa"))):
+        risk = isa_mismatch(isa_name, running)
+        if risk and console is not None:
+            at_risk = f" (at risk: {figure} measured on {validated.get('isa')})" if figure and validated.get("isa") else ""
+            console.print(f"[yellow]warning:[/] {label} {isa_name}, running on {running}: {risk}{at_risk}",
+                          highlight=False, soft_wrap=True)
+            break
+    return target
+
+
 def run_validate(*, model: str, engine: Path, target: str | None = None, val: Path | None = None,
                  weights: Path | None = None, input_shape: str | None = None, num_classes: int | None = None,
                  trust_pickle: bool = False, val_samples: int | None = None, val_batch: int = 32, seed: int = 0,
-                 as_json: bool = False, out: Any = None, console: Any = None) -> int:
+                 isa: str | None = None, as_json: bool = False, out: Any = None, console: Any = None) -> int:
     """`edgerep validate`: check a built engine file against the unfused PyTorch model.
 
     The backend comes from the engine's sidecar; the gates from --target (default: the target recorded in
@@ -281,6 +305,7 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     if profile.backend != artifact.backend:
         raise UserError(f"--target {profile.name}: its backend is {profile.backend} but {Path(engine).name} is a "
                         f"{artifact.backend} engine; pick a {artifact.backend} target")
+    target_isa_name = isa_warnings(artifact.info, isa, console)
     torch.manual_seed(seed)
     info = load_model(model, weights=weights, input_shape=input_shape, num_classes=num_classes, trust_pickle=trust_pickle)
     shape = tuple(info.input_shape)
@@ -305,6 +330,13 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
                                  iterations=profile.latency.iterations, dynamic_batch=dynamic)
     finally:
         runner.close()
+    if target_isa_name is not None:
+        from . import isa_check
+
+        result["isa"] = isa_check.check(artifact, reference, target=target_isa_name, engine_batch=engine_batch,
+                                        gate=profile.gate(artifact.precision))
+        if result["isa"].get("passed") is False and result["passed"]:
+            result.update(passed=False, reason=f"on {target_isa_name} ({result['isa']['method']}): {result['isa']['reason']}")
     record = engine_entry(artifact.backend, artifact.precision, path=str(engine), **result,
                           gate=gate_to_dict(profile.gate(artifact.precision)))
     report = normalize({"model": {"spec": info.spec, "input_shape": list(shape), "weights": info.weights},

@@ -13,8 +13,9 @@ from edgerep.errors import UserError
 from edgerep.targets import DEFAULT_TARGET, list_targets, load_target, targets_dirs, trt_version_matches
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = {"openvino-cpu", "onnxruntime-cpu", "tensorrt", "jetson-nano", "jetson-xavier-nx", "jetson-orin-nano",
-           "jetson-agx-orin"}
+SHIPPED = {"openvino-cpu", "onnxruntime-cpu", "openvino-avx2", "onnxruntime-avx2", "tensorrt", "jetson-nano",
+           "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"}
+
 
 
 def test_every_shipped_profile_loads_default_first():

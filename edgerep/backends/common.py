@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from ..artifacts import companion_files, package_versions, sha256_files
 from ..data import batches_reader, calib_batch_count, sample_batches  # noqa: F401 (re-exported)
+from ..cpu import target_isa
 from ..errors import UserError
 from ..onnx_files import onnx_input, onnx_node_names  # noqa: F401 (re-exported)
 
@@ -77,6 +78,8 @@ def engine_info(*, backend: str, precision: str, onnx_path: Path, profile: Any, 
         "backend": backend,
         "precision": precision,
         "target": getattr(profile, "name", None),
+        # The ISA the engine was built for (CPU targets; the build adds the one it was validated on).
+        "isa": target_isa(profile) if profile is not None and getattr(profile, "tensorrt", None) is None else None,
         "onnx": str(onnx_path),
         "onnx_sha256": sha256_files([onnx_path, *companion_files(onnx_path)]),
         "calib_sha256": calib.sha256() if calib is not None and precision == "int8" else None,

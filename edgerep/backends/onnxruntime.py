@@ -16,15 +16,27 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import atomic_files, companion_files, write_sidecar
+from ..artifacts import Artifact, atomic_files, companion_files, write_sidecar
+from ..cpu import int16_saturation_risk, target_isa
 from ..errors import UserError
-from ..artifacts import Artifact
 from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_batch_count, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input,
                      require_available, require_calib, require_precision, sample_batches, time_calls)
 
-# activation_type: "uint8" (default) or "int8"; per_channel: weights per output channel (default) or per tensor.
-KNOWN_OPTIONS = COMMON_OPTIONS | {"activation_type", "per_channel"}
+# activation_type: "uint8" (default) or "int8"; per_channel: weights per output channel (default) or per tensor;
+# int8_weights: how weights are stored for the target CPU (WEIGHT_FORMATS; default from the target's ISA).
+KNOWN_OPTIONS = COMMON_OPTIONS | {"activation_type", "per_channel", "int8_weights"}
+
+# Weight formats of ONNX Runtime's CPU INT8 kernels (ONNX Runtime docs, quantization, "Data type selection" and
+# "When to use reduce-range"): without VNNI, U8S8 uses vpmaddubsw, which adds two u8*s8 products into a
+# saturating int16; 7-bit weights (reduce_range) keep every pair within 2*255*64 = 32640 <= 32767, and U8U8
+# takes a non-saturating path. Either makes the integer result the same on every x86 ISA.
+WEIGHT_FORMATS = {
+    "s8": "int8 weights, full range (U8S8; exact only where the CPU has VNNI, AMX or is ARM64)",
+    "s7": "int8 weights in 7 bits (reduce_range; no int16 saturation on any CPU)",
+    "u8": "uint8 weights (U8U8; no int16 saturation on any CPU)",
+}
+_SATURATION_FREE = ("s7", "u8")
 
 _METHODS = BACKEND_CAPABILITIES["onnxruntime"].calib_methods
 _PACKAGES = ("onnxruntime",)
@@ -63,9 +75,13 @@ class OnnxRuntimeBackend:
             require_calib(calib, self.name)
             method, num = calib_settings(profile, options, "minmax", _METHODS)
             act = options.get("activation_type", "uint8")
+            isa = target_isa(profile)
+            weights = weight_format_for(isa, options.get("int8_weights"))
             settings = quantize_qdq(onnx_path, path, calib, method=method, num_samples=num,
                                     ignored_nodes=options.get("ignored_nodes"), activation_type=act,
-                                    per_channel=bool(options.get("per_channel", True)))
+                                    per_channel=bool(options.get("per_channel", True)), weights=weights)
+            settings["isa"] = isa
+            settings["int16_saturation"] = int16_saturation_check(path)
         info = engine_info(backend=self.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
                            settings=settings, packages=_PACKAGES)
         sidecar = write_sidecar(path, info)
@@ -79,14 +95,21 @@ class OnnxRuntimeBackend:
 
 
 class OrtRunner:
-    """Runs an ONNX model on ONNX Runtime's CPU execution provider."""
+    """Runs an ONNX model on ONNX Runtime's CPU execution provider.
 
-    def __init__(self, path: Path) -> None:
+    `simulate_qdq`: run Q/DQ pairs as float ops (session.disable_quant_qdq) instead of fusing them into
+    integer kernels. The result is the quantization error alone, the same on every CPU: what a *prediction*
+    of another runtime's INT8 engine needs (sensitivity, TensorRT's Q/DQ row), since this CPU's integer
+    kernels may saturate where the target's do not."""
+
+    def __init__(self, path: Path, *, simulate_qdq: bool = False) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        if simulate_qdq:
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -175,19 +198,21 @@ def _stride(total: int, batch_size: int) -> int:
 
 def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "minmax", num_samples: int = 300,
                  ignored_nodes: list[str] | None = None, activation_type: str = "uint8",
-                 symmetric_activations: bool = False, per_channel: bool = True,
+                 symmetric_activations: bool = False, per_channel: bool = True, weights: str = "s8",
                  extra_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Quantize an ONNX model to INT8 Q/DQ with ONNX Runtime's static quantizer, written atomically.
 
     Weights QInt8 per output channel; activations QUInt8 (ONNX Runtime's fast U8S8 path on x86 CPUs) or
     QInt8 (`activation_type="int8"`, with `symmetric_activations=True` for TensorRT). Calibration streams
     `num_samples` samples of `calib` (MinMax, Entropy or Percentile). `ignored_nodes` (ONNX node names)
-    stay in float. Returns the settings used, for the sidecar.
+    stay in float. `weights`: a key of WEIGHT_FORMATS. Returns the settings used, for the sidecar.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if method not in _METHODS:
         raise UserError(f"--calib-method {method}: not one of {', '.join(_METHODS)}")
+    if weights not in WEIGHT_FORMATS:
+        raise UserError(f"int8_weights {weights!r}: use one of {', '.join(WEIGHT_FORMATS)}")
     if activation_type not in ("uint8", "int8"):
         raise UserError(f"activation_type {activation_type!r}: use 'uint8' or 'int8'")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
@@ -212,7 +237,7 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
             # ORT's histogram collector prints progress on stdout, which would corrupt `--json` output.
             quantize_static(
                 str(source), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                weight_type=QuantType.QInt8,
+                weight_type=QuantType.QUInt8 if weights == "u8" else QuantType.QInt8, reduce_range=weights == "s7",
                 activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
                 calibrate_method=method_enum, nodes_to_exclude=ignored, use_external_data_format=external,
                 extra_options=options,
@@ -224,10 +249,63 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"format": "QDQ", "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+    return {"format": "QDQ", "weights": f"{'uint8' if weights == 'u8' else 'int8'} "
+                                       f"{'per-channel' if per_channel else 'per-tensor'}"
+                                       f"{', 7-bit (reduce_range)' if weights == 's7' else ''}",
+            "int8_weights": weights,
             "activations": activation_type, "symmetric_activations": symmetric_activations,
             "calib_method": method, "calib_samples": min(int(calib.num_samples), num_samples),
             "calib_batch": batch, "ignored_nodes": ignored}
+
+
+def weight_format_for(isa: str, requested: str | None = None) -> str:
+    """The weight format for a target ISA: full-range s8 where the integer kernels cannot saturate, else 7-bit.
+    Asking for s8 on a saturating ISA is refused: it is the -8 point trap this check exists for."""
+    if requested is None:
+        return "s7" if int16_saturation_risk(isa) else "s8"
+    if requested not in WEIGHT_FORMATS:
+        raise UserError(f"int8_weights {requested!r}: use one of {', '.join(WEIGHT_FORMATS)}")
+    if requested == "s8" and int16_saturation_risk(isa):
+        raise UserError(f"int8_weights s8: full-range int8 weights can saturate int16 sums on {isa} (no VNNI); "
+                        f"use s7 or u8, or a target whose isa has VNNI")
+    return requested
+
+
+def weight_formats_for(isa: str) -> list[str]:
+    """Weight formats an INT8 search may try for a target ISA (the default first)."""
+    default = weight_format_for(isa)
+    return [default] + [w for w in ("s8", "s7", "u8") if w != default and (w in _SATURATION_FREE or not int16_saturation_risk(isa))]
+
+
+def int16_saturation_check(qdq_path: Path) -> dict[str, Any]:
+    """Whether any u8*s8 weight pair of a Q/DQ model can overflow int16 on a CPU without VNNI.
+
+    A static bound, not a run: activations are u8 (0..255), so the worst pair sum of one output channel is
+    255 * (the two largest |w| of that channel). Hand-written because no runtime reports it; it proves a
+    7-bit model ISA-independent and names the layers of a full-range model at risk."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(qdq_path))
+    inits = {t.name: t for t in model.graph.initializer}
+    at_risk: list[str] = []
+    worst = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[0]])
+        if w.dtype != np.int8 or w.ndim < 2:
+            continue  # uint8 weights take the non-saturating U8U8 path; int32 biases are not multiplied
+        # Conv weights are (Cout, Cin/g, k...): one row per output channel. A 2-D MatMul/Gemm weight may be
+        # (K, N) or (N, K), so take the two largest of the whole tensor: a bound that can only over-estimate.
+        flat = np.abs(w.reshape(w.shape[0], -1) if w.ndim > 2 else w.reshape(1, -1)).astype(np.int32)
+        top2 = np.sort(flat, axis=1)[:, -2:].sum(axis=1) if flat.shape[1] > 1 else flat[:, 0]
+        bound = int(255 * top2.max())
+        worst = max(worst, bound)
+        if bound > 32767:
+            at_risk.append(node.input[0])
+    return {"worst_pair_sum": worst, "int16_max": 32767, "weights_at_risk": len(at_risk),
+            "first_at_risk": at_risk[:5], "isa_independent": not at_risk}
 
 
 def _pre_process(onnx_path: Path, out: Path, external: bool) -> Path:

@@ -16,9 +16,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..artifacts import atomic_files, write_sidecar
+from ..artifacts import Artifact, atomic_files, write_sidecar
+from ..cpu import int16_saturation_risk, target_isa
 from ..errors import UserError
-from ..artifacts import Artifact
 from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input, require_available,
                      require_calib, require_precision, sample_batches, time_calls)
@@ -161,7 +161,7 @@ def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: di
         import nncf
     except ImportError:
         raise UserError("nncf is not installed (needed for OpenVINO INT8); pip install 'edgerep[openvino]'") from None
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     method, num = calib_settings(profile, options, "minmax", _METHODS)
@@ -182,10 +182,11 @@ def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: di
     if count == 0:
         raise UserError(f"--calib {calib.path}: {calib.num_samples} samples, fewer than the model's batch of {fixed_batch}")
     estimator = _ESTIMATORS[method]
-    advanced = None
+    isa = target_isa(profile)
+    overflow_fix = overflow_fix_for(isa)
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
     if estimator is not None:
-        advanced = AdvancedQuantizationParameters(
-            activations_range_estimator_params=getattr(RangeEstimatorParametersSet, estimator))
+        advanced.activations_range_estimator_params = getattr(RangeEstimatorParametersSet, estimator)
     # MIXED (asymmetric activations) is the default: it keeps the range of non-ReLU activations
     # (SiLU, HardSwish, GELU) and costs the CPU plugin next to nothing; PERFORMANCE is selectable.
     nncf_log = logging.getLogger("nncf")
@@ -207,10 +208,18 @@ def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: di
     finally:
         nncf_log.setLevel(level)
     return quantized, {"quantizer": "nncf.quantize", "preset": preset_name, "calib_method": method,
-                       "bias_correction": bias_correction,
+                       "bias_correction": bias_correction, "isa": isa, "overflow_fix": overflow_fix,
                        "range_estimator": estimator or "nncf default (MINMAX weights, MEAN_MINMAX activations)",
                        "calib_samples": count * (fixed_batch or 1), "ignored_nodes": ignored,
                        "ignored_openvino_ops": ov_ignored}
+
+
+def overflow_fix_for(isa: str) -> str:
+    """NNCF's overflow fix for a target ISA. Without VNNI, oneDNN's u8*s8 kernels add product pairs into a
+    saturating int16 as ONNX Runtime's do; NNCF's fix stores weights in 7 bits so no pair can overflow.
+    "enable" (every layer) where the target lacks VNNI; "disable" (full 8-bit weights) where it cannot
+    overflow (VNNI, AMX, ARM64). NNCF's own default, "first_layer_only", is a compromise for unknown CPUs."""
+    return "enable" if int16_saturation_risk(isa) else "disable"
 
 
 def _ov_names(model: Any, onnx_names: list[str]) -> list[str]:

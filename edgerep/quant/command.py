@@ -19,7 +19,7 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
                     num_classes: int | None = None, trust_pickle: bool = False, target: str = "openvino-cpu",
                     calib: Path | None = None, val: Path | None = None, calib_samples: int | None = None,
                     calib_method: str | None = None, val_samples: int | None = None, top: int = 10,
-                    study: bool = True, output: Path = Path("sensitivity"), as_json: bool = False,
+                    study: bool = True, output: Path = Path("sensitivity"), as_json: bool = False, isa: str | None = None,
                     out: Any = None, console: Any = None) -> int:
     """Run the analysis; returns the exit code (0)."""
     import torch
@@ -32,12 +32,12 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
     from ..validate import compute_reference
     from .layers import module_names_of
     from .plot import plot_sensitivity
-    from .qdq import METHODS, style_for_backend
+    from .qdq import METHODS, style_for_backend, weights_for
     from .ranges import range_stats
     from .sensitivity import calibration_study, layer_sensitivity
 
     t0 = time.perf_counter()
-    profile = load_target(target)
+    profile = load_target(target, isa=isa)
     method = calib_method or getattr(profile.calibration, "method", "minmax")
     if method not in METHODS:
         raise UserError(f"--calib-method {method}: not one of {', '.join(METHODS)}")
@@ -64,13 +64,14 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
     work = output / ".work"
     try:
         _say(console, f"measuring each layer ({style} Q/DQ placement, {method} calibration, {num} samples)")
+        weights = weights_for(style, profile)
         sens = layer_sensitivity(onnx_path, calib_source, reference, work / "layers", style=style, method=method,
-                                 num_samples=num, module_names=names,
+                                 num_samples=num, module_names=names, weights=weights,
                                  progress=(lambda m: _say(console, m, dim=True)) if console is not None else None)
         _say(console, "range statistics")
         ranges = range_stats(onnx_path, calib_source, num_samples=min(num, 128), module_names=names)
         studied = calibration_study(onnx_path, calib_source, reference, work / "study", style=style,
-                                    num_samples=num) if study else []
+                                    num_samples=num, weights=weights) if study else []
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {

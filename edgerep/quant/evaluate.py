@@ -62,10 +62,13 @@ def evaluate_runner(runner: Any, reference: Any, batch: int) -> dict[str, Any]:
 
 
 def evaluate_onnx(onnx_path: Path, reference: Any, batch: int | None = None) -> dict[str, Any]:
-    """Run an ONNX (e.g. Q/DQ) model in ONNX Runtime on the CPU over the reference's data and score it."""
+    """Run an ONNX (e.g. Q/DQ) model in ONNX Runtime on the CPU over the reference's data and score it.
+
+    Q/DQ runs as simulated (float) quantization, so the score is the same on every CPU: this evaluates a
+    quantization choice, not this machine's integer kernels (see OrtRunner)."""
     from ..backends.onnxruntime import OrtRunner
 
-    runner = OrtRunner(Path(onnx_path))
+    runner = OrtRunner(Path(onnx_path), simulate_qdq=True)
     try:
         return evaluate_runner(runner, reference, batch or eval_batch(onnx_path))
     finally:

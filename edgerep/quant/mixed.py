@@ -150,11 +150,13 @@ def accepted_options(backend: Any) -> set[str]:
     return set(COMMON_OPTIONS)
 
 
-def calibration_choices(backend: Any, base: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+def calibration_choices(backend: Any, base: dict[str, Any], profile: Any = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Option sets to try for the plain INT8 engine, and notes on choices the backend does not offer.
 
     A method the user fixed (calib_method in `base`) is kept; otherwise every method of the backend is tried.
-    Per-channel vs per-tensor weights and bias correction are tried where the backend takes those options."""
+    Per-channel vs per-tensor weights and bias correction are tried where the backend takes those options, and
+    on ONNX Runtime the weight formats that hold on the profile's target ISA (7-bit or uint8 where the CPU has no
+    VNNI; full-range int8 too where it has)."""
     accepted = accepted_options(backend)
     methods = [base["calib_method"]] if base.get("calib_method") else list(getattr(backend, "calib_methods", ("minmax",)))
     axes: list[tuple[str, list[Any]]] = [("calib_method", methods)]
@@ -163,6 +165,11 @@ def calibration_choices(backend: Any, base: dict[str, Any]) -> tuple[list[dict[s
         axes.append(("per_channel", [True, False]))
     elif "per_channel" not in accepted:
         notes.append(f"per-channel vs per-tensor weights: the {backend.name} backend always uses per-channel weights")
+    if "int8_weights" in accepted and "int8_weights" not in base:
+        from ..backends.onnxruntime import weight_formats_for
+        from ..cpu import target_isa
+
+        axes.append(("int8_weights", weight_formats_for(target_isa(profile))))
     if backend.name == "openvino":
         if "bias_correction" in accepted and "bias_correction" not in base:
             axes.append(("bias_correction", ["fast", "full"]))
@@ -187,7 +194,7 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
            log: Callable[[str], None] | None = None) -> MixedResult:
     """The accuracy-budgeted search for one backend (see the module docstring)."""
     from .qdq import METHODS as QDQ_METHODS
-    from .qdq import style_for_backend
+    from .qdq import style_for_backend, weights_for
     from .sensitivity import layer_sensitivity
 
     if max_drop < 0:
@@ -202,10 +209,10 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
     modules = {layer.node: layer.module for layer in layers}
 
     # 1. calibration choices on the plain engine
-    choices, notes = calibration_choices(backend, base)
+    choices, notes = calibration_choices(backend, base, profile)
     tried = []
     for opts in choices:
-        label = ", ".join(f"{k}={v}" for k, v in opts.items() if k in ("calib_method", "per_channel", "bias_correction"))
+        label = ", ".join(f"{k}={v}" for k, v in opts.items() if k in ("calib_method", "per_channel", "bias_correction", "int8_weights"))
         tried.append(evaluate(f"plain INT8 ({label})", "calibration", {**opts, **_floats(fixed_float)}))
     best_plain = min(tried, key=lambda c: (c.drop, c.metrics.get("nsr") or 0.0))
     calib_opts = {k: v for k, v in best_plain.options.items() if k != "ignored_nodes"}
@@ -222,9 +229,10 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
         # 2. rank layers by sensitivity, in this backend's quantizer placement
         method = calib_opts.get("calib_method") if calib_opts.get("calib_method") in QDQ_METHODS else "minmax"
         num = calib_opts.get("num_samples") or getattr(getattr(profile, "calibration", None), "num_samples", 300)
+        style = style_for_backend(backend.name)
         sens = layer_sensitivity(onnx_path, calib, reference, work_dir / "sensitivity",
-                                 style=style_for_backend(backend.name), method=method, num_samples=num,
-                                 module_names=module_names)
+                                 style=style, method=method, num_samples=num, module_names=module_names,
+                                 weights=calib_opts.get("int8_weights") or weights_for(style, profile))
         ranking = [s.to_dict() for s in sens.layers]
         order = [n for n in sens.ranked_nodes() if n not in fixed_float]
         if log is not None:

@@ -35,6 +35,17 @@ def style_for_backend(backend: str) -> str:
     return backend if backend in STYLES else "onnxruntime"
 
 
+def weights_for(style: str, profile: Any) -> str:
+    """The weight format a Q/DQ variant uses: the ONNX Runtime engine's for the profile's target ISA
+    (7-bit where its integer kernels could saturate), full-range int8 for the other placements."""
+    if style != "onnxruntime":
+        return "s8"
+    from ..backends.onnxruntime import weight_format_for
+    from ..cpu import target_isa
+
+    return weight_format_for(target_isa(profile))
+
+
 class QdqMaker:
     """Writes Q/DQ models of `onnx_path` that differ only in which layers are quantized.
 
@@ -42,13 +53,16 @@ class QdqMaker:
     """
 
     def __init__(self, onnx_path: Path, calib: Any, work_dir: Path, *, style: str = "onnxruntime",
-                 method: str = "minmax", num_samples: int = 300, per_channel: bool = True) -> None:
+                 method: str = "minmax", num_samples: int = 300, per_channel: bool = True,
+                 weights: str = "s8") -> None:
         if style not in STYLES:
             raise UserError(f"quantization style {style!r}: use one of {', '.join(STYLES)}")
         if method not in METHODS:
             raise UserError(f"--calib-method {method}: not one of {', '.join(METHODS)}")
         self.onnx_path, self.calib, self.style = Path(onnx_path), calib, style
         self.method, self.num_samples, self.per_channel = method, int(num_samples), per_channel
+        # ONNX Runtime style only: the engine's weight format for its target ISA (backends.onnxruntime.WEIGHT_FORMATS).
+        self.weights = weights if style == "onnxruntime" else "s8"
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._source: Path | None = None
@@ -57,7 +71,7 @@ class QdqMaker:
 
     def settings(self) -> dict[str, Any]:
         return {"style": self.style, "calib_method": self.method, "calib_samples": self.num_samples,
-                "per_channel": self.per_channel}
+                "per_channel": self.per_channel, "int8_weights": self.weights}
 
     def source(self) -> Path:
         """The model every variant is made from: shape-inferred (ORT's pre-processing, node names kept) and
@@ -109,7 +123,9 @@ class QdqMaker:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # histogram collectors print progress
                 quantize_static(str(source), str(out_path), reader, quant_format=QuantFormat.QDQ,
-                                per_channel=self.per_channel, weight_type=QuantType.QInt8, activation_type=activation,
+                                per_channel=self.per_channel, activation_type=activation,
+                                weight_type=QuantType.QUInt8 if self.weights == "u8" else QuantType.QInt8,
+                                reduce_range=self.weights == "s7",
                                 calibrate_method=method, nodes_to_exclude=list(exclude),
                                 nodes_to_quantize=list(only) if only is not None else None, extra_options=extra,
                                 calibration_cache_path=str(self._cache), **kwargs)

@@ -61,7 +61,7 @@ class SensitivityResult:
 
 
 def layer_sensitivity(onnx_path: Path, calib: Any, reference: Any, work_dir: Path, *, style: str = "onnxruntime",
-                      method: str = "minmax", num_samples: int = 300, per_channel: bool = True,
+                      method: str = "minmax", num_samples: int = 300, per_channel: bool = True, weights: str = "s8",
                       module_names: set[str] | None = None, nodes: list[str] | None = None,
                       progress: Callable[[str], None] | None = None) -> SensitivityResult:
     """Measure every weighted layer's sensitivity (or only `nodes`); `reference` is a validate.Reference."""
@@ -71,7 +71,7 @@ def layer_sensitivity(onnx_path: Path, calib: Any, reference: Any, work_dir: Pat
         wanted = set(nodes)
         layers = [layer for layer in layers if layer.node in wanted]
     maker = QdqMaker(onnx_path, calib, Path(work_dir), style=style, method=method, num_samples=num_samples,
-                     per_channel=per_channel)
+                     per_channel=per_channel, weights=weights)
     work = Path(work_dir)
     all_path = maker.make(work / "all.onnx")
     all_metrics = evaluate_onnx(all_path, reference)
@@ -101,7 +101,7 @@ def layer_sensitivity(onnx_path: Path, calib: Any, reference: Any, work_dir: Pat
 
 def calibration_study(onnx_path: Path, calib: Any, reference: Any, work_dir: Path, *, style: str = "onnxruntime",
                       num_samples: int = 300, methods: tuple[str, ...] = ("minmax", "entropy", "percentile"),
-                      per_channel: tuple[bool, ...] = (True, False)) -> list[dict[str, Any]]:
+                      per_channel: tuple[bool, ...] = (True, False), weights: str = "s8") -> list[dict[str, Any]]:
     """The whole model in INT8 (Q/DQ, the given placement style) for each calibration method and weight
     granularity: what each choice costs, smallest drop (then noise) first."""
     rows = []
@@ -109,7 +109,7 @@ def calibration_study(onnx_path: Path, calib: Any, reference: Any, work_dir: Pat
         for pc in per_channel:
             t0 = time.perf_counter()
             maker = QdqMaker(onnx_path, calib, Path(work_dir) / f"study-{method}-{'pc' if pc else 'pt'}", style=style,
-                             method=method, num_samples=num_samples, per_channel=pc)
+                             method=method, num_samples=num_samples, per_channel=pc, weights=weights)
             path = maker.make(maker.work_dir / "all.onnx")
             metrics = brief(evaluate_onnx(path, reference))
             rows.append({"calib_method": method, "per_channel": pc, **metrics, "seconds": time.perf_counter() - t0})
