@@ -11,6 +11,7 @@ Features are read with py-cpuinfo (a maintained library), not by parsing /proc/c
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from dataclasses import dataclass
 
@@ -79,8 +80,14 @@ def host_cpu() -> CpuInfo:
     machine = platform.machine().lower()
     arch = "arm64" if machine in ("aarch64", "arm64") else machine or str(info.get("arch", "unknown")).lower()
     flags = frozenset(str(f).lower() for f in info.get("flags", ()))
+    isa = _isa_from_flags(arch, flags)
+    # Under an emulator (qemu-user -cpu Haswell) the runtimes see the emulated CPUID, but /proc/cpuinfo still
+    # describes the real host: EDGEREP_HOST_ISA says which ISA the process really runs on.
+    forced = os.environ.get("EDGEREP_HOST_ISA")
+    if forced and forced.strip().lower() != "auto":
+        isa = resolve_isa(forced, "EDGEREP_HOST_ISA")
     return CpuInfo(brand=str(info.get("brand_raw") or info.get("brand") or platform.processor() or "unknown"),
-                   arch=arch, flags=flags, isa=_isa_from_flags(arch, flags))
+                   arch=arch, flags=flags, isa=isa)
 
 
 def resolve_isa(value: str | None, where: str = "isa") -> str:

@@ -12,11 +12,19 @@ activation, same function in float, see edgerep/quant/stress.py) and each backen
 The target of the issue: drop <= 0.5 point with INT8 at least 1.5x faster than FP32, on both backends.
 Note: the search and the reported top-1 use the same validation data.
 
-    python scripts/bench_int8.py [--out bench_int8.json] [--work runs/int8-bench] [--models repvgg_digits,repvgg_a0_digits]
+Section "isa" (ONNX Runtime's INT8 weight formats, edgerep/cpu.py): for each model, the plain INT8 engine with
+full-range int8 weights (s8, what a VNNI target gets), 7-bit weights (s7, reduce_range) and uint8 weights (u8):
+top-1 and latency on the running machine and, where qemu-user is installed, top-1 under `qemu-x86_64 -cpu
+Haswell` (AVX2, no VNNI: the kernels an AVX2 box runs; accuracy only, emulated time means nothing). Every run
+records the machine's CPU and ISA.
+
+    python scripts/bench_int8.py [--out bench/int8.json] [--work runs/int8-bench] [--models ...] [--sections int8,isa]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -52,12 +60,77 @@ def interleaved_latency(runners: dict[str, object], batch: np.ndarray, *, warmup
     return {k: {"p50_ms": statistics.median(v), "rounds_ms": v} for k, v in per.items()}
 
 
+def weight_format_rows(name: str, info, model, calib, val, reference, work: Path, batch_sizes: list[int], args,
+                       console) -> list[dict]:
+    """ONNX Runtime plain INT8 with each weight format: accuracy and latency here, accuracy on emulated AVX2."""
+    from edgerep import isa_check
+    from edgerep.backends import get_backend
+    from edgerep.export import export_pipeline
+    from edgerep.quant.evaluate import evaluate_runner, score
+    from edgerep.targets import load_target
+
+    # isa avx512_vnni: the only kind of target for which full-range s8 is allowed; s7 and u8 hold everywhere.
+    profile = load_target("onnxruntime-cpu", isa="avx512_vnni")
+    backend = get_backend("onnxruntime")
+    console.rule(f"{name}: ONNX Runtime INT8 weight formats")
+    onnx_path = Path(export_pipeline(info, model, work / "onnx", opset=profile.opset, dynamic_batch=True).sim_path)
+    engines = {"fp32": backend.build(onnx_path, "fp32", out_dir=work / "fp32", profile=profile)}
+    for fmt in ("s8", "s7", "u8"):
+        engines[f"int8 {fmt}"] = backend.build(onnx_path, "int8", out_dir=work / fmt, profile=profile, calib=calib,
+                                               options={"int8_weights": fmt})
+    runners = {k: backend.load(a) for k, a in engines.items()}
+    try:
+        accuracy = {k: evaluate_runner(r, reference, 32) for k, r in runners.items()}
+        sample = next(val.iter_batches(1, limit=1))[0]
+        latency = {bs: interleaved_latency(runners, np.ascontiguousarray(np.repeat(sample, bs, axis=0), dtype=np.float32),
+                                           warmup=args.warmup, iterations=args.iterations, rounds=args.rounds)
+                   for bs in batch_sizes}
+    finally:
+        for r in runners.values():
+            r.close()
+    how = isa_check.plan("onnxruntime", "int8", "avx2", host="avx512_vnni")  # "qemu" where qemu-user is installed
+    xs = np.concatenate([x for x, _ in val.iter_batches(64)])
+    rows = []
+    for kind, art in engines.items():
+        emulated = None
+        if how["method"] == "qemu" and kind != "fp32":
+            console.print(f"  {kind}: running under {' '.join(how['command_prefix'][1:])}")
+            emulated = score(reference, isa_check.run_on_target(Path(art.path), xs, 32, how))["top1"]
+        rows.append({"model": name, "engine": kind, "settings": art.info.get("settings"),
+                     "top1": accuracy[kind]["top1"], "drop": accuracy[kind]["top1_drop"],
+                     "cosine": accuracy[kind]["cosine"], "top1_emulated_avx2": emulated,
+                     "emulation": how["note"] if how["method"] == "qemu" else None,
+                     "int16_saturation": (art.info.get("settings") or {}).get("int16_saturation"),
+                     "latency_ms": {str(bs): latency[bs][kind]["p50_ms"] for bs in batch_sizes},
+                     "speedup_vs_fp32": {str(bs): latency[bs]["fp32"]["p50_ms"] / latency[bs][kind]["p50_ms"]
+                                         for bs in batch_sizes}})
+    return rows
+
+
+def isa_table(rows: list[dict], batch_sizes: list[int], machine: dict):
+    from rich.table import Table
+
+    table = Table(title=f"ONNX Runtime INT8 weight formats on {machine['brand']} ({machine['isa']})")
+    for col in ("model", "engine", "top-1 % here", "top-1 % emulated AVX2", "pairs that can saturate int16",
+                *[f"p50 b{bs} ms" for bs in batch_sizes], *[f"x fp32 b{bs}" for bs in batch_sizes]):
+        table.add_column(col)
+    for r in rows:
+        sat = r["int16_saturation"] or {}
+        table.add_row(r["model"], r["engine"], f"{r['top1']:.2f}",
+                      "-" if r["top1_emulated_avx2"] is None else f"{r['top1_emulated_avx2']:.2f}",
+                      "-" if not sat else str(sat.get("weights_at_risk")),
+                      *[f"{r['latency_ms'][str(bs)]:.3f}" for bs in batch_sizes],
+                      *[f"{r['speedup_vs_fp32'][str(bs)]:.2f}" for bs in batch_sizes])
+    return table
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="repvgg_digits,repvgg_a0_digits,repvgg_digits+stress")
     ap.add_argument("--max-drop", type=float, default=0.5)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "int8-bench")
-    ap.add_argument("--out", type=Path, default=Path("bench_int8.json"))
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "int8.json")
+    ap.add_argument("--sections", default="int8,isa", help="int8 (the --max-drop study), isa (ONNX Runtime weight formats)")
     ap.add_argument("--batch-sizes", default="1,32")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=20)
@@ -86,6 +159,8 @@ def main() -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
+    isa_results: list[dict] = []
+    sections = {x.strip() for x in args.sections.split(",") if x.strip()}
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         base, _, variant = name.partition("+")
         weights = a0_weights(args.work, args.a0_epochs, console) if base == "repvgg_a0_digits" else None
@@ -102,7 +177,10 @@ def main() -> int:
         elif variant:
             raise SystemExit(f"--models {name}: unknown variant {variant!r} (known: stress)")
         model_dir = args.work / name
-        for target in TARGETS:
+        if "isa" in sections:
+            isa_results += weight_format_rows(name, info, fused.model, calib, val, reference, model_dir / "isa",
+                                              batch_sizes, args, console)
+        for target in (TARGETS if "int8" in sections else ()):
             profile = load_target(target)
             backend = get_backend(profile.backend)
             console.rule(f"{name} on {target}")
@@ -156,7 +234,11 @@ def main() -> int:
         if r["engine"] != "fp32":
             r["meets_target"] = bool(r["drop"] <= args.max_drop + 1e-9 and
                                      min(r["speedup_vs_fp32"].values()) >= 1.5)
-    report = {"bench": "int8", "max_drop": args.max_drop, "batch_sizes": batch_sizes, "rounds": args.rounds,
+    from edgerep.cpu import host_cpu
+
+    report = {"bench": "int8", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "machine": {**host_cpu().to_dict(), "cores": os.cpu_count(), "platform": platform.platform()},
+              "isa_rows": isa_results, "max_drop": args.max_drop, "batch_sizes": batch_sizes, "rounds": args.rounds,
               "warmup": args.warmup, "iterations": args.iterations, "val": "calib/digits/val.npz (360 labelled)",
               "rows": results, "versions": package_versions("edgerep", "torch", "onnxruntime", "openvino", "nncf"),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -171,7 +253,10 @@ def main() -> int:
                       str(len(r["float_layers"])), *[f"{r['latency_ms'][str(bs)]:.3f}" for bs in batch_sizes],
                       *[f"{r['speedup_vs_fp32'][str(bs)]:.2f}" for bs in batch_sizes],
                       "-" if r["engine"] == "fp32" else ("yes" if r["meets_target"] else "no"))
-    out.print(table)
+    if results:
+        out.print(table)
+    if isa_results:
+        out.print(isa_table(isa_results, batch_sizes, report["machine"]))
     out.print(f"written: {args.out}", highlight=False)
     return 0
 
