@@ -152,7 +152,8 @@ def test_dynamic_batch_engine(export, tmp_path):
 
 
 def test_validate_bundle_with_a_real_engine(export, tmp_path):
-    from edgerep.backends.tensorrt_host import bundle_reference, run_validate_bundle, update_bundle
+    from edgerep.commands.validate_bundle import run_validate_bundle
+    from edgerep.trt.host import bundle_reference, update_bundle
     from edgerep.validate import Reference
 
     import shutil

@@ -19,7 +19,9 @@ import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
 from edgerep.artifacts import file_sha256, read_sidecar
-from edgerep.backends.tensorrt_host import PREDICTION_BACKEND, lint_for_profile, run_check, run_validate_bundle
+from edgerep.commands.check import run_check
+from edgerep.commands.validate_bundle import run_validate_bundle
+from edgerep.trt.host import PREDICTION_BACKEND, lint_for_profile
 from edgerep.data import calib_root, open_data
 from edgerep.errors import UserError
 from edgerep.targets import load_target
