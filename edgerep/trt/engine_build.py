@@ -43,7 +43,7 @@ def build_engine(onnx_path: Path, precision: str, *, out_dir: Path, profile: Any
     ctx = cuda.Device(0).retain_primary_context()  # the context TensorRT's runtime uses (pycuda.autoprimaryctx)
     ctx.push()
     try:
-        return _build_in_context(trt, onnx_path, precision, out_dir=out_dir, profile=profile, calib=calib,
+        return _build_in_context(onnx_path, precision, out_dir=out_dir, profile=profile, calib=calib,
                                  int8=int8, fp16_onnx=fp16_onnx, int8_mode=int8_mode, dla_core=dla_core,
                                  timing_cache=timing_cache, info=info, feats=feats, env=env)
     finally:
@@ -66,10 +66,12 @@ def attach_timing_cache(config: Any, blob: bytes, source: Path) -> Any:
     return cache
 
 
-def _build_in_context(trt: Any, onnx_path: Path, precision: str, *, out_dir: Path, profile: Any,
+def _build_in_context(onnx_path: Path, precision: str, *, out_dir: Path, profile: Any,
                       calib: Any, int8: dict[str, Any] | None, fp16_onnx: Path | None, int8_mode: str,
                       dla_core: int | None, timing_cache: str | None, info: dict[str, Any], feats: Any,
                       env: dict[str, Any]) -> Artifact:
+    import tensorrt as trt
+
     from ..artifacts import atomic_path, write_sidecar
     from ..onnx_files import onnx_sha256
     from .calibrate import model_input
@@ -96,7 +98,7 @@ def _build_in_context(trt: Any, onnx_path: Path, precision: str, *, out_dir: Pat
     logger = make_logger()
     builder = trt.Builder(logger)
     flags = 0
-    if feats.explicit_batch_flag:
+    if feats.explicit_batch_flag:  # 8.x (deprecated and ignored in 10.x, gone in 11)
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     if strongly and feats.strongly_typed_flag:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -110,23 +112,26 @@ def _build_in_context(trt: Any, onnx_path: Path, precision: str, *, out_dir: Pat
     workspace = int(profile.tensorrt.workspace_mb) << 20
     if feats.memory_pool_limit:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    else:
-        config.max_workspace_size = workspace
+    else:  # 8.0 - 8.3 only (checked against names-8.6.json, not the 10.x stubs)
+        config.max_workspace_size = workspace  # type: ignore[attr-defined]
     if feats.layer_info:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     opt_profile = None
     if dynamic is not None:
         opt_profile = builder.create_optimization_profile()
-        shapes = [[b, *[int(d) for d in dims[1:]]] for b in dynamic]
-        opt_profile.set_shape(input_name, *shapes)
+        sample = [int(d) if d is not None else -1 for d in dims[1:]]  # static (the lint refuses dynamic ones)
+        # trt.Dims from a list: bound in every release (release/8.0 python/src/infer/pyFoundationalTypes.cpp)
+        lo, opt, hi = (trt.Dims([b, *sample]) for b in dynamic)
+        opt_profile.set_shape(input_name, lo, opt, hi)
         config.add_optimization_profile(opt_profile)
-    calibrator = None
+    calibrator: Any = None
     if precision in ("fp16", "int8") and not strongly:
         config.set_flag(trt.BuilderFlag.FP16)  # INT8 too: unscaled layers in FP16, not FP32 (module docstring)
     if precision == "int8":
         if int8_mode == "calibrate":
             config.set_flag(trt.BuilderFlag.INT8)
-            calibrator = _cache_calibrator(trt, int8, env, calib, input_name, dims, dynamic)  # type: ignore[arg-type]
+            assert int8 is not None
+            calibrator = _cache_calibrator(trt, int8, env, calib, input_name, dims, dynamic)
             config.int8_calibrator = calibrator
             if opt_profile is not None:
                 config.set_calibration_profile(opt_profile)
@@ -136,7 +141,7 @@ def _build_in_context(trt: Any, onnx_path: Path, precision: str, *, out_dir: Pat
         if not feats.dla:
             raise UserError(f"dla_core {dla_core}: TensorRT {trt.__version__} does not support DLA "
                             f"({dla_support(trt_version())[1]})")
-        if builder.num_DLA_cores <= dla_core:
+        if builder.num_DLA_cores <= int(dla_core):
             raise UserError(f"dla_core {dla_core}: this device has {builder.num_DLA_cores} DLA core(s)")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(dla_core)

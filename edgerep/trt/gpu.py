@@ -39,8 +39,12 @@ def running_environment() -> dict[str, Any]:
 def unavailable_reason() -> str | None:
     """None when tensorrt, pycuda and a CUDA GPU are usable here, else why not. Never raises."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except ImportError:
+        tensorrt = None
+    # tensorrt-stubs (the dev extra) installs a tensorrt/ folder of .pyi files only, which imports as an empty
+    # namespace package: without __version__ it is not TensorRT
+    if tensorrt is None or not hasattr(tensorrt, "__version__"):
         return "tensorrt is not installed here; engines are built on the device (pip install 'edgerep[tensorrt]' there)"
     try:
         import pycuda.driver  # noqa: F401
@@ -63,7 +67,8 @@ def keep_message(level: int, msg: str) -> bool:
 
 def layer_split(lines: list[tuple[int, str]]) -> tuple[list[str], list[str]]:
     """(layers placed on the DLA, layers on the GPU) from the builder's log lines."""
-    dla, gpu = [], []
+    dla: list[str] = []
+    gpu: list[str] = []
     for _, msg in lines:
         m = LAYER_PLACEMENT.search(msg)
         if m:

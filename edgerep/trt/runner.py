@@ -49,15 +49,25 @@ class TensorRTRunner:
 
     def _io_names(self) -> tuple[list[str], list[str]]:
         trt, e = self.trt, self.engine
-        ins, outs = [], []
+        ins: list[str] = []
+        outs: list[str] = []
         if self.tensor_api:
             for i in range(e.num_io_tensors):
                 name = e.get_tensor_name(i)
                 (ins if e.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outs).append(name)
         else:
-            for i in range(e.num_bindings):
-                (ins if e.binding_is_input(i) else outs).append(e.get_binding_name(i))
+            legacy = self._legacy_engine()
+            for i in range(legacy.num_bindings):
+                (ins if legacy.binding_is_input(i) else outs).append(legacy.get_binding_name(i))
         return ins, outs
+
+    def _legacy_engine(self) -> Any:
+        """The engine for the 8.0 - 8.4 bindings API. Typed Any: the 10.x stubs do not describe those calls;
+        tests/test_tensorrt_names.py checks them against the names tensorrt-bindings 8.6.1 binds."""
+        return self.engine
+
+    def _legacy_context(self) -> Any:
+        return self.context
 
     def _prepare(self, shape: tuple[int, ...]) -> None:
         """Set the input shape and (re)allocate pinned host and device buffers for it."""
@@ -65,19 +75,20 @@ class TensorRTRunner:
             return
         trt, cuda, e, c = self.trt, self.cuda, self.engine, self.context
         self._free()
+        le, lc = self._legacy_engine(), self._legacy_context()
         if self.tensor_api:
-            if -1 in tuple(e.get_tensor_shape(self.input_name)):  # a dynamic input (optimization profile)
-                c.set_input_shape(self.input_name, shape)
+            if -1 in _dims(e.get_tensor_shape(self.input_name)):  # a dynamic input (optimization profile)
+                c.set_input_shape(self.input_name, trt.Dims(list(shape)))
         else:
-            idx = e.get_binding_index(self.input_name)
-            if -1 in tuple(e.get_binding_shape(idx)):
-                c.set_binding_shape(idx, shape)
+            idx = le.get_binding_index(self.input_name)
+            if -1 in _dims(le.get_binding_shape(idx)):
+                lc.set_binding_shape(idx, shape)
         for name in self.inputs + self.outputs:
             if self.tensor_api:
-                dims, dtype = tuple(c.get_tensor_shape(name)), trt.nptype(e.get_tensor_dtype(name))
+                dims, dtype = _dims(c.get_tensor_shape(name)), trt.nptype(e.get_tensor_dtype(name))
             else:
-                idx = e.get_binding_index(name)
-                dims, dtype = tuple(c.get_binding_shape(idx)), trt.nptype(e.get_binding_dtype(idx))
+                idx = le.get_binding_index(name)
+                dims, dtype = _dims(lc.get_binding_shape(idx)), trt.nptype(le.get_binding_dtype(idx))
             host = cuda.pagelocked_empty(dims, dtype)
             dev = cuda.mem_alloc(max(1, host.nbytes))
             self._buffers[name] = (host, dev)
@@ -87,12 +98,15 @@ class TensorRTRunner:
 
     def _enqueue(self) -> None:
         if self.tensor_api:
-            self.context.execute_async_v3(stream_handle=self.stream.handle)
+            ok = self.context.execute_async_v3(stream_handle=self.stream.handle)
         else:
-            bindings = [0] * self.engine.num_bindings
+            le = self._legacy_engine()
+            bindings = [0] * le.num_bindings
             for name, (_, dev) in self._buffers.items():
-                bindings[self.engine.get_binding_index(name)] = int(dev)
-            self.context.execute_async_v2(bindings=bindings, stream_handle=self.stream.handle)
+                bindings[le.get_binding_index(name)] = int(dev)
+            ok = self._legacy_context().execute_async_v2(bindings=bindings, stream_handle=self.stream.handle)
+        if not ok:
+            raise RuntimeError("TensorRT could not enqueue the inference (see the TensorRT messages above)")
 
     def _infer_async(self, batch: np.ndarray) -> None:
         host_in, dev_in = self._buffers[self.input_name]
@@ -147,9 +161,13 @@ class TensorRTRunner:
         self.ctx.push()
         try:
             self._free()
-            self.context = None
-            self.engine = None
+            del self.context, self.engine  # TensorRT objects go before the CUDA context is detached
         finally:
             self.ctx.pop()
             self.ctx.detach()
             self.ctx = None
+
+
+def _dims(d: Any) -> tuple[int, ...]:
+    """A trt.Dims as a tuple (Dims is a sequence with len and indexing in every release)."""
+    return tuple(int(d[i]) for i in range(len(d)))
