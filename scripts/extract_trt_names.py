@@ -6,12 +6,11 @@ code uses on a version's path against that version's list).
 
 The wheels (tensorrt-bindings 8.6.1, tensorrt-cu12-bindings 10.3.0 = JetPack 6, the newest 11.x) hold the
 pybind11 extension module `tensorrt_bindings/tensorrt.so` (NVIDIA/TensorRT python/src/infer/pyCore.cpp & co.
-compiled). pybind11 registers every class, method, property and enum value by a C string, so the names are
-the identifier strings of the module's read-only data (.rodata; the symbol tables' mangled C++ names are
-left out). The linker merges a string into the tail of a longer
-one ("INPUT" lives inside "CONDITIONAL_INPUT"), so the tails after each "_" count too: the list can hold a
-few names that are not bound, never miss one that is. Names the package's pure-Python __init__.py defines
-(nptype, volume, the Logger alias, ...) are added from its source.
+compiled). pybind11 registers every class, method, property and enum value by a C string literal, so the
+names are the identifier strings of the module's .rodata that its code loads (binary_names; the symbol
+tables' mangled C++ names stay out). A few identifier strings that are not Python names (log tags, C++
+identifiers in messages) come along: the list can hold a name that is not bound, never miss one that is.
+Names the package's pure-Python __init__.py defines (nptype, volume, ...) are added from its source.
 """
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ import ast
 import hashlib
 import json
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,45 +32,49 @@ WHEELS = {  # data file key -> the requirement pip downloads
 }
 EXTENSION = "tensorrt_bindings/tensorrt.so"
 INIT = "tensorrt_bindings/__init__.py"
-IDENT = re.compile(rb"([A-Za-z_][A-Za-z0-9_]*)\x00")
 
 
-def rodata(elf: bytes) -> bytes:
-    """The .rodata section of a 64-bit little-endian ELF (where pybind11's name literals live); the symbol
-    tables (.dynstr: mangled C++ names) stay out. Read from the section headers by hand: 15 lines need no
-    ELF library."""
-    import struct
-
+def sections(elf: bytes) -> dict[str, tuple[int, int, int]]:
+    """name -> (address, file offset, size) of a 64-bit little-endian ELF file's sections, read from the
+    section headers (a dozen lines need no ELF library)."""
     if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
         raise ValueError("not a 64-bit little-endian ELF file")
     shoff, = struct.unpack_from("<Q", elf, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
-
-    def section(i: int) -> tuple[int, int, int]:
-        name, _, _, _, offset, size = struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize)
-        return name, offset, size
-
-    _, str_off, _ = section(shstrndx)
-    for i in range(shnum):
-        name, offset, size = section(i)
-        if elf[str_off + name:].split(b"\0", 1)[0] == b".rodata":
-            return elf[offset:offset + size]
-    raise ValueError("no .rodata section")
+    heads = [struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize) for i in range(shnum)]
+    names_at = heads[shstrndx][4]
+    return {elf[names_at + h[0]:].split(b"\0", 1)[0].decode(): (h[3], h[4], h[5]) for h in heads}
 
 
-def binary_names(data: bytes) -> set[str]:
-    data = rodata(data)
+# x86-64 `lea r64, [rip + disp32]`: REX.W (0x48/0x4c), 0x8d, ModRM with mod 00 and r/m 101 (RIP-relative).
+LEA_RIP = re.compile(rb"[\x48\x4c]\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d]", re.S)
+WHOLE_IDENT = re.compile(rb"[A-Za-z_][A-Za-z0-9_]+\Z")
+
+
+def binary_names(elf: bytes) -> set[str]:
+    """Identifier strings of .rodata that the code loads by address (pybind11's .def/.value/class_ names are
+    passed as `lea` of a string literal), plus every whole identifier string there. Taking the addresses the code
+    uses, not just string starts, finds names the linker merged into the tail of a longer string ("Logger" inside
+    "ILogger", "INPUT" inside "CONDITIONAL_INPUT") without counting every tail of every string."""
+    text_addr, text_off, text_size = sections(elf)[".text"]
+    ro_addr, ro_off, ro_size = sections(elf)[".rodata"]
+    text = elf[text_off:text_off + text_size]
     names: set[str] = set()
-    for m in IDENT.finditer(data):
-        start = m.start(1)
-        if start > 0 and (chr(data[start - 1]).isalnum() or data[start - 1] == ord("_")):
-            continue  # not the start of the identifier run (the regex matched inside a longer one)
-        word = m.group(1).decode()
-        names.add(word)
-        for i, ch in enumerate(word):  # merged tails after an underscore
-            if ch == "_" and i + 1 < len(word) and not word[i + 1].isdigit():
-                names.add(word[i + 1:])
-    return {n for n in names if len(n) > 1}
+
+    def string_at(offset: int) -> None:
+        word = elf[offset:elf.index(b"\0", offset)]
+        if WHOLE_IDENT.match(word):
+            names.add(word.decode())
+
+    for m in LEA_RIP.finditer(text):
+        disp, = struct.unpack_from("<i", text, m.start() + 3)
+        target = text_addr + m.start() + 7 + disp
+        if ro_addr <= target < ro_addr + ro_size:
+            string_at(ro_off + target - ro_addr)
+    rodata = elf[ro_off:ro_off + ro_size]
+    for m in re.finditer(rb"(?<=\x00)[A-Za-z_][A-Za-z0-9_]+\x00", rodata):
+        names.add(m.group()[:-1].decode())
+    return names
 
 
 def python_names(source: str) -> set[str]:

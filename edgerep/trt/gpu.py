@@ -38,14 +38,15 @@ def running_environment() -> dict[str, Any]:
 
 def unavailable_reason() -> str | None:
     """None when tensorrt, pycuda and a CUDA GPU are usable here, else why not. Never raises."""
+    missing = "tensorrt is not installed here; engines are built on the device (pip install 'edgerep[tensorrt]' there)"
     try:
         import tensorrt
     except ImportError:
-        tensorrt = None
+        return missing
     # tensorrt-stubs (the dev extra) installs a tensorrt/ folder of .pyi files only, which imports as an empty
     # namespace package: without __version__ it is not TensorRT
-    if tensorrt is None or not hasattr(tensorrt, "__version__"):
-        return "tensorrt is not installed here; engines are built on the device (pip install 'edgerep[tensorrt]' there)"
+    if not hasattr(tensorrt, "__version__"):
+        return missing
     try:
         import pycuda.driver  # noqa: F401
     except ImportError:
