@@ -263,7 +263,8 @@ TYPED = ["edgerep/trt/engine_build.py", "edgerep/trt/runner.py", "edgerep/trt/gp
 
 def test_tensorrt_code_type_checks_against_the_stubs(tmp_path):
     pytest.importorskip("mypy", reason="mypy is not installed (pip install 'edgerep[dev]')")
-    pytest.importorskip("tensorrt_stubs", reason="tensorrt-stubs is not installed (pip install 'edgerep[dev]')")
+    pytest.importorskip("tensorrt_stubs", reason="tensorrt-stubs is not installed (pip install --no-deps tensorrt-stubs: "
+                                             "its `tensorrt` requirement installs only from pypi.nvidia.com)")
     stubs = _stub_dir(tmp_path)
     (tmp_path / "mypy.ini").write_text(MYPY_INI)
     env = {"MYPYPATH": str(stubs), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
@@ -368,3 +369,30 @@ def test_device_python_is_python36(name):
             assert not {k.arg for k in node.keywords} & PY37_KEYWORDS, f"{name}: line {node.lineno} needs Python 3.7"
     with pytest.raises(SyntaxError):  # the grammar check bites: a 3.8 walrus is refused
         ast.parse("if (n := 1):\n    pass\n", feature_version=(3, 6))
+
+
+# --- the GPU tests' profiles, on every machine ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["8.2.1", "8.5.2", "8.6.1", "10.3.0", "11.4.0"])
+def test_gpu_test_profiles_load_and_their_host_setup_runs(version, demo, tmp_path):
+    """tests/test_tensorrt_engine.py skips here, so its profiles are loaded here for each TensorRT it may meet,
+    and the part of its builds that needs no GPU (host INT8 artifacts, the device bundle) is run with them."""
+    from trt_gpu_profiles import gpu_int8_modes, write_gpu_profile
+
+    from edgerep.backends import get_backend
+
+    sim, calib, _, _ = demo
+    backend = get_backend("tensorrt")
+    for mode in gpu_int8_modes(version):
+        for dynamic in (False, True):
+            profile = load_target(write_gpu_profile(tmp_path, version, mode, dynamic))
+            assert profile.name == f"gpu-{mode}-{'dynamic' if dynamic else 'static'}"
+            assert profile.tensorrt.int8_mode == mode and profile.dynamic_batch == dynamic
+        profile = load_target(write_gpu_profile(tmp_path, version, mode))
+        for precision in ("fp16", "int8"):
+            art = backend.build(sim, precision, out_dir=tmp_path / mode, profile=profile,
+                                calib=calib if precision == "int8" else None, options={"num_samples": 16})
+            assert art.status == "skipped" and "on the device" in art.reason
+        engines = json.loads((tmp_path / mode / "device-bundle" / "bundle.json").read_text())["engines"]
+        assert [e["precision"] for e in engines] == ["fp16", "int8"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import struct
 import subprocess
@@ -161,18 +162,56 @@ def test_validate_bundle_cli_imports_no_torch(built):
     assert "passes" in proc.stdout
 
 
-def _fake_trtexec(bin_dir: Path, banner: str) -> Path:
-    """A stand-in for NVIDIA's trtexec binary (absent here): prints its version banner, logs its arguments,
-    writes the engine file and a DLA/GPU layer log like TensorRT's builder."""
+PLACEMENT_8X = ["[08/31/2023-07:07:49] [I] [TRT] [DlaLayer] {ForeignNode[/stage0/Conv.../stage3/Relu]}",
+                "[08/31/2023-07:07:49] [I] [TRT] [GpuLayer] POOLING: /head/GlobalAveragePool"]
+
+
+def _fake_trtexec(bin_dir: Path, banner: str, placement: list[str] = PLACEMENT_8X) -> Path:
+    """A stand-in for NVIDIA's trtexec binary (absent here) that checks only build.sh's control flow: prints a
+    version banner, logs its arguments, writes the engine file and the given layer-placement log lines."""
     path = bin_dir / "trtexec"
     path.write_text("#!/usr/bin/env bash\n"
                     f"echo '&&&& RUNNING TensorRT.trtexec [TensorRT {banner}] # trtexec '\"$*\"\n"
                     "echo \"$*\" >> \"$(dirname \"$0\")/calls.log\"\n"
                     "for a in \"$@\"; do case \"$a\" in --saveEngine=*) printf 'plan-%s' \"$RANDOM\" > \"${a#--saveEngine=}\";; esac; done\n"
-                    "echo '[08/31/2023-07:07:49] [I] [TRT] [DlaLayer] {ForeignNode[/stage0/Conv.../stage3/Relu]}'\n"
-                    "echo '[08/31/2023-07:07:49] [I] [TRT] [GpuLayer] POOLING: /head/GlobalAveragePool'\n")
+                    + "".join(f"echo {shlex.quote(line)}\n" for line in placement))
     path.chmod(0o755)
     return path
+
+
+def test_build_sh_heads_the_cache_for_the_loaded_library_and_reads_verbose_placement(built, tmp_path):
+    """The cache header names the TensorRT library Python loads, not trtexec's compile-time banner
+    (samples/common/logging.h prints NV_TENSORRT_VERSION); DLA placement logged at VERBOSE (10.x) is read; with a DLA
+    core asked for, the GPU layers are reported even when no layer landed on the DLA."""
+    bdir = tmp_path / "bundle"
+    shutil.copytree(built.out_dir / "engines" / "device-bundle", bdir)
+    bin_dir, lib = tmp_path / "bin", tmp_path / "lib" / "tensorrt"
+    bin_dir.mkdir()
+    lib.mkdir(parents=True)
+    # the library version as `python3 -c 'import tensorrt'` sees it (a stand-in package: only __version__)
+    (lib / "__init__.py").write_text('__version__ = "8.5.3.1"\n')
+    verbose = ["[12/01/2024-10:00:00] [V] [TRT] [DlaLayer] {ForeignNode[/stage0/Conv.../stage3/Relu]}",
+               "[12/01/2024-10:00:00] [V] [TRT] [GpuLayer] POOLING: /head/GlobalAveragePool"]
+    trtexec = _fake_trtexec(bin_dir, "v8502", verbose)
+    env = {**os.environ, "TRTEXEC": str(trtexec), "PYTHONPATH": str(lib.parent),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(bdir / "build.sh"), "int8"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (bdir / "calib.device.cache").read_text().splitlines()[0] == "TRT-8503-EntropyCalibration2"
+    assert "banner" not in proc.stderr
+    side = read_sidecar(bdir / "model.int8.engine")
+    assert side["trt_version"] == "8.5.3" and side["dla_layers"] == ["{ForeignNode[/stage0/Conv.../stage3/Relu]}"]
+    # nothing on the DLA: every layer is a GPU fallback, and the sidecar says so
+    _fake_trtexec(bin_dir, "v8502", ["[12/01/2024-10:00:00] [V] [TRT] [GpuLayer] CONVOLUTION: /stage0/Conv"])
+    proc = subprocess.run(["bash", str(bdir / "build.sh"), "int8"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    side = read_sidecar(bdir / "model.int8.engine")
+    assert side["dla_layers"] == [] and side["gpu_fallback_layers"] == ["CONVOLUTION: /stage0/Conv"]
+    # no library found: the banner is the last resort, with a warning saying what it is
+    env["PYTHONPATH"] = str(tmp_path / "nowhere")
+    proc = subprocess.run(["bash", str(bdir / "build.sh"), "int8"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "taken from trtexec's banner" in proc.stderr
+    assert (bdir / "calib.device.cache").read_text().splitlines()[0] == "TRT-8502-EntropyCalibration2"
 
 
 def test_build_sh_guards_version_and_writes_sidecars(built, tmp_path):

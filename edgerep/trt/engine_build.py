@@ -55,9 +55,12 @@ def attach_timing_cache(config: Any, blob: bytes, source: Path) -> Any:
     """Give `config` the timing cache in `blob`; when TensorRT rejects it (another GPU or TensorRT version:
     set_timing_cache returns False, NVIDIA/TensorRT release/10.3 python/docstrings/infer/pyCoreDoc.h), warn
     naming the file and attach a fresh one instead, so the build goes on and writes a cache for this device."""
-    cache = config.create_timing_cache(blob)
-    if config.set_timing_cache(cache, ignore_mismatch=False):
-        return cache
+    try:
+        cache = config.create_timing_cache(blob)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return cache
+    except Exception:  # TensorRT raises on bytes it cannot read at all (a truncated or foreign file)
+        pass
     print(f"warning: {source}: TensorRT rejected this timing cache (made on another GPU or TensorRT version); "
           f"building without it and replacing it", file=sys.stderr)
     cache = config.create_timing_cache(b"")
