@@ -396,3 +396,16 @@ def test_gpu_test_profiles_load_and_their_host_setup_runs(version, demo, tmp_pat
             assert art.status == "skipped" and "on the device" in art.reason
         engines = json.loads((tmp_path / mode / "device-bundle" / "bundle.json").read_text())["engines"]
         assert [e["precision"] for e in engines] == ["fp16", "int8"]
+
+
+def test_layer_placement_is_kept_at_info_and_verbose():
+    """TensorRT 8.x logs "[DlaLayer]"/"[GpuLayer]" at INFO, 10.x may log them at VERBOSE: both are kept (other
+    VERBOSE chatter is not), and the split reads them."""
+    from edgerep.trt.gpu import INFO, VERBOSE, keep_message, layer_split
+
+    lines = [(INFO, "[DlaLayer] {ForeignNode[/stage0/Conv...]}"), (VERBOSE, "[DlaLayer] {ForeignNode[/stage1/Conv]}"),
+             (VERBOSE, "[GpuLayer] POOLING: /head/GlobalAveragePool"), (VERBOSE, "Tactic: 0x0 Time: 0.01")]
+    kept = [(level, msg) for level, msg in lines if keep_message(level, msg)]
+    assert kept == lines[:3]
+    assert layer_split(kept) == (["{ForeignNode[/stage0/Conv...]}", "{ForeignNode[/stage1/Conv]}"],
+                                 ["POOLING: /head/GlobalAveragePool"])
