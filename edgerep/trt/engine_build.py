@@ -53,7 +53,8 @@ def build_engine(onnx_path: Path, precision: str, *, out_dir: Path, profile: Any
 
 def attach_timing_cache(config: Any, blob: bytes, source: Path) -> Any:
     """Give `config` the timing cache in `blob`; when TensorRT rejects it (another GPU or TensorRT version:
-    set_timing_cache returns False, NVIDIA/TensorRT release/10.3 python/docstrings/infer/pyCoreDoc.h), warn
+    set_timing_cache returns False: NVIDIA/TensorRT release/10.3 include/NvInfer.h setTimingCache "\\return true if
+    set successfully, false otherwise", python/docstrings/infer/pyCoreDoc.h), warn
     naming the file and attach a fresh one instead, so the build goes on and writes a cache for this device."""
     try:
         cache = config.create_timing_cache(blob)
