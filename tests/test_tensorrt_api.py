@@ -409,3 +409,30 @@ def test_layer_placement_is_kept_at_info_and_verbose():
     assert kept == lines[:3]
     assert layer_split(kept) == (["{ForeignNode[/stage0/Conv...]}", "{ForeignNode[/stage1/Conv]}"],
                                  ["POOLING: /head/GlobalAveragePool"])
+
+
+def test_a_rejected_timing_cache_is_replaced_with_a_warning(tmp_path, capsys):
+    """Control flow only (a stand-in config): set_timing_cache's False result is not ignored; the build goes on
+    with a fresh cache and the warning names the file. That TensorRT returns False for a foreign cache is
+    NVIDIA's statement (release/10.3 include/NvInfer.h, setTimingCache)."""
+    from edgerep.trt.engine_build import attach_timing_cache
+
+    class Config:
+        def __init__(self) -> None:
+            self.attached: list[bytes] = []
+
+        def create_timing_cache(self, blob: bytes) -> bytes:
+            return blob
+
+        def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+            assert ignore_mismatch is False
+            self.attached.append(cache)
+            return cache == b""  # only the fresh cache is accepted
+
+    config = Config()
+    assert attach_timing_cache(config, b"foreign", tmp_path / "timing.cache") == b""
+    assert config.attached == [b"foreign", b""]
+    assert f"{tmp_path / 'timing.cache'}: TensorRT rejected this timing cache" in capsys.readouterr().err
+    config = Config()
+    attach_timing_cache(config, b"", tmp_path / "timing.cache")
+    assert config.attached == [b""] and capsys.readouterr().err == ""
