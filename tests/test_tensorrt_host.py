@@ -419,6 +419,42 @@ def test_cache_format_parses_back_to_onnxruntime_ranges(built, tmp_path):
     assert calib_cache.hex_scale("3c010a14") == pytest.approx(1.0002 / 127, rel=1e-4)  # NVIDIA sampleINT8 README
 
 
+def test_calib_method_option_gives_that_calibrators_ranges(built, tmp_path):
+    """`calib_method` changes the scales TensorRT gets: the percentile build's cache holds exactly the ranges of
+    ONNX Runtime's PercentileCalibrater (run here directly on the same samples, in the same chunks), not the
+    min/max build's."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from edgerep.backends import get_backend
+    from edgerep.trt.calibrate import CHUNK_SAMPLES, PERCENTILE, PERCENTILE_BINS
+
+    sim = built.out_dir / "onnx" / "model.sim.onnx"
+    src = open_data(DIGITS / "calib.npz", None, role="calib")
+    xavier = load_target("jetson-xavier-nx")
+    caches = {}
+    for method in ("percentile", "minmax"):
+        art = get_backend("tensorrt").build(sim, "int8", out_dir=tmp_path / method, profile=xavier, calib=src,
+                                            options={"calib_method": method, "num_samples": 24})
+        caches[method] = calib_cache.read_cache(Path(art.info["calibration_cache"])).scales
+    calibrator = create_calibrator(sim, None, str(tmp_path / "aug.onnx"), CalibrationMethod.Percentile,
+                                   extra_options={"num_bins": PERCENTILE_BINS, "percentile": PERCENTILE, "symmetric": True})
+    samples = [{"input": x} for x, _ in src.iter_batches(1, limit=24)]
+    for i in range(0, len(samples), CHUNK_SAMPLES):
+        chunk = iter(samples[i:i + CHUNK_SAMPLES])
+
+        class Reader:
+            def get_next(self):
+                return next(chunk, None)
+
+        calibrator.collect_data(Reader())
+    ort_ranges = calibrator.compute_data()
+    assert set(caches["percentile"]) == set(ort_ranges.keys())
+    for name, td in ort_ranges.items():
+        amax = max(abs(float(np.min(td.range_value[0]))), abs(float(np.max(td.range_value[1]))))
+        assert caches["percentile"][name] == float(np.float32(amax / 127.0)), name
+    assert any(caches["percentile"][k] != caches["minmax"][k] for k in caches["minmax"])
+
+
 def test_cache_headers_per_version_and_retag():
     assert cache_header(parse_version("8.2")) == "TRT-8201-EntropyCalibration2"
     assert cache_header(parse_version("10.3")) == "TRT-100300-EntropyCalibration2"
