@@ -3,6 +3,7 @@ edgerep/trt_data/names-<major.minor>.json (committed; the tests check every `ten
 code uses on a version's path against that version's list).
 
     python scripts/extract_trt_names.py            # downloads the wheels with `pip download --no-deps`
+    python scripts/extract_trt_names.py --source /path/to/TensorRT.git   # 8.0, 8.2, 8.5 from the sources
 
 The wheels (tensorrt-bindings 8.6.1, tensorrt-cu12-bindings 10.3.0 = JetPack 6, the newest 11.x) hold the
 pybind11 extension module `tensorrt_bindings/tensorrt.so` (NVIDIA/TensorRT python/src/infer/pyCore.cpp & co.
@@ -99,7 +100,44 @@ def extract(wheel: Path) -> dict[str, object]:
             "extracted_from": [EXTENSION, INIT], "names": sorted(names)}
 
 
+# Releases with no bindings wheel on PyPI (JetPack 4.6 = 8.0, 4.6.1 = 8.2, 5.1 = 8.5): their names come from
+# the binding sources of the release branch instead (`--source /path/to/TensorRT.git`).
+SOURCE_BRANCHES = ("8.0", "8.2", "8.5")
+SOURCE_LITERAL = re.compile(r'"([A-Za-z_][A-Za-z0-9_]*)"')
+
+
+def source_names(repo: str, branch: str) -> tuple[set[str], str]:
+    """Every identifier string literal of python/src and python/include (.def/.value/class_ names are such
+    literals; names built by macros would be missed, none of ours are) plus the names the package's
+    __init__.py defines, at release/<branch>. Returns (names, commit)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, check=True).stdout
+
+    commit = git("rev-parse", f"release/{branch}").strip()
+    names: set[str] = set()
+    for path in git("ls-tree", "-r", "--name-only", commit, "python/src", "python/include").split():
+        if path.endswith((".cpp", ".h")):
+            names |= set(SOURCE_LITERAL.findall(git("show", f"{commit}:{path}")))
+    names |= python_names(git("show", f"{commit}:python/packaging/tensorrt/__init__.py"))
+    return names, commit
+
+
+def main_source(repo: str) -> int:
+    out_dir = Path(__file__).resolve().parent.parent / "edgerep" / "trt_data"
+    for branch in SOURCE_BRANCHES:
+        names, commit = source_names(repo, branch)
+        data = {"tensorrt": branch, "source": f"github.com/NVIDIA/TensorRT release/{branch} @ {commit}",
+                "method": "identifier string literals of python/src and python/include, and the names "
+                          "python/packaging/tensorrt/__init__.py defines (scripts/extract_trt_names.py --source)",
+                "names": sorted(names)}
+        (out_dir / f"names-{branch}.json").write_text(json.dumps(data, indent=0) + "\n", encoding="utf-8")
+        print(f"{branch:5} release/{branch} {commit[:10]} {len(names)} names")
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--source":
+        return main_source(sys.argv[2])
     out_dir = Path(__file__).resolve().parent.parent / "edgerep" / "trt_data"
     with tempfile.TemporaryDirectory() as tmp:
         for key, req in WHEELS.items():

@@ -149,8 +149,12 @@ def demo(tmp_path_factory):
 
 
 # (fake __version__, the names list it is checked against, profile, precisions and INT8 modes, DLA core)
+# 8.0 / 8.2 / 8.5 (JetPack 4.6, 4.6.1, 5.1) have no bindings wheel on PyPI: their lists come from the binding
+# sources of the release branch (scripts/extract_trt_names.py --source); 8.6, 10.3, 11.4 from NVIDIA's wheels.
 PATHS = [
-    ("8.2.1", "8.6", "jetson-nano", [("fp16", None), ("int8", "calibrate"), ("int8", "qdq")], None),
+    ("8.0.1", "8.0", "jetson-nano", [("fp16", None), ("int8", "calibrate"), ("int8", "qdq")], None),
+    ("8.2.1", "8.2", "jetson-nano", [("fp16", None), ("int8", "calibrate"), ("int8", "qdq")], None),
+    ("8.5.2", "8.5", "jetson-xavier-nx", [("fp16", None), ("int8", "calibrate")], 0),
     ("8.6.1", "8.6", "jetson-xavier-nx", [("fp16", None), ("int8", "calibrate")], 0),
     ("10.3.0", "10.3", "jetson-agx-orin", [("fp16", None), ("int8", "calibrate")], 0),
     ("10.3.0", "10.3", "jetson-orin-nano", [("fp16", None), ("int8", "qdq")], None),
@@ -162,8 +166,7 @@ PATHS = [
 def test_every_tensorrt_name_each_version_path_uses_is_bound(demo, tmp_path, monkeypatch, version, names_key,
                                                              target, builds, dla_core):
     """Builder, calibrator, runner and the bundle's check_engine.py on one version's path: every tensorrt name
-    they touch is in the names NVIDIA's wheel for that version binds. 8.0 - 8.4 paths are checked against 8.6.1,
-    the oldest bindings wheel on PyPI (it still binds the 8.x bindings API)."""
+    they touch is in the names that version binds (its wheel, or its release branch's binding sources)."""
     import runpy
 
     from edgerep.trt import host
@@ -209,6 +212,10 @@ def test_every_tensorrt_name_each_version_path_uses_is_bound(demo, tmp_path, mon
 
 def test_name_lists_tell_the_versions_apart():
     """The lists are NVIDIA's, not ours: the bindings API is gone in 10.x, calibrators and precision flags in 11."""
+    n80, n82, n85 = _names("8.0"), _names("8.2"), _names("8.5")
+    assert "set_memory_pool_limit" not in n82 and "set_memory_pool_limit" in n85  # 8.4
+    assert "execute_async_v3" not in n82 and {"execute_async_v3", "set_tensor_address"} <= n85  # tensor API: 8.5
+    assert "DETAILED" not in n80 and "DETAILED" in n82  # ProfilingVerbosity.DETAILED: 8.2
     n86, n103, n114 = _names("8.6"), _names("10.3"), _names("11.4")
     for gone_in_10 in ("execute_async_v2", "num_bindings", "get_binding_index", "max_workspace_size"):
         assert gone_in_10 in n86 and gone_in_10 not in n103
