@@ -426,12 +426,14 @@ def build(opts: BuildOptions, *, console: Any = None) -> BuildResult:
                             + (f", p50 {lat['p50']:.3f} ms" if lat.get("p50") is not None else "")
                             + ("" if record.get("passed") else f"; GATE FAILED: {record.get('reason')}")) \
                 if record["status"] == "ok" else f"failed: {record.get('reason')}"
-    # A backend may add rows once the reference exists (TensorRT: the INT8 Q/DQ model run in ONNX Runtime as a
-    # prediction of the device engine, and the reference written into the device bundle).
+    # TensorRT adds rows once the reference exists: the INT8 Q/DQ model run in ONNX Runtime as a prediction of
+    # the device engine, and the reference written into the device bundle.
     extra_records: list[dict[str, Any]] = []
-    if hasattr(backend, "finish"):
+    if backend.name == "tensorrt":
+        from .commands.tensorrt_finish import finish_offline
+
         with log.stage("finish", f"{backend.name}: predictions and device bundle") as st:
-            extra_records = backend.finish(artifacts, reference, profile=profile, engine_batch=engine_batch)
+            extra_records = finish_offline(artifacts, reference, profile=profile, engine_batch=engine_batch)
             st["detail"] = ", ".join(f"{r['backend']} {r['precision']}: cosine {r['accuracy'].get('cosine') or 0:.4f}"
                                      for r in extra_records) or "done"
 

@@ -108,7 +108,7 @@ def validate_cmd(
 ) -> None:
     """Validate a built engine against the unfused PyTorch model: accuracy, latency and the target's gates."""
     if bundle is not None:  # on the device: the bundle carries the reference; TensorRT (or ONNX Runtime for .onnx) only
-        from .backends.tensorrt_host import run_validate_bundle
+        from .commands.validate_bundle import run_validate_bundle
 
         raise typer.Exit(run_validate_bundle(bundle=bundle, engine=engine, as_json=as_json, out=out, console=console))
     if model is None:
@@ -217,7 +217,7 @@ def check_cmd(
 ) -> None:
     """Lint an ONNX model for the target's TensorRT parser (opset, operators, attributes, INT64, dynamic shapes).
     Exit 1 when it has errors, 0 when only warnings."""
-    from .backends.tensorrt_host import run_check
+    from .commands.check import run_check
 
     code = run_check(target=target, model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
                      trust_pickle=trust_pickle, as_json=as_json, out=out, console=console)

@@ -75,6 +75,7 @@ class TensorRTSettings:
     dla_core: int | None = None  # use this DLA core by default (None: GPU)
     dla_cores: int = 0  # how many DLA cores the device has (0: none)
     gpu: str | None = None
+    compute_capability: str | None = None  # "5.3" (Nano), "7.2" (Xavier), "8.7" (Orin): INT8 needs 6.1 or >= 7.0
 
 
 @dataclass
@@ -360,6 +361,7 @@ def _parse_tensorrt(c: _Checker, data: dict) -> TensorRTSettings:
         dla_core=c.get(data, "dla_core", int, prefix),
         dla_cores=c.get(data, "dla_cores", int, prefix, default=0),
         gpu=c.get(data, "gpu", str, prefix),
+        compute_capability=c.get(data, "compute_capability", str, prefix),
     )
     parts = settings.version.split(".")
     if not all(p.isdigit() for p in parts):

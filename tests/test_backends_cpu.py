@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from edgerep.artifacts import file_sha256, load_artifact, sha256_files
+from edgerep.artifacts import load_artifact, sha256_files
 from edgerep.backends import get_backend
 from edgerep.data import open_data
 from edgerep.errors import UserError
@@ -147,12 +147,26 @@ def test_ignored_nodes_stay_float_on_both_backends(setup):
 @pytest.mark.parametrize("backend_name,method", [("onnxruntime", "entropy"), ("onnxruntime", "percentile"),
                                                  ("openvino", "percentile")])
 def test_other_calibration_methods(setup, backend_name, method):
-    art = get_backend(backend_name).build(setup["onnx"], "int8", out_dir=setup["root"] / f"{backend_name}-{method}",
-                                          calib=setup["calib"], options={"calib_method": method})
-    assert art.info["settings"]["calib_method"] == method
-    runner = get_backend(backend_name).load(art)
-    out = _run_all(runner, setup["val"])
-    assert _cosine(out, setup["ref"]) > 0.9
+    """The method changes the quantization itself (not just the sidecar's words): the engine's outputs differ from
+    the min/max engine's, and stay close to the reference."""
+    backend = get_backend(backend_name)
+    outs = {}
+    for m in (method, "minmax"):
+        art = backend.build(setup["onnx"], "int8", out_dir=setup["root"] / f"{backend_name}-{m}-vs",
+                            calib=setup["calib"], options={"calib_method": m})
+        assert art.info["settings"]["calib_method"] == m
+        runner = backend.load(art)
+        outs[m] = _run_all(runner, setup["val"])
+        runner.close()
+    assert _cosine(outs[method], setup["ref"]) > 0.9
+    assert not np.array_equal(outs[method], outs["minmax"])
+    if backend_name == "onnxruntime":  # the Q/DQ model's activation scales are the ranges of that method
+        from edgerep.trt.qdq import activation_scales
+
+        scales = {m: activation_scales(onnx.load(str(setup["root"] / f"{backend_name}-{m}-vs" / "model.int8.onnx")))
+                  for m in (method, "minmax")}
+        assert scales[method].keys() == scales["minmax"].keys()
+        assert any(scales[method][k] != scales["minmax"][k] for k in scales[method])
 
 
 def test_argument_errors(setup):
@@ -192,14 +206,18 @@ def test_missing_package_is_reported(setup, monkeypatch):
 def test_static_batch_model_calibrates_sample_by_sample(setup, tmp_path):
     info = load_model("zoo:repvgg_tiny", input_shape=SHAPE)
     export = export_pipeline(info, info.module, tmp_path / "static", opset=13, dynamic_batch=False)
+    with torch.no_grad():  # this model's own reference (its weights are not the fixture model's)
+        ref = info.module(torch.from_numpy(setup["val"])).numpy()
     for name in ("onnxruntime", "openvino"):
         art = get_backend(name).build(export.sim_path, "int8", out_dir=tmp_path / name, calib=setup["calib"],
                                       options={"num_samples": 20})
         assert art.info["settings"]["calib_samples"] == 20
         assert art.info["input_shape"] == list(SHAPE)
         runner = get_backend(name).load(art)
-        assert runner.run(setup["val"][:1]).shape == (1, 10)
-    assert file_sha256(export.sim_path)
+        # accuracy on the static path, sample by sample, against the PyTorch reference
+        out = np.concatenate([runner.run(setup["val"][i:i + 1]) for i in range(len(setup["val"]))])
+        runner.close()
+        assert out.shape == ref.shape and _cosine(out, ref) > 0.9
 
 
 def test_per_tensor_weights_on_onnxruntime(setup, tmp_path):
@@ -228,12 +246,18 @@ def test_per_tensor_weights_on_onnxruntime(setup, tmp_path):
 def test_full_bias_correction_on_openvino_and_options_per_backend(setup, tmp_path):
     backend = get_backend("openvino")
     profile = load_target("openvino-cpu")
-    art = backend.build(setup["onnx"], "int8", out_dir=tmp_path, profile=profile, calib=setup["calib"],
-                        options={"bias_correction": "full"})
-    assert json.loads(art.sidecar.read_text())["settings"]["bias_correction"] == "full"
-    runner = backend.load(art)
-    assert _cosine(_run_all(runner, setup["val"]), setup["ref"]) > 0.95
-    runner.close()
+    outs = {}
+    for mode in ("full", None):  # None: the profile's default
+        art = backend.build(setup["onnx"], "int8", out_dir=tmp_path / str(mode), profile=profile, calib=setup["calib"],
+                            options={"bias_correction": mode} if mode else {})
+        if mode:
+            assert json.loads(art.sidecar.read_text())["settings"]["bias_correction"] == "full"
+        runner = backend.load(art)
+        outs[mode] = _run_all(runner, setup["val"])
+        runner.close()
+    # the option's effect: other biases, so other outputs, and still close to the reference
+    assert not np.array_equal(outs["full"], outs[None])
+    assert _cosine(outs["full"], setup["ref"]) > 0.95
     with pytest.raises(UserError, match="per_channel"):  # OpenVINO's NNCF weights are always per-channel
         backend.build(setup["onnx"], "int8", out_dir=tmp_path / "x", profile=profile, calib=setup["calib"],
                       options={"per_channel": False})

@@ -182,10 +182,16 @@ def read_reference(bundle: Bundle) -> tuple[Any, np.ndarray, np.ndarray | None]:
 def build_script(manifest: dict[str, Any]) -> str:
     """A bash script that builds every engine of the manifest with trtexec on the device.
 
-    It reads the device's TensorRT version from trtexec's banner ("[TensorRT v8502]", NV_TENSORRT_VERSION),
-    refuses a version outside the profile's ("8.5": any 8.5.x, "10": any 10.x; the ONNX was linted for it), and
-    re-heads the host-made calibration cache for the exact device version (its scales are version-independent;
-    a stale header makes TensorRT silently recalibrate with no data). It writes a sidecar beside each engine."""
+    It takes the device's TensorRT version from the library that will load the cache (the `tensorrt` Python
+    package JetPack installs, else the libnvinfer Debian package), not from trtexec's banner: the banner's
+    "[TensorRT v8502]" is NV_TENSORRT_VERSION as trtexec was compiled (samples/common/logging.h, release/8.5
+    and release/10.3), which need not be the libnvinfer loaded. It refuses a version outside the profile's
+    ("8.5": any 8.5.x, "10": any 10.x; the ONNX was linted for it) and re-heads the host-made calibration
+    cache for the exact version (its scales are version-independent). That matters: trtexec's calibrator
+    allocates no input buffers when a cache file is given (RndInt8Calibrator in samples/common/sampleEngines.cpp,
+    release/8.5 - 10.3), so a cache TensorRT rejects makes the build fail ("Tensor "input" is bound to nullptr",
+    NVIDIA/Deep-Learning-Accelerator-SW#26 with a TRT-8600 header on 10.3) instead of recalibrating.
+    It writes a sidecar beside each engine."""
     version = parse_version(manifest["trt_version"])
     spec = str(manifest.get("trt_version_spec") or version_str(version)).split(".")
     want_major, want_minor = int(spec[0]), (spec[1] if len(spec) > 1 and spec[1].isdigit() else '""')
@@ -199,11 +205,23 @@ def build_script(manifest: dict[str, Any]) -> str:
         'if [ ! -x "$TRTEXEC" ]; then',
         '  echo "error: trtexec not found; set TRTEXEC=/path/to/trtexec (JetPack: /usr/src/tensorrt/bin/trtexec)" >&2; exit 2',
         "fi",
-        "# NV_TENSORRT_VERSION from trtexec's banner: 8.x MAJOR*1000+MINOR*100+PATCH, 10+ MAJOR*10000+MINOR*100+PATCH",
-        'BANNER="$("$TRTEXEC" --help 2>&1 | grep -o "TensorRT v[0-9.]*" | head -n 1 || true)"',
-        'DEVICE_CODE="${BANNER#TensorRT v}"',
+        "# The TensorRT library's version (the cache header must name it): the tensorrt Python package, else the",
+        "# libnvinfer package; trtexec's banner is only its compile-time NV_TENSORRT_VERSION, the last resort.",
+        "# Codes: 8.x MAJOR*1000+MINOR*100+PATCH, 10+ MAJOR*10000+MINOR*100+PATCH (NvInferVersion.h).",
+        'DEVICE_CODE="${DEVICE_CODE:-}"',
         'if [ -z "$DEVICE_CODE" ]; then',
-        '  echo "error: cannot read the TensorRT version from $TRTEXEC --help; set DEVICE_CODE=<NV_TENSORRT_VERSION>" >&2; exit 2',
+        '  DEVICE_CODE="$(python3 -c \'import tensorrt; print(tensorrt.__version__)\' 2>/dev/null || true)"',
+        "fi",
+        'if [ -z "$DEVICE_CODE" ] && command -v dpkg-query >/dev/null 2>&1; then',
+        "  DEVICE_CODE=\"$(dpkg-query -W -f='${Version}\\n' 'libnvinfer[0-9]*' 2>/dev/null | grep -o '^[0-9][0-9.]*' | head -n 1 || true)\"",
+        "fi",
+        'if [ -z "$DEVICE_CODE" ]; then',
+        '  BANNER="$("$TRTEXEC" --help 2>&1 | grep -o "TensorRT v[0-9.]*" | head -n 1 || true)"',
+        '  DEVICE_CODE="${BANNER#TensorRT v}"',
+        '  [ -z "$DEVICE_CODE" ] || echo "warning: TensorRT version taken from trtexec\'s banner ($DEVICE_CODE), its build-time version" >&2',
+        "fi",
+        'if [ -z "$DEVICE_CODE" ]; then',
+        '  echo "error: cannot tell the TensorRT version (no tensorrt Python package, no libnvinfer package, no trtexec banner); set DEVICE_CODE=<version, e.g. 8.5.2>" >&2; exit 2',
         "fi",
         'case "$DEVICE_CODE" in *.*) IFS=. read -r MA MI PA _ <<<"$DEVICE_CODE"; PA="${PA:-0}";',
         '  if [ "$MA" -ge 10 ]; then DEVICE_CODE=$((MA*10000+MI*100+PA)); else DEVICE_CODE=$((MA*1000+MI*100+PA)); fi;; esac',
@@ -263,8 +281,10 @@ try:
     dev = cuda.Device(0); gpu = dev.name(); cc = "%d.%d" % dev.compute_capability()
 except Exception:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+        # check_output(universal_newlines=...), not run(capture_output=, text=): those need Python 3.7 and
+        # JetPack 4 has 3.6
+        out = subprocess.check_output(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                                      stderr=subprocess.DEVNULL, universal_newlines=True, timeout=20).strip().splitlines()
         if out:
             gpu, cc = [s.strip() for s in out[0].split(",")[:2]]
     except Exception:
@@ -273,20 +293,23 @@ except Exception:
         gpu = open("/proc/device-tree/model").read().strip("\x00\n ")
 dla, gpu_layers = [], []
 if os.path.exists(engine + ".build.log"):
-    # TensorRT's builder log: "[TRT] [I] [DlaLayer] {ForeignNode[...]}" / "[GpuLayer] POOLING: ..."
+    # TensorRT's builder log: "[I] [TRT] [DlaLayer] {ForeignNode[...]}" / "[GpuLayer] POOLING: ...", at INFO
+    # on 8.x and possibly VERBOSE ("[V]") on 10.x: build.sh runs trtexec --verbose, the pattern takes both
     for line in open(engine + ".build.log", errors="replace"):
         m = re.search(r"\[(DlaLayer|GpuLayer)\]\s*(.*)", line)
         if m:
             (dla if m.group(1) == "DlaLayer" else gpu_layers).append(m.group(2).strip())
 manifest = json.load(open("bundle.json"))
+dla_core = manifest["profile"].get("tensorrt", {}).get("dla_core") if precision != "fp32" else None
 body = {"schema": 1, "artifact": engine, "files": [engine], "artifact_sha256": art,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kind": "tensorrt-engine", "backend": "tensorrt",
         "precision": precision, "trt_version": "%d.%d.%d" % ver, "gpu_name": gpu, "compute_capability": cc,
         "opset": manifest["profile"].get("opset"), "onnx": onnx, "onnx_sha256": manifest["files"].get(onnx),
         "calib_sha256": (manifest.get("calibration") or {}).get("data_sha256") if precision == "int8" else None,
         "int8_mode": "__INT8_MODE__" if precision == "int8" else None,
-        "dla_core": manifest["profile"].get("tensorrt", {}).get("dla_core") if precision != "fp32" else None,
-        "dla_layers": dla, "gpu_fallback_layers": gpu_layers if dla else [],
+        "dla_core": dla_core,
+        # With a DLA core asked for, every GPU layer is a fallback, also when none landed on the DLA
+        "dla_layers": dla, "gpu_fallback_layers": gpu_layers if dla_core is not None else [],
         "built_by": "trtexec (bundle build.sh)", "target": manifest["profile"]["name"]}
 tmp = engine + ".json.partial-%d" % os.getpid()
 json.dump(body, open(tmp, "w"), indent=2)
@@ -333,9 +356,10 @@ def readme(manifest: dict[str, Any]) -> str:
         *[f"python3 {CHECK_SCRIPT} {e['engine']}" for e in manifest["engines"]],
         "```",
         "",
-        "`build.sh` reads the device's TensorRT version from trtexec, refuses another major.minor, and re-heads",
-        "`calib.cache` for the exact version (its scales were computed on the host by ONNX Runtime and do not",
-        "depend on the TensorRT version; TensorRT ignores a cache whose header names another version).",
+        "`build.sh` reads the device's TensorRT version from the library (`python3 -c 'import tensorrt'`, else the",
+        "libnvinfer package; trtexec's banner last), refuses another major.minor, and re-heads `calib.cache` for the",
+        "exact version (its scales were computed on the host by ONNX Runtime and do not depend on the TensorRT",
+        "version; TensorRT rejects a cache whose header names another version, and trtexec then fails the build).",
         "Each engine gets a sidecar `<engine>.json` (TensorRT version, GPU, precision, hashes, and DLA/GPU layers",
         "from the build log); `edgerep validate --bundle` refuses an engine whose sidecar does not match the running",
         "TensorRT and GPU, and compares its outputs with `reference.npz` (the unfused PyTorch model's outputs).",

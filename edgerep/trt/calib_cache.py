@@ -10,8 +10,11 @@ Why our own writer: onnxruntime.quantization.write_calibration_table writes ONNX
 (`calibration.cache` lines `name max` in decimal, no header, max(highest, lowest) rather than the absolute
 maximum, plus flatbuffers/JSON files), which TensorRT's builder and trtexec --calib do not read.
 
-TensorRT reuses a cache only when its header matches the running version and the calibrator's algorithm,
-and otherwise silently recalibrates (with trtexec and no data: arbitrary scales). The scales written here
+TensorRT reuses a cache only when its header matches the running version and the calibrator's algorithm.
+Otherwise it calibrates again: through the API with whatever batches the calibrator gives (ours then feeds real
+data), while trtexec, whose calibrator allocates no input buffers when a cache file is given (RndInt8Calibrator,
+samples/common/sampleEngines.cpp, release/8.5 - 10.3), fails the build (NVIDIA/Deep-Learning-Accelerator-SW#26:
+a TRT-8600 header on 10.3). The scales written here
 come from ONNX Runtime on the host and do not depend on the TensorRT version, so a cache can be re-headed
 for the device's exact version (`retag`); the sidecar says which version it was written for.
 """

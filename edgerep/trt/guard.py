@@ -1,8 +1,8 @@
 """Sidecars for TensorRT engines and calibration caches, and the guard that refuses mismatched ones.
 
 An engine is tied to the TensorRT version and the GPU that built it, a calibration cache to the TensorRT
-version (TensorRT silently ignores a cache from another version, and fails on an engine from another
-version with a tag error). Each engine and cache gets a sidecar JSON beside it (the plan file itself stays
+version (TensorRT rejects a cache whose header names another version: the API then recalibrates with the
+calibrator's data, trtexec fails the build; an engine from another version fails with a tag error). Each engine and cache gets a sidecar JSON beside it (the plan file itself stays
 plain, so trtexec and other tools load it unchanged), and these pure functions compare a sidecar with the
 running environment: use, retag (host-made caches), rebuild/recalibrate, or a clear UserError.
 
@@ -122,7 +122,7 @@ def cache_action(side: dict[str, Any] | None, env: dict[str, Any], *, onnx_sha25
     reason = (f"written for TensorRT {version_str(made_for) if made_for else '?'}, running {version_str(want)}")
     if side.get("produced_by") == "onnxruntime-host":
         return "retag", reason + " (host-made scales do not depend on the TensorRT version)"
-    return "recalibrate", reason + " (TensorRT would ignore it)"
+    return "recalibrate", reason + " (TensorRT would reject it)"
 
 
 def guard_engine(engine: Path, side: dict[str, Any] | None, env: dict[str, Any], *,

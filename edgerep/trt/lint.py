@@ -266,13 +266,15 @@ RULES: list[tuple[tuple[str, ...], str, Check]] = [
 
 def lint_onnx(model: Any, trt_version: str | Version, *, profile_opset: int | None = None,
               dynamic_batch: bool = False, int8_mode: str | None = None, precisions: list[str] | None = None,
-              dla_core: int | None = None) -> LintReport:
+              dla_core: int | None = None, compute_capability: str | None = None) -> LintReport:
     """Lint `model` (an onnx.ModelProto or a path) for TensorRT `trt_version`'s ONNX parser.
 
     `profile_opset` is the profile's opset cap; `dynamic_batch` says an optimization profile will be made for
-    the batch axis; `int8_mode`/`precisions`/`dla_core` let it flag profile settings that version cannot build."""
+    the batch axis; `int8_mode`/`precisions`/`dla_core`/`compute_capability` let it flag profile settings that
+    version or device cannot build well. A model whose external data points outside its folder is refused."""
     import onnx
 
+    path = None
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.is_file():
@@ -289,8 +291,10 @@ def lint_onnx(model: Any, trt_version: str | Version, *, profile_opset: int | No
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     report = LintReport(model=name, trt_version=version_str(v), table=table.key, opset=opset,
                         notes=list(table.notes), source=table.source)
+    if path is not None:
+        _check_external_data(report, model, path)
     _check_opset(report, table, opset, profile_opset)
-    _check_profile(report, v, int8_mode, precisions, dla_core)
+    _check_profile(report, v, int8_mode, precisions, dla_core, compute_capability)
     g = _Graph(model)
     _check_nodes(report, table, g)
     _check_int64(report, table, g)
@@ -321,18 +325,51 @@ def _check_opset(report: LintReport, table: OpsTable, opset: int | None, profile
             f"re-export with opset >= {table.min_opset}"))
 
 
+# Compute capabilities with native INT8 (DP4A from 6.1, tensor cores from 7.2/7.5): 6.1 and >= 7.0.
+# Maxwell (5.x, Jetson Nano 5.3), Pascal 6.0 (P100) and 6.2 (Jetson TX2) have none: TensorRT builds INT8 there
+# anyway with "Int8 support requested on hardware without native Int8 support, performance will be negatively
+# affected" (TensorRT support matrix, hardware precision table; NVIDIA/TensorRT#3157: "Pascal does not natively
+# support INT8").
+def has_native_int8(compute_capability: str | None) -> bool | None:
+    """None when unknown."""
+    if not compute_capability:
+        return None
+    try:
+        major, minor = (int(x) for x in str(compute_capability).split(".")[:2])
+    except ValueError:
+        return None
+    return (major, minor) == (6, 1) or major >= 7
+
+
 def _check_profile(report: LintReport, v: Version, int8_mode: str | None, precisions: list[str] | None,
-                   dla_core: int | None) -> None:
+                   dla_core: int | None, compute_capability: str | None = None) -> None:
+    from .versions import api_features, dla_support
+
     wants_int8 = precisions is None or "int8" in precisions
     if int8_mode and wants_int8 and int8_mode not in int8_modes(v):
         report.findings.append(Finding(
             ERROR, "int8-mode", "<profile>", "",
             f"int8_mode = {int8_mode!r} needs implicit quantization, removed in TensorRT 11",
             "set int8_mode = \"qdq\" in the profile's [tensorrt] table"))
-    if dla_core is not None and (11, 0) <= (v[0], v[1]) < (11, 4):
+    if dla_core is not None:
+        ok, source = dla_support(v)
+        if not ok:
+            report.findings.append(Finding(
+                ERROR, "dla", "<profile>", "", f"TensorRT {version_str(v)} does not support DLA ({source})",
+                "remove dla_core from the profile, or use a TensorRT release with DLA (8.x, 10.0 - 10.7, 11.4.1+)"))
+        elif wants_int8 and int8_mode == "qdq" and api_features(v).calibrators:
+            report.findings.append(Finding(
+                ERROR, "qdq-on-dla", "<profile>", "",
+                f"int8_mode = 'qdq' with dla_core = {dla_core}: the DLA runs INT8 only from a calibration cache "
+                f"(implicit quantization) on TensorRT {version_str(v)}, so the Q/DQ layers would run on the GPU "
+                f"while the engine is labelled DLA (NVIDIA/TensorRT#2222)",
+                "set int8_mode = \"calibrate\" (the cache carries the same host ranges), or drop dla_core"))
+    if wants_int8 and has_native_int8(compute_capability) is False:
         report.findings.append(Finding(
-            ERROR, "dla", "<profile>", "", f"TensorRT {version_str(v)} does not support DLA (11.0 - 11.3)",
-            "remove dla_core from the profile, or use the device's TensorRT 10.x"))
+            WARNING, "int8-emulated", "<profile>", "",
+            f"compute capability {compute_capability} has no native INT8: TensorRT builds INT8 anyway ('Int8 support "
+            f"requested on hardware without native Int8 support') and the engine is slower than FP16",
+            "build FP16 for this device (drop int8 from the profile's precisions)"))
 
 
 def _check_nodes(report: LintReport, table: OpsTable, g: _Graph) -> None:
@@ -459,3 +496,40 @@ def _check_dynamic(report: LintReport, model: Any, dynamic_batch: bool) -> None:
                 ERROR, "dynamic-shape", f"<input {inp.name}>", "",
                 f"axis {axis} of input {inp.name} is dynamic ({what}) and no optimization profile covers it",
                 fix))
+
+
+def _check_external_data(report: LintReport, model: Any, path: Path) -> None:
+    """External-data tensors: a `location` must name a file inside the model's folder (an absolute path or
+    `../` escaping it is how the onnx external-data path-traversal CVEs, e.g. CVE-2024-27318, start, so it is
+    refused as bad input), and the file must exist and hold the bytes the tensor asks for (TensorRT's parser
+    reads them on the device and fails otherwise). Only the metadata is read here, never the data."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    folder = path.resolve().parent
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx_external():
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise UserError(f"--model {path}: tensor {tensor.name!r} points its external data at {location!r}, outside "
+                            f"the model's folder {folder}; refusing to read it (re-save the model with its data beside it)")
+        if not target.is_file():
+            report.findings.append(Finding(
+                ERROR, "external-data-missing", f"<initializer {tensor.name}>", "",
+                f"external data file {location} is missing (expected beside {path.name})",
+                "copy the model's data file(s) next to it, or re-save with onnx.save(..., save_as_external_data=False)"))
+            continue
+        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        if end > target.stat().st_size:
+            report.findings.append(Finding(
+                ERROR, "external-data-short", f"<initializer {tensor.name}>", "",
+                f"external data file {location} has {target.stat().st_size} bytes, the tensor needs up to byte {end}",
+                "copy the complete data file (it was truncated)"))
+
+
+def onnx_external() -> int:
+    from onnx import TensorProto
+
+    return TensorProto.EXTERNAL

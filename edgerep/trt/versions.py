@@ -118,7 +118,7 @@ class ApiFeatures:
     tensor_api: bool  # num_io_tensors / set_tensor_address / execute_async_v3 (8.5+)
     bindings_api: bool  # get_binding_index / execute_async_v2 (removed in 10.0)
     version_compatible: bool  # BuilderFlag.VERSION_COMPATIBLE (8.6+)
-    dla: bool  # DLA usable by this release (not 11.0 - 11.3)
+    dla: bool  # DLA usable by this release (DLA_SUPPORT)
     layer_info: bool  # engine inspector / --exportLayerInfo (8.2+)
 
     def as_dict(self) -> dict[str, Any]:
@@ -141,9 +141,42 @@ def api_features(v: Version) -> ApiFeatures:
         tensor_api=mm >= (8, 5),
         bindings_api=mm < (10, 0),
         version_compatible=mm >= (8, 6),
-        dla=not ((11, 0) <= mm < (11, 4)),
+        dla=dla_support(v)[0],
         layer_info=mm >= (8, 2),
     )
+
+
+# DLA support per TensorRT release, first match wins: (from, to (exclusive), supported, source).
+# Patch-level bounds: 11.4.0 and 11.4.1 differ.
+DLA_SUPPORT: list[tuple[Version, Version, bool, str]] = [
+    ((8, 0, 0), (9, 0, 0), True,
+     "TensorRT 8.x ships in JetPack 4.6 - 5.1 for Xavier/Orin with DLA (JetPack pages; NVIDIA/TensorRT#2222 discusses "
+     "DLA on 8.x)"),
+    ((9, 0, 0), (10, 0, 0), False,
+     "UNCONFIRMED: no JetPack ships TensorRT 9.x (the JetPack table), so no DLA build is known"),
+    ((10, 0, 0), (10, 8, 0), True,
+     "docs.nvidia.com/deeplearning/tensorrt/11.4.1/inference-library/work-with-dla.html: 'TensorRT 10.7 was the "
+     "last 10.x release that supported DLA'; JetPack 6.1/6.2 ship 10.3"),
+    ((10, 8, 0), (11, 0, 0), False,
+     "same page: 10.7 was the last 10.x release with DLA (JetPack 7.x's 10.13 is for Thor, which has no DLA)"),
+    ((11, 0, 0), (11, 4, 0), False,
+     "docs .../11.3.0/inference-library/work-with-dla.html: 'DLA was also not supported in TensorRT 11.0, 11.1, or 11.2' "
+     "nor 11.3"),
+    ((11, 4, 0), (11, 4, 1), False,
+     "docs .../11.4.0/inference-library/work-with-dla.html: DLA only on Windows on ARM (beta, no GPU fallback); "
+     "not on JetPack"),
+    ((11, 4, 1), (99, 0, 0), True,
+     "docs .../11.4.1/inference-library/work-with-dla.html and the 11.4.1 release notes: Jetson AGX Orin with JetPack "
+     "7.2.2+, strongly typed networks, GPU fallback as in 10.x"),
+]
+
+
+def dla_support(v: Version) -> tuple[bool, str]:
+    """(whether TensorRT `v` can build for DLA on a Jetson, the source saying so)."""
+    for lo, hi, ok, source in DLA_SUPPORT:
+        if lo <= v < hi:
+            return ok, source
+    return False, "older than TensorRT 8.0: not supported by edgerep"
 
 
 def int8_modes(v: Version) -> tuple[str, ...]:

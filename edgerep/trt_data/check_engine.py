@@ -23,23 +23,37 @@ def run_onnx(path, x, batch):
     return np.concatenate([session.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
+def _trt_major_minor(trt):
+    parts = trt.__version__.split(".")
+    return int(parts[0]), int(parts[1])
+
+
 def run_engine(path, x, batch):
-    """TensorRT 8.x bindings API (the only one on JetPack 4; on JetPack 5 still present), pycuda buffers."""
+    """Run the plan with pycuda buffers. The tensor API (num_io_tensors, get_tensor_name/mode,
+    set_input_shape, set_tensor_address, execute_async_v3) is bound from TensorRT 8.5 and is the only one in
+    10.x (NVIDIA/TensorRT release/8.5 and release/10.3 python/src/infer/pyCore.cpp); the bindings API
+    (num_bindings, binding_is_input, set_binding_shape, execute_async_v2) is what 8.0 - 8.4 have (JetPack 4,
+    5.0.2) and was removed in 10.0 (release/10.0 pyCore.cpp binds no *binding* method)."""
     import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
     import pycuda.driver as cuda
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
-    with open(path, "rb") as f, trt.Runtime(logger) as runtime:
+    # A plain reference keeps the runtime alive as long as the engine (TensorRT's context managers are
+    # deprecated no-ops from 8.0 on: release/8.0 python/packaging/tensorrt/__init__.py, common_exit).
+    runtime = trt.Runtime(logger)
+    with open(path, "rb") as f:
         engine = runtime.deserialize_cuda_engine(f.read())
     if engine is None:
         raise SystemExit("%s: TensorRT could not load it (built by another TensorRT version or GPU?)" % path)
     context = engine.create_execution_context()
-    inputs = [i for i in range(engine.num_bindings) if engine.binding_is_input(i)]
-    outputs = [i for i in range(engine.num_bindings) if not engine.binding_is_input(i)]
-    shape = tuple(engine.get_binding_shape(inputs[0]))
+    io = TensorIO(trt, engine, context) if _trt_major_minor(trt) >= (8, 5) else BindingIO(trt, engine, context)
+    shape = io.input_shape()
     engine_batch = shape[0] if shape[0] > 0 else batch
     stream = cuda.Stream()
+    # Every device allocation stays referenced here until the engine is done: pycuda frees a DeviceAllocation
+    # when its Python object is collected, so keeping only int(pointer) would hand TensorRT freed memory.
+    keep = []
     results = []
     for start in range(0, len(x), engine_batch):
         chunk = x[start:start + engine_batch]
@@ -48,24 +62,85 @@ def run_engine(path, x, batch):
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], engine_batch - real, axis=0)])
         chunk = np.ascontiguousarray(chunk, dtype=np.float32)
         if shape[0] <= 0:
-            context.set_binding_shape(inputs[0], chunk.shape)
+            io.set_input_shape(chunk.shape)
         host_in = cuda.pagelocked_empty(chunk.size, np.float32)
         host_in[:] = chunk.ravel()
         dev_in = cuda.mem_alloc(host_in.nbytes)
-        out_shape = tuple(context.get_binding_shape(outputs[0]))
-        host_out = cuda.pagelocked_empty(int(np.prod(out_shape)), trt.nptype(engine.get_binding_dtype(outputs[0])))
+        keep.append(dev_in)
+        io.bind(io.input, dev_in)
+        out_shape, out_dtype = io.shape_dtype(io.outputs[0])
+        host_out = cuda.pagelocked_empty(int(np.prod(out_shape)), out_dtype)
         dev_out = cuda.mem_alloc(host_out.nbytes)
-        bindings = [0] * engine.num_bindings
-        bindings[inputs[0]], bindings[outputs[0]] = int(dev_in), int(dev_out)
-        for extra in outputs[1:]:  # outputs we do not read still need memory
-            size = int(np.prod(context.get_binding_shape(extra))) * np.dtype(trt.nptype(engine.get_binding_dtype(extra))).itemsize
-            bindings[extra] = int(cuda.mem_alloc(max(size, 1)))
+        keep.append(dev_out)
+        io.bind(io.outputs[0], dev_out)
+        for extra in io.outputs[1:]:  # outputs we do not read still need memory
+            extra_shape, extra_dtype = io.shape_dtype(extra)
+            dev_extra = cuda.mem_alloc(max(int(np.prod(extra_shape)) * np.dtype(extra_dtype).itemsize, 1))
+            keep.append(dev_extra)
+            io.bind(extra, dev_extra)
         cuda.memcpy_htod_async(dev_in, host_in, stream)
-        context.execute_async_v2(bindings=bindings, stream_handle=stream.handle)
+        io.execute(stream)
         cuda.memcpy_dtoh_async(host_out, dev_out, stream)
         stream.synchronize()
         results.append(np.array(host_out, dtype=np.float32).reshape(out_shape)[:real])
+        for allocation in keep:  # this batch is finished: its buffers may go now
+            allocation.free()
+        del keep[:]
     return np.concatenate(results)
+
+
+class TensorIO(object):
+    """TensorRT 8.5+ (and the only API in 10.x): I/O tensors by name."""
+
+    def __init__(self, trt, engine, context):
+        self.trt, self.engine, self.context = trt, engine, context
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.input = inputs[0]
+        self.outputs = [n for n in names if n not in inputs]
+
+    def input_shape(self):
+        return tuple(self.engine.get_tensor_shape(self.input))
+
+    def set_input_shape(self, shape):
+        self.context.set_input_shape(self.input, shape)
+
+    def shape_dtype(self, name):
+        return tuple(self.context.get_tensor_shape(name)), self.trt.nptype(self.engine.get_tensor_dtype(name))
+
+    def bind(self, name, allocation):
+        self.context.set_tensor_address(name, int(allocation))
+
+    def execute(self, stream):
+        if not self.context.execute_async_v3(stream_handle=stream.handle):
+            raise SystemExit("TensorRT execute_async_v3 failed (see the messages above)")
+
+
+class BindingIO(object):
+    """TensorRT 8.0 - 8.4: binding indices and a pointer list (execute_async_v2)."""
+
+    def __init__(self, trt, engine, context):
+        self.trt, self.engine, self.context = trt, engine, context
+        indices = list(range(engine.num_bindings))
+        self.input = [i for i in indices if engine.binding_is_input(i)][0]
+        self.outputs = [i for i in indices if not engine.binding_is_input(i)]
+        self.pointers = [0] * engine.num_bindings
+
+    def input_shape(self):
+        return tuple(self.engine.get_binding_shape(self.input))
+
+    def set_input_shape(self, shape):
+        self.context.set_binding_shape(self.input, shape)
+
+    def shape_dtype(self, index):
+        return tuple(self.context.get_binding_shape(index)), self.trt.nptype(self.engine.get_binding_dtype(index))
+
+    def bind(self, index, allocation):
+        self.pointers[index] = int(allocation)
+
+    def execute(self, stream):
+        if not self.context.execute_async_v2(bindings=self.pointers, stream_handle=stream.handle):
+            raise SystemExit("TensorRT execute_async_v2 failed (see the messages above)")
 
 
 def metrics(ref, out, labels):

@@ -1,0 +1,97 @@
+"""`edgerep validate --bundle DIR --engine FILE`: validate an engine against a device bundle's reference,
+without PyTorch (on the device). A .engine/.plan runs in TensorRT after the sidecar guard; an .onnx runs in
+ONNX Runtime (the stand-in on machines without TensorRT). Exit 0 passes the gate, 1 fails it, 2 bad input.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..trt.host import engine_precision
+
+
+def load_engine_runner(engine: Path, bundle: Any) -> tuple[Any, dict[str, Any] | None, str]:
+    """A runner for `engine`: ONNX Runtime for .onnx (the stand-in on machines without TensorRT), TensorRT for
+    .engine/.plan/.trt after the sidecar guard. Returns (runner, sidecar or None, runtime name)."""
+    from ..artifacts import Artifact, read_sidecar
+    from ..backends import get_backend
+
+    engine = Path(engine)
+    if not engine.is_file():
+        raise UserError(f"--engine {engine}: file not found; give its path, or its name inside --bundle")
+    if engine.suffix == ".onnx":
+        ort = get_backend("onnxruntime")
+        return ort.load(Artifact(backend="onnxruntime", precision="fp32", path=engine)), read_sidecar(engine), "onnxruntime"
+    if engine.suffix not in (".engine", ".plan", ".trt"):
+        raise UserError(f"--engine {engine}: expected a TensorRT plan (.engine, .plan, .trt) or an .onnx stand-in")
+    TRT = get_backend("tensorrt")
+
+    reason = TRT.available()
+    if reason is not None:
+        raise UserError(f"--engine {engine}: {reason}")
+    side = read_sidecar(engine)
+    onnx_name = next((e["onnx"] for e in bundle.manifest.get("engines", []) if e["engine"] == engine.name), None)
+    runner = TRT.load_checked(engine, side, onnx_sha256=bundle.manifest["files"].get(onnx_name) if onnx_name else None)
+    return runner, side, "tensorrt"
+
+
+def run_validate_bundle(*, bundle: Path, engine: Path, precision: str | None = None, as_json: bool = False,
+                        out: Any = None, console: Any = None) -> int:
+    """Validate an engine against the bundle's reference (no PyTorch): 0 passes its gate, 1 fails, 2 bad input."""
+    from ..report import engine_entry
+    from ..trt.bundle import load_bundle, read_reference
+    from ..validate import Reference, gate_to_dict, validate_runner
+
+    b = load_bundle(Path(bundle))
+    source, ref, labels = read_reference(b)
+    engine = Path(engine)
+    if not engine.is_file() and not engine.is_absolute() and (b.path / engine).is_file():
+        engine = b.path / engine  # `--bundle DIR --engine model.onnx`: the engine's name inside the bundle
+    runner, side, runtime = load_engine_runner(engine, b)
+    try:
+        prec = precision or engine_precision(b, Path(engine), side)
+        gates = b.manifest["profile"].get("gates") or {}
+        gate_name = prec if prec in gates else min(gates, key=lambda k: ("fp32", "fp16", "int8").index(k)) if gates else None
+        gate = gates.get(gate_name) if gate_name else None
+        dims = b.manifest["input"]["shape"]
+        engine_batch = int(dims[0]) if dims and dims[0] else 32
+        lat = b.manifest["profile"].get("latency") or {}
+        reference = Reference(outputs=ref, labels=labels, source=source, limit=None)
+        record = engine_entry(runtime, prec, path=str(engine), status="ok", gate=gate_to_dict(gate),
+                              gate_precision=gate_name, bundle=str(b.path))
+        record.update(validate_runner(runner, reference, engine_batch=engine_batch, gate=gate,
+                                      latency_batches=[engine_batch], warmup=int(lat.get("warmup", 10)),
+                                      iterations=int(lat.get("iterations", 50)),
+                                      dynamic_batch=bool(b.manifest["profile"].get("dynamic_batch"))))
+    finally:
+        runner.close()
+    if side:
+        record["sidecar"] = {k: side.get(k) for k in ("trt_version", "gpu_name", "compute_capability", "precision",
+                                                       "dla_layers", "gpu_fallback_layers") if k in side}
+    code = 0 if record.get("passed") else 1
+    if as_json:
+        if out is not None:
+            out.print_json(json.dumps(record, default=str))
+        return code
+    if out is not None:
+        acc, latency = record["accuracy"], record["latency_ms"]
+        out.print(f"{engine} ({runtime}, {prec}) vs the bundle reference ({ref.shape[0]} samples, unfused PyTorch):",
+                  highlight=False)
+        out.print(f"  max abs err {acc['max_abs_err']:.3g}, cosine {acc['cosine']:.6f}, top-1 agreement "
+                  f"{_pct(acc.get('top1_agreement'))}" + (f", top-1 {_pct(acc.get('top1'))} (reference "
+                  f"{_pct(acc.get('ref_top1'))})" if acc.get("top1") is not None else ""), highlight=False)
+        if latency.get("p50") is not None:
+            out.print(f"  latency p50 {latency['p50']:.3f} ms, p99 {latency['p99']:.3f} ms (batch {engine_batch})",
+                      highlight=False)
+        if side and side.get("dla_layers"):
+            out.print(f"  DLA layers {len(side['dla_layers'])}, GPU fallback {len(side.get('gpu_fallback_layers') or [])}",
+                      highlight=False)
+        verdict = "[green]passes[/]" if code == 0 else f"[red]FAILS[/] ({record.get('reason')})"
+        out.print(f"  {verdict} the {gate_name} gate of {b.manifest['profile']['name']}", highlight=False)
+    return code
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}%"
