@@ -582,15 +582,12 @@ def _build_engine(backend: Any, onnx_path: Path, precision: str, out_dir: Path, 
 def record_isa_check(record: dict[str, Any], artifact: Any, reference: Any, profile: Any, engine_batch: int) -> None:
     """Where the engine was validated, and a second run on the target's ISA where this machine can give one
     (isa_check); a failed gate there fails the engine. The sidecar keeps both ISAs."""
-    from . import isa_check
     from .artifacts import update_sidecar
     from .cpu import target_isa
+    from .validate import check_on_target_isa
 
-    isa = isa_check.check(artifact, reference, target=target_isa(profile), engine_batch=engine_batch,
-                          gate=profile.gate(artifact.precision))
-    record["isa"] = isa
-    if isa.get("passed") is False and record.get("passed"):
-        record.update(passed=False, reason=f"on {isa['target']} ({isa['method']}): {isa['reason']}")
+    isa = check_on_target_isa(record, artifact, reference, target=target_isa(profile), engine_batch=engine_batch,
+                              gate=profile.gate(artifact.precision))
     update_sidecar(Path(artifact.path), validated={"isa": isa["measured_on"], "target_isa": isa["target"],
                                                    "method": isa["method"], "passed": record.get("passed"),
                                                    "accuracy": record.get("accuracy")})

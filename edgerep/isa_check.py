@@ -94,28 +94,20 @@ def run_on_target(engine: Path, inputs: np.ndarray, batch: int, how: dict[str, A
         shutil.rmtree(work, ignore_errors=True)
 
 
-def check(artifact: Any, reference: Any, *, target: str, engine_batch: int, gate: Any) -> dict[str, Any]:
-    """The engine's record of where it was validated: {"target", "measured_on", "method", "note"} and, where
-    it could run on the target's ISA here, that run's "accuracy", "passed" and "reason"."""
-    from .validate import accuracy_metrics, check_gate
-
+def run_check(artifact: Any, source: Any, *, target: str, engine_batch: int,
+              limit: int | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Where the engine is validated, {"target", "measured_on", "method", "note"}, and its outputs on the first
+    samples of `source` run on the target's ISA where this machine can give such a run (else None).
+    validate.check_on_target_isa scores them."""
     host = host_cpu().isa or "avx2"
     how = plan(artifact.backend, artifact.precision, target, (artifact.info or {}).get("settings"), host)
     record: dict[str, Any] = {"target": target, "measured_on": host, "method": how["method"], "note": how["note"]}
     if how["method"] not in ("onednn-cap", "qemu"):
-        return record
-    xs, n = [], 0
-    for x, _ in reference.source.iter_batches(64, limit=min(reference.limit or MAX_SAMPLES, MAX_SAMPLES)):
-        xs.append(x)
-        n += x.shape[0]
+        return record, None
+    xs = [x for x, _ in source.iter_batches(64, limit=min(limit or MAX_SAMPLES, MAX_SAMPLES))]
     try:
         out = run_on_target(Path(artifact.path), np.concatenate(xs), engine_batch, how)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
         record.update(method="not-verified", note=f"{how['note']}: could not run ({str(exc)[:200]})")
-        return record
-    ref = reference.outputs[:n]
-    labels = reference.labels[:n] if reference.labels is not None else None
-    metrics = accuracy_metrics(ref, out.reshape(ref.shape), labels)
-    passed, reason = check_gate(metrics, gate, labels is not None)
-    record.update(samples=n, accuracy=metrics, passed=passed, reason=reason)
-    return record
+        return record, None
+    return record, out

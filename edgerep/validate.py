@@ -243,6 +243,26 @@ def validate_runner(runner: Any, reference: Reference, *, engine_batch: int, gat
     }
 
 
+def check_on_target_isa(record: dict[str, Any], artifact: Any, reference: Reference, *, target: str,
+                        engine_batch: int, gate: Any) -> dict[str, Any]:
+    """Validate again on the target's ISA where this machine can (edgerep.isa_check); sets record["isa"], and a
+    failed gate there fails the engine. Returns the ISA record."""
+    from .isa_check import run_check
+
+    isa, out = run_check(artifact, reference.source, target=target, engine_batch=engine_batch, limit=reference.limit)
+    if out is not None:
+        n = out.shape[0]
+        ref = reference.outputs[:n]
+        labels = reference.labels[:n] if reference.labels is not None else None
+        metrics = accuracy_metrics(ref, out.reshape(ref.shape), labels)
+        passed, reason = check_gate(metrics, gate, labels is not None)
+        isa.update(samples=n, accuracy=metrics, passed=passed, reason=reason)
+        if not passed and record.get("passed"):
+            record.update(passed=False, reason=f"on {target} ({isa['method']}): {reason}")
+    record["isa"] = isa
+    return isa
+
+
 def isa_warnings(sidecar: dict[str, Any], isa: str | None, console: Any) -> str | None:
     """Warn (one line each) where this CPU's ISA differs from the one the engine was built or validated for,
     naming the figure at risk; returns the target ISA to check the engine on (None for a non-CPU engine)."""
@@ -331,12 +351,8 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     finally:
         runner.close()
     if target_isa_name is not None:
-        from . import isa_check
-
-        result["isa"] = isa_check.check(artifact, reference, target=target_isa_name, engine_batch=engine_batch,
-                                        gate=profile.gate(artifact.precision))
-        if result["isa"].get("passed") is False and result["passed"]:
-            result.update(passed=False, reason=f"on {target_isa_name} ({result['isa']['method']}): {result['isa']['reason']}")
+        check_on_target_isa(result, artifact, reference, target=target_isa_name, engine_batch=engine_batch,
+                            gate=profile.gate(artifact.precision))
     record = engine_entry(artifact.backend, artifact.precision, path=str(engine), **result,
                           gate=gate_to_dict(profile.gate(artifact.precision)))
     report = normalize({"model": {"spec": info.spec, "input_shape": list(shape), "weights": info.weights},
