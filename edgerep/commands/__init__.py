@@ -1,0 +1,1 @@
+"""Command bodies, one module per command: each composes library stages; nothing below imports this package."""
