@@ -217,9 +217,19 @@ def _int8_plan_lines(report: dict[str, Any]) -> list[str]:
 
 
 def plot_latency_accuracy(report: dict[str, Any], path: Path) -> Path:
+    """Write latency_accuracy_figure(report) as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = latency_accuracy_figure(report)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def latency_accuracy_figure(report: dict[str, Any]) -> Any:
     """Latency p50 at the deploy batch size (x) against accuracy (y: labelled top-1 where labels exist, else top-1
     agreement, else cosine) per engine; the reference top-1 as a dashed line; the recommended engine ringed.
-    Every label is kept inside the axes (placed left or right, above or below its point by where it sits)."""
+    Every engine label lies inside the axes and over no other label, legend or note."""
     import textwrap
 
     import matplotlib
@@ -252,10 +262,8 @@ def plot_latency_accuracy(report: dict[str, Any], path: Path) -> Path:
         if chosen:
             ax.scatter([x], [y], s=260, facecolors="none", edgecolors="tab:blue", linewidths=2, zorder=4,
                        label="recommended")
-    # Limits first, so each label can be placed by where its point sits in the axes.
     if points:
-        xmax = max(x for x, _, _ in points)
-        ax.set_xlim(0, xmax * 1.15)
+        ax.set_xlim(0, max(x for x, _, _ in points) * 1.15)
     if metric != "cosine" and points:
         low = min([y for _, y, _ in points] + ([ref_top1] if ref_top1 is not None else []))
         ax.set_ylim(max(0.0, low - max(2.0, (100 - low) * 0.2)), 101.0)
@@ -265,23 +273,22 @@ def plot_latency_accuracy(report: dict[str, Any], path: Path) -> Path:
         ax.set_ylim(lo - pad, hi + pad)
     if metric == "top1" and ref_top1 is not None:
         ax.axhline(ref_top1, color="gray", linestyle="--", linewidth=1, label=f"PyTorch reference {ref_top1:.2f}%")
-    legend = ax.legend(loc="best", fontsize=8) if ax.get_legend_handles_labels()[0] else None
-    _place_labels(fig, ax, points, avoid=[legend] if legend is not None else [])
     ax.set_xlabel(f"latency p50 (ms){f' at batch {batch}' if batch is not None else ''}")
     ax.set_ylabel(label)
     model, target = (report.get("model") or {}).get("spec", "?"), (report.get("target") or {}).get("name", "?")
     ax.set_title(textwrap.fill(f"{model} on {target}", 70), fontsize=10)
     ax.grid(True, alpha=0.3)
+    fig.tight_layout()  # before the labels: they are placed in the final axes
+    avoid = []
+    if ax.get_legend_handles_labels()[0]:
+        avoid.append(ax.legend(loc="best", fontsize=8))
     degenerate = (report.get("reference") or {}).get("degenerate")
-    if degenerate:
-        ax.text(0.5, 0.5, textwrap.fill(f"accuracy not meaningful: {degenerate}", 60), ha="center", va="center",
-                transform=ax.transAxes, fontsize=9, color="tab:red")
-    elif not engines:
-        ax.text(0.5, 0.5, "no engine was measured", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return Path(path)
+    if degenerate or not engines:
+        note = textwrap.fill(f"accuracy not meaningful: {degenerate}", 60) if degenerate else "no engine was measured"
+        avoid.append(ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=9,
+                             color="tab:red" if degenerate else "black"))
+    _place_labels(fig, ax, points, avoid=avoid)
+    return fig
 
 
 def _place_labels(fig: Any, ax: Any, points: list[tuple[float, float, str]], avoid: list[Any]) -> None:

@@ -204,8 +204,8 @@ def degenerate_reference(outputs: np.ndarray, labels: np.ndarray | None = None) 
     """One line saying why the reference outputs carry no signal to validate against, or None when they do.
 
     Degenerate: (a) every output varies across samples by less than NEAR_CONSTANT_ABS, or by less than
-    NEAR_CONSTANT_REL of the outputs' RMS (the model ignores its input: typically untrained weights, or BN
-    layers at initialization that shrink activations towards zero); (b) a classifier whose arg-max is the same
+    NEAR_CONSTANT_REL of the outputs' RMS (the model ignores its input: typically untrained or randomly
+    initialized weights, e.g. torchvision's MobileNetV3-Small gives outputs of about 1e-9); (b) a classifier whose arg-max is the same
     class for every one of at least MIN_SAMPLES_FOR_TOP1_CHECK samples, unless the labels are all that one
     class too (a one-class validation set is legitimate). Accuracy gates measured against such a reference
     say nothing about the engine."""
