@@ -73,8 +73,8 @@ def recommend_engines(engines: List[Dict[str, Any]], *, batch: int, degenerate: 
     if degenerate:
         return _empty(batch, "none: the accuracy could not be checked (the reference is degenerate)", [])
     if real and all(e.get("status") == "skipped" for e in real):
-        return _empty(batch, "deferred to the device: its engines are built there; `edgerep validate --bundle` "
-                             "or the bundle's check_engine.py applies the same rule", [], deferred="device")
+        return _empty(batch, "deferred to the device: the engines are built and validated there", [],
+                      deferred="device")
     notes: List[str] = []
     measured = sorted((e for e in real if e.get("status") == "ok" and p50_at(e, batch) is not None), key=_rank)
     candidates = []

@@ -240,8 +240,8 @@ def latency_accuracy_figure(report: dict[str, Any]) -> Any:
     rec = report.get("recommended") or {}
     batch = rec.get("batch_size")
 
-    def x_of(eng: dict[str, Any]) -> float | None:
-        return (p50_at(eng, batch) if batch is not None else None) or eng["latency_ms"].get("p50")
+    def x_of(eng: dict[str, Any]) -> float | None:  # engines not measured at the deploy batch are left out
+        return p50_at(eng, batch) if batch is not None else eng["latency_ms"].get("p50")
 
     engines = [e for e in report["engines"] if e["status"] == "ok" and x_of(e) is not None]
     metric = "top1" if any(e["accuracy"].get("top1") is not None for e in engines) else (

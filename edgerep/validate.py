@@ -186,9 +186,6 @@ def gate_to_dict(gate: Any) -> dict[str, Any] | None:
     return {k: _gate_value(gate, k) for k in keys}
 
 
-# --- one engine, end to end ------------------------------------------------------------------------
-
-
 # --- degenerate references ------------------------------------------------------------------------
 
 # Outputs that vary by less than this across samples carry no signal an FP32 engine can reproduce: float32
@@ -205,9 +202,9 @@ def degenerate_reference(outputs: np.ndarray, labels: np.ndarray | None = None) 
 
     Degenerate: (a) every output varies across samples by less than NEAR_CONSTANT_ABS, or by less than
     NEAR_CONSTANT_REL of the outputs' RMS (the model ignores its input: typically untrained or randomly
-    initialized weights, e.g. torchvision's MobileNetV3-Small gives outputs of about 1e-9); (b) a classifier whose arg-max is the same
-    class for every one of at least MIN_SAMPLES_FOR_TOP1_CHECK samples, unless the labels are all that one
-    class too (a one-class validation set is legitimate). Accuracy gates measured against such a reference
+    initialized weights; torchvision's MobileNetV3-Small at its initialization gives outputs of about 1e-9);
+    (b) a classifier whose arg-max is the same class for every one of at least MIN_SAMPLES_FOR_TOP1_CHECK
+    samples, unless the labels are all that one class too (a one-class validation set is legitimate). Accuracy gates measured against such a reference
     say nothing about the engine."""
     out = np.asarray(outputs, dtype=np.float64)
     n = out.shape[0] if out.ndim else 0
@@ -224,6 +221,9 @@ def degenerate_reference(outputs: np.ndarray, labels: np.ndarray | None = None) 
         if np.all(classes == classes[0]) and not one_class_labels:
             return f"reference top-1 is class {int(classes[0])} for all {n} samples: {UNTRAINED_HINT}"
     return None
+
+
+# --- one engine, end to end ------------------------------------------------------------------------
 
 
 @dataclass

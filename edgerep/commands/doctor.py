@@ -10,7 +10,6 @@ and the rest goes on; doctor never fails because of a package.
 from __future__ import annotations
 
 import ast
-import importlib
 import importlib.util
 import os
 import platform
@@ -184,7 +183,8 @@ def probe_gpus() -> dict[str, Any]:
             if proc.returncode == 0:
                 found["gpus"] = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
             else:
-                found["error"] = (proc.stderr or proc.stdout).strip().splitlines()[0][:200] if (proc.stderr or proc.stdout).strip() else f"exit {proc.returncode}"
+                said = (proc.stderr or proc.stdout).strip()  # e.g. "NVIDIA-SMI has failed ... driver"
+                found["error"] = said.splitlines()[0][:200] if said else f"exit {proc.returncode}"
         except subprocess.TimeoutExpired:
             found["error"] = f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT_S:g} s"
         except OSError as exc:
