@@ -107,11 +107,11 @@ def recommend_engines(engines: List[Dict[str, Any]], *, batch: int, degenerate: 
     else:
         speed = "{:.1f}x {} at batch {}".format(speedup, baseline["precision"], batch)
     reason = "{}: {}, {}".format(choice["precision"], speed, _accuracy_text(choice))
-    if not_faster:
-        # Only the lower precisions that lost to the engine finally chosen matter in the one line.
-        slower = ["{} {:.2f}x".format(n["precision"], n["speedup"]) for n in not_faster]
-        reason += "; not faster here: {} (under {:.2f}x: the higher precision is kept)".format(
-            ", ".join(slower), min_speedup)
+    # The one line names the lower precisions the chosen engine was kept over; the rest stay in not_faster.
+    kept_over = ["{} {:.2f}x".format(n["precision"], n["speedup"]) for n in not_faster
+                 if n["than"] == choice["precision"]]
+    if kept_over:
+        reason += "; not faster here: {}".format(", ".join(kept_over))
     return {"backend": choice.get("backend"), "precision": choice.get("precision"), "path": choice.get("path"),
             "batch_size": batch, "p50_ms": p50, "speedup": speedup, "baseline": baseline.get("precision"),
             "reason": reason, "notes": notes, "not_faster": not_faster, "deferred": None}

@@ -44,12 +44,17 @@ def test_a_slower_int8_is_named_and_fp32_recommended():
 
 
 def test_within_the_noise_margin_the_higher_precision_stays():
-    barely = 1.0 / (MIN_SPEEDUP - 0.02)  # int8 1.03x faster than fp32: not enough
+    barely = MIN_SPEEDUP - 0.02  # int8 1.03x faster than fp16: not enough
     rec = recommend_engines([engine("fp32", {1: 1.0}), engine("fp16", {1: 0.5}), engine("int8", {1: 0.5 / barely})],
                             batch=1)
     # fp16 is 2x fp32, and int8 is not 1.05x fp16: fp16.
     assert rec["precision"] == "fp16" and rec["speedup"] == pytest.approx(2.0)
     assert [(n["precision"], n["than"]) for n in rec["not_faster"]] == [("int8", "fp16")]
+    assert rec["reason"] == "fp16: 2.0x fp32 at batch 1, top-1 drop 0.0 pp; not faster here: int8 1.03x"
+    # fp16 not faster than fp32 while int8 is: the one line is about int8, fp16 stays in not_faster.
+    rec = recommend_engines([engine("fp32", {1: 1.0}), engine("fp16", {1: 1.01}), engine("int8", {1: 0.5})], batch=1)
+    assert rec["reason"] == "int8: 2.0x fp32 at batch 1, top-1 drop 0.0 pp"
+    assert [(n["precision"], n["than"]) for n in rec["not_faster"]] == [("fp16", "fp32")]
 
 
 def test_failed_and_unmeasured_engines_are_noted_not_chosen():
@@ -106,3 +111,21 @@ def test_the_module_is_python_36_stdlib_only():
             assert node.level == 0, "no relative imports: the file must work alone"
             imported.add((node.module or "").split(".")[0])
     assert imported <= set(sys.stdlib_module_names) and "__future__" not in imported
+
+
+def test_a_copy_of_the_module_runs_alone_on_the_standard_library(tmp_path):
+    """What a device bundle would do: carry recommend.py beside check_engine.py and run it without edgerep,
+    numpy or site-packages (python -S -I)."""
+    import json
+    import shutil
+    import subprocess
+
+    shutil.copy(recommend_module.__file__, tmp_path / "edgerep_recommend.py")
+    records = [dict(engine("fp16", {1: 2.0}), backend="tensorrt"), dict(engine("int8", {1: 1.0}), backend="tensorrt")]
+    (tmp_path / "records.json").write_text(json.dumps(records))
+    code = ("import json, edgerep_recommend as r; rec = r.recommend_on_device(json.load(open('records.json')), "
+            "{'latency': {'batch_sizes': [1]}}); print(r.format_recommendation(rec))")
+    proc = subprocess.run([sys.executable, "-S", "-I", "-c", f"import sys; sys.path.insert(0, '.'); {code}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "recommended: tensorrt int8 (int8: 2.0x fp16 at batch 1, top-1 drop 0.0 pp)"
