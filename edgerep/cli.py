@@ -33,15 +33,6 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
     """Re-parameterize, export, build and validate edge engines."""
 
 
-@app.command("doctor")
-def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="print everything as one JSON object on stdout")) -> None:
-    """What edgerep sees here: runtimes and extras (installed or why not), CPU INT8 features, GPUs, and which
-    target profiles can build on this machine. Paste it into bug reports."""
-    from .commands.doctor import run_doctor
-
-    raise typer.Exit(run_doctor(as_json=as_json, out=out))
-
-
 @app.command("models")
 def models_cmd() -> None:
     """List the zoo models (use them as --model zoo:NAME)."""
@@ -217,6 +208,14 @@ def targets_cmd() -> None:
                  "dynamic" if prof.dynamic_batch else "static", device]
         table.add_row(*cells, *([prof.description] if wide else []))
     out.print(table)
+
+
+@app.command("doctor")
+def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="print everything as one JSON object on stdout")) -> None:
+    """What edgerep sees here: runtimes (installed or why not), CPU INT8 features, GPUs, and which targets build."""
+    from .commands.doctor import run_doctor
+
+    raise typer.Exit(run_doctor(as_json=as_json, out=out))
 
 
 @app.command("check")
