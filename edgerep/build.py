@@ -227,9 +227,9 @@ def run_build(*, console: Any = None, out: Any = None, **kwargs: Any) -> int:
     (0: every engine passed its gate, 1: some engine failed or the fuse check failed). UserErrors propagate."""
     result = build(BuildOptions(**kwargs), console=console)
     if out is not None and result.report.get("engines"):
-        from .report import summary_table
+        from .report import build_summary
 
-        out.print(summary_table(result.report))
+        out.print(build_summary(result.report))
         if result.paths:
             out.print(f"report: {result.paths[0]}  {result.paths[1]}  {result.paths[2]}", highlight=False)
     return result.exit_code
@@ -395,7 +395,8 @@ def build(opts: BuildOptions, *, console: Any = None) -> BuildResult:
     with log.stage("reference", "running the unfused PyTorch model on the validation data") as st:
         reference = compute_reference(info.module, val_source, batch_size=opts.val_batch, limit=opts.val_samples)
         st["detail"] = (f"{reference.outputs.shape[0]} samples"
-                        + (f", top-1 {reference.top1:.2f}%" if reference.top1 is not None else ", no labels"))
+                        + (f", top-1 {reference.top1:.2f}%" if reference.top1 is not None else ", no labels")
+                        + (f"; {reference.degenerate}" if reference.degenerate else ""))
     engine_batch = opts.val_batch if profile.dynamic_batch else int(info.input_shape[0])
     for precision in precisions:
         artifact, record = artifacts[precision], engine_records[precision]
@@ -446,7 +447,7 @@ def build(opts: BuildOptions, *, console: Any = None) -> BuildResult:
         "target": profile.to_dict(),
         "reference": {"kind": "pytorch-unfused", "data": val_source.describe(), "num_samples": int(reference.outputs.shape[0]),
                       "top1": reference.top1, "labelled": reference.labels is not None,
-                      "same_as_calibration": val is None},
+                      "same_as_calibration": val is None, "degenerate": reference.degenerate},
         "calibration": calib.describe() if calib is not None else None,
         "engines": [engine_records[p] for p in precisions] + extra_records,
         "fuse": fuse_info,
@@ -456,17 +457,17 @@ def build(opts: BuildOptions, *, console: Any = None) -> BuildResult:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "output_dir": str(out_dir),
     }
-    from .report import write_report
+    from .recommend import recommend
+    from .report import failure_lines, write_report
 
+    report["recommended"] = recommend(report, profile.to_dict())
     paths = _guard_io(lambda: write_report(out_dir, report), out_dir)
     # skipped engines (built on the device) and prediction rows do not fail the build
     failed = [e for e in report["engines"] if not e.get("prediction") and e["status"] != "skipped"
               and (e["status"] != "ok" or not e.get("passed"))]
     if console is not None:
-        from rich.markup import escape
-
-        for e in failed:
-            console.print(f"[bold red]FAILED[/] {e['backend']} {e['precision']}: {escape(str(e.get('reason')))}", highlight=False, soft_wrap=True)
+        for line in failure_lines(report):
+            console.print(line, highlight=False, soft_wrap=True)
     return BuildResult(exit_code=1 if failed else 0, out_dir=out_dir, report=report, paths=paths)
 
 

@@ -19,6 +19,20 @@ console = Console(stderr=True)
 out = Console()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"edgerep {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="print edgerep's version and exit")) -> None:
+    """Re-parameterize, export, build and validate edge engines."""
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the zoo models (use them as --model zoo:NAME)."""
@@ -203,6 +217,14 @@ def targets_cmd() -> None:
                  "dynamic" if prof.dynamic_batch else "static", device]
         table.add_row(*cells, *([prof.description] if wide else []))
     out.print(table)
+
+
+@app.command("doctor")
+def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="print everything as one JSON object on stdout")) -> None:
+    """What edgerep sees here: runtimes (installed or why not), CPU INT8 features, GPUs, and which targets build."""
+    from .commands.doctor import run_doctor
+
+    raise typer.Exit(run_doctor(as_json=as_json, out=out))
 
 
 @app.command("check")

@@ -5,7 +5,12 @@ report.json, schema version 1 (keys below are always present; more may be added,
   reference: {kind: "pytorch-unfused", data, num_samples, top1 (percent or null)},
   engines: [{backend, precision, path, status (ok|failed|skipped),
              accuracy: {max_abs_err, cosine, top1_agreement, top1, top1_drop, mean_abs_err, sqnr_db, ...},
-             latency_ms: {p50, p90, p99}, throughput_ips, passed, reason}]
+             latency_ms: {p50, p90, p99}, throughput_ips, passed (true|false|null: not judged), reason}],
+  recommended: {backend, precision, path, batch_size, p50_ms, speedup, baseline, reason, notes, not_faster, deferred}
+             (edgerep.recommend; precision null when nothing can be recommended, deferred "device" for a
+             TensorRT device bundle), or null in reports written before it existed.
+  reference.degenerate: one line when the reference outputs carry no signal (then every engine's passed is
+             null, its reason says the gates are not meaningful, and gate_check keeps what they said).
   optional: fuse, export, stages, versions, created.
 """
 from __future__ import annotations
@@ -14,6 +19,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from .recommend import format_recommendation, p50_at
 
 SCHEMA_VERSION = 1
 ENGINE_KEYS = ("backend", "precision", "path", "status", "accuracy", "latency_ms", "throughput_ips", "passed", "reason")
@@ -42,8 +49,10 @@ def normalize(report: dict[str, Any]) -> dict[str, Any]:
     """Fill the schema's keys and turn non-finite floats into null (JSON has no Infinity/NaN)."""
     report = dict(report)
     report.setdefault("schema", SCHEMA_VERSION)
-    for key in ("model", "target", "reference"):
+    for key in ("model", "target", "reference", "recommended"):
         report.setdefault(key, None)
+    if isinstance(report["reference"], dict):
+        report["reference"] = {"degenerate": None, **report["reference"]}
     engines = []
     for eng in report.get("engines", []):
         full = engine_entry(eng.get("backend", "?"), eng.get("precision", "?"))
@@ -101,12 +110,32 @@ def _fmt(value: Any, spec: str = ".4g", suffix: str = "") -> str:
     return f"{value}{suffix}"
 
 
+def _verdict(eng: dict[str, Any]) -> str:
+    """pass / FAIL / n/a (not judged: a degenerate reference) for an engine that ran, else its status."""
+    if eng["status"] != "ok":
+        return eng["status"]
+    return {True: "pass", False: "FAIL"}.get(eng["passed"], "n/a")
+
+
+def failure_lines(report: dict[str, Any]) -> list[str]:
+    """What made the build fail, one line each (rich markup escaped): a degenerate reference is one line
+    for the whole build, not a list of gates that compared against noise."""
+    from rich.markup import escape
+
+    degenerate = (report.get("reference") or {}).get("degenerate")
+    failed = [e for e in report.get("engines", []) if not e.get("prediction") and e.get("status") != "skipped"
+              and (e.get("status") != "ok" or not e.get("passed"))]
+    if degenerate and failed:
+        return [f"[bold red]FAILED[/] accuracy not checked: {escape(degenerate)}"]
+    return [f"[bold red]FAILED[/] {e['backend']} {e['precision']}: {escape(str(e.get('reason')))}" for e in failed]
+
+
 def engine_rows(report: dict[str, Any]) -> list[list[str]]:
     """One row of display strings per engine (shared by report.md and the terminal summary)."""
     rows = []
     for eng in report["engines"]:
         acc, lat = eng["accuracy"], eng["latency_ms"]
-        verdict = {True: "pass", False: "FAIL", None: "-"}[eng["passed"]] if eng["status"] == "ok" else eng["status"]
+        verdict = _verdict(eng)
         rows.append([
             eng["backend"], eng["precision"], verdict,
             _fmt(acc.get("max_abs_err"), ".3g"), _fmt(acc.get("cosine"), ".6f"), _fmt(acc.get("sqnr_db"), ".1f"),
@@ -125,6 +154,14 @@ ROW_HEADERS = ["backend", "precision", "gate", "max abs err", "cosine", "SQNR dB
 def render_markdown(report: dict[str, Any]) -> str:
     model, target, ref = report.get("model") or {}, report.get("target") or {}, report.get("reference") or {}
     lines = [f"# edgerep build: {model.get('spec', '?')} on {target.get('name', '?')}", ""]
+    lines += [f"**{format_recommendation(report.get('recommended'))}**", ""]
+    rec = report.get("recommended") or {}
+    detail = [f"- {n['precision']} is not faster than {n['than']} on this machine: p50 {n['p50_ms']:.3g} vs "
+              f"{n['than_p50_ms']:.3g} ms at batch {rec.get('batch_size')} ({n['speedup']:.2f}x)"
+              for n in rec.get("not_faster") or []] + [f"- {note}" for note in rec.get("notes") or []]
+    lines += detail + ([""] if detail else [])
+    if ref.get("degenerate"):
+        lines += [f"**Accuracy gates not meaningful**: {ref['degenerate']}.", ""]
     if report.get("created"):
         lines += [f"Created {report['created']}.", ""]
     lines.append(f"- model: `{model.get('spec')}` input {model.get('input_shape')}, weights `{model.get('weights')}`")
@@ -138,8 +175,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "| " + " | ".join(ROW_HEADERS) + " |", "|" + "---|" * len(ROW_HEADERS)]
     for row in engine_rows(report):
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
-    lines += ["", "Latency: median (p50) and p99 after warm-up at the first batch size of the profile; "
-              "top-1 drop is against the unfused PyTorch model's own labelled top-1.", ""]
+    lines += ["", "Latency: median (p50) and p99 after warm-up at the first batch size of the profile (the "
+              "recommendation compares p50 at the deploy batch size); top-1 drop is against the unfused PyTorch "
+              "model's own labelled top-1.", ""]
     for eng in report["engines"]:
         if eng.get("path"):
             lines.append(f"- {eng['backend']} {eng['precision']}: `{eng['path']}`")
@@ -200,48 +238,99 @@ def _int8_plan_lines(report: dict[str, Any]) -> list[str]:
 
 
 def plot_latency_accuracy(report: dict[str, Any], path: Path) -> Path:
-    """Latency p50 (x) against accuracy (y: labelled top-1 where labels exist, else top-1 agreement, else
-    cosine) per engine; the reference top-1 as a dashed line."""
+    """Write latency_accuracy_figure(report) as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = latency_accuracy_figure(report)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def latency_accuracy_figure(report: dict[str, Any]) -> Any:
+    """Latency p50 at the deploy batch size (x) against accuracy (y: labelled top-1 where labels exist, else top-1
+    agreement, else cosine) per engine; the reference top-1 as a dashed line; the recommended engine ringed.
+    Every engine label lies inside the axes and over no other label, legend or note."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    engines = [e for e in report["engines"] if e["status"] == "ok" and e["latency_ms"].get("p50") is not None]
+    rec = report.get("recommended") or {}
+    batch = rec.get("batch_size")
+
+    def x_of(eng: dict[str, Any]) -> float | None:  # engines not measured at the deploy batch are left out
+        return p50_at(eng, batch) if batch is not None else eng["latency_ms"].get("p50")
+
+    engines = [e for e in report["engines"] if e["status"] == "ok" and x_of(e) is not None]
     metric = "top1" if any(e["accuracy"].get("top1") is not None for e in engines) else (
         "top1_agreement" if any(e["accuracy"].get("top1_agreement") is not None for e in engines) else "cosine")
     label = {"top1": "labelled top-1 (%)", "top1_agreement": "top-1 agreement with reference (%)", "cosine": "cosine similarity"}[metric]
+    ref_top1 = (report.get("reference") or {}).get("top1")
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
-    ys = []
-    for i, eng in enumerate(sorted(engines, key=lambda e: e["latency_ms"]["p50"])):
+    points = []
+    for eng in sorted(engines, key=x_of):
         y = eng["accuracy"].get(metric)
         if y is None:
             continue
-        x = eng["latency_ms"]["p50"]
-        ys.append(y)
-        ax.scatter([x], [y], s=60, color="tab:green" if eng["passed"] else "tab:red", zorder=3)
-        # Alternate labels above and below, so engines with the same accuracy stay readable.
-        ax.annotate(f"{eng['backend']} {eng['precision']}", (x, y), textcoords="offset points",
-                    xytext=(4, 8 if i % 2 == 0 else -14), fontsize=8)
-    ax.set_xlim(left=0)
-    if metric != "cosine" and ys:
-        low = min(ys + ([ref_top1] if (ref_top1 := (report.get("reference") or {}).get("top1")) is not None else []))
-        ax.set_ylim(max(0.0, low - max(2.0, (100 - low) * 0.2)), 100.5)
-    ref_top1 = (report.get("reference") or {}).get("top1")
+        x = x_of(eng)
+        chosen = rec.get("precision") == eng["precision"] and rec.get("backend") == eng["backend"]
+        points.append((x, y, f"{eng['backend']} {eng['precision']}" + (" (recommended)" if chosen else "")))
+        color = {True: "tab:green", False: "tab:red"}.get(eng["passed"], "tab:gray")
+        ax.scatter([x], [y], s=60, color=color, zorder=3)
+        if chosen:
+            ax.scatter([x], [y], s=260, facecolors="none", edgecolors="tab:blue", linewidths=2, zorder=4,
+                       label="recommended")
+    if points:
+        ax.set_xlim(0, max(x for x, _, _ in points) * 1.15)
+    if metric != "cosine" and points:
+        low = min([y for _, y, _ in points] + ([ref_top1] if ref_top1 is not None else []))
+        ax.set_ylim(max(0.0, low - max(2.0, (100 - low) * 0.2)), 101.0)
+    elif points:
+        lo, hi = min(y for _, y, _ in points), max(y for _, y, _ in points)
+        pad = max((hi - lo) * 0.25, 1e-4)
+        ax.set_ylim(lo - pad, hi + pad)
     if metric == "top1" and ref_top1 is not None:
         ax.axhline(ref_top1, color="gray", linestyle="--", linewidth=1, label=f"PyTorch reference {ref_top1:.2f}%")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("latency p50 (ms)")
+    ax.set_xlabel(f"latency p50 (ms){f' at batch {batch}' if batch is not None else ''}")
     ax.set_ylabel(label)
     model, target = (report.get("model") or {}).get("spec", "?"), (report.get("target") or {}).get("name", "?")
-    ax.set_title(f"{model} on {target}", fontsize=10)
+    ax.set_title(textwrap.fill(f"{model} on {target}", 70), fontsize=10)
     ax.grid(True, alpha=0.3)
-    if not engines:
-        ax.text(0.5, 0.5, "no engine was measured", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return Path(path)
+    fig.tight_layout()  # before the labels: they are placed in the final axes
+    avoid = []
+    if ax.get_legend_handles_labels()[0]:
+        avoid.append(ax.legend(loc="best", fontsize=8))
+    degenerate = (report.get("reference") or {}).get("degenerate")
+    if degenerate or not engines:
+        note = textwrap.fill(f"accuracy not meaningful: {degenerate}", 60) if degenerate else "no engine was measured"
+        avoid.append(ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=9,
+                             color="tab:red" if degenerate else "black"))
+    _place_labels(fig, ax, points, avoid=avoid)
+    return fig
+
+
+def _place_labels(fig: Any, ax: Any, points: list[tuple[float, float, str]], avoid: list[Any]) -> None:
+    """Label each point at the first nearby spot (right or left of it, stepping up and down) where the text lies
+    inside the axes and over no label placed before: engines with equal accuracy and latency stay readable."""
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed: list[Any] = [artist.get_window_extent(renderer) for artist in avoid]
+    offsets = [(dx, dy) for dy in (6, -6, 18, -18, 30, -30, 42, -42, 54, -54) for dx in (6, -6)]
+    for x, y, text in points:
+        ann = None
+        for dx, dy in offsets:
+            if ann is not None:
+                ann.remove()
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                              ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top")
+            box = ann.get_window_extent(renderer)
+            fits = (box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0 and box.y1 <= inside.y1)
+            if fits and not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(ann.get_window_extent(renderer))
 
 
 SUMMARY_COLUMNS = ("engine", "gate", "cosine", "agree%", "top-1%", "drop", "p50 ms", "p99 ms", "in/s")
@@ -260,10 +349,23 @@ def summary_table(report: dict[str, Any]) -> Any:
         table.add_column(c, no_wrap=True, justify="left" if c in ("engine", "gate") else "right")
     for eng in report["engines"]:
         acc, lat = eng["accuracy"], eng["latency_ms"]
-        verdict = {True: "pass", False: "FAIL", None: "-"}[eng["passed"]] if eng["status"] == "ok" else eng["status"]
+        verdict = _verdict(eng)
         style = "green" if verdict == "pass" else ("red" if verdict in ("FAIL", "failed") else None)
         table.add_row(f"{eng['backend']} {eng['precision']}", verdict, _fmt(acc.get("cosine"), ".5f"),
                       _fmt(acc.get("top1_agreement"), ".2f"), _fmt(acc.get("top1"), ".2f"),
                       _fmt(acc.get("top1_drop"), "+.2f"), _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"),
                       _fmt(eng.get("throughput_ips"), ".0f"), style=style)
     return table
+
+
+def build_summary(report: dict[str, Any]) -> Any:
+    """The end of `edgerep build` on the terminal: the recommendation first (with what was not chosen and why),
+    then the engines' table."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.text import Text
+
+    rec = report.get("recommended")
+    head = [Text.from_markup(f"[bold]{escape(format_recommendation(rec))}[/]")]
+    head += [Text(f"  {note}", style="dim") for note in (rec or {}).get("notes") or []]
+    return Group(*head, summary_table(report))

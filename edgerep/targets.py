@@ -64,6 +64,7 @@ class LatencySettings:
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     warmup: int = 10
     iterations: int = 50
+    deploy_batch: int | None = None  # the batch the engine ships at (the recommendation's); None: batch_sizes[0]
 
 
 @dataclass
@@ -272,12 +273,16 @@ def parse_profile(data: dict, path: Path) -> TargetProfile:
     dynamic_batch = c.get(data, "dynamic_batch", bool, default=False)
 
     lat_data = c.table(data.get("latency", {}), "latency")
-    c.no_unknown(lat_data, {"batch_sizes", "warmup", "iterations"}, "latency.")
+    c.no_unknown(lat_data, {"batch_sizes", "warmup", "iterations", "deploy_batch"}, "latency.")
     latency = LatencySettings(
         batch_sizes=c.int_list(lat_data, "batch_sizes", "latency.", [1]),
         warmup=c.get(lat_data, "warmup", int, "latency.", default=10),
         iterations=c.get(lat_data, "iterations", int, "latency.", default=50),
+        deploy_batch=c.get(lat_data, "deploy_batch", int, "latency."),
     )
+    if latency.deploy_batch is not None and latency.deploy_batch not in latency.batch_sizes:
+        raise c.fail("latency.deploy_batch", f"{latency.deploy_batch} is not among batch_sizes "
+                                             f"{latency.batch_sizes}, so its latency would not be measured; add it there")
     if latency.warmup < 0 or latency.iterations < 1:
         raise c.fail("latency", "warmup must be >= 0 and iterations >= 1")
     if not dynamic_batch and any(b != 1 for b in latency.batch_sizes):

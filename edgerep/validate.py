@@ -186,12 +186,51 @@ def gate_to_dict(gate: Any) -> dict[str, Any] | None:
     return {k: _gate_value(gate, k) for k in keys}
 
 
+# --- degenerate references ------------------------------------------------------------------------
+
+# Outputs that vary by less than this across samples carry no signal an FP32 engine can reproduce: float32
+# rounds at about 1e-7 of a value's magnitude, and trained models' outputs are O(0.1..10).
+NEAR_CONSTANT_ABS = 1e-6
+NEAR_CONSTANT_REL = 1e-6  # ... or by less than this fraction of their own magnitude (a constant output)
+# One class for every sample means nothing when there are only a few samples (it happens by chance).
+MIN_SAMPLES_FOR_TOP1_CHECK = 8
+UNTRAINED_HINT = "are the weights trained? pass --weights"
+
+
+def degenerate_reference(outputs: np.ndarray, labels: np.ndarray | None = None) -> str | None:
+    """One line saying why the reference outputs carry no signal to validate against, or None when they do.
+
+    Degenerate: (a) every output varies across samples by less than NEAR_CONSTANT_ABS, or by less than
+    NEAR_CONSTANT_REL of the outputs' RMS (the model ignores its input: typically untrained or randomly
+    initialized weights; torchvision's MobileNetV3-Small at its initialization gives outputs of about 1e-9);
+    (b) a classifier whose arg-max is the same class for every one of at least MIN_SAMPLES_FOR_TOP1_CHECK
+    samples, unless the labels are all that one class too (a one-class validation set is legitimate). Accuracy gates measured against such a reference
+    say nothing about the engine."""
+    out = np.asarray(outputs, dtype=np.float64)
+    n = out.shape[0] if out.ndim else 0
+    if n < 2 or out.size == 0:
+        return None
+    flat = out.reshape(n, -1)
+    spread = float(np.max(np.std(flat, axis=0)))
+    rms = float(np.sqrt(np.mean(flat * flat)))
+    if spread <= max(NEAR_CONSTANT_ABS, NEAR_CONSTANT_REL * rms):
+        return f"reference outputs are nearly constant (std {spread:.2g} across {n} samples): {UNTRAINED_HINT}"
+    if out.ndim == 2 and out.shape[1] > 1 and n >= MIN_SAMPLES_FOR_TOP1_CHECK:
+        classes = out.argmax(axis=1)
+        one_class_labels = labels is not None and np.unique(np.asarray(labels).reshape(-1)).size == 1
+        if np.all(classes == classes[0]) and not one_class_labels:
+            return f"reference top-1 is class {int(classes[0])} for all {n} samples: {UNTRAINED_HINT}"
+    return None
+
+
 # --- one engine, end to end ------------------------------------------------------------------------
 
 
 @dataclass
 class Reference:
-    """The unfused model's outputs on the validation data (computed once, shared by every engine)."""
+    """The unfused model's outputs on the validation data (computed once, shared by every engine).
+
+    `degenerate` (computed from the outputs) is the one-line reason the outputs carry no signal, else None."""
 
     outputs: np.ndarray
     labels: np.ndarray | None
@@ -199,6 +238,10 @@ class Reference:
     limit: int | None = None
     top1: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    degenerate: str | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.degenerate = degenerate_reference(self.outputs, self.labels)
 
 
 def compute_reference(model: Any, source: Any, *, batch_size: int = 32, limit: int | None = None) -> Reference:
@@ -232,6 +275,10 @@ def validate_runner(runner: Any, reference: Reference, *, engine_batch: int, gat
     measured = [lat for lat in latencies if "p50" in lat]
     first = measured[0] if measured else None
     passed, reason = check_gate(metrics, gate, reference.labels is not None)
+    gate_check = None
+    if reference.degenerate:  # the gates compared against noise: not a verdict on the engine either way
+        gate_check = {"passed": passed, "reason": reason}
+        passed, reason = None, f"accuracy gates not meaningful: {reference.degenerate}"
     return {
         "accuracy": metrics,
         "latency_ms": {k: first[k] for k in ("p50", "p90", "p99")} if first else {"p50": None, "p90": None, "p99": None},
@@ -240,6 +287,7 @@ def validate_runner(runner: Any, reference: Reference, *, engine_batch: int, gat
         "throughput_ips": max((lat["throughput_ips"] for lat in measured if lat.get("throughput_ips")), default=None),
         "passed": passed,
         "reason": reason,
+        **({"gate_check": gate_check} if gate_check else {}),
     }
 
 
@@ -358,7 +406,8 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     report = normalize({"model": {"spec": info.spec, "input_shape": list(shape), "weights": info.weights},
                         "target": {"name": profile.name, "backend": profile.backend},
                         "reference": {"kind": "pytorch-unfused", "data": source.describe(),
-                                      "num_samples": int(reference.outputs.shape[0]), "top1": reference.top1},
+                                      "num_samples": int(reference.outputs.shape[0]), "top1": reference.top1,
+                                      "degenerate": reference.degenerate},
                         "engines": [record]})
     if out is not None:
         if as_json:

@@ -131,6 +131,22 @@ def test_demo_report_schema_and_gates(demo):
         assert (demo["out_dir"] / name).stat().st_size > 0
 
 
+def test_demo_recommends_a_passing_engine_at_the_deploy_batch(demo):
+    rep, (code, out, _) = demo["reused"], demo["runs"][2]
+    rec = rep["recommended"]
+    passing = {e["precision"]: e for e in rep["engines"] if e["passed"]}
+    assert rec["backend"] == "openvino" and rec["precision"] in passing and rec["batch_size"] == 1
+    # the fastest passing engine at batch 1, unless it is under 1.05x faster than a higher precision (then named)
+    slower_kept = {n["precision"] for n in rec["not_faster"]}
+    assert all(n["speedup"] < 1.05 for n in rec["not_faster"])
+    for prec, eng in passing.items():
+        p50 = next(lat["p50"] for lat in eng["latency_by_batch"] if lat["batch_size"] == 1)
+        assert p50 >= rec["p50_ms"] or prec in slower_kept
+    assert out.startswith(f"recommended: openvino {rec['precision']} (")
+    md = (demo["out_dir"] / "report.md").read_text().splitlines()
+    assert md[2] == f"**recommended: openvino {rec['precision']} ({rec['reason']})**"
+
+
 def test_unchanged_rerun_reuses_every_stage_and_drops_a_killed_runs_temporaries(demo):
     code, _, err = demo["runs"][2]
     assert code == 0, err

@@ -65,3 +65,79 @@ def test_non_finite_numbers_become_null(tmp_path):
 def test_summary_table_has_a_row_per_engine():
     table = summary_table(_report())
     assert table.row_count == 4 and len(table.columns) == 9
+
+
+def _recommended_report():
+    from edgerep.recommend import recommend
+
+    rep = _report()
+    for eng, p50 in zip(rep["engines"], (0.41, 0.40, 0.20, None)):  # at the deploy batch, as validate_runner records
+        eng["latency_ms"]["p50"] = p50
+        eng["latency_by_batch"] = [{"batch_size": 1, **eng["latency_ms"]}]
+    rep["target"]["latency"] = {"batch_sizes": [1]}
+    rep["recommended"] = recommend(rep)
+    return rep
+
+
+def test_recommendation_heads_report_md_json_and_the_summary(tmp_path):
+    from rich.console import Console
+
+    from edgerep.report import build_summary
+
+    rep = _recommended_report()
+    # int8 failed its gate; fp16 (0.40 ms) is under 1.05x faster than fp32 (0.41 ms): fp32 stays.
+    assert rep["recommended"]["precision"] == "fp32"
+    json_path, md_path, _ = write_report(tmp_path, rep)
+    assert json.loads(json_path.read_text())["recommended"]["precision"] == "fp32"
+    md = md_path.read_text().splitlines()
+    assert md[2].startswith("**recommended: openvino fp32 (fp32: p50 0.41 ms at batch 1")
+    assert any(line.startswith("- fp16 is not faster than fp32 on this machine") for line in md[3:6])
+    assert any(line.startswith("- int8: failed its gates (top1_drop") for line in md[3:7])
+    console = Console(record=True, width=100)
+    console.print(build_summary(rep))
+    text = console.export_text()
+    assert text.splitlines()[0].startswith("recommended: openvino fp32") and "openvino int8" in text
+
+
+def test_failure_lines_one_per_engine_or_one_for_a_degenerate_reference():
+    from edgerep.report import failure_lines
+
+    rep = _report()
+    assert failure_lines(rep) == ["[bold red]FAILED[/] openvino int8: top1_drop 12.00 pp > 1 pp"]
+    rep["reference"]["degenerate"] = "reference outputs are nearly constant (std 0 across 30 samples): x"
+    for eng in rep["engines"][:3]:
+        eng["passed"] = None
+    assert failure_lines(rep) == ["[bold red]FAILED[/] accuracy not checked: reference outputs are nearly "
+                                  "constant (std 0 across 30 samples): x"]
+
+
+def test_plot_labels_stay_inside_and_apart_and_the_recommended_engine_is_marked():
+    import matplotlib.pyplot as plt
+
+    from edgerep.report import latency_accuracy_figure, normalize
+
+    rep = normalize(_recommended_report())
+    # Crowd the plot: fp16 at fp32's latency and accuracy, int8 at the far right edge.
+    rep["engines"][1]["latency_ms"]["p50"] = rep["engines"][1]["latency_by_batch"][0]["p50"] = 0.41
+    rep["engines"][1]["accuracy"]["top1"] = rep["engines"][0]["accuracy"]["top1"]
+    rep["engines"][2]["latency_ms"]["p50"] = rep["engines"][2]["latency_by_batch"][0]["p50"] = 3.0
+    rep["model"]["spec"] = "torchvision.models:mobilenet_v3_small_with_a_long_name:factory_that_wraps_it"
+    fig = latency_accuracy_figure(rep)
+    try:
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        inside = ax.get_window_extent(renderer)
+        labels = [t for t in ax.texts if t.get_text().startswith("openvino")]
+        assert sorted(t.get_text() for t in labels) == ["openvino fp16", "openvino fp32 (recommended)", "openvino int8"]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        legend = ax.get_legend().get_window_extent(renderer)
+        for i, box in enumerate(boxes):
+            assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            assert not box.overlaps(legend)
+            assert not any(box.overlaps(other) for other in boxes[i + 1:])
+        figure_box = fig.bbox
+        title = ax.title.get_window_extent(renderer)
+        assert figure_box.x0 <= title.x0 and title.x1 <= figure_box.x1
+        assert "recommended" in [t.get_text() for t in ax.get_legend().get_texts()]
+    finally:
+        plt.close(fig)

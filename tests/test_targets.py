@@ -98,6 +98,8 @@ BAD = [
     ('opset = 17', 'opset = 17\n[latency]\nbatch_sizes = [1, 8]', "latency.batch_sizes: batch sizes other than 1"),
     ('opset = 17', 'opset = 17\n[latency]\nbatch_sizes = [0]', "latency.batch_sizes"),
     ('opset = 17', 'opset = [17', "not valid TOML"),
+    ('opset = 17', 'opset = 17\ndynamic_batch = true\n[latency]\nbatch_sizes = [1, 8]\ndeploy_batch = 4',
+     "latency.deploy_batch: 4 is not among batch_sizes [1, 8]"),
 ]
 
 
@@ -210,3 +212,13 @@ def test_profiles_found_in_a_non_editable_install(tmp_path):
 
 def test_source_checkout_dir_is_found():
     assert REPO / "targets" in targets_dirs() or Path(__file__).resolve().parents[1].joinpath("edgerep", "targets") in targets_dirs()
+
+
+def test_deploy_batch_defaults_to_the_first_batch_size(tmp_path):
+    from edgerep.recommend import deploy_batch
+
+    path = tmp_path / "mine.toml"
+    path.write_text(GOOD.format(name="mine").replace("opset = 17", "opset = 17\ndynamic_batch = true\n[latency]\n"
+                                                     "batch_sizes = [1, 8]\ndeploy_batch = 8"))
+    assert load_target(str(path)).latency.deploy_batch == 8 and deploy_batch(load_target(str(path)).to_dict()) == 8
+    assert deploy_batch(load_target("openvino-cpu").to_dict()) == 1  # batch_sizes [1, 8], no deploy_batch

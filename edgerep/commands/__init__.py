@@ -1,1 +1,1 @@
-"""Commands: each composes library stages for one CLI command; nothing below imports this package."""
+"""Command bodies, one module per command: each composes library stages; nothing below imports this package."""
