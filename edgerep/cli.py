@@ -108,7 +108,7 @@ def build_cmd(
 @app.command("validate")
 def validate_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="the model the engine was built from (the unfused reference)"),
-    engine: Path = typer.Option(..., "--engine", "-e", help="a built engine file (its sidecar JSON names the backend)"),
+    engine: list[Path] = typer.Option(..., "--engine", "-e", help="a built engine file (its sidecar JSON names the backend); with --bundle, repeat it to validate several and get the one to ship"),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="a TensorRT device bundle: validate against its reference, no PyTorch"),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="profile whose gates apply (default: the engine's)"),
     val: Optional[Path] = typer.Option(None, "--val", help="validation data: image folder, ImageFolder tree, .npy or .npz"),
@@ -127,9 +127,11 @@ def validate_cmd(
         raise typer.Exit(run_validate_bundle(bundle=bundle, engine=engine, as_json=as_json, out=out, console=console))
     if model is None:
         raise UserError("--model: required (the unfused model the engine was built from), or --bundle DIR on a device")
+    if len(engine) != 1:
+        raise UserError(f"--engine: give one engine to validate against --model (got {len(engine)}); several go with --bundle")
     from .validate import run_validate
 
-    code = run_validate(model=model, engine=engine, target=target, val=val, weights=weights, input_shape=input_shape,
+    code = run_validate(model=model, engine=engine[0], target=target, val=val, weights=weights, input_shape=input_shape,
                         num_classes=num_classes, trust_pickle=trust_pickle, val_samples=val_samples, isa=isa,
                         as_json=as_json, out=out, console=console)
     raise typer.Exit(code)

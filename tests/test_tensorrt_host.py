@@ -711,3 +711,36 @@ def test_standalone_check_script_for_old_jetpacks(built):
             assert result["accuracy"]["cosine"] > 0.98
     proc = subprocess.run([sys.executable, str(script), "missing.engine"], capture_output=True, text=True, cwd=str(bdir))
     assert proc.returncode == 2 and "missing.engine: file not found" in proc.stderr
+    # several engines: each checked and timed, then the engine to ship by the bundle's copy of recommend.py
+    assert manifest["files"]["recommend.py"] == file_sha256(bdir / "recommend.py")
+    code = ("import sys, runpy\nsys.modules['torch'] = None\nsys.modules['edgerep'] = None\n"
+            "sys.argv = ['check_engine.py', 'model.onnx', 'model.qdq.onnx']\n"
+            f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(bdir), env=env)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    both = json.loads(proc.stdout)
+    assert [r["precision"] for r in both["engines"]] == ["fp32", "int8"]
+    assert all(r["latency_by_batch"][0]["p50"] > 0 for r in both["engines"])
+    assert both["recommended"]["precision"] in ("fp32", "int8")
+    assert proc.stderr.strip().splitlines()[-1].startswith("recommended: onnxruntime ")
+
+
+def test_validate_bundle_recommends_an_engine_on_the_device(built):
+    """Several engines of a bundle validated on the device: each gets its record, then the one to ship (the
+    host deferred that choice). ONNX Runtime stands in for TensorRT here: model.onnx (float) and the Q/DQ model."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    bdir = built.out_dir / "engines" / "device-bundle"
+    assert built.report["recommended"]["deferred"] == "device"
+    buf = StringIO()
+    code = run_validate_bundle(bundle=bdir, engine=[bdir / "model.onnx", bdir / "model.qdq.onnx"], as_json=True,
+                               out=Console(file=buf, width=400))
+    result = json.loads(buf.getvalue())
+    assert code == 0 and [r["precision"] for r in result["engines"]] == ["fp32", "int8"]
+    rec = result["recommended"]
+    assert rec["precision"] in ("fp32", "int8") and rec["backend"] == "onnxruntime" and rec["reason"]
+    buf = StringIO()
+    run_validate_bundle(bundle=bdir, engine=[bdir / "model.onnx", bdir / "model.qdq.onnx"], out=Console(file=buf, width=400))
+    assert buf.getvalue().strip().splitlines()[-1].startswith("recommended: onnxruntime ")

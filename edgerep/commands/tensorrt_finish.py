@@ -14,18 +14,18 @@ from ..trt.host import PREDICTION_BACKEND, bundle_predictions, bundle_reference
 
 def qdq_prediction(qdq_path: Path, reference: Any, *, profile: Any, engine_batch: int) -> dict[str, Any]:
     """Validate the Q/DQ model in ONNX Runtime on the CPU like any engine: the INT8 engine's predicted accuracy."""
-    from ..artifacts import Artifact
-    from ..backends import get_backend
+    from ..backends.onnxruntime import OrtRunner
     from ..report import engine_entry
     from ..validate import gate_to_dict, validate_runner
 
-    ort = get_backend("onnxruntime")
     record = engine_entry(PREDICTION_BACKEND, "int8", path=str(qdq_path), status="ok", prediction=True,
                           prediction_of="tensorrt int8",
                           note="the INT8 Q/DQ model TensorRT builds from, run in ONNX Runtime on the CPU: "
                                "a prediction of the device engine's accuracy (its latency is the CPU's)")
     record["gate"] = gate_to_dict(profile.gate("int8"))
-    runner = ort.load(Artifact(backend="onnxruntime", precision="int8", path=Path(qdq_path)))
+    # Simulated Q/DQ (float ops): the quantization error alone, as a GPU computes it; this CPU's integer
+    # kernels could saturate where TensorRT's do not (OrtRunner's simulate_qdq).
+    runner = OrtRunner(Path(qdq_path), simulate_qdq=True)
     try:
         record.update(validate_runner(runner, reference, engine_batch=engine_batch, gate=profile.gate("int8"),
                                       latency_batches=[engine_batch], warmup=2, iterations=10,

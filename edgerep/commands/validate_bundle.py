@@ -15,15 +15,19 @@ from ..trt.host import engine_precision
 def load_engine_runner(engine: Path, bundle: Any) -> tuple[Any, dict[str, Any] | None, str]:
     """A runner for `engine`: ONNX Runtime for .onnx (the stand-in on machines without TensorRT), TensorRT for
     .engine/.plan/.trt after the sidecar guard. Returns (runner, sidecar or None, runtime name)."""
-    from ..artifacts import Artifact, read_sidecar
+    from ..artifacts import read_sidecar
     from ..backends import get_backend
 
     engine = Path(engine)
     if not engine.is_file():
         raise UserError(f"--engine {engine}: file not found; give its path, or its name inside --bundle")
-    if engine.suffix == ".onnx":
-        ort = get_backend("onnxruntime")
-        return ort.load(Artifact(backend="onnxruntime", precision="fp32", path=engine)), read_sidecar(engine), "onnxruntime"
+    if engine.suffix == ".onnx":  # a prediction of the device engine: Q/DQ simulated, as in the build's row
+        from ..backends.onnxruntime import OrtRunner
+
+        require = get_backend("onnxruntime").available()
+        if require is not None:
+            raise UserError(require)
+        return OrtRunner(engine, simulate_qdq=True), read_sidecar(engine), "onnxruntime"
     if engine.suffix not in (".engine", ".plan", ".trt"):
         raise UserError(f"--engine {engine}: expected a TensorRT plan (.engine, .plan, .trt) or an .onnx stand-in")
     TRT = get_backend("tensorrt")
@@ -37,9 +41,42 @@ def load_engine_runner(engine: Path, bundle: Any) -> tuple[Any, dict[str, Any] |
     return runner, side, "tensorrt"
 
 
-def run_validate_bundle(*, bundle: Path, engine: Path, precision: str | None = None, as_json: bool = False,
-                        out: Any = None, console: Any = None) -> int:
-    """Validate an engine against the bundle's reference (no PyTorch): 0 passes its gate, 1 fails, 2 bad input."""
+def run_validate_bundle(*, bundle: Path, engine: Path | list[Path], precision: str | None = None,
+                        as_json: bool = False, out: Any = None, console: Any = None) -> int:
+    """Validate an engine against the bundle's reference (no PyTorch): 0 passes its gate, 1 fails, 2 bad input.
+
+    Several engines (`--engine` repeated): each is validated, then the engine to ship on this device is
+    recommended by edgerep.recommend's rule (the host deferred that choice to the device)."""
+    if isinstance(engine, (list, tuple)):
+        if len(engine) != 1:
+            return _validate_several(Path(bundle), [Path(e) for e in engine], as_json=as_json, out=out,
+                                     console=console)
+        engine = engine[0]
+    return _validate_one(Path(bundle), Path(engine), precision=precision, as_json=as_json, out=out)[0]
+
+
+def _validate_several(bundle: Path, engines: list[Path], *, as_json: bool, out: Any, console: Any) -> int:
+    from ..recommend import format_recommendation, recommend_on_device
+    from ..trt.bundle import load_bundle
+
+    if not engines:
+        raise UserError("--engine: give at least one engine of the bundle")
+    records = []
+    for engine in engines:
+        code, record = _validate_one(bundle, engine, as_json=False, out=None if as_json else out)
+        records.append(record)
+    rec = recommend_on_device(records, load_bundle(bundle).manifest["profile"])
+    if out is not None:
+        if as_json:
+            out.print_json(json.dumps({"engines": records, "recommended": rec}, default=str))
+        else:
+            out.print(format_recommendation(rec), highlight=False)
+    return 0 if all(r.get("passed") for r in records) else 1
+
+
+def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, as_json: bool = False,
+                  out: Any = None) -> tuple[int, dict[str, Any]]:
+    """One engine against the bundle's reference: (exit code, its record)."""
     from ..report import engine_entry
     from ..trt.bundle import load_bundle, read_reference
     from ..validate import Reference, gate_to_dict, validate_runner
@@ -74,7 +111,7 @@ def run_validate_bundle(*, bundle: Path, engine: Path, precision: str | None = N
     if as_json:
         if out is not None:
             out.print_json(json.dumps(record, default=str))
-        return code
+        return code, record
     if out is not None:
         acc, latency = record["accuracy"], record["latency_ms"]
         out.print(f"{engine} ({runtime}, {prec}) vs the bundle reference ({ref.shape[0]} samples, unfused PyTorch):",
@@ -90,7 +127,7 @@ def run_validate_bundle(*, bundle: Path, engine: Path, precision: str | None = N
                       highlight=False)
         verdict = "[green]passes[/]" if code == 0 else f"[red]FAILS[/] ({record.get('reason')})"
         out.print(f"  {verdict} the {gate_name} gate of {b.manifest['profile']['name']}", highlight=False)
-    return code
+    return code, record
 
 
 def _pct(value: Any) -> str:

@@ -183,6 +183,9 @@ def _write_scripts(bundle_dir: Path, manifest: dict[str, Any]) -> None:
     # For JetPack 4/5, whose Python is too old for edgerep: numpy + tensorrt + pycuda only.
     manifest["files"][B.CHECK_SCRIPT] = B.copy_in(bundle_dir, Path(__file__).parent.parent / "trt_data" / B.CHECK_SCRIPT,
                                                   B.CHECK_SCRIPT)
+    # the rule that picks the engine to ship, for check_engine.py on the device (stdlib only, Python 3.6)
+    manifest["files"]["recommend.py"] = B.copy_in(bundle_dir, Path(__file__).parent.parent / "recommend.py",
+                                                  "recommend.py")
     manifest["files"]["README.md"] = B.write_text(bundle_dir, "README.md", B.readme(manifest))
     B.write_manifest(bundle_dir, manifest)  # last: its presence and hashes mean the bundle is complete
 

@@ -4,13 +4,17 @@
 edgerep needs Python >= 3.10; JetPack 4.x ships Python 3.6 and JetPack 5.x Python 3.8 with TensorRT 8.x.
 This file is copied into every device bundle and needs only numpy, tensorrt (from JetPack) and pycuda:
     python3 check_engine.py model.int8.engine        # or model.onnx with onnxruntime, to try it on a host
+    python3 check_engine.py model.fp16.engine model.int8.engine    # several: then the one to ship here
 It prints the same accuracy figures as `edgerep validate --bundle` (max abs error, cosine, top-1 agreement,
-labelled top-1) and exits 1 when the engine misses the profile's gate recorded in bundle.json.
+labelled top-1), the time per batch over the reference run, and exits 1 when an engine misses the profile's
+gate recorded in bundle.json. With several engines it ends with the engine to ship on this device, by the rule
+of recommend.py (edgerep's own, copied into the bundle beside this file).
 Written for Python 3.6: no f-string '=' specifiers, no walrus, no `X | Y` annotations.
 """
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -18,7 +22,11 @@ import numpy as np
 def run_onnx(path, x, batch):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    # Q/DQ as float ops: on a host this .onnx predicts a GPU engine, whose INT8 sums do not saturate the way
+    # a CPU's integer kernels can (edgerep's OrtRunner does the same).
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
@@ -166,15 +174,55 @@ def gate_failures(result, gate):
     return failures
 
 
+# Full passes over the reference per engine; the median pass gives the time per batch. It includes the host
+# copies, the same for every engine, so it ranks engines fairly; it is not trtexec's GPU-only latency.
+TIMED_PASSES = 3
+
+
+def check_one(engine, manifest, x, ref, labels, batch):
+    run = run_onnx if engine.endswith(".onnx") else run_engine
+    seconds = []
+    out = None
+    for _ in range(TIMED_PASSES):
+        start = time.perf_counter()
+        out = run(engine, x, batch)
+        seconds.append(time.perf_counter() - start)
+    result = metrics(ref, out, labels)
+    base = os.path.basename(engine)
+    precision = "int8" if ("int8" in base or "qdq" in base) else ("fp16" if "fp16" in base else "fp32")
+    gate = ((manifest.get("profile") or {}).get("gates") or {}).get(precision) or {}
+    failures = gate_failures(result, gate)
+    per_batch_ms = sorted(seconds)[len(seconds) // 2] * 1000.0 / max(1, -(-len(x) // batch))
+    return {"engine": engine, "backend": "onnxruntime" if engine.endswith(".onnx") else "tensorrt",
+            "precision": precision, "status": "ok", "accuracy": result, "passed": not failures,
+            "reason": "; ".join(failures) or None,
+            "latency_by_batch": [{"batch_size": batch, "p50": per_batch_ms}]}
+
+
+def recommendation(records, manifest, here):
+    """The engine to ship, by recommend.py's rule (carried in the bundle); None when the file is missing."""
+    if not os.path.isfile(os.path.join(here, "recommend.py")):
+        return None
+    sys.path.insert(0, here)
+    import recommend
+
+    rec = recommend.recommend_on_device(records, manifest.get("profile") or {})
+    return rec, recommend.format_recommendation(rec)
+
+
 def main(argv):
-    if len(argv) != 2:
-        sys.stderr.write("usage: python3 check_engine.py ENGINE (a .engine/.plan file, or a .onnx to try on a host)\n")
+    if len(argv) < 2:
+        sys.stderr.write("usage: python3 check_engine.py ENGINE [ENGINE ...] (.engine/.plan files, or .onnx to try "
+                         "on a host)\n")
         return 2
     here = os.path.dirname(os.path.abspath(__file__))
-    engine = argv[1] if os.path.isabs(argv[1]) or os.path.exists(argv[1]) else os.path.join(here, argv[1])
-    if not os.path.isfile(engine):
-        sys.stderr.write("error: %s: file not found; pass an engine built by build.sh\n" % argv[1])
-        return 2
+    engines = []
+    for name in argv[1:]:
+        engine = name if os.path.isabs(name) or os.path.exists(name) else os.path.join(here, name)
+        if not os.path.isfile(engine):
+            sys.stderr.write("error: %s: file not found; pass an engine built by build.sh\n" % name)
+            return 2
+        engines.append(engine)
     with open(os.path.join(here, "bundle.json")) as f:
         manifest = json.load(f)
     data = np.load(os.path.join(here, "reference.npz"))
@@ -182,15 +230,15 @@ def main(argv):
     labels = data["y"] if "y" in data.files else None
     dims = (manifest.get("input") or {}).get("shape") or [1]
     batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 32
-    out = run_onnx(engine, x, batch) if engine.endswith(".onnx") else run_engine(engine, x, batch)
-    result = metrics(ref, out, labels)
-    base = os.path.basename(engine)
-    precision = "int8" if ("int8" in base or "qdq" in base) else ("fp16" if "fp16" in base else "fp32")
-    gate = ((manifest.get("profile") or {}).get("gates") or {}).get(precision) or {}
-    failures = gate_failures(result, gate)
-    print(json.dumps({"engine": engine, "precision": precision, "accuracy": result, "passed": not failures,
-                      "reason": "; ".join(failures) or None}, indent=2))
-    return 1 if failures else 0
+    records = [check_one(engine, manifest, x, ref, labels, batch) for engine in engines]
+    if len(records) == 1:
+        print(json.dumps(records[0], indent=2))
+    else:
+        found = recommendation(records, manifest, here)
+        print(json.dumps({"engines": records, "recommended": found[0] if found else None}, indent=2))
+        if found:
+            sys.stderr.write(found[1] + "\n")
+    return 0 if all(r["passed"] for r in records) else 1
 
 
 if __name__ == "__main__":
