@@ -72,7 +72,7 @@ def fuse(model: nn.Module, example_inputs: Any, *, check_shapes: list[tuple[int,
     """
     example = _example_tensor(example_inputs)
     notes: list[str] = []
-    reference = copy.deepcopy(model)
+    reference = _deepcopy(model)
     if model.training:
         notes.append("the model was in training mode: fused in eval mode with BN running statistics")
     reference.eval()
@@ -106,6 +106,20 @@ def fuse(model: nn.Module, example_inputs: Any, *, check_shapes: list[tuple[int,
         method=method, regions=regions, unfused=unfused, notes=notes,
     )
     return FuseResult(fused, report)
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy, also for modules holding computed (non-leaf) tensors as attributes.
+
+    The old `torch.nn.utils.weight_norm` stores `weight` as the output of a computation, which torch refuses
+    to deepcopy; a detached copy of it is exact (its forward pre-hook recomputes it anyway).
+    """
+    memo: dict[int, Any] = {}
+    for mod in model.modules():
+        for value in vars(mod).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def _one_line(exc: BaseException) -> str:
