@@ -41,3 +41,6 @@ def _adopt(dst: nn.Module, src: nn.Module, *, keep_own_buffers: bool) -> None:
         else:
             children[name] = child
     dst._modules = children
+    # A plain attribute of the same name (a training-form block's `self.reparam = None`) would shadow them.
+    for name in (*dst._parameters, *dst._buffers, *children):
+        dst.__dict__.pop(name, None)

@@ -22,6 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from . import algebra
 from .algebra import ConvRep, NotExact
 from .constants import fold_parameter_computations
+from .switch import fold_bn_through_switches
 
 _BN_TYPES = (nn.BatchNorm2d,)
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -615,6 +616,7 @@ def fuse_graph(gm: fx.GraphModule, example: torch.Tensor, original: nn.Module | 
     ShapeProp(gm).propagate(example)
     _drop_static_checks(gm)
     fold_parameter_computations(gm)
+    fold_bn_through_switches(gm)
     finder = _find_regions(gm)
     dtype = next((p.dtype for p in gm.parameters()), torch.float32)
     outcome = GraphFuseOutcome(gm, unfused=finder.unfused)
