@@ -163,7 +163,16 @@ def bench_model(spec: str, shape: tuple[int, ...], work: Path, args: argparse.Na
         "latency_ms": lat,
         "speedup_torch": lat["torch_unfused"]["median_ms"] / lat["torch_fused"]["median_ms"],
         "speedup_ort": lat["ort_unfused"]["median_ms"] / lat["ort_fused"]["median_ms"],
+        # The ratio within each round (the runners are interleaved, so a load change hits both), then the median:
+        # steadier than the ratio of medians on a shared machine.
+        "speedup_torch_per_round": _round_ratio(lat, "torch"),
+        "speedup_ort_per_round": _round_ratio(lat, "ort"),
     }
+
+
+def _round_ratio(lat: dict, runtime: str) -> float:
+    pairs = zip(lat[f"{runtime}_unfused"]["round_medians_ms"], lat[f"{runtime}_fused"]["round_medians_ms"])
+    return statistics.median(u / f for u, f in pairs)
 
 
 def main() -> int:
@@ -218,7 +227,8 @@ def main() -> int:
 
     table = Table(title="edgerep fuse: median ms, CPU")
     # "a/b" cells: unfused/fused; "x": the speedup unfused/fused.
-    for col in ("model", "input", "ops", "fuse s", "GFLOPs", "torch ms", "torch x", "ORT ms", "ORT x", "rel err"):
+    for col in ("model", "input", "ops", "fuse s", "GFLOPs", "torch ms", "torch x", "round x", "ORT ms", "ORT x",
+                "round x ", "rel err"):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for r in results:
         lat = r["latency_ms"]
@@ -227,12 +237,14 @@ def main() -> int:
             f"{sum(r['ops_before'].values())}/{sum(r['ops_after'].values())}", f"{r['fuse_seconds']:.1f}",
             f"{r['gflops_before']:.2f}/{r['gflops_after']:.2f}",
             f"{lat['torch_unfused']['median_ms']:.1f}/{lat['torch_fused']['median_ms']:.1f}",
-            f"{r['speedup_torch']:.2f}",
+            f"{r['speedup_torch']:.2f}", f"{r['speedup_torch_per_round']:.2f}",
             f"{lat['ort_unfused']['median_ms']:.1f}/{lat['ort_fused']['median_ms']:.1f}", f"{r['speedup_ort']:.2f}",
+            f"{r['speedup_ort_per_round']:.2f}",
             f"{max(r['fuse_max_rel_err'], *r['onnx_max_rel_err_vs_torch_unfused'].values()):.0e}",
         )
     out.print(table)
-    out.print("cells a/b: unfused/fused; x: speedup (unfused / fused)")
+    out.print("cells a/b: unfused/fused; x: speedup (unfused / fused) of the medians; round x: median of the "
+              "per-round speedups")
     for r in results:
         if r["ultralytics_fuse"]:
             u = r["ultralytics_fuse"]

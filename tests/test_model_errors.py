@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 
-from edgerep.cli import main
 from edgerep.errors import UserError
 from edgerep.models import load_model
+from test_fuse_cli import call_main
 
 USER_PACKAGE = textwrap.dedent('''
     import torch.nn as nn
@@ -52,14 +52,6 @@ def user_package(tmp_path, monkeypatch):
     sys.modules.pop("userpkg", None)
     yield tmp_path
     sys.modules.pop("userpkg", None)
-
-
-def call_main(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.mark.parametrize("spec", sorted(CASES))

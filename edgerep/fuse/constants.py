@@ -12,7 +12,7 @@ same graph, so this small pass writes them directly.)
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
@@ -40,11 +40,10 @@ def fold_parameter_computations(gm: fx.GraphModule) -> list[str]:
     values: dict[fx.Node, Any] = {}
     for node in gm.graph.nodes:
         if node.op == "get_attr":
-            values[node] = _fetch(gm, str(node.target))
+            values[node] = fetch_attr(gm, str(node.target))
         elif _is_pure(node) and node.all_input_nodes and all(n in values for n in node.all_input_nodes):
             try:
-                with torch.no_grad():
-                    values[node] = _run(node, values)
+                values[node] = evaluate(node, lambda arg: fx.node.map_arg(arg, lambda n: values[n]))
             except Exception:  # not evaluable on its own (it needs what tracing could not give): leave it
                 continue
     folded: list[str] = []
@@ -66,19 +65,22 @@ def fold_parameter_computations(gm: fx.GraphModule) -> list[str]:
     return folded
 
 
-def _fetch(gm: fx.GraphModule, target: str) -> Any:
+def fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+    """The value a `get_attr` node reads (tensors detached)."""
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj.detach() if isinstance(obj, torch.Tensor) else obj
 
 
-def _run(node: fx.Node, values: dict[fx.Node, Any]) -> Any:
-    args = fx.node.map_arg(node.args, lambda n: values[n])
-    kwargs = fx.node.map_arg(node.kwargs, lambda n: values[n])
-    if node.op == "call_function":
-        return node.target(*args, **kwargs)
-    return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+def evaluate(node: fx.Node, lookup: Callable[[Any], Any]) -> Any:
+    """Run one call_function / call_method node on known values; `lookup` maps its args (nodes) to values."""
+    args = lookup(node.args)
+    kwargs = {k: lookup(v) for k, v in node.kwargs.items()}
+    with torch.no_grad():
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
 
 
 def _free_name(gm: fx.GraphModule, wanted: str) -> str:

@@ -21,7 +21,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from . import algebra
 from .algebra import ConvRep, NotExact
-from .constants import fold_parameter_computations
+from .constants import evaluate, fetch_attr, fold_parameter_computations
 from .switch import fold_bn_through_switches
 
 _BN_TYPES = (nn.BatchNorm2d,)
@@ -123,11 +123,11 @@ class _RegionFinder:
     def run(self) -> None:
         for node in self.gm.graph.nodes:
             if node.op == "get_attr":
-                self.consts[node] = _fetch_attr(self.gm, node.target)
+                self.consts[node] = fetch_attr(self.gm, str(node.target))
                 continue
             if node.op in ("call_function", "call_method") and self._all_const(node):
                 try:
-                    self.consts[node] = _evaluate(node, self.const)
+                    self.consts[node] = evaluate(node, self.const)
                     continue
                 except Exception:
                     pass
@@ -420,22 +420,6 @@ def _bind(args: tuple, kwargs: dict, names: list[str], defaults: dict) -> dict:
         out[name] = value
     out.update(kwargs)
     return out
-
-
-def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj.detach() if isinstance(obj, torch.Tensor) else obj
-
-
-def _evaluate(node: fx.Node, lookup: Callable[[Any], Any]) -> Any:
-    args = lookup(node.args)
-    kwargs = {k: lookup(v) for k, v in node.kwargs.items()}
-    with torch.no_grad():
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
 
 
 def _op_label(gm: fx.GraphModule, node: fx.Node) -> str:

@@ -23,6 +23,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .constants import fetch_attr
+
 _ADD = (operator.add, torch.add)
 _MUL = (operator.mul, torch.mul)
 _SUB = (operator.sub, torch.sub, torch.rsub)
@@ -165,8 +167,8 @@ def _scale_conv(gm: fx.GraphModule, node: fx.Node, a: torch.Tensor, c: torch.Ten
         gm.add_submodule(str(node.target), conv)  # gm's own copy of the path: the original module is untouched
         return
     args = list(node.args) + [None] * (3 - len(node.args))
-    weight = _fetch(gm, str(args[1].target))
-    bias = _fetch(gm, str(args[2].target)) if args[2] is not None else None
+    weight = fetch_attr(gm, str(args[1].target))
+    bias = fetch_attr(gm, str(args[2].target)) if args[2] is not None else None
     new_w, new_b = _scaled(weight, bias, a, c)
     with gm.graph.inserting_before(node):
         args[1] = _constant(gm, f"{node.name}_weight", new_w)
@@ -191,13 +193,6 @@ def _rescale_context(gm: fx.GraphModule, node: fx.Node, a: torch.Tensor, c: torc
     conv.weight = nn.Parameter(new_p.reshape(conv.weight.shape).to(dtype))
     conv.bias = nn.Parameter((a * bias - new_p @ c).to(dtype))
     gm.add_submodule(str(node.target), conv)
-
-
-def _fetch(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj.detach()
 
 
 def _constant(gm: fx.GraphModule, wanted: str, value: torch.Tensor) -> fx.Node:
