@@ -102,13 +102,14 @@ class WalkingDetector(nn.Module):
         super().__init__()
         layers = [
             (-1, ConvBNAct(3, 8, 3, 2)), (-1, ConvBNAct(8, 16, 3, 2)), (-1, RepBlock(16)),
-            (-1, ConvBNAct(16, 32, 3, 2)), (-1, RepBlock(32)), (-1, nn.Upsample(scale_factor=2.0)),
-            ([-1, 2], Concat()), (-1, ConvBNAct(48, 16, 1)), ([7, 4], Detect(nc, (16, 32), (4.0, 8.0))),
+            (-1, ConvBNAct(16, 32, 3, 2)), (-1, RepBlock(32)), (-1, WSConv2d(32, 32, 3, padding=1)),
+            (-1, nn.Upsample(scale_factor=2.0)), ([-1, 2], Concat()), (-1, ConvBNAct(48, 16, 1)),
+            ([8, 5], Detect(nc, (16, 32), (4.0, 8.0))),
         ]
         for i, (f, m) in enumerate(layers):
             m.f, m.i, m.type = f, i, type(m).__name__
         self.model = nn.Sequential(*(m for _, m in layers))
-        self.save = {2, 4, 7}
+        self.save = {2, 5, 8}
         self.names = {i: f"class{i}" for i in range(nc)}
 
     def forward(self, x):
@@ -139,6 +140,12 @@ def test_module_walking_forward_fuses_inside_its_own_modules():
     assert "batch_norm" in report.ops_before and "batch_norm" not in report.ops_after
     assert [conv_count(fused.model[i]) for i in (2, 4)] == [1, 1]
     assert fused.model[0].conv.bias is not None and not hasattr(fused.model[0], "bn")
+    # The weight-standardized layer stays a WSConv2d (a Conv2d) whose weight is now the standardized kernel.
+    ws, ws_ref = fused.model[5], model.model[5]
+    w = ws_ref.weight.detach()
+    standardized = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+    assert type(ws) is WSConv2d and torch.allclose(ws.weight, standardized, atol=1e-6)
+    assert torch.equal(ws.bias, ws_ref.bias.detach())
     assert conv_count(fused) == conv_count(model) - 2  # each RepBlock: 3x3 + 1x1 + identity -> one 3x3
     x = inputs((2, 3, 96, 64), seed=2)
     assert rel_err(run(fused, x), run(model, x)) <= TOL

@@ -156,7 +156,11 @@ def _fuse_modules(model: nn.Module, example: torch.Tensor, notes: list[str]
             path = f"{prefix}{child_name}"
             x = inputs.get(path)
             has_children = next(child.children(), None) is not None
-            if x is None or x.dim() != 4 or not has_children:
+            # A childless module of the user's own with parameters may compute its kernel in forward (a
+            # weight-standardized conv): worth tracing. torch.nn's own leaves are not.
+            own_code = next(child.parameters(recurse=False), None) is not None and \
+                not type(child).__module__.startswith("torch.nn")
+            if x is None or x.dim() != 4 or not (has_children or own_code):
                 if has_children:
                     visit(child, path + ".")
                 continue
@@ -179,7 +183,8 @@ def _fuse_modules(model: nn.Module, example: torch.Tensor, notes: list[str]
                 item.node = f"{path}.{item.node}"
             regions.extend(outcome.regions)
             unfused.extend(outcome.unfused)
-            graft(child, outcome.module)
+            if not _become_plain_conv(child, outcome.module):
+                graft(child, outcome.module)
             grafted.append(path)
 
     visit(model, "")
@@ -189,6 +194,24 @@ def _fuse_modules(model: nn.Module, example: torch.Tensor, notes: list[str]
             unfused.append(Unfused(name, "batch_norm", "its parent's forward could not be traced by torch.fx, "
                                    "so no conv before it could be found; left as it is"))
     return model, regions, unfused
+
+
+def _become_plain_conv(module: nn.Module, gm: fx.GraphModule) -> bool:
+    """A Conv2d subclass that fused to one conv of its own geometry (weight standardization folded) keeps
+    being a Conv2d: it takes the fused weight and bias and runs nn.Conv2d's forward. Anything reading
+    `m.weight` keeps working, as it would not if the weight moved into a child."""
+    if not isinstance(module, nn.Conv2d):
+        return False
+    calls = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    conv = gm.get_submodule(str(calls[0].target)) if len(calls) == 1 and calls[0].op == "call_module" else None
+    geometry = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
+    if type(conv) is not nn.Conv2d or any(getattr(conv, g) != getattr(module, g) for g in geometry) or \
+            module.padding_mode != "zeros":
+        return False
+    module.weight = nn.Parameter(conv.weight.detach().clone())
+    module.bias = nn.Parameter(conv.bias.detach().clone())
+    module.forward = types.MethodType(nn.Conv2d.forward, module)
+    return True
 
 
 def _same_output(original: nn.Module, fused: nn.Module, x: torch.Tensor, tol: float = 1e-4) -> None:
