@@ -15,7 +15,8 @@ from rich.console import Console
 
 from .errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Re-parameterize, export, build and validate edge engines.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Re-parameterize, export, build and validate edge engines.",
+                  epilog="--debug on any command (anywhere on the line), or EDGEREP_DEBUG=1, shows the traceback behind an error.")
 console = Console(stderr=True)
 out = Console()
 
@@ -238,15 +239,6 @@ def _interrupted() -> None:
 
 
 DEBUG_ENV = "EDGEREP_DEBUG"
-
-
-@app.callback()
-def _global_options(
-    debug: bool = typer.Option(False, "--debug", help=f"show the full traceback of any error (any position on the "
-                                                      f"command line; or set {DEBUG_ENV}=1)"),
-) -> None:
-    """Re-parameterize, export, build and validate edge engines."""
-    # `main` takes --debug out of the arguments wherever it stands, so this only documents it in --help.
 
 
 def _split_debug(argv: Optional[list[str]]) -> tuple[list[str], bool]:

@@ -6,6 +6,9 @@ modules it absorbed. Nonlinear ops (ReLU, SE's input-dependent scaling, ...) are
 value is needed by something outside the linear world (a nonlinearity, the output, a head) is
 materialized as one nn.Conv2d reading its source; everything between becomes dead and is removed.
 A merge is refused (the inputs are materialized instead) when it is not exact or would cost more MACs.
+Before the walk, whatever is computed from parameters alone becomes a constant (constants.py: online OREPA
+kernels, weight norm, weight standardization, low-rank updates) and a BN after an input-dependent switch
+between two convs is folded into both (switch.py: SAConv).
 """
 from __future__ import annotations
 
