@@ -15,7 +15,7 @@ Latency: time.perf_counter_ns around each call, `--warmup` untimed calls first; 
 interleaved over `--rounds` rounds (so load drifts hit all alike); each round's median, then the median
 of the rounds. One intra-op thread by default (see --threads). JSON to --out, a table on stdout.
 
-    python scripts/bench_fuse.py [--out bench/bench_fuse.json] [--rounds 5] [--iterations 10] [--warmup 3] [--threads 1]
+    python scripts/bench_fuse.py [--out bench/fuse.json] [--rounds 5] [--iterations 10] [--warmup 3] [--threads 1]
 """
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def main() -> int:
     # (round medians of one runner spread 14-67 ms); the fusion ratio is a property of the work, not of threading.
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads for PyTorch and ORT (0: their defaults)")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-fuse"))
-    ap.add_argument("--out", type=Path, default=Path("bench/bench_fuse.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench/fuse.json"))
     args = ap.parse_args()
 
     import platform
