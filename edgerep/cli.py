@@ -1,6 +1,7 @@
 """The `edgerep` command line: it parses flags, calls the library, and prints. No backend is imported here.
 
-User errors (edgerep.errors.UserError) print one line and exit 2, without a traceback.
+User errors (edgerep.errors.UserError) print one line and exit 2, without a traceback; `--debug` (on any
+command, or EDGEREP_DEBUG=1) shows the traceback behind an error.
 Each command body lives in the library; the functions here only translate flags.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ from rich.console import Console
 
 from .errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Re-parameterize, export, build and validate edge engines.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Re-parameterize, export, build and validate edge engines.",
+                  epilog="--debug on any command (anywhere on the line), or EDGEREP_DEBUG=1, shows the traceback behind an error.")
 console = Console(stderr=True)
 out = Console()
 
@@ -269,16 +271,46 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
+DEBUG_ENV = "EDGEREP_DEBUG"
+
+
+def _split_debug(argv: Optional[list[str]]) -> tuple[list[str], bool]:
+    """Take `--debug` out of the arguments, wherever it stands (before a `--`): one switch for every command."""
+    import os
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end]
+    args = [a for i, a in enumerate(args) if i >= end or a != "--debug"]
+    return args, debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
+def _print_traceback(exc: BaseException) -> None:
+    """The traceback behind an error; for a UserError, the one of the exception it was made from."""
+    import traceback
+
+    inner = exc.__cause__ or exc.__context__ if isinstance(exc, UserError) else None
+    shown = inner or exc
+    console.print("".join(traceback.format_exception(type(shown), shown, shown.__traceback__)).rstrip(),
+                  markup=False, highlight=False, soft_wrap=True, emoji=False)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: user errors become one line and exit code 2."""
+    """Console entry point: user errors become one line and exit code 2; a bug is one line and exit 1.
+
+    `--debug` (anywhere on the command line) or EDGEREP_DEBUG=1 prints the traceback as well.
+    """
     from rich.markup import escape
 
+    args, debug = _split_debug(argv)
     try:
         # standalone_mode=False: click returns a command's typer.Exit code instead of raising it.
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except UserError as exc:
+        if debug:
+            _print_traceback(exc)
         # escape: messages hold text like 'edgerep[openvino]' that rich would take for markup
-        console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True, emoji=False)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -293,7 +325,14 @@ def main(argv: Optional[list[str]] = None) -> None:
         if isinstance(exc, click_exc["usage"]):
             exc.show()
             sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
-        raise
+        if debug:
+            raise
+        # A bug in edgerep (not something the user can fix): one line, the traceback behind --debug.
+        text = (str(exc).strip().splitlines() or [""])[0][:300]
+        console.print(f"[bold red]internal error:[/] {escape(type(exc).__name__)}: {escape(text)} "
+                      f"(run again with --debug for the traceback, and please report it)",
+                      highlight=False, soft_wrap=True, emoji=False)
+        sys.exit(1)
     if code == 130:  # typer turned Ctrl-C into Exit(130), which standalone_mode=False returns
         _interrupted()
     if isinstance(code, int) and code:

@@ -86,7 +86,40 @@ def load_model(
     if input_shape is not None:
         info.input_shape = tuple(input_shape)
     info.module.eval()
+    _refuse_batch_statistics(info)
+    _check_forward(info, shape_given=input_shape is not None)
     return info
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _refuse_batch_statistics(info: ModelInfo) -> None:
+    """A BN without running statistics normalizes with each batch's own statistics even in eval mode: its
+    output depends on the batch, so no engine (and no fused conv) can reproduce it."""
+    for name, mod in info.module.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and (not mod.track_running_stats or mod.running_mean is None):
+            raise UserError(f"--model {info.spec}: {name or 'the model'} ({type(mod).__name__}) keeps no running "
+                            f"statistics (track_running_stats=False), so it normalizes with each batch's statistics "
+                            f"even in eval mode and cannot become a fixed layer; give it running statistics "
+                            f"(track_running_stats=True) and train or recalibrate them")
+
+
+def _check_forward(info: ModelInfo, *, shape_given: bool) -> None:
+    """Run the model once on a random input of its shape: a model that fails there fails here, in one line."""
+    x = torch.randn(*info.input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            info.module(x)
+    except Exception as exc:
+        shape = "x".join(map(str, info.input_shape))
+        if shape_given:
+            raise UserError(f"--input-shape {shape}: the model rejects this input ({_one_line(exc)}); "
+                            f"pass the shape it expects") from exc
+        raise UserError(f"--model {info.spec}: the forward failed on a {shape} input ({_one_line(exc)}); "
+                        f"pass the shape it expects with --input-shape") from exc
 
 
 # --- zoo -------------------------------------------------------------------------------------------
@@ -213,11 +246,16 @@ def _load_factory(spec: str, num_classes: int | None) -> ModelInfo:
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as exc:
-        raise UserError(f"--model {spec}: cannot import module {mod_name!r} ({exc})") from None
+        raise UserError(f"--model {spec}: cannot import module {mod_name!r} ({exc})") from exc
+    except Exception as exc:  # the user's module itself fails while importing
+        raise UserError(f"--model {spec}: importing {mod_name!r} raised {_one_line(exc)}") from exc
     factory = getattr(mod, attr, None)
     if factory is None or not callable(factory):
         raise UserError(f"--model {spec}: module {mod_name!r} has no callable {attr!r}")
-    module = factory(num_classes=num_classes) if num_classes is not None else factory()
+    try:
+        module = factory(num_classes=num_classes) if num_classes is not None else factory()
+    except Exception as exc:  # the user's code: one line here, the traceback with --debug
+        raise UserError(f"--model {spec}: the factory raised {_one_line(exc)}") from exc
     if not isinstance(module, nn.Module):
         raise UserError(f"--model {spec}: the factory returned {type(module).__name__}, not an nn.Module")
     shape = tuple(getattr(module, "input_shape", (1, 3, 224, 224)))

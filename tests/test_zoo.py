@@ -152,11 +152,13 @@ def test_ghostnet_keeps_primary_and_cheap_apart_and_se_unfused():
 def test_saconv_deploy_has_constant_weights_and_folded_bn():
     fused = reparameterize_model(randomize(SACBasicBlock(8, 8)))
     keys = set(fused.state_dict())
-    assert {"conv1.weight_s", "conv1.weight_l", "conv1.bias"} <= keys
+    assert {"conv1.reparam.weight", "conv1.reparam.bias", "conv1.reparam_1.weight", "conv1.reparam_1.bias"} <= keys
     assert not any(k.startswith("bn1") or k in ("conv1.weight", "conv1.weight_diff") for k in keys)
-    # No standardization left in the deploy graph.
+    assert fused.conv1.reparam_1.dilation == (3, 3) and fused.conv1.switch.kernel_size == (5, 5)
+    # No standardization and no avg-pool left in the deploy graph.
     graph = torch.fx.symbolic_trace(fused.conv1).graph
     assert not any(n.target in ("var", "mean", "flatten") for n in graph.nodes)
+    assert not any(getattr(n.target, "__name__", "") == "avg_pool2d" for n in graph.nodes)
 
 
 def test_saconv_fold_refuses_training_form():

@@ -16,6 +16,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from . import check
+from .graft import graft
 from .graph import FusedRegion, Unfused, fuse_graph
 
 
@@ -66,26 +67,33 @@ def fuse(model: nn.Module, example_inputs: Any, *, check_shapes: list[tuple[int,
 
     `example_inputs`: a tensor (or a 1-tuple of one, or a shape). The fused model is in eval mode; the report
     gives the error against the original on fresh random inputs (the example shape and an odd size).
+    A model fx can trace whole comes back as a GraphModule; otherwise each traceable submodule is fused inside
+    its own object (see graft.py), so the model keeps its class, its forward and what that forward reads.
     """
     example = _example_tensor(example_inputs)
     notes: list[str] = []
-    reference = copy.deepcopy(model)
+    reference = _deepcopy(model)
     if model.training:
         notes.append("the model was in training mode: fused in eval mode with BN running statistics")
     reference.eval()
     work = copy.deepcopy(reference)
+    fused: nn.Module | None = None
     try:
         gm = fx.symbolic_trace(work)
     except Exception as exc:  # fx cannot trace it (data-dependent control flow, unsupported Python)
         notes.append(f"torch.fx could not trace the whole model ({type(exc).__name__}); fused module by module")
+    else:
+        try:
+            ops_before = check.op_histogram(gm, example)  # from this trace: tracing a big model twice costs seconds
+            outcome = fuse_graph(gm, example, work)
+            fused, regions, unfused, method = outcome.module, outcome.regions, outcome.unfused, "fx"
+        except Exception as exc:  # the trace does not run, or our fuser has a bug on it: never the user's crash
+            notes.append(f"the whole-model graph could not be fused ({_one_line(exc)}); fused module by module")
+            work = copy.deepcopy(reference)
+    if fused is None:
         ops_before = check.op_histogram(reference, example)
         fused, regions, unfused = _fuse_modules(work, example, notes)
         method = "modules"
-    else:
-        ops_before = check.op_histogram(gm, example)  # from this trace: tracing a big model twice costs seconds
-        outcome = fuse_graph(gm, example, work)
-        fused, regions, unfused = outcome.module, outcome.regions, outcome.unfused
-        method = "fx"
     fused.eval()
     shapes = check_shapes or check.check_shapes(tuple(example.shape))
     max_abs, max_rel, checked, shape_notes = check.compare(reference, fused, shapes)
@@ -100,15 +108,32 @@ def fuse(model: nn.Module, example_inputs: Any, *, check_shapes: list[tuple[int,
     return FuseResult(fused, report)
 
 
-def _fuse_fx(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, list[FusedRegion], list[Unfused]]:
-    gm = fx.symbolic_trace(model)
-    outcome = fuse_graph(gm, example, model)
-    return outcome.module, outcome.regions, outcome.unfused
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy, also for modules holding computed (non-leaf) tensors as attributes.
+
+    The old `torch.nn.utils.weight_norm` stores `weight` as the output of a computation, which torch refuses
+    to deepcopy; a detached copy of it is exact (its forward pre-hook recomputes it anyway).
+    """
+    memo: dict[int, Any] = {}
+    for mod in model.modules():
+        for value in vars(mod).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def _fuse_modules(model: nn.Module, example: torch.Tensor, notes: list[str]
                   ) -> tuple[nn.Module, list[FusedRegion], list[Unfused]]:
-    """Fuse each traceable submodule on its own, recursing into the ones fx cannot trace."""
+    """Fuse each traceable submodule on its own, inside its own object; recurse into the ones fx cannot trace.
+
+    The model's own forward runs unchanged (it may walk its layers and read `m.f`, `m.i`, `m.type`).
+    Whatever cannot be fused stays as it is and is reported.
+    """
     inputs: dict[str, torch.Tensor] = {}
     hooks = []
     for name, mod in model.named_modules():
@@ -116,34 +141,86 @@ def _fuse_modules(model: nn.Module, example: torch.Tensor, notes: list[str]
             if _name not in inputs and args and isinstance(args[0], torch.Tensor):
                 inputs[_name] = args[0].detach()
         hooks.append(mod.register_forward_pre_hook(record))
-    with torch.no_grad():
-        model(example)
-    for h in hooks:
-        h.remove()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
     regions: list[FusedRegion] = []
     unfused: list[Unfused] = []
+    grafted: list[str] = []
 
     def visit(parent: nn.Module, prefix: str) -> None:
         for child_name, child in list(parent.named_children()):
             path = f"{prefix}{child_name}"
             x = inputs.get(path)
-            if x is None or x.dim() != 4 or next(child.children(), None) is None:
-                if next(child.children(), None) is not None:
+            has_children = next(child.children(), None) is not None
+            # A childless module of the user's own with parameters may compute its kernel in forward (a
+            # weight-standardized conv): worth tracing. torch.nn's own leaves are not.
+            own_code = next(child.parameters(recurse=False), None) is not None and \
+                not type(child).__module__.startswith("torch.nn")
+            if x is None or x.dim() != 4 or not (has_children or own_code):
+                if has_children:
                     visit(child, path + ".")
                 continue
             try:
-                fused, r, u = _fuse_fx(copy.deepcopy(child), x)
+                gm = fx.symbolic_trace(child)  # shares the child's leaves; fuse_graph never changes them
             except Exception:
                 visit(child, path + ".")
                 continue
-            for item in r:
+            try:
+                outcome = fuse_graph(gm, x, child)
+                _same_output(child, outcome.module, x)
+            except Exception as exc:
+                unfused.append(Unfused(path, type(child).__name__, f"left as it is: the fuser failed on it "
+                                       f"({_one_line(exc)})"))
+                visit(child, path + ".")
+                continue
+            for item in outcome.regions:
                 item.name = f"{path}.{item.name}"
-            regions.extend(r)
-            unfused.extend(u)
-            setattr(parent, child_name, fused)
+            for item in outcome.unfused:
+                item.node = f"{path}.{item.node}"
+            regions.extend(outcome.regions)
+            unfused.extend(outcome.unfused)
+            if not _become_plain_conv(child, outcome.module):
+                graft(child, outcome.module)
+            grafted.append(path)
 
     visit(model, "")
+    # A BN no traceable module holds has no conv we could see it follow: it stays, and we say so.
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not any(name.startswith(g + ".") for g in grafted):
+            unfused.append(Unfused(name, "batch_norm", "its parent's forward could not be traced by torch.fx, "
+                                   "so no conv before it could be found; left as it is"))
     return model, regions, unfused
+
+
+def _become_plain_conv(module: nn.Module, gm: fx.GraphModule) -> bool:
+    """A Conv2d subclass that fused to one conv of its own geometry (weight standardization folded) keeps
+    being a Conv2d: it takes the fused weight and bias and runs nn.Conv2d's forward. Anything reading
+    `m.weight` keeps working, as it would not if the weight moved into a child."""
+    if not isinstance(module, nn.Conv2d):
+        return False
+    calls = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    conv = gm.get_submodule(str(calls[0].target)) if len(calls) == 1 and calls[0].op == "call_module" else None
+    geometry = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
+    if type(conv) is not nn.Conv2d or any(getattr(conv, g) != getattr(module, g) for g in geometry) or \
+            module.padding_mode != "zeros":
+        return False
+    module.weight = nn.Parameter(conv.weight.detach().clone())
+    module.bias = nn.Parameter(conv.bias.detach().clone())
+    module.forward = types.MethodType(nn.Conv2d.forward, module)
+    return True
+
+
+def _same_output(original: nn.Module, fused: nn.Module, x: torch.Tensor, tol: float = 1e-4) -> None:
+    """Refuse to graft a fused submodule that does not reproduce the original on its recorded input."""
+    with torch.no_grad():
+        ref, out = check._first_tensor(original(x)), check._first_tensor(fused(x))
+    err = (ref.double() - out.double()).abs().max().item() / max(ref.double().abs().max().item(), 1e-12)
+    if err > tol:
+        raise ValueError(f"its fused form differs by {err:.3g} (relative) on the recorded input")
 
 
 class _CallableModule(types.ModuleType):

@@ -73,15 +73,35 @@ def op_histogram(model: nn.Module, example: torch.Tensor | None = None) -> dict[
         counts = Counter(node_kind(gm, n) for n in gm.graph.nodes
                          if n.op in ("call_module", "call_function", "call_method"))
     except Exception:
-        counts = Counter()
-        for _, mod in model.named_modules():
-            if next(mod.children(), None) is not None:
-                continue
-            if isinstance(mod, nn.Conv2d):
-                counts[_conv_kind(mod.weight.shape)] += 1
-            else:
-                counts[_MODULE_KINDS.get(type(mod), type(mod).__name__.lower())] += 1
+        counts = _leaf_calls(model, example) if example is not None else Counter()
+        if not counts:  # no example, or it does not run: one count per leaf module
+            for _, mod in model.named_modules():
+                if next(mod.children(), None) is None:
+                    counts[_leaf_kind(mod)] += 1
     return {k: v for k, v in sorted(counts.items()) if k not in _SKIP}
+
+
+def _leaf_kind(mod: nn.Module) -> str:
+    if isinstance(mod, nn.Conv2d):
+        return _conv_kind(mod.weight.shape)
+    return _MODULE_KINDS.get(type(mod), type(mod).__name__.lower())
+
+
+def _leaf_calls(model: nn.Module, example: torch.Tensor) -> Counter:
+    """Leaf-module calls in one forward (a module shared by many layers, like YOLO's SiLU, counts each call);
+    functional ops in a forward fx cannot trace are not seen."""
+    counts: Counter = Counter()
+    hooks = [mod.register_forward_hook(lambda m, _i, _o: counts.update([_leaf_kind(m)]))
+             for _, mod in model.named_modules() if next(mod.children(), None) is None]
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception:
+        counts.clear()
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
 
 
 def param_count(model: nn.Module) -> int:

@@ -6,6 +6,9 @@ modules it absorbed. Nonlinear ops (ReLU, SE's input-dependent scaling, ...) are
 value is needed by something outside the linear world (a nonlinearity, the output, a head) is
 materialized as one nn.Conv2d reading its source; everything between becomes dead and is removed.
 A merge is refused (the inputs are materialized instead) when it is not exact or would cost more MACs.
+Before the walk, whatever is computed from parameters alone becomes a constant (constants.py: online OREPA
+kernels, weight norm, weight standardization, low-rank updates) and a BN after an input-dependent switch
+between two convs is folded into both (switch.py: SAConv).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from . import algebra
 from .algebra import ConvRep, NotExact
+from .constants import evaluate, fetch_attr, fold_parameter_computations
+from .switch import fold_bn_through_switches
 
 _BN_TYPES = (nn.BatchNorm2d,)
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -41,6 +46,7 @@ class Region:
     cost: int  # MACs (and element ops) of the original ops it replaces
     modules: tuple[str, ...] = ()
     convs: int = 0  # how many convolutions it absorbed
+    conv_owner: str | None = None  # the module calling a functional conv (a kernel computed in forward)
 
     @property
     def trivial(self) -> bool:
@@ -120,11 +126,11 @@ class _RegionFinder:
     def run(self) -> None:
         for node in self.gm.graph.nodes:
             if node.op == "get_attr":
-                self.consts[node] = _fetch_attr(self.gm, node.target)
+                self.consts[node] = fetch_attr(self.gm, str(node.target))
                 continue
             if node.op in ("call_function", "call_method") and self._all_const(node):
                 try:
-                    self.consts[node] = _evaluate(node, self.const)
+                    self.consts[node] = evaluate(node, self.const)
                     continue
                 except Exception:
                     pass
@@ -284,19 +290,23 @@ class _RegionFinder:
         own_cost = outer.macs(hw, n)
         cost = inner.cost + own_cost
         rep = algebra.compose(outer, inner.rep)
-        region = Region(inner.src, rep, cost, inner.modules + (owner,), inner.convs + int(conv))
+        conv_owner = owner if conv and inner.convs == 0 and not isinstance(self.modules.get(owner), nn.Conv2d) \
+            else inner.conv_owner
+        region = Region(inner.src, rep, cost, inner.modules + (owner,), inner.convs + int(conv), conv_owner)
         return self._cost_checked(node, region, own_cost)
 
     def _per_channel(self, node: fx.Node, arg: Any, owner: str, fn: Callable[[ConvRep], ConvRep]) -> Region:
         inner = self.region_of(arg)
         n, c, hw = _numel_hw(node)
-        return Region(inner.src, fn(inner.rep), inner.cost + n * c * hw, inner.modules + (owner,), inner.convs)
+        return Region(inner.src, fn(inner.rep), inner.cost + n * c * hw, inner.modules + (owner,), inner.convs,
+                      inner.conv_owner)
 
     def _pad(self, node: fx.Node, arg: Any, pads: tuple, value: Any, owner: str) -> Region:
         inner = self.region_of(arg)
         n, c, hw = _numel_hw(node)
         rep = algebra.zero_pad(inner.rep, tuple(int(p) for p in pads), value)
-        return Region(inner.src, rep, inner.cost + n * c * hw, inner.modules + (owner,), inner.convs)
+        return Region(inner.src, rep, inner.cost + n * c * hw, inner.modules + (owner,), inner.convs,
+                      inner.conv_owner)
 
     def _add(self, node: fx.Node, a: Any, b: Any, sign: float) -> Region:
         n, c, hw = _numel_hw(node)
@@ -311,13 +321,13 @@ class _RegionFinder:
                 rep = algebra.affine(r.rep, sign, k)
             else:  # x + sign*k
                 rep = algebra.affine(r.rep, 1.0, sign * k)
-            return Region(r.src, rep, r.cost + n * c * hw, r.modules, r.convs)
+            return Region(r.src, rep, r.cost + n * c * hw, r.modules, r.convs, r.conv_owner)
         ra, rb = self.region_of(a), self.region_of(b)
         if ra.src is not rb.src:
             raise NotLinear("sum of two different inputs")
         rep = algebra.add(ra.rep, rb.rep, sign)
         region = Region(ra.src, rep, ra.cost + rb.cost + n * c * hw, _merge(ra.modules, rb.modules),
-                        ra.convs + rb.convs)
+                        ra.convs + rb.convs, ra.conv_owner if ra.conv_owner is not None else rb.conv_owner)
         return self._cost_checked(node, region, n * c * hw)
 
     def _scale(self, node: fx.Node, a: Any, b: Any, invert: bool, divisor_only: bool = False) -> Region:
@@ -333,7 +343,7 @@ class _RegionFinder:
             k = 1.0 / k
         r = self.region_of(tensor_arg)
         return Region(r.src, algebra.affine(r.rep, k, 0.0), r.cost + n * c * hw,
-                      r.modules + (_owner(node),) if _owner(node) else r.modules, r.convs)
+                      r.modules + (_owner(node),) if _owner(node) else r.modules, r.convs, r.conv_owner)
 
     def _concat(self, node: fx.Node, parts: list) -> Region:
         regions = [self.region_of(p) for p in parts]
@@ -345,7 +355,7 @@ class _RegionFinder:
         for r in regions:
             mods = _merge(mods, r.modules)
         region = Region(regions[0].src, rep, sum(r.cost for r in regions) + n * c * hw, mods,
-                        sum(r.convs for r in regions))
+                        sum(r.convs for r in regions), next((r.conv_owner for r in regions if r.conv_owner is not None), None))
         return self._cost_checked(node, region, n * c * hw)
 
     def _getitem(self, node: fx.Node, arg: Any, index: Any) -> Region:
@@ -360,7 +370,7 @@ class _RegionFinder:
             raise NotLinear("spatial indexing")
         r = self.region_of(arg)
         start, stop, _ = ch.indices(r.rep.out_channels)
-        return Region(r.src, algebra.channel_slice(r.rep, start, stop), r.cost, r.modules, r.convs)
+        return Region(r.src, algebra.channel_slice(r.rep, start, stop), r.cost, r.modules, r.convs, r.conv_owner)
 
     def _cost_checked(self, node: fx.Node, region: Region, own_cost: int) -> Region:
         """Refuse a merge that costs more MACs than the ops it replaces (e.g. a depthwise branch into a dense one)."""
@@ -415,22 +425,6 @@ def _bind(args: tuple, kwargs: dict, names: list[str], defaults: dict) -> dict:
     return out
 
 
-def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj.detach() if isinstance(obj, torch.Tensor) else obj
-
-
-def _evaluate(node: fx.Node, lookup: Callable[[Any], Any]) -> Any:
-    args = lookup(node.args)
-    kwargs = {k: lookup(v) for k, v in node.kwargs.items()}
-    with torch.no_grad():
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
-
-
 def _op_label(gm: fx.GraphModule, node: fx.Node) -> str:
     from .check import node_kind
 
@@ -454,7 +448,12 @@ def _fused_name(region: Region, modules: dict[str, nn.Module]) -> str:
     where <block> is the module whose forward joins the branches (the zoo's deploy forms use the same)."""
     mods = [m for m in region.modules if m]
     if region.convs == 1:
-        convs = [m for m in mods if isinstance(modules.get(m), nn.Conv2d)] or mods[:1]
+        convs = [m for m in mods if isinstance(modules.get(m), nn.Conv2d)]
+        if not convs and region.conv_owner is not None:
+            # A functional conv (its kernel computed in forward, as OREPA or SAConv do): the module calling it
+            # keeps one fused conv, `reparam`, like the zoo's deploy forms.
+            return f"{region.conv_owner}.reparam" if region.conv_owner else "reparam"
+        convs = convs or mods[:1]
         if convs:
             return convs[0]
     if not mods:
@@ -603,6 +602,8 @@ def fuse_graph(gm: fx.GraphModule, example: torch.Tensor, original: nn.Module | 
     module_types = dict((original or gm).named_modules())
     ShapeProp(gm).propagate(example)
     _drop_static_checks(gm)
+    fold_parameter_computations(gm)
+    fold_bn_through_switches(gm)
     finder = _find_regions(gm)
     dtype = next((p.dtype for p in gm.parameters()), torch.float32)
     outcome = GraphFuseOutcome(gm, unfused=finder.unfused)

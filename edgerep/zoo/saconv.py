@@ -4,9 +4,12 @@ out = s * conv(x', Ws, d) + (1 - s) * conv(x', Ws + dW, 3d), with Ws the standar
 x' = x + pre_context(global mean of x), s = switch 1x1 conv of a 5x5 reflect-padded avg-pool of x' (mmdet
 applies no sigmoid to it; `sigmoid_switch=True` adds one), then out + post_context(global mean of out).
 
-The switch and the contexts depend on the input: they stay. What fuses is weight standardization (folded
-into constant `weight_s` / `weight_l`) and the BN that follows in the network: since s and 1 - s sum to 1,
-BN's scale goes into both branch weights and its shift into the post-context bias (see `fold_following_bn`).
+The switch and the contexts depend on the input: they stay. What fuses: weight standardization (folded into
+two constant convs), the avg-pool in front of the switch (a 5x5 conv with one output channel is cheaper than
+the pool and the 1x1 together), and the BN that follows in the network: since s and 1 - s sum to 1, BN's
+scale and shift go into both branches (see `fold_following_bn`). Deploy form: `reparam` (dilation d) and
+`reparam_1` (dilation 3d), both with a bias, `switch` (5x5), `pre_context`, `post_context`: the names the
+generic fuser gives them, so its fused checkpoints load here.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from .common import ClassifierHead, ConvBN, bn_scale_shift, pair, reparameterize
 from .registry import register_model
 
 WS_EPS = 1e-5
+SWITCH_POOL = 5  # the switch reads a 5x5 average (reflect-padded) of its input
 
 
 def standardize_weight(w: Tensor) -> Tensor:
@@ -30,7 +34,8 @@ def standardize_weight(w: Tensor) -> Tensor:
 
 
 class SAConv2d(nn.Module):
-    """SAConv2d; deploy form holds `weight_s`, `weight_l`, `bias` (always) + `switch`, `pre_context`, `post_context`."""
+    """SAConv2d; the deploy form holds `reparam`, `reparam_1` (convs with bias) + `switch`, `pre_context`,
+    `post_context`."""
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int | None = None,
@@ -43,56 +48,74 @@ class SAConv2d(nn.Module):
         self.padding_l = (3 * self.padding[0], 3 * self.padding[1])
         self.dilation_l = (3 * self.dilation[0], 3 * self.dilation[1])
         shape = (out_channels, in_channels // groups, kernel_size, kernel_size)
-        self.switch = nn.Conv2d(in_channels, 1, 1, stride=stride, bias=True)
         self.pre_context = nn.Conv2d(in_channels, in_channels, 1, bias=True)
         self.post_context = nn.Conv2d(out_channels, out_channels, 1, bias=True)
+        if deploy:
+            self.switch = nn.Conv2d(in_channels, 1, SWITCH_POOL, stride=stride, bias=True)
+            self.reparam = nn.Conv2d(in_channels, out_channels, kernel_size, stride, self.padding, self.dilation,
+                                     groups, bias=True)
+            self.reparam_1 = nn.Conv2d(in_channels, out_channels, kernel_size, stride, self.padding_l,
+                                       self.dilation_l, groups, bias=True)
+            self.weight = self.weight_diff = self.bias = None
+            return
+        self.switch = nn.Conv2d(in_channels, 1, 1, stride=stride, bias=True)
         # mmdet's init: switch starts at 1 (small dilation only), contexts at 0.
         nn.init.zeros_(self.switch.weight)
         nn.init.ones_(self.switch.bias)
         for m in (self.pre_context, self.post_context):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
-        if deploy:
-            self.weight = self.weight_diff = None
-            self.weight_s = nn.Parameter(torch.empty(shape))
-            self.weight_l = nn.Parameter(torch.empty(shape))
-            self.bias = nn.Parameter(torch.zeros(out_channels))
-        else:
-            self.weight_s = self.weight_l = None
-            self.weight = nn.Parameter(torch.empty(shape))
-            nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
-            self.weight_diff = nn.Parameter(torch.zeros(shape))
-            self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.reparam = self.reparam_1 = None
+        self.weight = nn.Parameter(torch.empty(shape))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        self.weight_diff = nn.Parameter(torch.zeros(shape))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.pre_context(F.adaptive_avg_pool2d(x, 1)).expand_as(x)
-        switch = self.switch(F.avg_pool2d(F.pad(x, [2, 2, 2, 2], mode="reflect"), 5, 1, 0))
+        padded = F.pad(x, [SWITCH_POOL // 2] * 4, mode="reflect")
+        if self.reparam is not None:
+            switch = self.switch(padded)  # the avg-pool is inside its 5x5 kernel
+        else:
+            switch = self.switch(F.avg_pool2d(padded, SWITCH_POOL, 1, 0))
         if self.sigmoid_switch:
             switch = torch.sigmoid(switch)
-        if self.weight_s is not None:
-            w_s, w_l = self.weight_s, self.weight_l
+        if self.reparam is not None:
+            out_s, out_l = self.reparam(x), self.reparam_1(x)
         else:
             w_s = standardize_weight(self.weight)
             w_l = w_s + self.weight_diff
-        out_s = F.conv2d(x, w_s, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        out_l = F.conv2d(x, w_l, self.bias, self.stride, self.padding_l, self.dilation_l, self.groups)
+            out_s = F.conv2d(x, w_s, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            out_l = F.conv2d(x, w_l, self.bias, self.stride, self.padding_l, self.dilation_l, self.groups)
         out = switch * out_s + (1 - switch) * out_l
         return out + self.post_context(F.adaptive_avg_pool2d(out, 1)).expand_as(out)
 
     @torch.no_grad()
     def reparameterize(self) -> None:
-        """Fold weight standardization into constant weights (idempotent)."""
-        if self.weight_s is not None:
+        """Fold weight standardization into two constant convs and the avg-pool into the switch (idempotent)."""
+        if self.reparam is not None:
             return
-        w = self.weight.detach().double()
-        w_s = standardize_weight(w)
-        w_l = w_s + self.weight_diff.detach().double()
         like = self.weight
-        bias = self.bias.detach() if self.bias is not None else like.new_zeros(like.shape[0])
+        w_s = standardize_weight(like.detach().double())
+        w_l = w_s + self.weight_diff.detach().double()
+        bias = self.bias.detach().double() if self.bias is not None else w_s.new_zeros(w_s.shape[0])
+        out_ch, in_per_group, k, _ = like.shape
+        in_ch = in_per_group * self.groups
+
+        def conv(weight: Tensor, padding: tuple[int, int], dilation: tuple[int, int]) -> nn.Conv2d:
+            c = nn.Conv2d(in_ch, out_ch, k, self.stride, padding, dilation, self.groups, bias=True)
+            c.weight.copy_(weight.to(like.dtype))
+            c.bias.copy_(bias.to(like.dtype))
+            return c
+
+        old = self.switch
+        switch = nn.Conv2d(in_ch, 1, SWITCH_POOL, stride=old.stride, bias=True)
+        switch.weight.copy_((old.weight.double() / SWITCH_POOL ** 2).expand_as(switch.weight).to(like.dtype))
+        switch.bias.copy_(old.bias)
+        self.reparam = conv(w_s, self.padding, self.dilation)
+        self.reparam_1 = conv(w_l, self.padding_l, self.dilation_l)
+        self.switch = switch
         self.weight = self.weight_diff = self.bias = None
-        self.weight_s = nn.Parameter(w_s.to(like.dtype))
-        self.weight_l = nn.Parameter(w_l.to(like.dtype))
-        self.bias = nn.Parameter(bias.clone())
 
     @torch.no_grad()
     def fold_following_bn(self, bn: nn.BatchNorm2d) -> None:
@@ -102,16 +125,17 @@ class SAConv2d(nn.Module):
         post-context must see mean(sac')/a: W'[o, i] = a[o] * W[o, i] / a[i], and b' = a*b + c.
         Needs every a != 0 (a BN with a zero gamma cannot be folded through the context; it raises).
         """
-        if self.weight_s is None:
+        if self.reparam is None:
             raise RuntimeError("fold_following_bn needs the deploy form; call reparameterize() first")
         a, c = bn_scale_shift(bn)
         if bool((a.abs() < 1e-12).any()):
             raise ValueError("BN with a zero scale cannot be folded through SAConv's post-context")
         col = a.reshape(-1, 1, 1, 1)
-        dtype = self.weight_s.dtype
-        self.weight_s.copy_((self.weight_s.double() * col).to(dtype))
-        self.weight_l.copy_((self.weight_l.double() * col).to(dtype))
-        self.bias.copy_((self.bias.double() * a).to(dtype))
+        for conv in (self.reparam, self.reparam_1):
+            dtype = conv.weight.dtype
+            conv.weight.copy_((conv.weight.double() * col).to(dtype))
+            conv.bias.copy_((conv.bias.double() * a).to(dtype))
+        dtype = self.post_context.weight.dtype
         pw = self.post_context.weight.double()
         self.post_context.weight.copy_((pw * col / a.reshape(1, -1, 1, 1)).to(dtype))
         self.post_context.bias.copy_((self.post_context.bias.double() * a + c).to(dtype))
