@@ -18,6 +18,7 @@ import numpy as np
 
 from ..artifacts import atomic_files, companion_files, write_sidecar
 from ..errors import UserError
+from ..threads import runtime_threads
 from ..artifacts import Artifact
 from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_batch_count, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input,
@@ -87,6 +88,10 @@ class OrtRunner:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        threads = runtime_threads()  # set by `edgerep matrix` workers so parallel cells share the cores
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
