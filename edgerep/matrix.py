@@ -297,11 +297,14 @@ def write_cell_state(cell_dir: Path, state: dict[str, Any]) -> None:
 
 
 def reusable(cell: Cell, cell_dir: Path, *, force: bool) -> dict[str, Any] | None:
-    """The finished state of a cell whose key still matches (its report in place), else None."""
+    """The finished state of a cell whose key still matches (its report in place), else None. Results that
+    follow from the inputs (passed, a failed gate or fuse check) are kept; errors and crashes are retried."""
     if force:
         return None
     state = read_cell_state(cell_dir)
     if state is None or state.get("key") != cell.key or state.get("phase") != "done":
+        return None
+    if state.get("status") in ("error", "crashed"):  # bad input or a crash may be fixed outside the key: retry
         return None
     if state.get("report") and not (Path(cell_dir) / "report.json").is_file():
         return None

@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from .errors import UserError
 
-RAY_CONNECT_TIMEOUT_S = 5.0
+RAY_CONNECT_TIMEOUT_S = 5.0  # TCP connect to the head
+RAY_PROBE_TIMEOUT_S = 20.0  # joining it, in a child process
 Callback = Callable[[dict[str, Any]], None]
 
 
@@ -121,7 +122,7 @@ def connect_ray(address: str | None) -> Any:
     if address in (None, "", "local"):
         ray.init(**kwargs)
         return ray
-    if address != "auto":
+    if address != "auto":  # a refused or silent port fails here within seconds
         host, port = _host_port(address)
         try:
             socket.create_connection((host, port), timeout=RAY_CONNECT_TIMEOUT_S).close()
@@ -129,12 +130,33 @@ def connect_ray(address: str | None) -> Any:
             raise UserError(f"--ray {address}: no answer from {host}:{port} within {RAY_CONNECT_TIMEOUT_S:g} s "
                             f"({exc.strerror or exc}); start the head with `ray start --head` and pass its address"
                             ) from None
+    _probe_ray(address)
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"--ray {address}: cannot join the Ray cluster ({str(exc).strip().splitlines()[0][:200]}); "
                         f"start one with `ray start --head`, or pass --ray alone for a local one") from None
     return ray
+
+
+def _probe_ray(address: str) -> None:
+    """Join the cluster once in a child process with a deadline: a port that answers but is no Ray head makes
+    ray.init retry (and log) for a long time, and a thread stuck in ray.init cannot be stopped."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, "
+            "configure_logging=False); ray.shutdown()")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
+                              timeout=RAY_PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"--ray {address}: no Ray cluster answered within {RAY_PROBE_TIMEOUT_S:g} s; check the address "
+                        f"(`ray status` on the head node) or pass --ray alone for a local cluster") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if "Error" in ln or "error" in ln] or ["unknown error"]
+        raise UserError(f"--ray {address}: cannot join the Ray cluster ({lines[-1].strip()[:200]}); start one with "
+                        f"`ray start --head`, or pass --ray alone for a local one")
 
 
 def _host_port(address: str) -> tuple[str, int]:

@@ -172,8 +172,7 @@ def plot_heatmap(doc: dict[str, Any], models: list[str], targets: list[str], pre
                 values[i, j] = max(0.0, rec["key_metric"]["value"])
     top = max(2.0, float(np.nanmax(values)) if np.isfinite(values).any() else 2.0)
     fig, ax = plt.subplots(figsize=(2.2 + 1.45 * len(cols), 1.6 + 0.8 * len(models)), dpi=100)
-    cmap = plt.get_cmap("RdYlGn_r").copy()
-    cmap.set_bad("#cccccc")
+    cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="#cccccc")
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=top, aspect="auto")
     for i, m in enumerate(models):
         for j, (t, p) in enumerate(cols):
