@@ -323,7 +323,7 @@ def build_cell(job: dict[str, Any]) -> dict[str, Any]:
     from .threads import cap_threads
 
     if job.get("threads"):
-        cap_threads(job["threads"], job.get("cpus"))
+        cap_threads(job["threads"])
     cell_dir = Path(job["cell_dir"])
     with _output_to(cell_dir / "logs" / "build.log"):
         return _build_cell(job, cell_dir)

@@ -2,7 +2,7 @@
 
 Both run the same two functions of edgerep.matrix in two phases, so timing never shares the cores:
   1. build_cell for every cell, in parallel. Locally: `workers` spawned processes, each capped to
-     cores // workers runtime threads and pinned to its own cores. On Ray: one task per cell declaring
+     cores // workers runtime threads. On Ray: one task per cell declaring
      num_cpus (threads capped to it) and, for TensorRT targets, num_gpus.
   2. time_cell for every built cell, one cell per machine at a time. Locally: one uncapped process after the
      pool has finished. On Ray: a task pinned to the node that built the cell and declaring all of that node's
@@ -11,7 +11,6 @@ We write no scheduler of our own: concurrent.futures and Ray do the queueing.
 """
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any, Callable
 
@@ -36,10 +35,6 @@ class LocalExecutor:
         cores = usable_cores()
         self.workers = max(1, workers if workers else min(cores, 4))
         self.threads = max(1, cores // self.workers)
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        # Pin each worker to its own cores when there are enough; with more workers than cores, leave them free.
-        self.cpu_sets = ([cpus[i * self.threads:(i + 1) * self.threads] for i in range(self.workers)]
-                         if len(cpus) >= self.workers * self.threads and cpus else [])
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "local", "workers": self.workers, "threads_per_worker": self.threads}
@@ -71,12 +66,10 @@ class LocalExecutor:
         if not jobs:
             return []
         ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP started threads can deadlock
-        cpu_queue = ctx.Queue()
-        for cpus in (self.cpu_sets if capped else []):
-            cpu_queue.put(cpus)
         lost = []
+        # Threads are capped, not pinned to cores: on a shared machine a pinned worker cannot move off a busy core.
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                                 initargs=(self.threads if capped else None, cpu_queue)) as pool:
+                                 initargs=(self.threads if capped else None,)) as pool:
             futures = {pool.submit(fn, job): job for job in jobs}
             for fut in as_completed(futures):
                 try:
@@ -86,18 +79,12 @@ class LocalExecutor:
         return lost
 
 
-def _init_worker(threads: int | None, cpu_queue: Any) -> None:
-    import queue
-
+def _init_worker(threads: int | None) -> None:
     if threads is None:
         return
-    try:
-        cpus = cpu_queue.get_nowait()
-    except queue.Empty:
-        cpus = None
     from .threads import cap_threads
 
-    cap_threads(threads, cpus)
+    cap_threads(threads)
 
 
 def _crashed(job: dict[str, Any], reason: str) -> dict[str, Any]:

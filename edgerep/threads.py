@@ -23,18 +23,12 @@ def runtime_threads() -> int | None:
     return value if value > 0 else None
 
 
-def cap_threads(threads: int, cpus: list[int] | None = None) -> None:
-    """Cap every runtime in this process to `threads` threads; with `cpus`, also pin the process to those cores
-    (the backstop for libraries that size pools from the core count: calibration sessions, onnxsim)."""
+def cap_threads(threads: int) -> None:
+    """Cap every runtime in this process to `threads` threads (call it before the runtimes open sessions)."""
     threads = max(1, int(threads))
     os.environ[ENV] = str(threads)
     for name in _LIBRARY_VARS:
         os.environ[name] = str(threads)
-    if cpus and hasattr(os, "sched_setaffinity"):
-        try:
-            os.sched_setaffinity(0, set(cpus))
-        except OSError:
-            pass
     import sys
 
     if "torch" in sys.modules:  # torch read OMP_NUM_THREADS at import; tell it directly

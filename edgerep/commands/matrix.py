@@ -73,7 +73,9 @@ def run_matrix(*, matrix_file: Path, output: Path | None = None, workers: int | 
                 finish_cell(by_name[outcome["cell"]], cell_dir[outcome["cell"]], outcome, None, how)
             progress.update(building, advance=1, last=f"{outcome['cell']}: {outcome['status']}")
 
+        t_build = time.perf_counter()
         executor.build(to_build, built)
+        t_build = time.perf_counter() - t_build
         jobs = []
         for name in to_time:
             job = latency_job(by_name[name], cell_dir[name], outcomes[name])
@@ -88,7 +90,9 @@ def run_matrix(*, matrix_file: Path, output: Path | None = None, workers: int | 
             finish_cell(by_name[name], cell_dir[name], outcomes[name], result, how)
             progress.update(timing, advance=1, last=f"{name}" + (f": {result['reason']}" if result.get("reason") else ""))
 
+        t_time = time.perf_counter()
         executor.time(jobs, timed)
+        t_time = time.perf_counter() - t_time
 
     records, cells = [], []
     for cell in matrix.cells:
@@ -100,7 +104,8 @@ def run_matrix(*, matrix_file: Path, output: Path | None = None, workers: int | 
                       "report": f"cells/{cell.name}/report.json" if outcome.get("report") else None,
                       "stages": [{k: s.get(k) for k in ("name", "status", "seconds")} for s in outcome.get("stages") or []]})
     doc = {"schema": 1, "matrix": str(matrix.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "run": {**executor.describe(), "force": force, "seconds": time.perf_counter() - t0},
+           "run": {**executor.describe(), "force": force, "seconds": time.perf_counter() - t0,
+                   "build_phase_seconds": t_build, "latency_phase_seconds": t_time},
            "latency": {"how": how}, "summary": summarize(records, cells), "cells": cells, "records": records}
     paths = write_matrix_report(out_dir, doc, matrix.models, matrix.targets, matrix.precisions)
     if out is not None:
