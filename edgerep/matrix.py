@@ -99,6 +99,8 @@ def load_matrix(path: Path | str) -> Matrix:
     from .targets import BACKEND_CAPABILITIES, load_target
 
     path = Path(path)
+    if not path.is_file() and path.parent.name == "examples" and _shipped_example(path.name) is not None:
+        path = _shipped_example(path.name)  # an installed wheel carries examples/ inside the package
     if not path.is_file():
         raise UserError(f"{path}: matrix file not found; pass a .toml like examples/matrix.toml")
     try:
@@ -179,6 +181,14 @@ def load_matrix(path: Path | str) -> Matrix:
     union = [p for p in VALID_PRECISIONS if any(p in c.precisions or p in c.unsupported for c in cells)]
     return Matrix(path=path, models=[n for n, _ in models], targets=names, precisions=union, cells=cells,
                   ray={k: float(v) for k, v in ray.items()})
+
+
+def _shipped_example(name: str) -> Path | None:
+    package_dir = Path(__file__).resolve().parent
+    for folder in (package_dir / "examples", package_dir.parent / "examples"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 
 def _check_options(table: dict[str, Any], where: str, fail: Any, *, allow: set[str]) -> None:
