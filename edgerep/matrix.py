@@ -100,7 +100,7 @@ def load_matrix(path: Path | str) -> Matrix:
 
     path = Path(path)
     if not path.is_file() and path.parent.name == "examples" and _shipped_example(path.name) is not None:
-        path = _shipped_example(path.name)  # an installed wheel carries examples/ inside the package
+        path = _shipped_example(path.name)  # run from another folder than the checkout
     if not path.is_file():
         raise UserError(f"{path}: matrix file not found; pass a .toml like examples/matrix.toml")
     try:
