@@ -107,6 +107,24 @@ def build_cmd(
     raise typer.Exit(code)
 
 
+@app.command("matrix")
+def matrix_cmd(
+    matrix_file: Path = typer.Argument(..., help="the matrix: models, targets, precisions (see examples/matrix.toml)"),
+    ray_address: Optional[str] = typer.Argument(None, metavar="[ADDRESS]", help="with --ray: auto (the cluster running here), host:port or ray://host:port"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output folder (default: runs/matrix-<file name>); on Ray, a path every node reaches"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="local worker processes (default: the cores, up to 4); runtime threads per worker = cores // workers"),
+    ray: bool = typer.Option(False, "--ray", help="run the cells as Ray tasks: --ray alone starts a local cluster, --ray ADDRESS joins one (pip install 'edgerep[ray]')"),
+    force: bool = typer.Option(False, "--force", help="rebuild every cell and stage, even unchanged ones"),
+) -> None:
+    """Build and validate every model on every target at every precision; one report (matrix.json, matrix.md,
+    matrix.png). Cells build in parallel; latency is timed afterwards one cell at a time per machine.
+    Exit 0 when every engine passes, 1 when any fails, 2 on a bad matrix file."""
+    from .commands.matrix import run_matrix
+
+    raise typer.Exit(run_matrix(matrix_file=matrix_file, output=output, workers=workers, ray=ray,
+                                ray_address=ray_address, force=force, out=out, console=console))
+
+
 @app.command("validate")
 def validate_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="the model the engine was built from (the unfused reference)"),

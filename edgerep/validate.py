@@ -260,11 +260,34 @@ def validate_runner(runner: Any, reference: Reference, *, engine_batch: int, gat
 
     Returns the engine's part of report.json: accuracy, latency_ms (the first batch size), latency_by_batch,
     throughput_ips, passed, reason."""
+    record = runner_accuracy(runner, reference, engine_batch=engine_batch, gate=gate)
+    sample = next(reference.source.iter_batches(1, limit=1))[0]
+    record.update(runner_latencies(runner, sample, engine_batch=engine_batch, latency_batches=latency_batches,
+                                   warmup=warmup, iterations=iterations, dynamic_batch=dynamic_batch))
+    return record
+
+
+def runner_accuracy(runner: Any, reference: Reference, *, engine_batch: int, gate: Any) -> dict[str, Any]:
+    """The accuracy half of validate_runner: metrics against the reference and the gate (no timing), so a
+    scheduler can run it in parallel and time the engine later on a quiet machine."""
     out = engine_outputs(runner, reference.source, engine_batch, limit=reference.limit)
     if out.shape[0] != reference.outputs.shape[0]:
         raise RuntimeError(f"engine gave {out.shape[0]} outputs for {reference.outputs.shape[0]} samples")
     metrics = accuracy_metrics(reference.outputs, out.reshape(reference.outputs.shape), reference.labels)
-    sample = next(reference.source.iter_batches(1, limit=1))[0]
+    passed, reason = check_gate(metrics, gate, reference.labels is not None)
+    gate_check = None
+    if reference.degenerate:  # the gates compared against noise: not a verdict on the engine either way
+        gate_check = {"passed": passed, "reason": reason}
+        passed, reason = None, f"accuracy gates not meaningful: {reference.degenerate}"
+    return {"accuracy": metrics, "passed": passed, "reason": reason,
+            **({"gate_check": gate_check} if gate_check else {})}
+
+
+def runner_latencies(runner: Any, sample: np.ndarray, *, engine_batch: int, latency_batches: list[int], warmup: int,
+                     iterations: int, dynamic_batch: bool) -> dict[str, Any]:
+    """The latency half of validate_runner: `sample` (one input, batch 1) repeated to each batch size the
+    engine takes. Returns latency_ms (the first measured batch size), latency_batch_size, latency_by_batch and
+    throughput_ips."""
     latencies: list[dict[str, Any]] = []
     for bs in latency_batches:
         if bs != engine_batch and not dynamic_batch:
@@ -274,20 +297,11 @@ def validate_runner(runner: Any, reference: Reference, *, engine_batch: int, gat
         latencies.append(runner_latency(runner, batch, warmup=warmup, iterations=iterations))
     measured = [lat for lat in latencies if "p50" in lat]
     first = measured[0] if measured else None
-    passed, reason = check_gate(metrics, gate, reference.labels is not None)
-    gate_check = None
-    if reference.degenerate:  # the gates compared against noise: not a verdict on the engine either way
-        gate_check = {"passed": passed, "reason": reason}
-        passed, reason = None, f"accuracy gates not meaningful: {reference.degenerate}"
     return {
-        "accuracy": metrics,
         "latency_ms": {k: first[k] for k in ("p50", "p90", "p99")} if first else {"p50": None, "p90": None, "p99": None},
         "latency_batch_size": first["batch_size"] if first else None,
         "latency_by_batch": latencies,
         "throughput_ips": max((lat["throughput_ips"] for lat in measured if lat.get("throughput_ips")), default=None),
-        "passed": passed,
-        "reason": reason,
-        **({"gate_check": gate_check} if gate_check else {}),
     }
 
 

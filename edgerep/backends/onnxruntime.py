@@ -19,6 +19,7 @@ import numpy as np
 from ..artifacts import Artifact, atomic_files, companion_files, write_sidecar
 from ..cpu import int16_saturation_risk, target_isa
 from ..errors import UserError
+from ..threads import runtime_threads
 from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_batch_count, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input,
                      require_available, require_calib, require_precision, sample_batches, time_calls)
@@ -110,6 +111,10 @@ class OrtRunner:
         opts.log_severity_level = 3
         if simulate_qdq:
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        threads = runtime_threads()  # set by `edgerep matrix` workers so parallel cells share the cores
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:

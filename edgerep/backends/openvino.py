@@ -19,6 +19,7 @@ import numpy as np
 from ..artifacts import Artifact, atomic_files, write_sidecar
 from ..cpu import int16_saturation_risk, target_isa
 from ..errors import UserError
+from ..threads import runtime_threads
 from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input, require_available,
                      require_calib, require_precision, sample_batches, time_calls)
@@ -112,8 +113,14 @@ class OpenVINORunner:
         import openvino.properties.hint as hints
 
         core = ov.Core()
+        config: dict[Any, Any] = {hints.inference_precision: inference_precision}
+        threads = runtime_threads()  # set by `edgerep matrix` workers so parallel cells share the cores
+        if threads is not None:
+            import openvino.properties as props
+
+            config[props.inference_num_threads] = threads
         try:
-            self.compiled = core.compile_model(str(path), "CPU", {hints.inference_precision: inference_precision})
+            self.compiled = core.compile_model(str(path), "CPU", config)
         except Exception as exc:
             raise UserError(f"{path}: OpenVINO cannot compile it ({type(exc).__name__}: {_line(exc)})") from None
         self.request = self.compiled.create_infer_request()

@@ -1,0 +1,146 @@
+"""Benchmark `edgerep matrix` on an 8-cell matrix (4 models x openvino-cpu, onnxruntime-cpu; fp32 + int8):
+serial (one worker with every core) vs 2 local workers (1 thread each) vs Ray on a local cluster (2 CPUs, 1 per
+cell). Every run rebuilds everything (--force) into its own folder.
+
+Reported per mode: wall time of the whole matrix, of the parallel build + accuracy phase and of the latency phase
+(always one cell at a time), and the per-stage split (seconds summed over cells). With --rounds > 1 the modes
+are interleaved per round and the median of each figure is reported.
+
+    /work/heavy python scripts/bench_matrix.py [--rounds 3] [--out bench/bench_matrix.json] [--work runs/bench-matrix]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+MATRIX = """
+targets = ["openvino-cpu", "onnxruntime-cpu"]
+precisions = ["fp32", "int8"]
+
+[defaults]
+calib_samples = 100
+val_samples = 200
+
+[[models]]
+name = "repvgg_digits"
+spec = "zoo:repvgg_digits"
+
+[[models]]
+name = "repvgg_a0_digits"
+spec = "zoo:repvgg_a0_digits"
+
+[[models]]
+name = "acb_resnet_tiny"
+spec = "zoo:acb_resnet_tiny"
+
+[[models]]
+name = "mobileone_tiny"
+spec = "zoo:mobileone_tiny"
+"""
+MODES = ("serial", "local-2", "ray-local")
+
+
+def run_mode(mode: str, toml: Path, work: Path) -> dict:
+    from edgerep.commands.matrix import run_matrix
+
+    out = work / mode
+    t0 = time.perf_counter()
+    if mode == "ray-local":
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            code = run_matrix(matrix_file=toml, output=out, ray=True, force=True)
+        finally:
+            ray.shutdown()
+    else:
+        code = run_matrix(matrix_file=toml, output=out, workers=1 if mode == "serial" else 2, force=True)
+    wall = time.perf_counter() - t0
+    doc = json.loads((out / "matrix.json").read_text())
+    stages: dict[str, float] = {}
+    for cell in doc["cells"]:
+        for st in cell["stages"]:
+            name = st["name"].split()[0]  # "build int8" -> "build", "latency fp32" -> "latency"
+            stages[name] = stages.get(name, 0.0) + (st.get("seconds") or 0.0)
+    return {"exit_code": code, "wall_s": wall, "build_phase_s": doc["run"]["build_phase_seconds"],
+            "latency_phase_s": doc["run"]["latency_phase_seconds"], "stage_sum_s": stages,
+            "passed": doc["summary"]["passed"], "records": doc["summary"]["records"],
+            "p50_ms": {f"{r['model']} {r['target']} {r['precision']}": r["latency_ms"]["p50"] for r in doc["records"]}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--work", type=Path, default=Path("runs/bench-matrix"))
+    ap.add_argument("--out", type=Path, default=Path("bench/bench_matrix.json"))
+    ap.add_argument("--modes", default=",".join(MODES))
+    args = ap.parse_args()
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgerep.artifacts import package_versions
+
+    out = Console()
+    modes = [m for m in args.modes.split(",") if m]
+    args.work.mkdir(parents=True, exist_ok=True)
+    toml = args.work / "matrix.toml"
+    toml.write_text(MATRIX)
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    for r in range(args.rounds):
+        for mode in modes if r % 2 == 0 else modes[::-1]:  # alternate the order so load drift hits every mode
+            runs[mode].append(run_mode(mode, toml, args.work))
+            out.print(f"round {r + 1}/{args.rounds} {mode}: {runs[mode][-1]['wall_s']:.1f} s", highlight=False)
+
+    def med(mode: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[mode])
+
+    summary = {m: {"wall_s": med(m, "wall_s"), "build_phase_s": med(m, "build_phase_s"),
+                   "latency_phase_s": med(m, "latency_phase_s"),
+                   "stage_sum_s": {k: statistics.median(run["stage_sum_s"].get(k, 0.0) for run in runs[m])
+                                   for k in runs[m][0]["stage_sum_s"]}} for m in modes}
+    base = summary.get("serial", {}).get("wall_s")
+    for m in modes:
+        summary[m]["speedup_vs_serial"] = base / summary[m]["wall_s"] if base else None
+    result = {
+        "benchmark": "bench_matrix", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                    "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+                    "note": "a shared 2-core box; other jobs may run at the same time"},
+        "matrix": {"models": 4, "targets": 2, "precisions": ["fp32", "int8"], "cells": 8, "engines": 16,
+                   "calib_samples": 100, "val_samples": 200, "text": MATRIX},
+        "rounds": args.rounds, "statistic": "median over rounds",
+        "summary": summary, "runs": runs,
+        "versions": package_versions("edgerep", "torch", "openvino", "nncf", "onnxruntime", "ray"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    t = Table(title=f"edgerep matrix, 8 cells / 16 engines, median of {args.rounds} round(s): wall time (s)")
+    for c in ("mode", "whole", "build+accuracy", "latency", "vs serial"):
+        t.add_column(c, justify="left" if c == "mode" else "right")
+    for m in modes:
+        s = summary[m]
+        t.add_row(m, f"{s['wall_s']:.1f}", f"{s['build_phase_s']:.1f}", f"{s['latency_phase_s']:.1f}",
+                  f"{s['speedup_vs_serial']:.2f}x" if s["speedup_vs_serial"] else "-")
+    out.print(t)
+    names = list(dict.fromkeys(k for m in modes for k in summary[m]["stage_sum_s"]))
+    t = Table(title="per-stage split: seconds summed over the 8 cells (CPU-seconds of work, not wall time)")
+    t.add_column("stage")
+    for m in modes:
+        t.add_column(m, justify="right")
+    for n in names:
+        t.add_row(n, *(f"{summary[m]['stage_sum_s'].get(n, 0.0):.1f}" for m in modes))
+    out.print(t)
+    out.print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
