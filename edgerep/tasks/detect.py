@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -249,3 +249,40 @@ def agreement(reference: Sequence[Detections], engine: Sequence[Detections], num
         mean_abs_count_diff=float(np.abs(eng_counts - ref_counts).mean()) if len(ref_counts) else 0.0,
         count_threshold=count_threshold,
     )
+
+
+# --- running a detector on images ---------------------------------------------------------------------
+
+
+def detect_images(
+    run: Callable[[np.ndarray], Any],
+    items: Sequence[Any],
+    size: Sequence[int],
+    *,
+    batch_size: int = 16,
+    stride: int | None = None,
+    layout: str = "auto",
+    num_classes: int | None = None,
+    score_threshold: float = MAP_SCORE,
+    iou_threshold: float = NMS_IOU,
+    max_det: int = MAX_DET,
+) -> list[Detections]:
+    """Detections of `run` (a batch of letterboxed inputs (B, 3, h, w) in [0, 1] -> head output) on each
+    image of `items` (LabelledImage or paths), with boxes mapped back to the original image's pixels.
+
+    `run` is any runtime: a torch model wrapped to take and give arrays, an ONNX Runtime session, an engine.
+    """
+    from ..detect_data import letterboxed_batches
+
+    result: list[Detections] = []
+    for x, metas in letterboxed_batches(items, size, batch_size, stride=stride):
+        decoded = decode(run(x), layout=layout, num_classes=num_classes, score_threshold=score_threshold,
+                         iou_threshold=iou_threshold, max_det=max_det)
+        for det, meta in zip(decoded, metas):
+            result.append(Detections(meta.to_original(det.boxes), det.scores, det.classes))
+    return result
+
+
+def label_truth(items: Sequence[Any]) -> list[Detections]:
+    """Ground truth from labelled images (edgerep.detect_data.LabelledImage)."""
+    return [Detections.labels(item.boxes, item.classes) for item in items]
