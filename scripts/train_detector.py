@@ -16,9 +16,10 @@ assigned boxes. The training form (RepVGG branches) is what is trained and shipp
 the deploy form.
 
 STATUS (first session): the loop is checked (a fixed batch is learned: tests/test_repyolo.py) but the
-held-out target (mAP@0.5 >= 0.9) is not reached yet and no weights ship. Measured at 40 epochs (earlier
-loss variant, BCE class scores): boxes are found (class-agnostic mAP@0.5 0.74, mean IoU 0.81) while the
-class is near chance (20% right); see the session report for what was tried.
+held-out target (mAP@0.5 >= 0.9) is not reached yet, so no weights ship. The defaults measured
+(bench/train_detector.json): held-out mAP@0.5 0.865, mAP@0.5:0.95 0.627 after 60 epochs, 296 s on one
+shared core; train class loss keeps falling after epoch 40 while held-out mAP stays at 0.86 (over-fitting
+1063 boxes). Next: more train images (360 now), mosaic-style augmentation, or a smaller head.
 """
 from __future__ import annotations
 
@@ -271,10 +272,10 @@ def save_weights(model: nn.Module, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=80)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: 1 by default)")
     p.add_argument("--out", type=Path, default=WEIGHTS)
     p.add_argument("--record", default=str(RECORD), help="JSON record of the run ('' for none)")

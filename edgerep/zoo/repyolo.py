@@ -223,7 +223,7 @@ DIGITS_DET_SIZE = 128
 )
 def repyolo_digits(*, num_classes: int = 10, deploy: bool = False, **kw) -> RepYOLO:
     """Demo YOLOv6-n-style detector (RepVGG backbone + Rep-PAN neck) for calib/digits_det at 3x128x128 (RGB/255, letterboxed); no weights yet."""
-    return RepYOLO((16, 24, 48, 64, 96), (1, 1, 1, 1), (24, 32, 48), num_classes=num_classes, deploy=deploy, **kw)
+    return RepYOLO((16, 32, 64, 96, 128), (1, 2, 2, 1), (48, 64, 96), num_classes=num_classes, deploy=deploy, **kw)
 
 
 @register_model(input_shape=(1, 3, 640, 640), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=80,
