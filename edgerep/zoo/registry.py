@@ -41,15 +41,20 @@ def register_model(
     num_classes: int = 1000,
     default_weights: str | None = None,
     description: str = "",
+    tags: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a factory `fn(*, num_classes=..., deploy=False, **kw) -> nn.Module`."""
+    """Register a factory `fn(*, num_classes=..., deploy=False, **kw) -> nn.Module`.
+
+    `tags` say what the model is for beyond classifying (e.g. "detect" for the zoo's detectors).
+    """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
         if key in _REGISTRY:
             raise RuntimeError(f"zoo model {key!r} registered twice")
         _REGISTRY[key] = ZooEntry(
-            key, fn, input_shape, mean, std, num_classes, default_weights, description or (fn.__doc__ or "").strip()
+            key, fn, input_shape, mean, std, num_classes, default_weights, description or (fn.__doc__ or "").strip(),
+            tuple(tags),
         )
         return fn
 

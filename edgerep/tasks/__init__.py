@@ -1,0 +1,1 @@
+"""What "accuracy" means per task (DESIGN.md "Tasks"): detect (decode, NMS, mAP vs the reference and labels)."""
