@@ -592,7 +592,8 @@ def _validate_detail(record: dict[str, Any]) -> str:
     return (f"cosine {acc['cosine']:.6f}, top-1 agree {_pct(acc['top1_agreement'])}"
             + (f", top-1 {_pct(acc['top1'])} (drop {acc['top1_drop']:+.2f} pp)" if acc.get("top1") is not None else "")
             + (f", p50 {lat['p50']:.3f} ms" if lat.get("p50") is not None else "")
-            + ("" if record.get("passed") else f"; GATE FAILED: {record.get('reason')}"))
+            + ("" if record.get("passed") else f"; {record.get('reason')}" if record.get("passed") is None
+               else f"; GATE FAILED: {record.get('reason')}"))
 
 
 def engine_batch_for(profile: Any, info: Any, val_batch: int) -> int:
