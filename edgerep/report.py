@@ -202,7 +202,8 @@ def _isa_lines(report: dict[str, Any]) -> list[str]:
         acc = isa.get("accuracy") or {}
         there = ("-" if not acc else f"cosine {_fmt(acc.get('cosine'), '.4f')}"
                  + (f", top-1 {_fmt(acc.get('top1'), '.2f')}%" if acc.get("top1") is not None else "")
-                 + (", pass" if isa.get("passed") else f", FAILED: {isa.get('reason')}"))
+                 + (", pass" if isa.get("passed") else f", {isa.get('reason')}" if isa.get("passed") is None
+                    else f", FAILED: {isa.get('reason')}"))
         lines.append(f"| {eng['backend']} {eng['precision']} | {isa.get('target')} | {isa.get('measured_on')} | "
                      f"{isa.get('method')}: {isa.get('note')} | {there} |")
     lines += ["", "Latency is that of the CPU measured on. An INT8 engine built for a CPU with VNNI (isa auto on such "

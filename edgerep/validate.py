@@ -273,8 +273,17 @@ def runner_accuracy(runner: Any, reference: Reference, *, engine_batch: int, gat
     out = engine_outputs(runner, reference.source, engine_batch, limit=reference.limit)
     if out.shape[0] != reference.outputs.shape[0]:
         raise RuntimeError(f"engine gave {out.shape[0]} outputs for {reference.outputs.shape[0]} samples")
-    metrics = accuracy_metrics(reference.outputs, out.reshape(reference.outputs.shape), reference.labels)
-    passed, reason = check_gate(metrics, gate, reference.labels is not None)
+    return score_outputs(reference, out, gate)
+
+
+def score_outputs(reference: Reference, out: np.ndarray, gate: Any) -> dict[str, Any]:
+    """An engine's outputs on the first len(out) validation samples, against the reference's: accuracy, and the
+    gate's verdict ("passed", "reason"), which is not meaningful when the reference is degenerate."""
+    n = out.shape[0]
+    ref = reference.outputs[:n]
+    labels = reference.labels[:n] if reference.labels is not None else None
+    metrics = accuracy_metrics(ref, out.reshape(ref.shape), labels)
+    passed, reason = check_gate(metrics, gate, labels is not None)
     gate_check = None
     if reference.degenerate:  # the gates compared against noise: not a verdict on the engine either way
         gate_check = {"passed": passed, "reason": reason}
@@ -313,14 +322,9 @@ def check_on_target_isa(record: dict[str, Any], artifact: Any, reference: Refere
 
     isa, out = run_check(artifact, reference.source, target=target, engine_batch=engine_batch, limit=reference.limit)
     if out is not None:
-        n = out.shape[0]
-        ref = reference.outputs[:n]
-        labels = reference.labels[:n] if reference.labels is not None else None
-        metrics = accuracy_metrics(ref, out.reshape(ref.shape), labels)
-        passed, reason = check_gate(metrics, gate, labels is not None)
-        isa.update(samples=n, accuracy=metrics, passed=passed, reason=reason)
-        if not passed and record.get("passed"):
-            record.update(passed=False, reason=f"on {target} ({isa['method']}): {reason}")
+        isa.update(samples=int(out.shape[0]), **score_outputs(reference, out, gate))
+        if isa["passed"] is False and record.get("passed"):
+            record.update(passed=False, reason=f"on {target} ({isa['method']}): {isa['reason']}")
     record["isa"] = isa
     return isa
 

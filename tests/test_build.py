@@ -132,7 +132,7 @@ def test_demo_report_schema_and_gates(demo):
 
 
 def test_demo_recommends_a_passing_engine_at_the_deploy_batch(demo):
-    rep, (code, out, _) = demo["reused"], demo["runs"][2]
+    rep, (_, out, _) = demo["reused"], demo["runs"][2]
     rec = rep["recommended"]
     passing = {e["precision"]: e for e in rep["engines"] if e["passed"]}
     assert rec["backend"] == "openvino" and rec["precision"] in passing and rec["batch_size"] == 1
@@ -236,11 +236,14 @@ def test_precision_the_backend_lacks():
     assert code == 2 and "--precision fp8: unknown precision" in error_line(err)
 
 
+def cli_without(module: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter in which `import <module>` fails, as on a machine without the package."""
+    code = f"import sys; sys.modules[{module!r}] = None; from edgerep.cli import main; main({argv!r})"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
 def test_backend_package_missing_names_the_extra(tmp_path):
-    # A real interpreter in which `import openvino` fails, as on a machine without the package.
-    code = ("import sys; sys.modules['openvino'] = None; from edgerep.cli import main; "
-            f"main(['build', '-o', {str(tmp_path / 'o')!r}])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = cli_without("openvino", ["build", "-o", str(tmp_path / "o")])
     assert proc.returncode == 2
     assert "openvino is not installed; pip install 'edgerep[openvino]'" in error_line(proc.stderr)
     assert not (tmp_path / "o").exists()  # refused before any work

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgerep.data import calib_root
-from test_build import cli, error_line
+from test_build import cli, cli_without, error_line
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "edgerep" / "zoo" / "weights" / "repvgg_digits.safetensors"
@@ -293,9 +293,7 @@ def test_model_that_fails_to_load_fails_its_cells_only(tmp_path):
 
 
 def test_ray_flag_without_the_extra_names_it(tmp_path):
-    code = ("import sys; sys.modules['ray'] = None; from edgerep.cli import main; "
-            f"main(['matrix', {str(REPO / 'examples' / 'matrix.toml')!r}, '-o', {str(tmp_path / 'o')!r}, '--ray'])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = cli_without("ray", ["matrix", str(REPO / "examples" / "matrix.toml"), "-o", str(tmp_path / "o"), "--ray"])
     assert proc.returncode == 2
     assert "--ray: ray is not installed; pip install 'edgerep[ray]'" in error_line(proc.stderr)
 
