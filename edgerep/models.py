@@ -34,6 +34,14 @@ class ModelInfo:
     interpolation: str = "bilinear"
     deploy: bool = False  # the zoo model was built in its deploy (fused) form
     weights: str | None = None
+    # What the model is for, when the model tells us ("classify" | "detect" | "raw"; None: not known, the
+    # task is inferred later). Detectors also say how their input is made and their head is read.
+    task: str | None = None
+    letterbox: bool = False  # keep aspect ratio, pad to the input size with pad_value (YOLO's preprocessing)
+    pad_value: int = 114
+    stride: int | None = None  # the input size must be a multiple of this (a detector's largest stride)
+    head_layout: str | None = None  # tasks.detect.LAYOUTS, or None: inferred from the output's shape
+    class_names: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -153,7 +161,16 @@ def _load_zoo(name: str, weights: str | Path | None, num_classes: int | None, tr
         num_classes=num_classes or entry.num_classes,
         deploy=deploy,
         weights=str(path) if path is not None else None,
+        **_zoo_task_fields(entry, module),
     )
+
+
+def _zoo_task_fields(entry: Any, module: nn.Module) -> dict[str, Any]:
+    """The zoo's detectors (tag "detect") are letterboxed YOLO-style models; everything else classifies."""
+    if "detect" not in entry.tags:
+        return {"task": "classify"}
+    return {"task": "detect", "letterbox": True, "stride": int(getattr(module, "stride", 32)),
+            "head_layout": getattr(module, "head_layout", None)}
 
 
 # --- timm ------------------------------------------------------------------------------------------
@@ -181,6 +198,7 @@ def _load_timm(name: str, num_classes: int | None) -> ModelInfo:
         num_classes=getattr(module, "num_classes", num_classes),
         crop_pct=float(cfg.get("crop_pct", 0.875)),
         interpolation=str(cfg.get("interpolation", "bilinear")),
+        task="classify",  # timm's models are image classifiers (their feature-extractor modes are not loaded here)
     )
 
 
