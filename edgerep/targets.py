@@ -60,6 +60,35 @@ class Gate:
 
 
 @dataclass
+class DetectGate:
+    """Accuracy thresholds of a detector for one precision (`[gates.detect.<precision>]`); None: not checked.
+
+    Agreement is the engine's detections scored (COCO mAP, 0..1) against the unfused PyTorch model's own
+    detections taken as ground truth (edgerep.tasks.detect.agreement)."""
+
+    min_map_agreement: float | None = None  # mAP@0.5:0.95 of agreement, 0..1
+    min_map50_agreement: float | None = None  # mAP@0.5 of agreement, 0..1
+    max_labelled_map_drop: float | None = None  # points of labelled mAP@0.5:0.95 (100 * (ref - engine)), with labels
+    max_box_count_diff: float | None = None  # mean |boxes_engine - boxes_ref| per image, at the score threshold
+    min_cosine: float | None = None  # of the first (head) output
+    max_abs_err: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# Detect gates for a profile that has no [gates.detect] table (a custom profile written before detectors):
+# fp32 differs from PyTorch by rounding only, so its boxes agree almost exactly; fp16 moves boxes by a fraction
+# of a pixel (the 0.5:0.95 IoU ladder sees it); INT8 is held to the usual PTQ budget of 1 point of labelled mAP.
+DEFAULT_DETECT_GATES: dict[str, DetectGate] = {
+    "fp32": DetectGate(min_map_agreement=0.99, min_map50_agreement=0.99),
+    "fp16": DetectGate(min_map_agreement=0.95, min_map50_agreement=0.97),
+    "int8": DetectGate(min_map_agreement=0.85, min_map50_agreement=0.90, max_labelled_map_drop=1.0),
+}
+TASK_GATES = ("detect",)  # tasks with gate tables of their own; classify and raw use [gates.<precision>]
+
+
+@dataclass
 class LatencySettings:
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     warmup: int = 10
@@ -95,6 +124,7 @@ class TargetProfile:
     dynamic_batch: bool = False
     latency: LatencySettings = field(default_factory=LatencySettings)
     gates: dict[str, Gate] = field(default_factory=dict)
+    detect_gates: dict[str, DetectGate] = field(default_factory=dict)  # [gates.detect.<precision>]
     tensorrt: TensorRTSettings | None = None
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     # The CPU instruction set the engine must hold on (CPU backends): "auto" (the machine running edgerep)
@@ -102,7 +132,11 @@ class TargetProfile:
     isa: str = "auto"
     source: Path | None = None
 
-    def gate(self, precision: str) -> Gate:
+    def gate(self, precision: str, task: str | None = None) -> Gate | DetectGate:
+        """The gate of `precision` for `task`: detect has its own table ([gates.detect.<precision>], or
+        DEFAULT_DETECT_GATES); classify and raw use [gates.<precision>] (raw applies its tensor limits only)."""
+        if task == "detect":
+            return self.detect_gates.get(precision) or DEFAULT_DETECT_GATES.get(precision, DetectGate())
         return self.gates.get(precision, Gate())
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +146,7 @@ class TargetProfile:
             "precisions": list(self.precisions), "opset": self.opset, "dynamic_batch": self.dynamic_batch,
             "latency": vars(self.latency).copy(),
             "gates": {k: g.to_dict() for k, g in self.gates.items()},
+            "detect_gates": {k: g.to_dict() for k, g in self.detect_gates.items()},
             "calibration": vars(self.calibration).copy(),
             "isa": self.isa,
             "source": str(self.source) if self.source else None,
@@ -288,7 +323,11 @@ def parse_profile(data: dict, path: Path) -> TargetProfile:
     if not dynamic_batch and any(b != 1 for b in latency.batch_sizes):
         raise c.fail("latency.batch_sizes", "batch sizes other than 1 need dynamic_batch = true")
 
-    gates = _parse_gates(c, c.table(data.get("gates", {}), "gates"), precisions)
+    gate_data = dict(c.table(data.get("gates", {}), "gates"))
+    task_tables = {t: c.table(gate_data.pop(t), f"gates.{t}") for t in TASK_GATES if t in gate_data}
+    gates = _parse_gates(c, gate_data, precisions)
+    detect_gates = _parse_detect_gates(c, task_tables["detect"], precisions) if "detect" in task_tables else {
+        p: DEFAULT_DETECT_GATES[p] for p in precisions}
 
     trt = None
     if "tensorrt" in data:
@@ -314,7 +353,8 @@ def parse_profile(data: dict, path: Path) -> TargetProfile:
     c.choice(isa, ("auto",) + ISAS, "isa")
 
     return TargetProfile(name=name, description=description, backend=backend, precisions=list(precisions),
-                         opset=opset, dynamic_batch=dynamic_batch, latency=latency, gates=gates, tensorrt=trt,
+                         opset=opset, dynamic_batch=dynamic_batch, latency=latency, gates=gates,
+                         detect_gates=detect_gates, tensorrt=trt,
                          calibration=CalibrationSettings(method=method, num_samples=num_samples), isa=isa,
                          source=path)
 
@@ -331,7 +371,8 @@ def _parse_gates(c: _Checker, data: dict, precisions: list[str]) -> dict[str, Ga
     gates: dict[str, Gate] = {}
     for key in data:
         if key not in PRECISIONS:
-            raise c.fail(f"gates.{key}", f"unknown precision (use {', '.join(PRECISIONS)})")
+            raise c.fail(f"gates.{key}", f"unknown precision or task (use {', '.join(PRECISIONS)}, or "
+                                         f"{', '.join(TASK_GATES)} for a task's own gates)")
         if key not in precisions:
             raise c.fail(f"gates.{key}", f"a gate for a precision the profile does not list ({', '.join(precisions)})")
     for p in precisions:
@@ -348,6 +389,37 @@ def _parse_gates(c: _Checker, data: dict, precisions: list[str]) -> dict[str, Ga
         if gate.min_top1_agreement is not None and not 0.0 <= gate.min_top1_agreement <= 100.0:
             raise c.fail(f"{prefix}min_top1_agreement", f"{gate.min_top1_agreement} is a percentage, outside [0, 100]")
         for name in ("max_abs_err", "max_top1_drop"):
+            value = getattr(gate, name)
+            if value is not None and value < 0:
+                raise c.fail(f"{prefix}{name}", f"{value} is negative")
+        gates[p] = gate
+    return gates
+
+
+def _parse_detect_gates(c: _Checker, data: dict, precisions: list[str]) -> dict[str, DetectGate]:
+    """[gates.detect.<precision>]: every listed precision needs one, as for [gates.<precision>]."""
+    gates: dict[str, DetectGate] = {}
+    for key in data:
+        if key not in PRECISIONS:
+            raise c.fail(f"gates.detect.{key}", f"unknown precision (use {', '.join(PRECISIONS)})")
+        if key not in precisions:
+            raise c.fail(f"gates.detect.{key}", f"a gate for a precision the profile does not list ({', '.join(precisions)})")
+    for p in precisions:
+        if p not in data:
+            raise c.fail(f"gates.detect.{p}", "missing: every listed precision needs its detect gate")
+        table = c.table(data[p], f"gates.detect.{p}")
+        prefix = f"gates.detect.{p}."
+        c.no_unknown(table, {f.name for f in fields(DetectGate)}, prefix)
+        gate = DetectGate(**{f.name: c.get(table, f.name, float, prefix) for f in fields(DetectGate)})
+        if all(v is None for v in gate.to_dict().values()):
+            raise c.fail(f"gates.detect.{p}", "empty; set at least min_map_agreement")
+        for name in ("min_map_agreement", "min_map50_agreement"):
+            value = getattr(gate, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise c.fail(f"{prefix}{name}", f"{value} is an mAP, outside [0, 1]")
+        if gate.min_cosine is not None and not -1.0 <= gate.min_cosine <= 1.0:
+            raise c.fail(f"{prefix}min_cosine", f"{gate.min_cosine} is outside [-1, 1]")
+        for name in ("max_labelled_map_drop", "max_box_count_diff", "max_abs_err"):
             value = getattr(gate, name)
             if value is not None and value < 0:
                 raise c.fail(f"{prefix}{name}", f"{value} is negative")
