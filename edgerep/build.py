@@ -55,6 +55,9 @@ class BuildOptions:
     backend_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"ignored_nodes": [...]}
     max_drop: float | None = None  # INT8: keep the fewest sensitive layers in float until the drop is within this (points)
     isa: str | None = None  # CPU targets: the ISA the engines must hold on (None: the profile's `isa`)
+    task: str | None = None  # classify | detect | raw (None: what the model says, else inferred from its output)
+    score_threshold: float | None = None  # detect: a box's score to count as a detection (None: tasks.detect's)
+    iou_threshold: float | None = None  # detect: NMS IoU (None: tasks.detect's)
 
 
 @dataclass
@@ -114,6 +117,8 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
     loaded = stages.load_stage(log, opts.model or DEMO_MODEL, weights=opts.weights, input_shape=opts.input_shape,
                                num_classes=opts.num_classes, trust_pickle=opts.trust_pickle, seed=opts.seed)
     info = loaded.info
+    task = stages.task_stage(log, info, task=opts.task, score_threshold=opts.score_threshold,
+                             iou_threshold=opts.iou_threshold)
     data = stages.data_stage(log, info, calib=opts.calib, val=opts.val, need_calib="int8" in precisions,
                              preprocess=dict(mean=opts.mean, std=opts.std, resize=opts.resize,
                                              interpolation=opts.interpolation, channel_order=opts.channel_order))
@@ -133,7 +138,7 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
             plan_options, int8_plan = stages.int8_plan_stage(
                 log, backend=backend, onnx=onnx, profile=profile, data=data, model=info.module,
                 max_drop=opts.max_drop, options=options, work_dir=out_dir / "quant", val_samples=opts.val_samples,
-                val_batch=opts.val_batch)
+                val_batch=opts.val_batch, task=task)
             options.update(plan_options)
         artifact = stages.engine_stage(log, backend, onnx, precision, profile, data.calib, options, out_dir, manifest,
                                        force=opts.force)
@@ -145,13 +150,17 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
                 engine_records[precision]["int8_plan"] = int8_plan
 
     reference = stages.reference_stage(log, info.module, data.val_source, batch_size=opts.val_batch,
-                                       limit=opts.val_samples)
+                                       limit=opts.val_samples, task=task)
+    if console is not None and reference.scorer is not task and reference.scorer.note:  # a fallback on real data
+        from rich.markup import escape
+
+        console.print(f"[yellow]note:[/] {escape(reference.scorer.note)}", highlight=False, soft_wrap=True)
     engine_batch = stages.engine_batch_for(profile, info, opts.val_batch)
     from .validate import gate_to_dict
 
     for precision in precisions:
         artifact, record = artifacts[precision], engine_records[precision]
-        record["gate"] = gate_to_dict(profile.gate(precision))
+        record["gate"] = gate_to_dict(profile.gate(precision, reference.task))
         if artifact.status != "ok":
             continue
         stages.validate_stage(log, backend, artifact, record, reference, profile, precision,
@@ -184,7 +193,7 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
         "reference": {"kind": "pytorch-unfused", "data": data.val_source.describe(),
                       "num_samples": int(reference.outputs.shape[0]), "top1": reference.top1,
                       "labelled": reference.labels is not None, "same_as_calibration": data.val is None,
-                      "degenerate": reference.degenerate},
+                      "degenerate": reference.degenerate, **reference.report_fields()},
         "calibration": data.calib.describe() if data.calib is not None else None,
         "engines": [engine_records[p] for p in precisions] + extra_records,
         "fuse": onnx.fuse_info,

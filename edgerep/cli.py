@@ -89,7 +89,10 @@ def build_cmd(
     int8_mode: Optional[str] = typer.Option(None, "--int8-mode", help="TensorRT INT8: calibrate (cache) or qdq (Q/DQ ONNX); default: the profile's"),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="TensorRT: build FP16/INT8 for this DLA core, GPU fallback (default: the profile's)"),
     isa: Optional[str] = typer.Option(None, "--isa", help="CPU targets: the instruction set the engine must hold on: auto (this CPU), avx2, avx_vnni, avx512, avx512_vnni, amx or arm64 (default: the profile's)"),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="INT8: keep the fewest, most sensitive layers in float until the drop is within this many points of top-1 (of top-1 agreement without labels)"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="INT8: keep the fewest, most sensitive layers in float until the drop is within this many points of the task's metric: top-1 (agreement without labels), or for detect mAP@0.5:0.95 (agreement without labels)"),
+    task: Optional[str] = typer.Option(None, "--task", help="what accuracy means: classify (top-1), detect (mAP of decoded boxes) or raw (tensor errors); default: what the model says, else inferred from its output"),
+    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help="detect: the score a box needs to count as a detection (default 0.25)"),
+    iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help="detect: the NMS IoU threshold (default 0.7)"),
 ) -> None:
     """Fuse, export, build and validate engines for a target; writes report.json, report.md and a plot.
 
@@ -103,6 +106,7 @@ def build_cmd(
                      mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize,
                      interpolation=interpolation, channel_order=channel_order, simplifier=simplifier,
                      force=force, output=output, console=console, out=out, max_drop=max_drop, isa=isa,
+                     task=task, score_threshold=score_threshold, iou_threshold=iou_threshold,
                      backend_options={k: v for k, v in (("int8_mode", int8_mode), ("dla_core", dla_core)) if v is not None})
     raise typer.Exit(code)
 
@@ -139,6 +143,9 @@ def validate_cmd(
     val_samples: Optional[int] = typer.Option(None, "--val-samples", help="validate on the first N samples"),
     isa: Optional[str] = typer.Option(None, "--isa", help="CPU targets: the instruction set the engine must hold on: auto (this CPU), avx2, avx_vnni, avx512, avx512_vnni, amx or arm64 (default: the profile's)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
+    task: Optional[str] = typer.Option(None, "--task", help="what accuracy means: classify (top-1), detect (mAP of decoded boxes) or raw (tensor errors); default: what the model says, else inferred from its output"),
+    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help="detect: the score a box needs to count as a detection (default 0.25)"),
+    iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help="detect: the NMS IoU threshold (default 0.7)"),
 ) -> None:
     """Validate a built engine against the unfused PyTorch model: accuracy, latency and the target's gates."""
     if bundle is not None:  # on the device: the bundle carries the reference; TensorRT (or ONNX Runtime for .onnx) only
@@ -153,6 +160,7 @@ def validate_cmd(
 
     code = run_validate(model=model, engine=engine[0], target=target, val=val, weights=weights, input_shape=input_shape,
                         num_classes=num_classes, trust_pickle=trust_pickle, val_samples=val_samples, isa=isa,
+                        task=task, score_threshold=score_threshold, iou_threshold=iou_threshold,
                         as_json=as_json, out=out, console=console)
     raise typer.Exit(code)
 
@@ -198,6 +206,9 @@ def sensitivity_cmd(
     study: bool = typer.Option(True, "--study/--no-study", help="also compare calibration methods and per-channel/per-tensor weights"),
     output: Path = typer.Option(Path("sensitivity"), "-o", "--output", help="output folder"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
+    task: Optional[str] = typer.Option(None, "--task", help="what accuracy means: classify (top-1), detect (mAP of decoded boxes) or raw (tensor errors); default: what the model says, else inferred from its output"),
+    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help="detect: the score a box needs to count as a detection (default 0.25)"),
+    iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help="detect: the NMS IoU threshold (default 0.7)"),
 ) -> None:
     """INT8 sensitivity per layer (ONNX node and PyTorch module), weight/activation range outliers, and a
     calibration study; writes sensitivity.json, sensitivity.md and sensitivity.png."""
@@ -206,6 +217,7 @@ def sensitivity_cmd(
     code = run_sensitivity(model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
                            trust_pickle=trust_pickle, target=target, calib=calib, val=val, calib_samples=calib_samples,
                            calib_method=calib_method, val_samples=val_samples, top=top, study=study, output=output, isa=isa,
+                           task=task, score_threshold=score_threshold, iou_threshold=iou_threshold,
                            as_json=as_json, out=out, console=console)
     raise typer.Exit(code)
 

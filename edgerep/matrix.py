@@ -56,6 +56,9 @@ MODEL_OPTIONS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "channel_order": ("channel_order", str), "simplifier": ("simplifier", str), "seed": ("seed", int),
     "max_drop": ("max_drop", (int, float)), "fuse_tol": ("fuse_tol", (int, float)),
     "export_tol": ("export_tol", (int, float)),
+    # what accuracy means for this model (edgerep.tasks), and the detect thresholds
+    "task": ("task", str), "score_threshold": ("score_threshold", (int, float)),
+    "iou_threshold": ("iou_threshold", (int, float)),
 }
 PATH_OPTIONS = ("weights", "calib", "val")
 TOP_KEYS = ("targets", "precisions", "defaults", "models", "ray")

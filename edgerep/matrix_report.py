@@ -24,6 +24,10 @@ FAILED_STATUSES = ("failed", "error", "crashed")
 
 
 def key_metric(accuracy: dict[str, Any]) -> dict[str, Any]:
+    if accuracy.get("labelled_map_drop") is not None:  # detectors: points of mAP@0.5:0.95
+        return {"name": "labelled_map_drop", "value": accuracy["labelled_map_drop"], "unit": "pp"}
+    if accuracy.get("map_agreement") is not None:
+        return {"name": "map_disagreement", "value": 100.0 * (1.0 - accuracy["map_agreement"]), "unit": "pp"}
     if accuracy.get("top1_drop") is not None:
         return {"name": "top1_drop", "value": accuracy["top1_drop"], "unit": "pp"}
     if accuracy.get("top1_agreement") is not None:

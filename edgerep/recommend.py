@@ -47,6 +47,10 @@ def _rank(engine: Dict[str, Any]) -> int:
 
 def _accuracy_text(engine: Dict[str, Any]) -> str:
     acc = engine.get("accuracy") or {}
+    if acc.get("labelled_map_drop") is not None:
+        return "mAP drop {:.1f} pp".format(acc["labelled_map_drop"])
+    if acc.get("map_agreement") is not None:
+        return "mAP agreement {:.3f}".format(acc["map_agreement"])
     if acc.get("top1_drop") is not None:
         return "top-1 drop {:.1f} pp".format(acc["top1_drop"])
     if acc.get("top1_agreement") is not None:

@@ -223,6 +223,8 @@ def _int8_plan_lines(report: dict[str, Any]) -> list[str]:
         lines += ["", f"## INT8 plan: {eng['backend']} (--max-drop {plan.get('max_drop')})", "",
                   f"- budget {'met' if plan.get('met') else 'NOT met'}; layers kept in float: "
                   + (", ".join(f"`{name}`" for name in floats) if floats else "none")]
+        if plan.get("drop_unit"):
+            lines.append(f"- drop measured in {plan['drop_unit']}")
         calib = plan.get("calibration") or {}
         if calib.get("tried"):
             chosen = ", ".join(f"{k}={v}" for k, v in (calib.get("chosen") or {}).items())
@@ -335,6 +337,18 @@ def _place_labels(fig: Any, ax: Any, points: list[tuple[float, float, str]], avo
 
 
 SUMMARY_COLUMNS = ("engine", "gate", "cosine", "agree%", "top-1%", "drop", "p50 ms", "p99 ms", "in/s")
+# Detectors (accuracy task "detect"): mAP@0.5:0.95 and @0.5 of agreement with the reference's detections, the mean
+# box count difference per image, labelled mAP@0.5:0.95 and its drop in points.
+DETECT_SUMMARY_COLUMNS = ("engine", "gate", "mAP agr", "@0.5 agr", "boxes ±", "mAP", "drop", "p50 ms", "p99 ms", "in/s")
+
+
+def _accuracy_cells(acc: dict[str, Any], detect: bool) -> list[str]:
+    if detect:
+        return [_fmt(acc.get("map_agreement"), ".4f"), _fmt(acc.get("map50_agreement"), ".4f"),
+                _fmt(acc.get("box_count_diff"), ".2f"), _fmt(acc.get("labelled_map"), ".4f"),
+                _fmt(acc.get("labelled_map_drop"), "+.2f")]
+    return [_fmt(acc.get("cosine"), ".5f"), _fmt(acc.get("top1_agreement"), ".2f"), _fmt(acc.get("top1"), ".2f"),
+            _fmt(acc.get("top1_drop"), "+.2f")]
 
 
 def summary_table(report: dict[str, Any]) -> Any:
@@ -346,15 +360,16 @@ def summary_table(report: dict[str, Any]) -> Any:
     report = normalize(report)
     table = Table(title=f"{(report.get('model') or {}).get('spec')} on {(report.get('target') or {}).get('name')}",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for c in SUMMARY_COLUMNS:
+    detect = (report.get("reference") or {}).get("task") == "detect" or any(
+        e["accuracy"].get("task") == "detect" for e in report["engines"])
+    for c in DETECT_SUMMARY_COLUMNS if detect else SUMMARY_COLUMNS:
         table.add_column(c, no_wrap=True, justify="left" if c in ("engine", "gate") else "right")
     for eng in report["engines"]:
         acc, lat = eng["accuracy"], eng["latency_ms"]
         verdict = _verdict(eng)
         style = "green" if verdict == "pass" else ("red" if verdict in ("FAIL", "failed") else None)
-        table.add_row(f"{eng['backend']} {eng['precision']}", verdict, _fmt(acc.get("cosine"), ".5f"),
-                      _fmt(acc.get("top1_agreement"), ".2f"), _fmt(acc.get("top1"), ".2f"),
-                      _fmt(acc.get("top1_drop"), "+.2f"), _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"),
+        table.add_row(f"{eng['backend']} {eng['precision']}", verdict, *_accuracy_cells(acc, detect),
+                      _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"),
                       _fmt(eng.get("throughput_ips"), ".0f"), style=style)
     return table
 

@@ -225,6 +225,29 @@ def load_stage(log: StageLog, spec: str, *, weights: Path | None, input_shape: A
     return loaded
 
 
+# --- stage: task ----------------------------------------------------------------------------------
+
+
+def task_stage(log: StageLog, info: Any, *, task: str | None, score_threshold: float | None,
+               iou_threshold: float | None) -> Any:
+    """What accuracy means for this model (edgerep.tasks): --task, else what the model says, else its output.
+    A --task that cannot apply fails here, before anything is written."""
+    with log.stage("task", "choosing the accuracy metric") as st:
+        from .tasks import resolve_task
+
+        chosen = resolve_task(info, task, score_threshold=score_threshold, iou_threshold=iou_threshold)
+        st["detail"] = task_detail(chosen)
+    return chosen
+
+
+def task_detail(task: Any) -> str:
+    text = task.name
+    if task.name == "detect":
+        text += (f" ({task.layout} head, {task.num_classes} classes, score >= {task.score_threshold:g}, "
+                 f"NMS IoU {task.iou_threshold:g})")
+    return text + (f"; {task.note}" if task.note else "")
+
+
 # --- stage: data -----------------------------------------------------------------------------------
 
 
@@ -410,7 +433,7 @@ def engine_options(backend_options: dict[str, Any], precision: str, *, calib_sam
 
 def int8_plan_stage(log: StageLog, *, backend: Any, onnx: OnnxProduct, profile: Any, data: Data, model: Any,
                     max_drop: float, options: dict[str, Any], work_dir: Path, val_samples: int | None,
-                    val_batch: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                    val_batch: int, task: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Accuracy-budgeted mixed precision (edgerep.quant): the options that keep the fewest sensitive layers in
     float until the drop is within `max_drop`, and the plan for the report."""
     from .quant.mixed import plan_int8
@@ -418,9 +441,10 @@ def int8_plan_stage(log: StageLog, *, backend: Any, onnx: OnnxProduct, profile: 
     with log.stage("int8 plan", f"choosing the layers to keep in float (max drop {max_drop:g} pp)") as st:
         plan, int8_plan = plan_int8(backend=backend, onnx_path=onnx.sim_path, profile=profile, calib=data.calib,
                                     val=data.val_source, model=model, max_drop=max_drop, options=options,
-                                    work_dir=work_dir, val_samples=val_samples, val_batch=val_batch)
+                                    work_dir=work_dir, val_samples=val_samples, val_batch=val_batch, task=task)
         st["detail"] = (f"{len(int8_plan['float_layers'])} layer(s) in float, drop "
-                        f"{int8_plan['chosen']['metrics']['drop']:.2f} pp ({int8_plan['chosen']['source']})")
+                        f"{int8_plan['chosen']['metrics']['drop']:.2f} pp of {int8_plan.get('drop_metric')} "
+                        f"({int8_plan['chosen']['source']})")
     return plan, int8_plan
 
 
@@ -498,16 +522,30 @@ def runtime_packages(backend: str) -> tuple[str, ...]:
 # --- stage: reference ------------------------------------------------------------------------------
 
 
-def reference_stage(log: StageLog, model: Any, source: Any, *, batch_size: int, limit: int | None) -> Any:
-    """The unfused PyTorch model's outputs on the validation data (validate.Reference)."""
+def reference_stage(log: StageLog, model: Any, source: Any, *, batch_size: int, limit: int | None,
+                    task: Any = None) -> Any:
+    """The unfused PyTorch model's outputs on the validation data, and what its task needs from them (for a
+    detector, its own detections): validate.Reference. `task`: a tasks.Task (None: inferred from the outputs)."""
     from .validate import compute_reference
 
     with log.stage("reference", "running the unfused PyTorch model on the validation data") as st:
-        reference = compute_reference(model, source, batch_size=batch_size, limit=limit)
-        st["detail"] = (f"{reference.outputs.shape[0]} samples"
-                        + (f", top-1 {reference.top1:.2f}%" if reference.top1 is not None else ", no labels")
-                        + (f"; {reference.degenerate}" if reference.degenerate else ""))
+        reference = compute_reference(model, source, batch_size=batch_size, limit=limit, task=task)
+        st["detail"] = reference_detail(reference)
     return reference
+
+
+def reference_detail(reference: Any) -> str:
+    info = reference.info
+    text = f"{reference.outputs.shape[0]} samples"
+    if reference.task == "detect":
+        text += f", {info.get('boxes')} boxes"
+        text += (f", labelled mAP {info['labelled_map']:.4f} (@0.5 {info['labelled_map50']:.4f})"
+                 if info.get("labelled_map") is not None else ", no labels")
+    else:
+        text += f", top-1 {reference.top1:.2f}%" if reference.top1 is not None else ", no labels"
+    if reference.scorer.note and reference.task == "raw":
+        text += f"; {reference.scorer.note}"
+    return text + (f"; {reference.degenerate}" if reference.degenerate else "")
 
 
 def latency_sample(reference: Any) -> Any:
@@ -529,7 +567,7 @@ def validate_stage(log: StageLog, backend: Any, artifact: Any, record: dict[str,
             runner = backend.load(artifact)
             try:
                 record.update(runner_accuracy(runner, reference, engine_batch=engine_batch,
-                                              gate=profile.gate(precision)))
+                                              gate=profile.gate(precision, reference.task)))
                 if profile.tensorrt is None:
                     isa_stage(artifact, record, reference, profile, engine_batch)
                 if measure_latency:
@@ -553,7 +591,7 @@ def isa_stage(artifact: Any, record: dict[str, Any], reference: Any, profile: An
     from .validate import check_on_target_isa
 
     isa = check_on_target_isa(record, artifact, reference, target=target_isa(profile), engine_batch=engine_batch,
-                              gate=profile.gate(artifact.precision))
+                              gate=profile.gate(artifact.precision, reference.task))
     update_sidecar(Path(artifact.path), validated={"isa": isa["measured_on"], "target_isa": isa["target"],
                                                    "method": isa["method"], "passed": record.get("passed"),
                                                    "accuracy": record.get("accuracy")})
@@ -588,9 +626,10 @@ def _latencies(runner: Any, sample: Any, profile: Any, engine_batch: int) -> dic
 def _validate_detail(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return f"failed: {record.get('reason')}"
+    from .tasks import get_task
+
     acc, lat = record["accuracy"], record["latency_ms"]
-    return (f"cosine {acc['cosine']:.6f}, top-1 agree {_pct(acc['top1_agreement'])}"
-            + (f", top-1 {_pct(acc['top1'])} (drop {acc['top1_drop']:+.2f} pp)" if acc.get("top1") is not None else "")
+    return (get_task(acc.get("task") or "classify").summary(acc)
             + (f", p50 {lat['p50']:.3f} ms" if lat.get("p50") is not None else "")
             + ("" if record.get("passed") else f"; {record.get('reason')}" if record.get("passed") is None
                else f"; GATE FAILED: {record.get('reason')}"))
@@ -657,6 +696,3 @@ def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:240] if text else ''}"
 
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}%"

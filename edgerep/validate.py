@@ -5,7 +5,6 @@ the simplifier or the backend adds shows up here.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,62 +13,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import UserError
-
-
-# --- accuracy --------------------------------------------------------------------------------------
-
-
-def accuracy_metrics(ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
-    """Compare engine outputs `out` with reference outputs `ref` (same shape, first axis = samples).
-
-    Returns max_abs_err, mean_abs_err, cosine (mean over samples of the per-sample cosine similarity),
-    cosine_min, sqnr_db (10*log10(signal power / error power); None when the outputs are identical),
-    top1_agreement (percent of samples whose arg-max class matches the reference; None for outputs that
-    are not (N, classes) scores), and with labels: top1, ref_top1 (percent) and top1_drop (points).
-    """
-    ref = np.asarray(ref, dtype=np.float64)
-    out = np.asarray(out, dtype=np.float64)
-    if ref.shape != out.shape:
-        raise ValueError(f"engine output shape {out.shape} differs from the reference {ref.shape}")
-    n = ref.shape[0]
-    r2, o2 = ref.reshape(n, -1), out.reshape(n, -1)
-    diff = o2 - r2
-    dot = np.sum(r2 * o2, axis=1)
-    norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(o2, axis=1)
-    # Two all-zero vectors are the same vector (cosine 1); one zero and one not are unrelated (0).
-    both_zero = (np.linalg.norm(r2, axis=1) == 0) & (np.linalg.norm(o2, axis=1) == 0)
-    cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
-    noise = float(np.sum(diff * diff))
-    signal = float(np.sum(r2 * r2))
-    if noise == 0.0:
-        sqnr = None
-    elif signal == 0.0:
-        sqnr = -math.inf
-    else:
-        sqnr = 10.0 * math.log10(signal / noise)
-    metrics: dict[str, Any] = {
-        "max_abs_err": float(np.max(np.abs(diff))) if diff.size else 0.0,
-        "mean_abs_err": float(np.mean(np.abs(diff))) if diff.size else 0.0,
-        "cosine": float(np.mean(cos)),
-        "cosine_min": float(np.min(cos)),
-        "sqnr_db": sqnr,
-        "top1_agreement": None,
-        "top1": None,
-        "ref_top1": None,
-        "top1_drop": None,
-        "num_samples": int(n),
-    }
-    if ref.ndim == 2 and ref.shape[1] > 1:
-        ref_cls, out_cls = ref.argmax(axis=1), out.argmax(axis=1)
-        metrics["top1_agreement"] = 100.0 * float(np.mean(ref_cls == out_cls))
-        if labels is not None:
-            labels = np.asarray(labels).reshape(-1)
-            if labels.shape[0] != n:
-                raise ValueError(f"{labels.shape[0]} labels for {n} outputs")
-            metrics["top1"] = 100.0 * float(np.mean(out_cls == labels))
-            metrics["ref_top1"] = 100.0 * float(np.mean(ref_cls == labels))
-            metrics["top1_drop"] = metrics["ref_top1"] - metrics["top1"]
-    return metrics
+# Accuracy is the tasks' (edgerep.tasks); re-exported here, where callers found these before the tasks existed.
+from .tasks.base import NEAR_CONSTANT_ABS, NEAR_CONSTANT_REL, UNTRAINED_HINT  # noqa: F401
+from .tasks.base import gate_value as _gate_value
+from .tasks.classify import MIN_SAMPLES_FOR_TOP1_CHECK, accuracy_metrics, degenerate_reference  # noqa: F401
 
 
 # --- latency ---------------------------------------------------------------------------------------
@@ -116,111 +63,99 @@ def runner_latency(runner: Any, batch: np.ndarray, *, warmup: int, iterations: i
 # --- reference and engine outputs ------------------------------------------------------------------
 
 
-def reference_outputs(model: Any, source: Any, batch_size: int = 32, *, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Outputs of the PyTorch `model` (eval mode, no grad) on every sample of `source`, and the labels."""
+def reference_outputs(model: Any, source: Any, batch_size: int = 32, *, limit: int | None = None) -> tuple[np.ndarray, Any]:
+    """Outputs (the first) of the PyTorch `model` (eval mode, no grad) on every sample of `source`, and the labels."""
+    outputs, _, labels = reference_outputs_all(model, source, batch_size, limit=limit)
+    return outputs[0], labels
+
+
+def reference_outputs_all(model: Any, source: Any, batch_size: int = 32, *,
+                          limit: int | None = None) -> tuple[list[np.ndarray], list[str], Any]:
+    """Every output of the PyTorch `model` (ONNX order, edgerep.outputs) on every sample of `source`, their
+    names, and the labels: an array (classification), a list with one entry per sample (e.g. Detections), or None."""
     import torch
 
+    from .outputs import flatten_named
+
     model.eval()
-    outs, labels = [], []
+    outs: list[list[np.ndarray]] = []
+    names: list[str] = []
+    labels: list[Any] = []
+    per_sample = False
     with torch.inference_mode():
         for x, y in source.iter_batches(batch_size, limit=limit):
-            o = model(torch.from_numpy(x))
-            if isinstance(o, (tuple, list)):
-                o = o[0]
-            outs.append(o.detach().float().cpu().numpy())
+            named = flatten_named(model(torch.from_numpy(x)))
+            names = [n for n, _ in named]
+            arrays = [t.detach().float().cpu().numpy() for _, t in named]
+            if not outs:
+                outs = [[] for _ in arrays]
+            for acc, arr in zip(outs, arrays):
+                acc.append(arr)
             if y is not None:
-                labels.append(y)
+                if isinstance(y, (list, tuple)):  # one object per sample (detection labels)
+                    per_sample = True
+                    labels.extend(y)
+                else:
+                    labels.append(y)
     if not outs:
         raise UserError(f"--val {source.path}: no readable samples in it")
-    return np.concatenate(outs), (np.concatenate(labels) if labels else None)
+    joined = [np.concatenate(o) for o in outs]
+    if not labels:
+        return joined, names, None
+    return joined, names, (list(labels) if per_sample else np.concatenate(labels))
 
 
 def engine_outputs(runner: Any, source: Any, batch_size: int, *, limit: int | None = None) -> np.ndarray:
-    """Outputs of an engine runner over `source`, in `batch_size` chunks (1 for a fixed-batch engine).
+    """The first output of an engine runner over `source` (see engine_outputs_all)."""
+    return engine_outputs_all(runner, source, batch_size, limit=limit, first_only=True)[0]
+
+
+def run_all(runner: Any, x: np.ndarray) -> list[np.ndarray]:
+    """Every output of a runner for one batch (ONNX order); runners without run_all give their first."""
+    if hasattr(runner, "run_all"):
+        return [np.asarray(o) for o in runner.run_all(x)]
+    return [np.asarray(runner.run(x))]
+
+
+def engine_outputs_all(runner: Any, source: Any, batch_size: int, *, limit: int | None = None,
+                       first_only: bool = False) -> list[np.ndarray]:
+    """Every output of an engine runner over `source`, in `batch_size` chunks (1 for a fixed-batch engine).
 
     A batch smaller than `batch_size` at the end is padded by repeating its last sample and cut after the run,
     so fixed-shape engines see only the shape they were built for."""
-    outs = []
+    outs: list[list[np.ndarray]] = []
     for x, _ in source.iter_batches(batch_size, limit=limit):
         n = x.shape[0]
         if n < batch_size:
             x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)])
-        outs.append(np.asarray(runner.run(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)[:n])
-    return np.concatenate(outs)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        results = [runner.run(x)] if first_only else run_all(runner, x)
+        if not outs:
+            outs = [[] for _ in results]
+        for acc, arr in zip(outs, results):
+            acc.append(np.asarray(arr, dtype=np.float32)[:n])
+    return [np.concatenate(o) for o in outs]
 
 
 # --- gates -----------------------------------------------------------------------------------------
 
 
 def check_gate(metrics: dict[str, Any], gate: Any, has_labels: bool) -> tuple[bool, str | None]:
-    """Pass/fail of one engine's metrics against a profile Gate (max_abs_err, min_cosine,
-    min_top1_agreement in percent, max_top1_drop in points — the last only where labels exist).
-    Returns (passed, reason) where reason lists every broken limit."""
-    if gate is None:
-        return True, None
-    problems = []
-    limit = _gate_value(gate, "max_abs_err")
-    if limit is not None and not metrics["max_abs_err"] <= limit:
-        problems.append(f"max_abs_err {metrics['max_abs_err']:.3g} > {limit:g}")
-    limit = _gate_value(gate, "min_cosine")
-    if limit is not None and not metrics["cosine"] >= limit:
-        problems.append(f"cosine {metrics['cosine']:.6f} < {limit:g}")
-    limit = _gate_value(gate, "min_top1_agreement")
-    if limit is not None and metrics.get("top1_agreement") is not None and not metrics["top1_agreement"] >= limit:
-        problems.append(f"top1_agreement {metrics['top1_agreement']:.2f}% < {limit:g}%")
-    limit = _gate_value(gate, "max_top1_drop")
-    if limit is not None and has_labels and metrics.get("top1_drop") is not None and not metrics["top1_drop"] <= limit:
-        problems.append(f"top1_drop {metrics['top1_drop']:.2f} pp > {limit:g} pp")
-    return (not problems), ("; ".join(problems) if problems else None)
+    """Pass/fail of one engine's metrics against a gate, by the metrics' task (`task` key; classify when absent):
+    classify: max_abs_err, min_cosine, min_top1_agreement in percent, max_top1_drop in points (only with labels);
+    detect: targets.DetectGate; raw: the tensor limits. Returns (passed, reason) listing every broken limit."""
+    from .tasks import get_task
 
-
-def _gate_value(gate: Any, key: str) -> float | None:
-    value = gate.get(key) if isinstance(gate, dict) else getattr(gate, key, None)
-    return None if value is None else float(value)
+    return get_task(metrics.get("task") or "classify").check_gate(metrics, gate, has_labels)
 
 
 def gate_to_dict(gate: Any) -> dict[str, Any] | None:
     if gate is None:
         return None
+    if hasattr(gate, "to_dict"):
+        return gate.to_dict()
     keys = ("max_abs_err", "min_cosine", "min_top1_agreement", "max_top1_drop")
     return {k: _gate_value(gate, k) for k in keys}
-
-
-# --- degenerate references ------------------------------------------------------------------------
-
-# Outputs that vary by less than this across samples carry no signal an FP32 engine can reproduce: float32
-# rounds at about 1e-7 of a value's magnitude, and trained models' outputs are O(0.1..10).
-NEAR_CONSTANT_ABS = 1e-6
-NEAR_CONSTANT_REL = 1e-6  # ... or by less than this fraction of their own magnitude (a constant output)
-# One class for every sample means nothing when there are only a few samples (it happens by chance).
-MIN_SAMPLES_FOR_TOP1_CHECK = 8
-UNTRAINED_HINT = "are the weights trained? pass --weights"
-
-
-def degenerate_reference(outputs: np.ndarray, labels: np.ndarray | None = None) -> str | None:
-    """One line saying why the reference outputs carry no signal to validate against, or None when they do.
-
-    Degenerate: (a) every output varies across samples by less than NEAR_CONSTANT_ABS, or by less than
-    NEAR_CONSTANT_REL of the outputs' RMS (the model ignores its input: typically untrained or randomly
-    initialized weights; torchvision's MobileNetV3-Small at its initialization gives outputs of about 1e-9);
-    (b) a classifier whose arg-max is the same class for every one of at least MIN_SAMPLES_FOR_TOP1_CHECK
-    samples, unless the labels are all that one class too (a one-class validation set is legitimate). Accuracy gates measured against such a reference
-    say nothing about the engine."""
-    out = np.asarray(outputs, dtype=np.float64)
-    n = out.shape[0] if out.ndim else 0
-    if n < 2 or out.size == 0:
-        return None
-    flat = out.reshape(n, -1)
-    spread = float(np.max(np.std(flat, axis=0)))
-    rms = float(np.sqrt(np.mean(flat * flat)))
-    if spread <= max(NEAR_CONSTANT_ABS, NEAR_CONSTANT_REL * rms):
-        return f"reference outputs are nearly constant (std {spread:.2g} across {n} samples): {UNTRAINED_HINT}"
-    if out.ndim == 2 and out.shape[1] > 1 and n >= MIN_SAMPLES_FOR_TOP1_CHECK:
-        classes = out.argmax(axis=1)
-        one_class_labels = labels is not None and np.unique(np.asarray(labels).reshape(-1)).size == 1
-        if np.all(classes == classes[0]) and not one_class_labels:
-            return f"reference top-1 is class {int(classes[0])} for all {n} samples: {UNTRAINED_HINT}"
-    return None
 
 
 # --- one engine, end to end ------------------------------------------------------------------------
@@ -230,27 +165,80 @@ def degenerate_reference(outputs: np.ndarray, labels: np.ndarray | None = None) 
 class Reference:
     """The unfused model's outputs on the validation data (computed once, shared by every engine).
 
-    `degenerate` (computed from the outputs) is the one-line reason the outputs carry no signal, else None."""
+    `outputs` is the first (primary) output, `outputs_all` every output in ONNX order with `output_names`;
+    `task` the task's name and `scorer` the Task that scores engines against it (edgerep.tasks; inferred from
+    the outputs when not given). For detect, `labels` is a list of Detections per sample (boxes in the
+    letterboxed input's pixels) or None, and `detections` the unfused model's own detections per sample.
+    `degenerate` (computed) is the one-line reason the outputs carry no signal, else None."""
 
     outputs: np.ndarray
-    labels: np.ndarray | None
+    labels: Any
     source: Any
     limit: int | None = None
     top1: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    outputs_all: list[np.ndarray] | None = None
+    output_names: list[str] | None = None
+    task: str | None = None
+    detections: list[Any] | None = None
+    scorer: Any = None  # tasks.base.Task
     degenerate: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.degenerate = degenerate_reference(self.outputs, self.labels)
+        from .outputs import default_names
+        from .tasks import get_task, infer_task
+
+        if self.outputs_all is None:
+            self.outputs_all = [self.outputs]
+        if self.output_names is None:
+            self.output_names = default_names(len(self.outputs_all))
+        if self.scorer is None:
+            if self.task is None:
+                name, note = infer_task(None, self.outputs_all)
+                self.scorer = get_task(name, note=note)
+            else:
+                self.scorer = get_task(self.task)
+        self.task = self.scorer.name
+        self.scorer.prepare(self)
+        self.degenerate = self.scorer.degenerate(self)
+        self.info.update({"num_samples": int(self.outputs.shape[0]), "top1": self.top1, "task": self.task,
+                          **self.scorer.reference_info(self)})
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None
+
+    def report_fields(self) -> dict[str, Any]:
+        """What report.json's `reference` says about the task (besides kind, data, num_samples, top1, degenerate)."""
+        out = {"task": self.task, "task_note": self.scorer.note, "outputs": [
+            {"name": n, "shape": list(o.shape)} for n, o in zip(self.output_names, self.outputs_all)]}
+        out.update({k: v for k, v in self.scorer.reference_info(self).items() if k != "top1"})
+        return out
 
 
-def compute_reference(model: Any, source: Any, *, batch_size: int = 32, limit: int | None = None) -> Reference:
-    outputs, labels = reference_outputs(model, source, batch_size, limit=limit)
-    top1 = None
-    if labels is not None and outputs.ndim == 2 and outputs.shape[1] > 1:
-        top1 = 100.0 * float(np.mean(outputs.argmax(axis=1) == labels))
-    return Reference(outputs=outputs, labels=labels, source=source, limit=limit, top1=top1,
-                     info={"num_samples": int(outputs.shape[0]), "top1": top1})
+def compute_reference(model: Any, source: Any, *, batch_size: int = 32, limit: int | None = None,
+                      task: Any = None) -> Reference:
+    """Run the unfused `model` over `source` once: every output, the labels, and what the task needs (for detect,
+    the reference's own detections). `task`: a tasks.Task, a task name, or None (inferred from the outputs).
+
+    A detect task the user did not ask for (inferred from the model) whose head turns out not to decode on the
+    real data falls back to raw with a note; an explicit --task detect is a one-line error then."""
+    from .tasks import fallback_note, get_task
+    from .tasks.detect import HeadLayoutError
+
+    outputs, names, labels = reference_outputs_all(model, source, batch_size, limit=limit)
+    scorer = get_task(task) if isinstance(task, str) else task
+
+    def make(s: Any) -> Reference:
+        return Reference(outputs=outputs[0], labels=labels, source=source, limit=limit, outputs_all=outputs,
+                         output_names=names, scorer=s)
+
+    try:
+        return make(scorer)
+    except HeadLayoutError as exc:
+        if scorer is None or getattr(scorer, "explicit", False):
+            raise UserError(f"--task detect: {exc.message}; pass --task raw for tensor metrics only") from None
+        return make(get_task("raw", note=fallback_note(exc)))
 
 
 def validate_runner(runner: Any, reference: Reference, *, engine_batch: int, gate: Any,
@@ -268,22 +256,27 @@ def validate_runner(runner: Any, reference: Reference, *, engine_batch: int, gat
 
 
 def runner_accuracy(runner: Any, reference: Reference, *, engine_batch: int, gate: Any) -> dict[str, Any]:
-    """The accuracy half of validate_runner: metrics against the reference and the gate (no timing), so a
-    scheduler can run it in parallel and time the engine later on a quiet machine."""
-    out = engine_outputs(runner, reference.source, engine_batch, limit=reference.limit)
-    if out.shape[0] != reference.outputs.shape[0]:
-        raise RuntimeError(f"engine gave {out.shape[0]} outputs for {reference.outputs.shape[0]} samples")
-    return score_outputs(reference, out, gate)
+    """The accuracy half of validate_runner: the task's metrics against the reference and the gate (no timing),
+    so a scheduler can run it in parallel and time the engine later on a quiet machine."""
+    outs = engine_outputs_all(runner, reference.source, engine_batch, limit=reference.limit)
+    if outs[0].shape[0] != reference.outputs.shape[0]:
+        raise RuntimeError(f"engine gave {outs[0].shape[0]} outputs for {reference.outputs.shape[0]} samples")
+    return score_outputs(reference, outs, gate)
 
 
-def score_outputs(reference: Reference, out: np.ndarray, gate: Any) -> dict[str, Any]:
-    """An engine's outputs on the first len(out) validation samples, against the reference's: accuracy, and the
-    gate's verdict ("passed", "reason"), which is not meaningful when the reference is degenerate."""
-    n = out.shape[0]
-    ref = reference.outputs[:n]
-    labels = reference.labels[:n] if reference.labels is not None else None
-    metrics = accuracy_metrics(ref, out.reshape(ref.shape), labels)
-    passed, reason = check_gate(metrics, gate, labels is not None)
+def task_gate(profile: Any, precision: str, reference: Reference) -> Any:
+    """The profile's gate of `precision` for the reference's task."""
+    return profile.gate(precision, reference.task)
+
+
+def score_outputs(reference: Reference, out: Any, gate: Any) -> dict[str, Any]:
+    """An engine's outputs (every output in ONNX order, or the first alone as one array) on the first n
+    validation samples, scored by the reference's task: accuracy, and the gate's verdict ("passed", "reason"),
+    which is not meaningful when the reference is degenerate."""
+    outs = [out] if isinstance(out, np.ndarray) else list(out)
+    n = outs[0].shape[0]
+    metrics = reference.scorer.score(reference, outs)
+    passed, reason = reference.scorer.check_gate(metrics, gate, reference.labels is not None and n > 0)
     gate_check = None
     if reference.degenerate:  # the gates compared against noise: not a verdict on the engine either way
         gate_check = {"passed": passed, "reason": reason}
@@ -356,7 +349,9 @@ def isa_warnings(sidecar: dict[str, Any], isa: str | None, console: Any) -> str 
 def run_validate(*, model: str, engine: Path, target: str | None = None, val: Path | None = None,
                  weights: Path | None = None, input_shape: str | None = None, num_classes: int | None = None,
                  trust_pickle: bool = False, val_samples: int | None = None, val_batch: int = 32, seed: int = 0,
-                 isa: str | None = None, as_json: bool = False, out: Any = None, console: Any = None) -> int:
+                 isa: str | None = None, task: str | None = None, score_threshold: float | None = None,
+                 iou_threshold: float | None = None, as_json: bool = False, out: Any = None,
+                 console: Any = None) -> int:
     """`edgerep validate`: check a built engine file against the unfused PyTorch model.
 
     The backend comes from the engine's sidecar; the gates from --target (default: the target recorded in
@@ -371,6 +366,7 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     from .models import load_model
     from .report import engine_entry, normalize, summary_table
     from .targets import list_targets, load_target
+    from .tasks import resolve_task
 
     if not Path(engine).is_file():
         raise UserError(f"--engine {engine}: file not found; pass an engine edgerep build wrote "
@@ -394,6 +390,7 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     target_isa_name = isa_warnings(artifact.info, isa, console)
     torch.manual_seed(seed)
     info = load_model(model, weights=weights, input_shape=input_shape, num_classes=num_classes, trust_pickle=trust_pickle)
+    scorer = resolve_task(info, task, score_threshold=score_threshold, iou_threshold=iou_threshold)
     shape = tuple(info.input_shape)
     engine_shape = artifact.info.get("input_shape")
     if engine_shape and len(engine_shape) == len(shape) and any(
@@ -406,26 +403,31 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
         default_calib, default_val = default_data_paths(info)
         val_path = default_val or default_calib
     source = open_data(val_path, preprocess_for(info) if val_path.is_dir() else None, expect_shape=shape, role="val")
-    reference = compute_reference(info.module, source, batch_size=val_batch, limit=val_samples)
+    reference = compute_reference(info.module, source, batch_size=val_batch, limit=val_samples, task=scorer)
+    if console is not None and reference.scorer.note:
+        from rich.markup import escape
+
+        console.print(f"[yellow]note:[/] {escape(reference.scorer.note)}", highlight=False, soft_wrap=True)
+    gate = task_gate(profile, artifact.precision, reference)
     dynamic = bool(engine_shape) and engine_shape[0] is None
     engine_batch = val_batch if dynamic else int((engine_shape or shape)[0] or 1)
     runner = backend.load(artifact)
     try:
-        result = validate_runner(runner, reference, engine_batch=engine_batch, gate=profile.gate(artifact.precision),
+        result = validate_runner(runner, reference, engine_batch=engine_batch, gate=gate,
                                  latency_batches=list(profile.latency.batch_sizes), warmup=profile.latency.warmup,
                                  iterations=profile.latency.iterations, dynamic_batch=dynamic)
     finally:
         runner.close()
     if target_isa_name is not None:
         check_on_target_isa(result, artifact, reference, target=target_isa_name, engine_batch=engine_batch,
-                            gate=profile.gate(artifact.precision))
+                            gate=gate)
     record = engine_entry(artifact.backend, artifact.precision, path=str(engine), **result,
-                          gate=gate_to_dict(profile.gate(artifact.precision)))
+                          gate=gate_to_dict(gate))
     report = normalize({"model": {"spec": info.spec, "input_shape": list(shape), "weights": info.weights},
                         "target": {"name": profile.name, "backend": profile.backend},
                         "reference": {"kind": "pytorch-unfused", "data": source.describe(),
                                       "num_samples": int(reference.outputs.shape[0]), "top1": reference.top1,
-                                      "degenerate": reference.degenerate},
+                                      "degenerate": reference.degenerate, **reference.report_fields()},
                         "engines": [record]})
     if out is not None:
         if as_json:

@@ -20,6 +20,7 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
                     calib: Path | None = None, val: Path | None = None, calib_samples: int | None = None,
                     calib_method: str | None = None, val_samples: int | None = None, top: int = 10,
                     study: bool = True, output: Path = Path("sensitivity"), as_json: bool = False, isa: str | None = None,
+                    task: str | None = None, score_threshold: float | None = None, iou_threshold: float | None = None,
                     out: Any = None, console: Any = None) -> int:
     """Run the analysis; returns the exit code (0)."""
     import torch
@@ -29,7 +30,9 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
     from ..fuse import fuse
     from ..models import load_model
     from ..targets import load_target
+    from ..tasks import resolve_task
     from ..validate import compute_reference
+    from .evaluate import drop_unit
     from .layers import module_names_of
     from .plot import plot_sensitivity
     from .qdq import METHODS, style_for_backend, weights_for
@@ -48,6 +51,7 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
         raise UserError(f"--top {top}: must be a positive integer")
     torch.manual_seed(0)
     info = load_model(model, weights=weights, input_shape=input_shape, num_classes=num_classes, trust_pickle=trust_pickle)
+    scorer = resolve_task(info, task, score_threshold=score_threshold, iou_threshold=iou_threshold)
     calib_source, val_source = _open_data(info, calib, val)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -57,9 +61,10 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
                                dynamic_batch=profile.dynamic_batch)
     onnx_path = Path(exported.sim_path)
     names = module_names_of(fused.model) | module_names_of(info.module)
-    reference = compute_reference(info.module, val_source, limit=val_samples)
-    if reference.outputs.ndim != 2:
-        _say(console, "the outputs are not class scores: sensitivity is reported as output noise only")
+    reference = compute_reference(info.module, val_source, limit=val_samples, task=scorer)
+    if reference.task == "raw":
+        _say(console, f"task raw ({reference.scorer.note or 'tensor metrics only'}): sensitivity is reported as "
+                      f"output noise only")
     style = style_for_backend(profile.backend)
     work = output / ".work"
     try:
@@ -78,7 +83,9 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
         "schema": 1, "model": {"spec": info.spec, "weights": info.weights, "input_shape": list(info.input_shape)},
         "target": profile.name, "onnx": str(onnx_path), "reference": {"kind": "pytorch-unfused",
                                                                      "num_samples": int(reference.outputs.shape[0]),
-                                                                     "top1": reference.top1},
+                                                                     "top1": reference.top1,
+                                                                     **reference.report_fields()},
+        "task": reference.task, "drop_unit": drop_unit({**sens.all_int8, "task": reference.task}),
         "sensitivity": sens.to_dict(), "ranges": ranges, "calibration_study": studied,
         "seconds": time.perf_counter() - t0,
     }
@@ -139,8 +146,11 @@ def _print_tables(out: Any, result: dict[str, Any], top: int) -> None:
 
     sens = result["sensitivity"]
     a = sens["all_int8"]
-    out.print(f"all layers INT8: NSR {a['nsr']:.2e}, cosine {a['cosine']:.5f}, drop {_fmt(a['drop'], '.2f')} pp "
-              f"({sens['drop_metric']}); reference top-1 {_fmt(result['reference']['top1'], '.2f')}%", highlight=False)
+    ref = result["reference"]
+    ref_text = (f"reference labelled mAP {_fmt(ref.get('labelled_map'), '.4f')}" if result.get("task") == "detect"
+                else f"reference top-1 {_fmt(ref.get('top1'), '.2f')}%")
+    out.print(f"all layers INT8: NSR {a['nsr']:.2e}, cosine {a['cosine']:.5f}, drop {_fmt(a['drop'], '.2f')} "
+              f"({result.get('drop_unit')}); {ref_text}", highlight=False)
     table = Table(title=f"most sensitive layers (top {top})", box=box.SIMPLE_HEAD)
     for h in _HEAD:
         table.add_column(h, overflow="fold", no_wrap=h in ("#", "score"))
@@ -162,7 +172,7 @@ def _write_markdown(path: Path, result: dict[str, Any], top: int) -> None:
 
     sens = result["sensitivity"]
     lines = [f"# INT8 sensitivity: {result['model']['spec']} ({result['target']})", "",
-             f"Settings: {sens['settings']}. Drop in points of {sens['drop_metric']}; NSR = output noise / signal "
+             f"Settings: {sens['settings']}. Drop in {result.get('drop_unit')} ({sens['drop_metric']}); NSR = output noise / signal "
              f"against the unfused PyTorch model.", "",
              "| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(result, top)]

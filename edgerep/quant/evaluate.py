@@ -1,5 +1,6 @@
-"""Scoring an INT8 candidate against the reference: the metrics of edgerep.validate plus the two numbers the
-search works with, `drop` (the budgeted quantity) and `nsr` (a smooth error for ranking)."""
+"""Scoring an INT8 candidate against the reference: the metrics of the reference's task (edgerep.tasks) plus the
+two numbers the search works with, `drop` (the budgeted quantity, in the task's unit: points of top-1 for
+classifiers, points of mAP@0.5:0.95 for detectors) and `nsr` (a smooth error for ranking)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,17 +11,41 @@ import numpy as np
 DYNAMIC_EVAL_BATCH = 32
 
 
+def _task_of(metrics: dict[str, Any]) -> Any:
+    from ..tasks import get_task
+
+    return get_task(metrics.get("task") or "classify")
+
+
 def drop_of(metrics: dict[str, Any]) -> float:
-    """Points lost: labelled top-1 drop where labels exist, else 100 - top-1 agreement with the reference."""
-    if metrics.get("top1_drop") is not None:
-        return float(metrics["top1_drop"])
-    if metrics.get("top1_agreement") is not None:
-        return 100.0 - float(metrics["top1_agreement"])
-    raise ValueError("the outputs are not class scores: no top-1 to budget; --max-drop needs a classifier")
+    """Points lost in the task's unit (tasks.Task.drop): classify: labelled top-1 drop where labels exist, else
+    100 - top-1 agreement; detect: labelled mAP@0.5:0.95 drop, else 100 * (1 - agreement mAP@0.5:0.95).
+    ValueError when the metrics carry nothing to budget (task raw)."""
+    return _task_of(metrics).drop(metrics)
 
 
-def drop_metric(metrics: dict[str, Any]) -> str:
-    return "top1" if metrics.get("top1_drop") is not None else "top1_agreement"
+def drop_metric(metrics: dict[str, Any]) -> str | None:
+    """The metric drop_of used: top1, top1_agreement, labelled_map or map_agreement."""
+    return _task_of(metrics).drop_metric(metrics)
+
+
+# The metric's own value in points (higher is better), whose difference between two models is drop_of's.
+_VALUE = {"top1": ("top1", 1.0), "top1_agreement": ("top1_agreement", 1.0), "labelled_map": ("labelled_map", 100.0),
+          "map_agreement": ("map_agreement", 100.0)}
+
+
+def value_of(metrics: dict[str, Any]) -> float:
+    """The budgeted metric itself in points (top-1 in percent, mAP x 100): what NNCF's validation function returns."""
+    key, scale = _VALUE[drop_metric(metrics) or "top1_agreement"]
+    return scale * float(metrics[key])
+
+
+def drop_unit(metrics: dict[str, Any]) -> str:
+    """The unit of drop_of in words, e.g. "points of labelled mAP@0.5:0.95"."""
+    return {"top1": "points of labelled top-1", "top1_agreement": "points of top-1 agreement with the reference",
+            "labelled_map": "points of labelled mAP@0.5:0.95",
+            "map_agreement": "points of agreement mAP@0.5:0.95 with the reference"}.get(
+        drop_metric(metrics) or "", "no unit (tensor metrics only)")
 
 
 def nsr_of(metrics: dict[str, Any]) -> float:
@@ -33,17 +58,32 @@ def nsr_of(metrics: dict[str, Any]) -> float:
     return float(10.0 ** (-sqnr / 10.0))
 
 
-def score(reference: Any, outputs: np.ndarray) -> dict[str, Any]:
-    """accuracy_metrics of `outputs` against a validate.Reference, with `drop` and `nsr` added."""
-    from ..validate import accuracy_metrics
-
-    metrics = accuracy_metrics(reference.outputs, outputs.reshape(reference.outputs.shape), reference.labels)
+def score(reference: Any, outputs: Any) -> dict[str, Any]:
+    """The reference's task's metrics of `outputs` (every output in ONNX order, or the first as one array) against
+    a validate.Reference, with `drop` (None when the task has nothing to budget), `drop_metric` and `nsr` added."""
+    outs = [outputs] if isinstance(outputs, np.ndarray) else list(outputs)
+    metrics = reference.scorer.score(reference, outs)
     metrics["nsr"] = nsr_of(metrics)
     try:
-        metrics["drop"] = drop_of(metrics)
+        metrics["drop"] = reference.scorer.drop(metrics)
+        metrics["drop_metric"] = reference.scorer.drop_metric(metrics)
     except ValueError:
-        metrics["drop"] = None
+        metrics["drop"], metrics["drop_metric"] = None, None
     return metrics
+
+
+def subset_view(reference: Any, indices: Any) -> Any:
+    """A reference restricted to the samples `indices` (same scorer), for scoring a subset of the validation data."""
+    from types import SimpleNamespace
+
+    idx = np.asarray(indices, dtype=np.int64)
+    labels = reference.labels
+    if labels is not None:
+        labels = [labels[i] for i in idx] if isinstance(labels, list) else np.asarray(labels)[idx]
+    dets = [reference.detections[i] for i in idx] if getattr(reference, "detections", None) is not None else None
+    return SimpleNamespace(outputs=reference.outputs[idx], outputs_all=[o[idx] for o in reference.outputs_all],
+                           output_names=reference.output_names, labels=labels, detections=dets, info={},
+                           scorer=reference.scorer, task=reference.task, top1=None)
 
 
 def eval_batch(onnx_path: Path) -> int:
@@ -55,10 +95,9 @@ def eval_batch(onnx_path: Path) -> int:
 
 
 def evaluate_runner(runner: Any, reference: Any, batch: int) -> dict[str, Any]:
-    from ..validate import engine_outputs
+    from ..validate import engine_outputs_all
 
-    out = engine_outputs(runner, reference.source, batch, limit=reference.limit)
-    return score(reference, out)
+    return score(reference, engine_outputs_all(runner, reference.source, batch, limit=reference.limit))
 
 
 def evaluate_onnx(onnx_path: Path, reference: Any, batch: int | None = None) -> dict[str, Any]:
@@ -77,5 +116,10 @@ def evaluate_onnx(onnx_path: Path, reference: Any, batch: int | None = None) -> 
 
 def brief(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics worth keeping per candidate in a report."""
-    keys = ("drop", "nsr", "cosine", "sqnr_db", "top1", "ref_top1", "top1_drop", "top1_agreement", "max_abs_err")
-    return {k: metrics.get(k) for k in keys}
+    keys = ("drop", "drop_metric", "nsr", "cosine", "sqnr_db", "top1", "ref_top1", "top1_drop", "top1_agreement",
+            "max_abs_err")
+    out = {k: metrics.get(k) for k in keys}
+    if metrics.get("task") == "detect":
+        out.update({k: metrics.get(k) for k in ("map_agreement", "map50_agreement", "labelled_map", "ref_labelled_map",
+                                                "labelled_map_drop", "box_count_diff")})
+    return out

@@ -1,5 +1,7 @@
 """Accuracy-budgeted mixed precision: keep the fewest, most sensitive layers in float until the INT8 engine's
-drop is within `max_drop` points (labelled top-1 where labels exist, else top-1 agreement with the reference).
+drop is within `max_drop` points of the task's metric (edgerep.tasks): for classifiers labelled top-1 where
+labels exist, else top-1 agreement with the reference; for detectors labelled mAP@0.5:0.95, else agreement
+mAP@0.5:0.95 with the reference's detections.
 
 The search, for one backend:
   1. calibration: build the plain INT8 engine with each calibration choice the backend offers (methods, and
@@ -70,6 +72,8 @@ class MixedResult:
     nncf: dict[str, Any] | None = None
     modules: dict[str, str | None] = field(default_factory=dict)
     seconds: float = 0.0
+    drop_unit: str = ""
+    task: str = "classify"
 
     @property
     def options(self) -> dict[str, Any]:
@@ -78,7 +82,8 @@ class MixedResult:
     def to_dict(self) -> dict[str, Any]:
         c = self.chosen
         return {
-            "max_drop": self.max_drop, "drop_metric": self.drop_metric, "met": c.meets(self.max_drop),
+            "max_drop": self.max_drop, "drop_metric": self.drop_metric, "drop_unit": self.drop_unit,
+            "task": self.task, "met": c.meets(self.max_drop),
             "float_layers": c.float_layers, "float_modules": [self.modules.get(n) for n in c.float_layers],
             "chosen": c.to_dict(), "calibration": self.calibration, "sensitivity": self.sensitivity,
             "nncf_accuracy_control": self.nncf, "candidates": [x.to_dict() for x in self.candidates],
@@ -264,10 +269,13 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
                     chosen = nncf_cand
     if log is not None:
         log(f"chosen: {chosen.name} ({chosen.source}), float layers {chosen.float_layers or 'none'}, drop {chosen.drop:.2f} pp")
-    metric = "top1" if reference.labels is not None else "top1_agreement"
-    return MixedResult(max_drop=max_drop, drop_metric=metric, chosen=chosen, candidates=candidates,
-                       calibration=calibration, sensitivity=ranking, nncf=nncf_info, modules=modules,
-                       seconds=time.perf_counter() - t0)
+    from .evaluate import drop_unit
+
+    metrics = {**chosen.metrics, "task": reference.task}
+    return MixedResult(max_drop=max_drop, drop_metric=chosen.metrics.get("drop_metric") or "", chosen=chosen,
+                       candidates=candidates, calibration=calibration, sensitivity=ranking, nncf=nncf_info,
+                       modules=modules, seconds=time.perf_counter() - t0, drop_unit=drop_unit(metrics),
+                       task=reference.task)
 
 
 def _floats(nodes: list[str]) -> dict[str, Any]:
@@ -312,11 +320,12 @@ def _nncf_candidate(onnx_path: Path, calib: Any, reference: Any, max_drop: float
 
 def plan_int8(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, val: Any, model: Any, max_drop: float,
               options: dict[str, Any] | None, work_dir: Path, val_samples: int | None = None, val_batch: int = 32,
-              log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+              log: Callable[[str], None] | None = None, task: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """What `edgerep build --max-drop X` calls for an INT8 engine: returns (build options to merge, e.g.
     {"calib_method": ..., "ignored_nodes": [...]}, and the report entry with `float_layers`).
 
-    The result is cached in work_dir/int8_plan.json by a hash of everything it depends on."""
+    `task`: the tasks.Task whose metric is budgeted (None: inferred from the outputs). The result is cached in
+    work_dir/int8_plan.json by a hash of everything it depends on."""
     from ..artifacts import package_versions, write_json_atomic
     from ..onnx_files import onnx_sha256
     from ..validate import compute_reference
@@ -330,6 +339,7 @@ def plan_int8(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, val: A
     key = hashlib.sha256(json.dumps({
         "schema": PLAN_SCHEMA, "onnx": onnx_sha256(Path(onnx_path)), "calib": calib.sha256(), "val": val.sha256(),
         "val_samples": val_samples, "backend": backend.name, "max_drop": float(max_drop), "options": base,
+        "task": [getattr(task, "name", task), task.options() if hasattr(task, "options") else None],
         "profile": {k: v for k, v in profile.to_dict().items() if k in ("name", "backend", "opset", "calibration", "tensorrt")},
         "versions": package_versions("edgerep", "onnxruntime", "openvino", "nncf", "tensorrt"),
     }, sort_keys=True, default=str).encode()).hexdigest()
@@ -343,10 +353,10 @@ def plan_int8(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, val: A
             return cached["options"], cached["report"]
     except (OSError, ValueError):
         pass
-    reference = compute_reference(model, val, batch_size=val_batch, limit=val_samples)
-    if reference.outputs.ndim != 2 or reference.outputs.shape[1] < 2:
-        raise UserError("--max-drop: the model's output is not class scores, so there is no top-1 to budget; "
-                        "drop --max-drop")
+    reference = compute_reference(model, val, batch_size=val_batch, limit=val_samples, task=task)
+    if reference.task not in ("classify", "detect") or (reference.task == "classify" and reference.outputs.ndim != 2):
+        raise UserError(f"--max-drop: the model is validated as {reference.task} (tensor metrics only), so there is "
+                        f"no accuracy to budget; drop --max-drop or pass --task classify|detect")
     result = search(backend=backend, onnx_path=Path(onnx_path), profile=profile, calib=calib, reference=reference,
                     max_drop=float(max_drop), work_dir=work_dir, base_options=base,
                     module_names=module_names_of(model), log=log)

@@ -2,8 +2,10 @@
 
 It quantizes like the OpenVINO backend (same preset, range estimator and calibration samples), then reverts
 quantizer groups, most harmful first, until the metric drop is within `max_drop`. The metric is the same as
-edgerep's search: top-1 in percent against the labels, or top-1 agreement with the reference (the unfused
-PyTorch model) where there are none, so `max_drop` is in the same points.
+edgerep's search, the reference's task's (quant.evaluate.value_of): for classifiers top-1 in percent against
+the labels, or top-1 agreement with the reference (the unfused PyTorch model) where there are none; for
+detectors mAP@0.5:0.95 x 100 against the labels, or agreement with the reference's detections. So `max_drop`
+is in the same points.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from .evaluate import brief, evaluate_runner, eval_batch
+from .evaluate import brief, eval_batch, evaluate_runner, score, subset_view, value_of
 from .layers import quantizable_layers
 
 
@@ -51,12 +53,15 @@ def accuracy_control(onnx_path: Path, calib: Any, reference: Any, *, max_drop: f
     items = _validation_items(reference, batch)
 
     def validate(compiled: Any, data: Any) -> float:
-        correct = total = 0
-        for x, target in data:
-            out = compiled(x)[0]
-            correct += int(np.sum(np.asarray(out).argmax(axis=1) == target))
-            total += int(np.sum(target >= 0))  # padding samples carry target -1
-        return 100.0 * correct / max(total, 1)
+        """The task's metric in points on the samples of `data` (all of them, or a subset NNCF picks)."""
+        outs, idxs = [], []
+        for x, idx in data:
+            keep = idx >= 0  # padding samples carry index -1
+            outs.append(np.asarray(compiled(x)[0])[keep])
+            idxs.append(idx[keep])
+        if not outs:
+            return 0.0
+        return value_of(score(subset_view(reference, np.concatenate(idxs)), np.concatenate(outs)))
 
     model = ov.convert_model(str(onnx_path))
     log = logging.getLogger("nncf")
@@ -87,21 +92,20 @@ def accuracy_control(onnx_path: Path, calib: Any, reference: Any, *, max_drop: f
     return {"float_layers": floats, "metrics": brief(metrics), "seconds": time.perf_counter() - t0, "ir": str(ir),
             "settings": {"calib_method": method, "range_estimator": estimator or "nncf default",
                          "preset": "mixed", "calib_samples": len(samples) * (fixed or 1), "max_drop": max_drop,
-                         "drop_type": "absolute", "metric": "top1" if reference.labels is not None else "top1_agreement"}}
+                         "drop_type": "absolute", "metric": metrics.get("drop_metric")}}
 
 
 def _validation_items(reference: Any, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(inputs, targets) batches: targets are the labels, or the reference's classes without labels.
-    A short last batch is padded (fixed-batch models) and its padding dropped from the targets' count."""
+    """(inputs, sample indices) batches; the validation function scores the outputs of those samples against the
+    reference. A short last batch is padded (fixed-batch models) with index -1, which the scoring drops."""
     items = []
-    targets_all = reference.labels if reference.labels is not None else reference.outputs.argmax(axis=1)
     start = 0
     for x, _ in reference.source.iter_batches(batch, limit=reference.limit):
         n = x.shape[0]
+        idx = np.arange(start, start + n, dtype=np.int64)
         if n < batch:
             x = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
-        t = np.asarray(targets_all[start:start + n])
-        t = np.concatenate([t, np.full(batch - n, -1, dtype=t.dtype)]) if n < batch else t  # -1 never matches
-        items.append((np.ascontiguousarray(x, dtype=np.float32), t))
+            idx = np.concatenate([idx, np.full(batch - n, -1, dtype=np.int64)])
+        items.append((np.ascontiguousarray(x, dtype=np.float32), idx))
         start += n
     return items

@@ -94,7 +94,7 @@ def layer_sensitivity(onnx_path: Path, calib: Any, reference: Any, work_dir: Pat
         s.rank = rank
     for name in ("all.onnx", "float_one.onnx", "quant_one.onnx"):
         (work / name).unlink(missing_ok=True)
-    drop_metric = "top1" if all_metrics.get("top1_drop") is not None else "top1_agreement"
+    drop_metric = all_metrics.get("drop_metric") or "none (tensor metrics only)"
     return SensitivityResult(settings=maker.settings(), all_int8=brief(all_metrics), layers=results,
                              drop_metric=drop_metric, seconds=time.perf_counter() - t0)
 
