@@ -112,7 +112,8 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
     profile, backend, precisions = plan.profile, plan.backend, plan.precisions
 
     loaded = stages.load_stage(log, opts.model or DEMO_MODEL, weights=opts.weights, input_shape=opts.input_shape,
-                               num_classes=opts.num_classes, trust_pickle=opts.trust_pickle, seed=opts.seed)
+                               num_classes=opts.num_classes, trust_pickle=opts.trust_pickle, seed=opts.seed,
+                               data_paths=(opts.calib, opts.val))
     info = loaded.info
     data = stages.data_stage(log, info, calib=opts.calib, val=opts.val, need_calib="int8" in precisions,
                              preprocess=dict(mean=opts.mean, std=opts.std, resize=opts.resize,
