@@ -115,7 +115,8 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
     profile, backend, precisions = plan.profile, plan.backend, plan.precisions
 
     loaded = stages.load_stage(log, opts.model or DEMO_MODEL, weights=opts.weights, input_shape=opts.input_shape,
-                               num_classes=opts.num_classes, trust_pickle=opts.trust_pickle, seed=opts.seed)
+                               num_classes=opts.num_classes, trust_pickle=opts.trust_pickle, seed=opts.seed,
+                               data_paths=(opts.calib, opts.val))
     info = loaded.info
     task = stages.task_stage(log, info, task=opts.task, score_threshold=opts.score_threshold,
                              iou_threshold=opts.iou_threshold)

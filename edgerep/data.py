@@ -23,14 +23,15 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .errors import UserError
+from .image_files import IMAGE_EXTENSIONS, list_images
 
 log = logging.getLogger("edgerep.data")
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
 _FLAG = {"calib": "--calib", "val": "--val"}
 
 # The demo model and its shipped data (calib/digits/{calib,val}.npz).
 DEMO_MODEL = "zoo:repvgg_digits"
+# The demo detector and its shipped data (calib/digits_det/{train,val}, YOLO format).
+DEMO_DETECTOR = "zoo:repyolo_digits"
 
 
 # --- preprocessing ---------------------------------------------------------------------------------
@@ -84,14 +85,20 @@ class Preprocess:
 _PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
 
 
-def preprocess_for(model_info: Any, **overrides: Any) -> Preprocess:
+def preprocess_for(model_info: Any, **overrides: Any) -> Any:
     """The preprocessing a model expects, from its ModelInfo (input_shape, mean, std, crop_pct,
     interpolation); any keyword (size, resize, mean, std, channels, interpolation, channel_order) overrides it.
 
     Like timm's eval transform: resize the shorter side to floor(size / crop_pct), then centre-crop (for a
     non-square input, `size` is the larger side so the crop always fits inside the resized image).
     Without a known mean/std the input is just scaled to [0, 1].
+    A detector (ModelInfo.letterbox) gets edgerep.detect_source.Letterbox instead: the image fitted whole into
+    the input, padded with its pad value, as YOLO models are trained.
     """
+    if getattr(model_info, "letterbox", False):
+        from .detect_source import letterbox_for
+
+        return letterbox_for(model_info, **overrides)
     shape = tuple(model_info.input_shape)
     if len(shape) != 4:
         raise UserError(f"--input-shape {'x'.join(map(str, shape))}: image data needs an NCHW input shape")
@@ -358,18 +365,15 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
-
-
 # --- opening ---------------------------------------------------------------------------------------
 
 
-def open_data(path: Path | str, preprocess: Preprocess | None, *, expect_shape: tuple[int, ...] | None = None,
-              role: str = "calib") -> DataSource:
+def open_data(path: Path | str, preprocess: Any, *, expect_shape: tuple[int, ...] | None = None,
+              role: str = "calib") -> Any:
     """Open `path` as calibration (role="calib") or validation (role="val") data.
 
+    `preprocess`: a Preprocess (classifiers), an edgerep.detect_source.Letterbox (detectors: image folders,
+    YOLO-format splits and COCO .json files open as a DetectionSource), or None for .npy/.npz arrays.
     `expect_shape` is the model's input shape (N, C, H, W); samples of another (C, H, W) are refused.
     Raises UserError (one line, naming the flag and path) for a missing, empty, corrupt or ill-fitting path.
     """
@@ -379,13 +383,18 @@ def open_data(path: Path | str, preprocess: Preprocess | None, *, expect_shape: 
     path = Path(path)
     if not path.exists():
         raise UserError(f"{flag} {path}: not found; pass an image folder, an ImageFolder tree, or a .npy/.npz file")
-    if path.is_file():
+    letterboxed = preprocess is not None and not isinstance(preprocess, Preprocess)
+    if letterboxed and (path.is_dir() or path.suffix.lower() == ".json"):
+        from .detect_source import open_detection_data
+
+        source: Any = open_detection_data(path, preprocess, role, flag)
+    elif path.is_file():
         if path.suffix.lower() not in (".npy", ".npz"):
             raise UserError(f"{flag} {path}: a single file must be .npy or .npz (preprocessed NCHW inputs); "
                             f"for images pass their folder")
         if path.stat().st_size == 0:
             raise UserError(f"{flag} {path}: the file is empty")
-        source: DataSource = ArraySource(path, role)
+        source = ArraySource(path, role)
     else:
         if preprocess is None:
             raise UserError(f"{flag} {path}: images need preprocessing settings (the model's input shape)")
@@ -401,7 +410,7 @@ def open_data(path: Path | str, preprocess: Preprocess | None, *, expect_shape: 
 def _open_image_folder(path: Path, pre: Preprocess, role: str) -> ImageSource:
     flag = _FLAG[role]
     subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    class_files = {d.name: _images_in(d) for d in subdirs}
+    class_files = {d.name: list_images(d) for d in subdirs}
     classes = [name for name, files in class_files.items() if files]
     if classes:
         # ImageFolder: every subfolder is a class, including empty ones, so indices match torchvision's.
@@ -411,11 +420,11 @@ def _open_image_folder(path: Path, pre: Preprocess, role: str) -> ImageSource:
             for f in class_files[name]:
                 files.append(f)
                 labels.append(idx)
-        stray = _images_in(path)
+        stray = list_images(path)
         if stray:
             log.warning("warning: %s: %d image(s) beside the class folders are ignored (ImageFolder layout)", path, len(stray))
         return ImageSource(path, files, labels, all_classes, pre, role)
-    files = _images_in(path)
+    files = list_images(path)
     if not files:
         raise UserError(f"{flag} {path}: no images in it (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, "
                         f"also one level down); pass a folder of images or a .npy/.npz file")
@@ -434,9 +443,36 @@ def calib_root() -> Path:
     raise UserError("calib/: the shipped calibration data is missing from this installation; pass --calib PATH")
 
 
+def needs_preprocess(path: Path | str) -> bool:
+    """Whether opening `path` needs preprocessing settings (images: a folder, or a COCO .json of a detector's
+    validation images); .npy/.npz arrays are already model inputs."""
+    path = Path(path)
+    return path.is_dir() or path.suffix.lower() == ".json"
+
+
+def array_input_shape(*paths: Path | str | None) -> tuple[int, ...] | None:
+    """(1, C, H, W) of the first .npy/.npz path among `paths` (read from its header only), or None: the input
+    shape of a model whose spec does not say it, when the data are preprocessed arrays."""
+    for path in paths:
+        if path is None or Path(path).suffix.lower() not in (".npy", ".npz") or not Path(path).is_file():
+            continue
+        try:
+            shape = ArraySource(Path(path), "calib").sample_shape
+        except UserError:
+            continue  # opening the data later says what is wrong with it, naming the right flag
+        return (1, *shape)
+    return None
+
+
 def default_data_paths(model_info: Any) -> tuple[Path, Path | None]:
     """Where the default calibration and validation data of a model are (validation may be None)."""
     root = calib_root()
+    if getattr(model_info, "letterbox", False):
+        # The demo detector has its own digits detection set (train calibrates, val validates with labels);
+        # any other detector calibrates and validates (agreement only) on the shipped photographs.
+        if model_info.spec == DEMO_DETECTOR or (model_info.spec.startswith("zoo:") and model_info.spec.endswith("_digits")):
+            return root / "digits_det" / "train", root / "digits_det" / "val"
+        return root / "images", None
     # The zoo's digits models (the demo and its A0-width sibling) all take the shipped digits arrays.
     if model_info.spec == DEMO_MODEL or (model_info.spec.startswith("zoo:") and model_info.spec.endswith("_digits")):
         return root / "digits" / "calib.npz", root / "digits" / "val.npz"
@@ -446,11 +482,12 @@ def default_data_paths(model_info: Any) -> tuple[Path, Path | None]:
     return root / "images", None
 
 
-def default_data(model_info: Any, preprocess: Preprocess | None = None) -> tuple[DataSource, DataSource | None]:
-    """The shipped data for a model: the demo's digits arrays for zoo:repvgg_digits, else the photos in
-    calib/images (preprocessed for the model; no labels, so there is no labelled validation set)."""
+def default_data(model_info: Any, preprocess: Any = None) -> tuple[Any, Any]:
+    """The shipped data for a model: the demo's digits arrays for zoo:repvgg_digits, the digits detection set
+    (calib/digits_det, letterboxed, labelled val) for zoo:repyolo_digits, else the photos in calib/images
+    (preprocessed or letterboxed for the model; no labels, so there is no labelled validation set)."""
     calib_path, val_path = default_data_paths(model_info)
-    pre = preprocess if preprocess is not None else (preprocess_for(model_info) if calib_path.is_dir() else None)
+    pre = preprocess if preprocess is not None else (preprocess_for(model_info) if needs_preprocess(calib_path) else None)
     shape = tuple(model_info.input_shape)
     calib = open_data(calib_path, pre, expect_shape=shape, role="calib")
     val = open_data(val_path, pre, expect_shape=shape, role="val") if val_path is not None else None

@@ -21,8 +21,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .data import IMAGE_EXTENSIONS
 from .errors import UserError
+from .image_files import list_images
 
 PAD_VALUE = 114  # YOLOv5/v8's letterbox grey
 _TOL = 1e-3  # normalised coordinates may round slightly past [0, 1]
@@ -81,18 +81,28 @@ def letterbox(image: np.ndarray, size: Sequence[int], *, pad_value: int = PAD_VA
 
     if stride is not None:
         check_letterbox_size(size, stride)
-    out_h, out_w = int(size[0]), int(size[1])
     h, w = image.shape[:2]
+    meta = letterbox_meta((h, w), size, scale_up=scale_up)
+    out_h, out_w = meta.size
+    new_w, new_h = round(w * meta.scale_x), round(h * meta.scale_y)
+    resized = image if (new_w, new_h) == (w, h) else np.asarray(
+        Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+    canvas = np.full((out_h, out_w, *image.shape[2:]), pad_value, dtype=np.uint8)
+    canvas[meta.pad_top:meta.pad_top + new_h, meta.pad_left:meta.pad_left + new_w] = resized
+    return canvas, meta
+
+
+def letterbox_meta(original: Sequence[int], size: Sequence[int], *, scale_up: bool = True) -> LetterboxMeta:
+    """Where an image of `original` (h, w) lands when letterboxed into `size` (h, w): known from the sizes
+    alone, so a data source can map labels before it decodes a single image."""
+    h, w = int(original[0]), int(original[1])
+    out_h, out_w = int(size[0]), int(size[1])
     scale = min(out_h / h, out_w / w)
     if not scale_up:
         scale = min(scale, 1.0)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = image if (new_w, new_h) == (w, h) else np.asarray(
-        Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
     left, top = (out_w - new_w) // 2, (out_h - new_h) // 2
-    canvas = np.full((out_h, out_w, *image.shape[2:]), pad_value, dtype=np.uint8)
-    canvas[top:top + new_h, left:left + new_w] = resized
-    return canvas, LetterboxMeta((h, w), (out_h, out_w), new_w / w, new_h / h, left, top)
+    return LetterboxMeta((h, w), (out_h, out_w), new_w / w, new_h / h, left, top)
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -122,8 +132,7 @@ class LabelledImage:
 
 
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return list_images(folder)
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -148,7 +157,12 @@ def split_folders(root: Path) -> tuple[Path, Path]:
 
 def read_yolo_labels(root: Path, num_classes: int | None = None) -> list[LabelledImage]:
     """Every image of a YOLO-format split with its boxes; UserError on the first mismatch."""
-    images_dir, labels_dir = split_folders(root)
+    return read_yolo_split(*split_folders(root), num_classes)
+
+
+def read_yolo_split(images_dir: Path, labels_dir: Path, num_classes: int | None = None) -> list[LabelledImage]:
+    """Every image of `images_dir` with its boxes from `labels_dir/<stem>.txt`; UserError on the first mismatch."""
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     if not labels_dir.is_dir():
         raise UserError(f"{labels_dir}: not found; YOLO-format labels live in labels/ beside images/")
     images = image_files(images_dir)
@@ -201,32 +215,32 @@ def read_coco_labels(images_dir: Path, annotations: Path, num_classes: int | Non
         coco = json.loads(annotations.read_text(encoding="utf-8"))
         entries, anns, cats = coco["images"], coco.get("annotations", []), coco["categories"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"--labels {annotations}: not a COCO json with images and categories ({type(exc).__name__}: "
+        raise UserError(f"{annotations}: not a COCO json with images and categories ({type(exc).__name__}: "
                         f"{exc})") from None
     category_ids = sorted(int(c["id"]) for c in cats)
     if num_classes is not None and len(category_ids) != num_classes:
-        raise UserError(f"--labels {annotations}: {len(category_ids)} categories, the model has {num_classes} classes")
+        raise UserError(f"{annotations}: {len(category_ids)} categories, the model has {num_classes} classes")
     class_of = {cid: i for i, cid in enumerate(category_ids)}
     on_disk = {p.name: p for p in image_files(images_dir)}
     by_id: dict[int, dict] = {}
     for entry in entries:
         name = Path(entry["file_name"]).name
         if name not in on_disk:
-            raise UserError(f"--labels {annotations}: image {entry['file_name']!r} is not in {images_dir}")
+            raise UserError(f"{annotations}: image {entry['file_name']!r} is not in {images_dir}")
         by_id[int(entry["id"])] = entry
     listed = {Path(e["file_name"]).name for e in entries}
     for name, path in sorted(on_disk.items()):
         if name not in listed:
-            raise UserError(f"{path}: not listed in --labels {annotations}; labels must match the images")
+            raise UserError(f"{path}: not listed in {annotations}; labels must match the images")
     boxes: dict[int, list] = {i: [] for i in by_id}
     classes: dict[int, list] = {i: [] for i in by_id}
     for ann in anns:
         image_id, cid = int(ann["image_id"]), int(ann["category_id"])
         if image_id not in by_id:
-            raise UserError(f"--labels {annotations}: annotation {ann.get('id')} names image id {image_id}, "
+            raise UserError(f"{annotations}: annotation {ann.get('id')} names image id {image_id}, "
                             f"which is not in 'images'")
         if cid not in class_of:
-            raise UserError(f"--labels {annotations}: annotation {ann.get('id')} has category {cid}, not in 'categories'")
+            raise UserError(f"{annotations}: annotation {ann.get('id')} has category {cid}, not in 'categories'")
         if ann.get("iscrowd", 0):
             continue  # crowd regions are neither found nor missed (COCO's own rule)
         x, y, w, h = (float(v) for v in ann["bbox"])
@@ -237,7 +251,7 @@ def read_coco_labels(images_dir: Path, annotations: Path, num_classes: int | Non
         path = on_disk[Path(entry["file_name"]).name]
         w, h = _image_size(path)
         if (int(entry.get("width", w)), int(entry.get("height", h))) != (w, h):
-            raise UserError(f"{path}: {w}x{h} px, but --labels {annotations} says "
+            raise UserError(f"{path}: {w}x{h} px, but {annotations} says "
                             f"{entry.get('width')}x{entry.get('height')}; labels must match the images")
         result.append(LabelledImage(path, w, h, np.array(boxes[image_id], np.float32).reshape(-1, 4),
                                     np.array(classes[image_id], np.int64)))

@@ -42,6 +42,9 @@ class ModelInfo:
     stride: int | None = None  # the input size must be a multiple of this (a detector's largest stride)
     head_layout: str | None = None  # tasks.detect.LAYOUTS, or None: inferred from the output's shape
     class_names: tuple[str, ...] | None = None
+    # True when neither the spec nor --input-shape said the input shape (a factory's module without an
+    # `input_shape` attribute): input_shape is then a guess, replaced by the data's shape when it is arrays.
+    shape_guessed: bool = False
 
     @property
     def name(self) -> str:
@@ -67,8 +70,12 @@ def load_model(
     input_shape: tuple[int, ...] | str | None = None,
     num_classes: int | None = None,
     trust_pickle: bool = False,
+    fallback_shape: tuple[int, ...] | None = None,
 ) -> ModelInfo:
-    """Build the model named by `spec`, load `weights` into it, and put it in eval mode."""
+    """Build the model named by `spec`, load `weights` into it, and put it in eval mode.
+
+    `fallback_shape`: the input shape when neither `input_shape` nor the spec gives one (the shape of the
+    preprocessed arrays the model will run on, edgerep.data.array_input_shape)."""
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
     if spec.startswith("zoo:"):
@@ -78,7 +85,7 @@ def load_model(
         if weights is not None:
             load_weights_into(info.module, weights, trust_pickle=trust_pickle)
     elif spec.endswith(".pt2"):
-        info = _load_exported(spec)
+        info = _load_exported(spec, tuple(input_shape) if input_shape is not None else fallback_shape)
         if weights is not None:
             raise UserError(f"--weights {weights}: a .pt2 archive carries its own weights; drop --weights")
     elif ":" in spec and not Path(spec).exists():
@@ -92,7 +99,13 @@ def load_model(
     if weights is not None:
         info.weights = str(weights)
     if input_shape is not None:
-        info.input_shape = tuple(input_shape)
+        info.input_shape, info.shape_guessed = tuple(input_shape), False
+    elif info.shape_guessed and fallback_shape is not None:
+        info.input_shape, info.shape_guessed = tuple(fallback_shape), False
+    if info.letterbox and info.stride and len(info.input_shape) == 4:
+        from .detect_data import check_letterbox_size
+
+        check_letterbox_size(info.input_shape[2:], int(info.stride), "--input-shape")
     info.module.eval()
     _refuse_batch_statistics(info)
     _check_forward(info, shape_given=input_shape is not None)
@@ -205,7 +218,7 @@ def _load_timm(name: str, num_classes: int | None) -> ModelInfo:
 # --- torch.export archives -------------------------------------------------------------------------
 
 
-def _load_exported(path_text: str) -> ModelInfo:
+def _load_exported(path_text: str, fallback_shape: tuple[int, ...] | None = None) -> ModelInfo:
     path = Path(path_text)
     if not path.is_file():
         raise UserError(f"--model {path}: file not found")
@@ -237,7 +250,9 @@ def _load_exported(path_text: str) -> ModelInfo:
                 shape = tuple(int(d) if isinstance(d, int) else 1 for d in val.shape)
                 break
     if shape is None:
-        raise UserError(f"--model {path}: cannot tell the input shape; pass --input-shape 1x3xHxW")
+        if fallback_shape is None:
+            raise UserError(f"--model {path}: cannot tell the input shape; pass --input-shape 1x3xHxW")
+        shape = tuple(fallback_shape)  # --input-shape, else the data's arrays
     return ModelInfo(module=_ExportedWrapper(module), spec=str(path), input_shape=shape)
 
 
@@ -276,9 +291,10 @@ def _load_factory(spec: str, num_classes: int | None) -> ModelInfo:
         raise UserError(f"--model {spec}: the factory raised {_one_line(exc)}") from exc
     if not isinstance(module, nn.Module):
         raise UserError(f"--model {spec}: the factory returned {type(module).__name__}, not an nn.Module")
-    shape = tuple(getattr(module, "input_shape", (1, 3, 224, 224)))
+    given = getattr(module, "input_shape", None)
+    shape = tuple(given) if given is not None else (1, 3, 224, 224)
     return ModelInfo(module=module, spec=spec, input_shape=shape, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                     num_classes=num_classes)
+                     num_classes=num_classes, shape_guessed=given is None)
 
 
 # --- weights ---------------------------------------------------------------------------------------

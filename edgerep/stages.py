@@ -211,15 +211,19 @@ class Loaded:
 
 
 def load_stage(log: StageLog, spec: str, *, weights: Path | None, input_shape: Any, num_classes: int | None,
-               trust_pickle: bool, seed: int) -> Loaded:
+               trust_pickle: bool, seed: int, data_paths: tuple[Path | None, ...] = ()) -> Loaded:
+    """Load the model. `data_paths` (--calib, --val): when the spec gives no input shape and one of them is a
+    .npy/.npz of preprocessed inputs, the model takes that shape instead of a guess."""
     with log.stage("load", "loading the model") as st:
         import torch
 
+        from .data import array_input_shape
         from .models import load_model
 
         torch.manual_seed(seed)
+        fallback = array_input_shape(*data_paths) if input_shape is None else None
         info = load_model(spec, weights=weights, input_shape=input_shape, num_classes=num_classes,
-                          trust_pickle=trust_pickle)
+                          trust_pickle=trust_pickle, fallback_shape=fallback)
         loaded = Loaded(info=info, weights_sha256=state_sha256(info.module))
         st["detail"] = f"{info.spec} input {'x'.join(map(str, info.input_shape))}"
     return loaded
@@ -275,7 +279,7 @@ def data_stage(log: StageLog, info: Any, *, calib: Path | None, val: Path | None
 
 def _open_data(info: Any, calib_path: Path | None, val_path: Path | None, *, need_calib: bool,
                preprocess: dict[str, Any]) -> tuple[Any, Any]:
-    from .data import default_data_paths, open_data, preprocess_for
+    from .data import default_data_paths, needs_preprocess, open_data, preprocess_for
 
     shape = tuple(info.input_shape)
 
@@ -289,10 +293,10 @@ def _open_data(info: Any, calib_path: Path | None, val_path: Path | None, *, nee
         calib_path = default_data_paths(info)[0]
     calib = None
     if calib_path is not None:
-        calib = open_data(calib_path, pre() if Path(calib_path).is_dir() else None, expect_shape=shape, role="calib")
+        calib = open_data(calib_path, pre() if needs_preprocess(calib_path) else None, expect_shape=shape, role="calib")
     val = None
     if val_path is not None:
-        val = open_data(val_path, pre() if Path(val_path).is_dir() else None, expect_shape=shape, role="val")
+        val = open_data(val_path, pre() if needs_preprocess(val_path) else None, expect_shape=shape, role="val")
     return calib, val
 
 

@@ -50,7 +50,10 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
     if top < 1:
         raise UserError(f"--top {top}: must be a positive integer")
     torch.manual_seed(0)
-    info = load_model(model, weights=weights, input_shape=input_shape, num_classes=num_classes, trust_pickle=trust_pickle)
+    from ..data import array_input_shape
+
+    info = load_model(model, weights=weights, input_shape=input_shape, num_classes=num_classes, trust_pickle=trust_pickle,
+                      fallback_shape=array_input_shape(calib, val) if input_shape is None else None)
     scorer = resolve_task(info, task, score_threshold=score_threshold, iou_threshold=iou_threshold)
     calib_source, val_source = _open_data(info, calib, val)
     output = Path(output)
@@ -102,7 +105,7 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
 
 
 def _open_data(info: Any, calib: Path | None, val: Path | None) -> tuple[Any, Any]:
-    from ..data import default_data_paths, open_data, preprocess_for
+    from ..data import default_data_paths, needs_preprocess, open_data, preprocess_for
 
     shape = tuple(info.input_shape)
     if calib is None or val is None:
@@ -112,7 +115,7 @@ def _open_data(info: Any, calib: Path | None, val: Path | None) -> tuple[Any, An
 
     def opened(path: Path, role: str) -> Any:
         path = Path(path)
-        return open_data(path, preprocess_for(info) if path.is_dir() else None, expect_shape=shape, role=role)
+        return open_data(path, preprocess_for(info) if needs_preprocess(path) else None, expect_shape=shape, role=role)
 
     return opened(calib, "calib"), opened(val, "val")
 
