@@ -165,6 +165,8 @@ def _load_zoo(name: str, weights: str | Path | None, num_classes: int | None, tr
                 _load_checked(module, state, path)
             else:
                 _load_checked(module, state, path)  # raises with the first mismatches
+    if entry.post_load is not None:
+        entry.post_load(module)
     return ModelInfo(
         module=module,
         spec=f"zoo:{name}",

@@ -114,17 +114,23 @@ def yolo_lines(objects: list[tuple[int, float, float, float, float]], w: int, h:
     return "".join(line + "\n" for line in lines)
 
 
+def render_image(rng: np.random.Generator, photos: list[np.ndarray], digits: np.ndarray, labels: np.ndarray
+                 ) -> tuple[Image.Image, list[tuple[int, float, float, float, float]]]:
+    """make_image, as the shipped PNGs hold it: quantized to a 128-colour palette (the set ships in the
+    repository, and the palette keeps the PNGs ~2.5x smaller). The quantized picture is the image; the boxes
+    were measured on the alpha masks, not on it. scripts/train_detector.py draws extra train images with it."""
+    img, objects = make_image(rng, photos, digits, labels)
+    return Image.fromarray(img).quantize(PALETTE, method=Image.Quantize.MEDIANCUT), objects
+
+
 def write_split(out: Path, split: str, count: int, rng: np.random.Generator, photos: list[np.ndarray],
                 pool: tuple[np.ndarray, np.ndarray]) -> int:
     boxes = 0
     for i in range(count):
-        img, objects = make_image(rng, photos, *pool)
+        picture, objects = render_image(rng, photos, *pool)
         stem = f"{split}_{i:04d}"
-        # A 128-colour palette keeps the PNGs ~2.5x smaller (the set ships in the repository); the
-        # quantized picture is the image, and the boxes were measured on the alpha masks, not on it.
-        Image.fromarray(img).quantize(PALETTE, method=Image.Quantize.MEDIANCUT).save(
-            out / split / "images" / f"{stem}.png", optimize=True)
-        (out / split / "labels" / f"{stem}.txt").write_text(yolo_lines(objects, img.shape[1], img.shape[0]))
+        picture.save(out / split / "images" / f"{stem}.png", optimize=True)
+        (out / split / "labels" / f"{stem}.txt").write_text(yolo_lines(objects, *picture.size))
         boxes += len(objects)
     return boxes
 

@@ -113,6 +113,32 @@ def test_onnx_export_runs_the_same_in_onnxruntime(model: nn.Module, tmp_path: Pa
     # near-ties, so NMS may keep either of two boxes whose scores differ by float rounding.)
 
 
+def test_block_stress_keeps_the_function_in_both_forms(model: nn.Module, x: torch.Tensor) -> None:
+    """zoo.repvgg.scale_block_channel (what repyolo_digits_stress applies): the same outputs in the training and
+    the deploy form, and the two routes (stress then fuse, fuse then stress) give the same deploy weights."""
+    import copy
+
+    from edgerep.zoo.repyolo import STRESS_PAIR, stress_digits_detector
+
+    with torch.no_grad():
+        ref = model(x)
+        stressed = copy.deepcopy(model)
+        stress_digits_detector(stressed)
+        fused_then_stressed = reparameterize_model(model)
+        stress_digits_detector(fused_then_stressed)
+        stressed_then_fused = reparameterize_model(stressed)
+        for m in (stressed, fused_then_stressed, stressed_then_fused):
+            assert max(_errors(m(x), ref)) < 1e-5
+    a = fused_then_stressed.get_submodule(STRESS_PAIR[0]).reparam
+    b = stressed_then_fused.get_submodule(STRESS_PAIR[0]).reparam
+    plain = reparameterize_model(model).get_submodule(STRESS_PAIR[0]).reparam
+    assert torch.allclose(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(a.weight[0], 100 * plain.weight[0], rtol=1e-5, atol=1e-6)
+    consumer = stressed_then_fused.get_submodule(STRESS_PAIR[1]).reparam
+    assert torch.allclose(consumer.weight, fused_then_stressed.get_submodule(STRESS_PAIR[1]).reparam.weight,
+                          rtol=1e-4, atol=1e-6)
+
+
 # --- the training loop (scripts/train_detector.py) -----------------------------------------------------
 
 

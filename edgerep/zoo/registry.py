@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch.nn as nn
 
@@ -22,6 +22,9 @@ class ZooEntry:
     default_weights: str | None = None
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # Applied in place once the weights are loaded (models.load_model), e.g. a function-preserving surgery
+    # that makes a test variant from the shipped weights (repyolo_digits_stress).
+    post_load: Optional[Callable[[nn.Module], None]] = None
 
     def weights_path(self) -> Path | None:
         if self.default_weights is None:
@@ -42,10 +45,12 @@ def register_model(
     default_weights: str | None = None,
     description: str = "",
     tags: tuple[str, ...] = (),
+    post_load: Callable[[nn.Module], None] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a factory `fn(*, num_classes=..., deploy=False, **kw) -> nn.Module`.
 
-    `tags` say what the model is for beyond classifying (e.g. "detect" for the zoo's detectors).
+    `tags` say what the model is for beyond classifying (e.g. "detect" for the zoo's detectors);
+    `post_load(module)` runs in place after the weights (shipped or --weights) are loaded.
     """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -54,7 +59,7 @@ def register_model(
             raise RuntimeError(f"zoo model {key!r} registered twice")
         _REGISTRY[key] = ZooEntry(
             key, fn, input_shape, mean, std, num_classes, default_weights, description or (fn.__doc__ or "").strip(),
-            tuple(tags),
+            tuple(tags), post_load,
         )
         return fn
 

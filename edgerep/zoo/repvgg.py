@@ -5,6 +5,7 @@ B variants are registered, plus `repvgg_tiny` for tests.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -71,6 +72,41 @@ class RepVGGBlock(ReparamBlock):
             k, b = k + kid, b + bid
         return k, b
 
+
+@torch.no_grad()
+def scale_block_channel(producer: RepVGGBlock, consumer: RepVGGBlock, *, channel: int = 0,
+                        factor: float = 100.0) -> None:
+    """Blow up one activation channel between two RepVGG blocks without changing the function, in place.
+
+    The block-level counterpart of edgerep.quant.stress.scale_channel_pair, for either form of a block:
+    `producer`'s output channel is scaled by `factor` (every branch: its BN's weight and bias, or the deploy
+    conv's weight and bias; the ReLU after the sum is positively homogeneous), and `consumer` takes it back:
+    its conv branches' input channel divided by `factor`, and its identity BN's running mean scaled by
+    `factor` and weight divided by it (w/f * (f x - f m) / s = w (x - m) / s). The producer's output must
+    feed only the consumer. Fusing either form gives the same deploy pair: one fused conv whose output
+    channel is `factor` times larger, then a conv that divides it back.
+    """
+    if not isinstance(producer.act, nn.ReLU) and not isinstance(producer.act, nn.Identity):
+        raise ValueError("producer: the activation after the block must be positively homogeneous (ReLU)")
+    if producer.out_channels != consumer.in_channels or consumer.groups != 1:
+        raise ValueError(f"producer has {producer.out_channels} outputs, consumer takes {consumer.in_channels} "
+                         f"(groups {consumer.groups}); expected equal, ungrouped")
+    if producer.reparam is not None:
+        producer.reparam.weight[channel] *= factor
+        producer.reparam.bias[channel] *= factor
+    else:
+        bns = [producer.conv_kxk.bn, producer.conv_1x1.bn] + ([producer.identity] if producer.identity else [])
+        for bn in bns:
+            bn.weight[channel] *= factor
+            bn.bias[channel] *= factor
+    if consumer.reparam is not None:
+        consumer.reparam.weight[:, channel] /= factor
+        return
+    for branch in (consumer.conv_kxk, consumer.conv_1x1):
+        branch.conv.weight[:, channel] /= factor
+    if consumer.identity is not None:
+        consumer.identity.running_mean[channel] *= factor
+        consumer.identity.weight[channel] /= factor
 
 
 class RepVGG(nn.Module):

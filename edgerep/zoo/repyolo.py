@@ -1,6 +1,9 @@
 """A small YOLO-style detector built as YOLOv6-n is: RepVGG backbone (EfficientRep), Rep-PAN neck, an
-anchor-free decoupled head. `repyolo_digits` is the demo detector for calib/digits_det; it ships no
-weights yet (scripts/train_detector.py trains it; the held-out mAP target is not reached yet).
+anchor-free decoupled head. `repyolo_digits` is the demo detector for calib/digits_det: it ships trained
+weights (edgerep/zoo/weights/repyolo_digits.safetensors, training form, stored in float16, made by
+scripts/train_detector.py; held-out figures in bench/train_detector.json), loaded by `zoo:repyolo_digits`
+with no flag. `repyolo_digits_stress` is the same weights and the same float function with one activation
+channel blown up x100 (stress_digits_detector), the detector's known-bad layer for INT8 tests and benchmarks.
 
 Every 3x3 conv of the backbone and the neck is a RepVGGBlock (zoo.repvgg: 3x3+BN, 1x1+BN, identity BN,
 ReLU), so the whole trunk collapses to plain 3x3 convs; 1x1 reductions and stride-2 downsamples in the
@@ -215,15 +218,42 @@ class RepYOLO(nn.Module):
 
 
 DIGITS_DET_SIZE = 128
+DIGITS_DET_WEIGHTS = "repyolo_digits.safetensors"
+# The stressed variant's blown-up activation: P3's stride-2 entry block -> the first block of its RepBlock
+# (the stride-8 features the neck and head read), output channel STRESS_CHANNEL x STRESS_FACTOR.
+STRESS_PAIR = ("backbone.stages.1.0", "backbone.stages.1.1.0")
+STRESS_CHANNEL, STRESS_FACTOR = 0, 100.0
+
+
+def _digits_det(num_classes: int, deploy: bool, **kw) -> RepYOLO:
+    return RepYOLO((16, 32, 64, 96, 128), (1, 2, 2, 1), (48, 64, 96), num_classes=num_classes, deploy=deploy, **kw)
 
 
 @register_model(
     input_shape=(1, 3, DIGITS_DET_SIZE, DIGITS_DET_SIZE), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=10,
-    tags=DETECTOR_TAGS,
+    default_weights=DIGITS_DET_WEIGHTS, tags=DETECTOR_TAGS,
 )
 def repyolo_digits(*, num_classes: int = 10, deploy: bool = False, **kw) -> RepYOLO:
-    """Demo YOLOv6-n-style detector (RepVGG backbone + Rep-PAN neck) for calib/digits_det at 3x128x128 (RGB/255, letterboxed); no weights yet."""
-    return RepYOLO((16, 32, 64, 96, 128), (1, 2, 2, 1), (48, 64, 96), num_classes=num_classes, deploy=deploy, **kw)
+    """Demo YOLOv6-n-style detector (RepVGG backbone + Rep-PAN neck) for calib/digits_det at 3x128x128 (RGB/255, letterboxed); ships trained weights."""
+    return _digits_det(num_classes, deploy, **kw)
+
+
+def stress_digits_detector(model: nn.Module) -> None:
+    """The stress of repyolo_digits_stress, in place: STRESS_PAIR's activation channel x STRESS_FACTOR,
+    same float function (zoo.repvgg.scale_block_channel; works on the training and the deploy form)."""
+    from .repvgg import scale_block_channel
+
+    producer, consumer = (model.get_submodule(name) for name in STRESS_PAIR)
+    scale_block_channel(producer, consumer, channel=STRESS_CHANNEL, factor=STRESS_FACTOR)
+
+
+@register_model(
+    input_shape=(1, 3, DIGITS_DET_SIZE, DIGITS_DET_SIZE), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=10,
+    default_weights=DIGITS_DET_WEIGHTS, tags=DETECTOR_TAGS, post_load=stress_digits_detector,
+)
+def repyolo_digits_stress(*, num_classes: int = 10, deploy: bool = False, **kw) -> RepYOLO:
+    """repyolo_digits with one activation channel blown up x100 (same float function), for INT8 tests: per-tensor INT8 breaks on that layer."""
+    return _digits_det(num_classes, deploy, **kw)
 
 
 @register_model(input_shape=(1, 3, 640, 640), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=80,
