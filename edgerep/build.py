@@ -120,6 +120,9 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
     info = loaded.info
     task = stages.task_stage(log, info, task=opts.task, score_threshold=opts.score_threshold,
                              iou_threshold=opts.iou_threshold)
+    if opts.max_drop is not None and task.name == "raw" and "int8" in precisions:
+        raise UserError(f"--max-drop {opts.max_drop:g}: {info.spec} is validated as raw tensors ({task.note or 'no task'}), "
+                        f"so there is no accuracy to budget; pass --task classify|detect or drop --max-drop")
     data = stages.data_stage(log, info, calib=opts.calib, val=opts.val, need_calib="int8" in precisions,
                              preprocess=dict(mean=opts.mean, std=opts.std, resize=opts.resize,
                                              interpolation=opts.interpolation, channel_order=opts.channel_order))

@@ -252,3 +252,21 @@ def test_task_classify_on_the_detector_exits_2_before_writing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--task classify: zoo:repyolo_digits's output (1, 14, 336) is not class scores" in err
     assert "pass --task detect" in err and "Traceback" not in err and not out.exists()
+
+
+def test_max_drop_on_a_raw_model_exits_2_before_writing(tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    from edgerep.cli import main
+
+    module = types.ModuleType("rawmods")
+    module.make = lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    monkeypatch.setitem(sys.modules, "rawmods", module)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["build", "-m", "rawmods:make", "--input-shape", "1x3x16x16", "-t", "onnxruntime-cpu", "--max-drop", "1",
+              "-o", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--max-drop 1: rawmods:make is validated as raw tensors" in err
+    assert "--task classify|detect" in err and not out.exists()
