@@ -368,58 +368,48 @@ def _backend_capabilities(backend: str, c: _Checker) -> tuple[tuple[str, ...], t
 
 
 def _parse_gates(c: _Checker, data: dict, precisions: list[str]) -> dict[str, Gate]:
-    gates: dict[str, Gate] = {}
-    for key in data:
-        if key not in PRECISIONS:
-            raise c.fail(f"gates.{key}", f"unknown precision or task (use {', '.join(PRECISIONS)}, or "
-                                         f"{', '.join(TASK_GATES)} for a task's own gates)")
-        if key not in precisions:
-            raise c.fail(f"gates.{key}", f"a gate for a precision the profile does not list ({', '.join(precisions)})")
-    for p in precisions:
-        if p not in data:
-            raise c.fail(f"gates.{p}", "missing: every listed precision needs its accuracy gate")
-        table = c.table(data[p], f"gates.{p}")
-        prefix = f"gates.{p}."
-        c.no_unknown(table, {f.name for f in fields(Gate)}, prefix)
-        gate = Gate(**{f.name: c.get(table, f.name, float, prefix) for f in fields(Gate)})
-        if all(v is None for v in gate.to_dict().values()):
-            raise c.fail(f"gates.{p}", "empty; set at least min_cosine or min_top1_agreement")
-        if gate.min_cosine is not None and not -1.0 <= gate.min_cosine <= 1.0:
-            raise c.fail(f"{prefix}min_cosine", f"{gate.min_cosine} is outside [-1, 1]")
-        if gate.min_top1_agreement is not None and not 0.0 <= gate.min_top1_agreement <= 100.0:
-            raise c.fail(f"{prefix}min_top1_agreement", f"{gate.min_top1_agreement} is a percentage, outside [0, 100]")
-        for name in ("max_abs_err", "max_top1_drop"):
-            value = getattr(gate, name)
-            if value is not None and value < 0:
-                raise c.fail(f"{prefix}{name}", f"{value} is negative")
-        gates[p] = gate
-    return gates
+    """[gates.<precision>]: the classify gates (and raw's tensor limits)."""
+    unknown = f"unknown precision or task (use {', '.join(PRECISIONS)}, or {', '.join(TASK_GATES)} for a task's own gates)"
+    return _gate_tables(c, data, precisions, "gates", Gate, unknown=unknown,
+                        missing="every listed precision needs its accuracy gate",
+                        empty="set at least min_cosine or min_top1_agreement",
+                        ranges={"min_cosine": (-1.0, 1.0, ""), "min_top1_agreement": (0.0, 100.0, "a percentage, ")},
+                        non_negative=("max_abs_err", "max_top1_drop"))
 
 
 def _parse_detect_gates(c: _Checker, data: dict, precisions: list[str]) -> dict[str, DetectGate]:
     """[gates.detect.<precision>]: every listed precision needs one, as for [gates.<precision>]."""
-    gates: dict[str, DetectGate] = {}
+    return _gate_tables(c, data, precisions, "gates.detect", DetectGate,
+                        unknown=f"unknown precision (use {', '.join(PRECISIONS)})",
+                        missing="every listed precision needs its detect gate", empty="set at least min_map_agreement",
+                        ranges={"min_map_agreement": (0.0, 1.0, "an mAP, "), "min_map50_agreement": (0.0, 1.0, "an mAP, "),
+                                "min_cosine": (-1.0, 1.0, "")},
+                        non_negative=("max_labelled_map_drop", "max_box_count_diff", "max_abs_err"))
+
+
+def _gate_tables(c: _Checker, data: dict, precisions: list[str], where: str, cls: type, *, unknown: str, missing: str,
+                 empty: str, ranges: dict[str, tuple[float, float, str]], non_negative: tuple[str, ...]) -> dict[str, Any]:
+    """One gate table per listed precision (`where`.<precision>), each field a float checked against its range."""
     for key in data:
         if key not in PRECISIONS:
-            raise c.fail(f"gates.detect.{key}", f"unknown precision (use {', '.join(PRECISIONS)})")
+            raise c.fail(f"{where}.{key}", unknown)
         if key not in precisions:
-            raise c.fail(f"gates.detect.{key}", f"a gate for a precision the profile does not list ({', '.join(precisions)})")
+            raise c.fail(f"{where}.{key}", f"a gate for a precision the profile does not list ({', '.join(precisions)})")
+    gates: dict[str, Any] = {}
     for p in precisions:
         if p not in data:
-            raise c.fail(f"gates.detect.{p}", "missing: every listed precision needs its detect gate")
-        table = c.table(data[p], f"gates.detect.{p}")
-        prefix = f"gates.detect.{p}."
-        c.no_unknown(table, {f.name for f in fields(DetectGate)}, prefix)
-        gate = DetectGate(**{f.name: c.get(table, f.name, float, prefix) for f in fields(DetectGate)})
+            raise c.fail(f"{where}.{p}", f"missing: {missing}")
+        table = c.table(data[p], f"{where}.{p}")
+        prefix = f"{where}.{p}."
+        c.no_unknown(table, {f.name for f in fields(cls)}, prefix)
+        gate = cls(**{f.name: c.get(table, f.name, float, prefix) for f in fields(cls)})
         if all(v is None for v in gate.to_dict().values()):
-            raise c.fail(f"gates.detect.{p}", "empty; set at least min_map_agreement")
-        for name in ("min_map_agreement", "min_map50_agreement"):
+            raise c.fail(f"{where}.{p}", f"empty; {empty}")
+        for name, (low, high, what) in ranges.items():
             value = getattr(gate, name)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise c.fail(f"{prefix}{name}", f"{value} is an mAP, outside [0, 1]")
-        if gate.min_cosine is not None and not -1.0 <= gate.min_cosine <= 1.0:
-            raise c.fail(f"{prefix}min_cosine", f"{gate.min_cosine} is outside [-1, 1]")
-        for name in ("max_labelled_map_drop", "max_box_count_diff", "max_abs_err"):
+            if value is not None and not low <= value <= high:
+                raise c.fail(f"{prefix}{name}", f"{value} is {what}outside [{low:g}, {high:g}]")
+        for name in non_negative:
             value = getattr(gate, name)
             if value is not None and value < 0:
                 raise c.fail(f"{prefix}{name}", f"{value} is negative")

@@ -72,6 +72,15 @@ class Task:
     def check_gate(self, metrics: dict[str, Any], gate: Any, has_labels: bool) -> tuple[bool, str | None]:
         raise NotImplementedError
 
+    def finish(self, metrics: dict[str, Any], reference: Any, outputs_all: Sequence[np.ndarray], n: int) -> dict[str, Any]:
+        """Add what every task's record has: each output's errors (`outputs`) and the task's note."""
+        from .tensors import output_errors
+
+        metrics["outputs"] = output_errors([o[:n] for o in reference.outputs_all], outputs_all, reference.output_names)
+        if self.note:
+            metrics["note"] = self.note
+        return metrics
+
     def summary(self, metrics: dict[str, Any]) -> str:
         """The accuracy part of a stage's one-line detail."""
         return f"cosine {metrics.get('cosine', 0.0):.6f}"

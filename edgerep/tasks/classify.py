@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .base import UNTRAINED_HINT, Task, gate_value, near_constant, tensor_gate_problems, verdict
-from .tensors import output_errors, tensor_metrics
+from .tensors import tensor_metrics
 
 # One class for every sample means nothing when there are only a few samples (it happens by chance).
 MIN_SAMPLES_FOR_TOP1_CHECK = 8
@@ -86,10 +86,7 @@ class ClassifyTask(Task):
         ref = reference.outputs[:n]
         labels = reference.labels[:n] if reference.labels is not None else None
         metrics = {"task": self.name, **accuracy_metrics(ref, first.reshape(ref.shape), labels)}
-        metrics["outputs"] = output_errors([o[:n] for o in reference.outputs_all], outputs_all, reference.output_names)
-        if self.note:
-            metrics["note"] = self.note
-        return metrics
+        return self.finish(metrics, reference, outputs_all, n)
 
     def drop(self, metrics: dict[str, Any]) -> float:
         """Points lost: labelled top-1 drop where labels exist, else 100 - top-1 agreement with the reference."""

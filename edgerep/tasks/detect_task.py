@@ -10,7 +10,7 @@ import numpy as np
 from .base import UNTRAINED_HINT, Task, gate_value, near_constant, tensor_gate_problems, verdict
 from .detect import (DETECT_SCORE, LAYOUTS, MAP_SCORE, MAX_DET, NMS_IOU, Detections, agreement, decode,
                      detection_map, resolve_layout)
-from .tensors import output_errors, tensor_metrics
+from .tensors import tensor_metrics
 
 DECODE_BATCH = 64  # images decoded per call (NMS runs per image; this only bounds the tensor made at once)
 
@@ -116,10 +116,7 @@ class DetectTask(Task):
                 ref50, ref_map = m.map50, m.map50_95
             metrics.update(labelled_map50=eng.map50, labelled_map=eng.map50_95, ref_labelled_map50=ref50,
                            ref_labelled_map=ref_map, labelled_map_drop=100.0 * (ref_map - eng.map50_95))
-        metrics["outputs"] = output_errors([o[:n] for o in reference.outputs_all], outputs_all, reference.output_names)
-        if self.note:
-            metrics["note"] = self.note
-        return metrics
+        return self.finish(metrics, reference, outputs_all, n)
 
     def drop(self, metrics: dict[str, Any]) -> float:
         """Points of mAP@0.5:0.95: the labelled drop where labels exist, else 100 * (1 - agreement)."""

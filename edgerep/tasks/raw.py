@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .base import Task, tensor_gate_problems, verdict
-from .tensors import output_errors, tensor_metrics
+from .tensors import tensor_metrics
 
 RAW_NOTE = "tensor metrics only (no task-level accuracy)"
 
@@ -21,7 +21,7 @@ class RawTask(Task):
         n = first.shape[0]
         ref = reference.outputs[:n]
         metrics: dict[str, Any] = {"task": self.name, **tensor_metrics(ref, first.reshape(ref.shape))}
-        metrics["outputs"] = output_errors([o[:n] for o in reference.outputs_all], outputs_all, reference.output_names)
+        self.finish(metrics, reference, outputs_all, n)
         metrics["note"] = self.note or RAW_NOTE
         return metrics
 
