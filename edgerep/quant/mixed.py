@@ -354,6 +354,8 @@ def plan_int8(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, val: A
     except (OSError, ValueError):
         pass
     reference = compute_reference(model, val, batch_size=val_batch, limit=val_samples, task=task)
+    if reference.degenerate:
+        raise UserError(f"--max-drop: {reference.degenerate}; a budget against it means nothing")
     if reference.task not in ("classify", "detect") or (reference.task == "classify" and reference.outputs.ndim != 2):
         raise UserError(f"--max-drop: the model is validated as {reference.task} (tensor metrics only), so there is "
                         f"no accuracy to budget; drop --max-drop or pass --task classify|detect")
