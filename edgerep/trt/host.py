@@ -229,9 +229,12 @@ def bundle_reference(bundle_dir: Path, reference: Any) -> None:
             break
     x_all = np.concatenate(xs)
     labels = reference.labels[:taken] if reference.labels is not None else None
+    if isinstance(labels, list):  # per-sample detection labels (boxes): the bundle carries class labels only, for now
+        labels = None
     digest = B.write_reference(bundle_dir, x_all, reference.outputs[:taken], labels)
     manifest["files"][B.REFERENCE] = digest
     manifest["reference"] = {"file": B.REFERENCE, "kind": "pytorch-unfused", "num_samples": int(taken),
+                             "task": getattr(reference, "task", None),
                              "of": n_ref, "labelled": labels is not None,
                              "data": reference.source.describe() if hasattr(reference.source, "describe") else None}
     _write_scripts(bundle_dir, manifest)
