@@ -73,3 +73,27 @@ def onnx_node_names(onnx_path: Path) -> list[str]:
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     return [n.name for n in model.graph.node]
+
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def output_tail_nodes(onnx_path: Path) -> list[str]:
+    """Names of the nodes after the last weighted layer on every path to the outputs (no Conv/Gemm/MatMul
+    downstream): a detection head's decode (sigmoid, exp, anchor arithmetic, the concat of boxes with scores).
+    INT8 keeps them in float, as Ultralytics' own INT8 export does: one scale shared by box coordinates in pixels
+    and scores in [0, 1] would round every score away. A classifier ending in its Gemm has none."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    nodes = list(model.graph.node)  # one Python object per node (protobuf makes new wrappers on each iteration)
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(i)
+    reaches = [False] * len(nodes)
+    # Backwards in topological order (ONNX stores nodes topologically sorted): consumers are decided first.
+    for i in range(len(nodes) - 1, -1, -1):
+        reaches[i] = nodes[i].op_type in WEIGHTED_OPS or any(
+            reaches[c] for out in nodes[i].output for c in consumers.get(out, []))
+    return [n.name for i, n in enumerate(nodes) if n.name and not reaches[i]]

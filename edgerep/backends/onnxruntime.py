@@ -19,6 +19,7 @@ import numpy as np
 from ..artifacts import Artifact, atomic_files, companion_files, write_sidecar
 from ..cpu import int16_saturation_risk, target_isa
 from ..errors import UserError
+from ..onnx_files import output_tail_nodes
 from ..threads import runtime_threads
 from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_batch_count, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input,
@@ -222,6 +223,7 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
         raise UserError(f"activation_type {activation_type!r}: use 'uint8' or 'int8'")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     ignored = check_ignored_nodes(onnx_path, ignored_nodes)
+    tail = [n for n in output_tail_nodes(onnx_path) if n not in ignored]  # a detector's decode stays in float
     input_name, shape = onnx_input(onnx_path)
     exact = bool(shape) and shape[0] is not None
     batch = shape[0] if exact else _DYNAMIC_CALIB_BATCH
@@ -244,7 +246,7 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
                 str(source), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                 weight_type=QuantType.QUInt8 if weights == "u8" else QuantType.QInt8, reduce_range=weights == "s7",
                 activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
-                calibrate_method=method_enum, nodes_to_exclude=ignored, use_external_data_format=external,
+                calibrate_method=method_enum, nodes_to_exclude=ignored + tail, use_external_data_format=external,
                 extra_options=options,
             )
     except UserError:

@@ -88,6 +88,12 @@ class QdqMaker:
             self._source = unshare_initializers(pre, self.work_dir / "source.onnx")
         return self._source
 
+    def tail(self) -> list[str]:
+        """The nodes after the last weighted layer (a detector's decode): kept in float, as the backends keep them."""
+        from ..onnx_files import output_tail_nodes
+
+        return output_tail_nodes(self.onnx_path)
+
     def make(self, out_path: Path, *, exclude: list[str] | tuple[str, ...] = (), only: list[str] | None = None) -> Path:
         """Quantize every weighted layer except `exclude`, or (with `only`) just the nodes in `only`."""
         import onnx
@@ -126,7 +132,7 @@ class QdqMaker:
                                 per_channel=self.per_channel, activation_type=activation,
                                 weight_type=QuantType.QUInt8 if self.weights == "u8" else QuantType.QInt8,
                                 reduce_range=self.weights == "s7",
-                                calibrate_method=method, nodes_to_exclude=list(exclude),
+                                calibrate_method=method, nodes_to_exclude=list(exclude) + self.tail(),
                                 nodes_to_quantize=list(only) if only is not None else None, extra_options=extra,
                                 calibration_cache_path=str(self._cache), **kwargs)
         finally:
