@@ -73,6 +73,9 @@ def make_qdq(onnx_path: Path, out_path: Path, ranges: Any, *, nodes_to_exclude: 
     unknown = [n for n in exclude if n not in node_names]
     if unknown:
         raise UserError(f"ignored nodes {', '.join(unknown[:3])}: not node names of {onnx_path.name}")
+    from ..onnx_files import output_tail_nodes
+
+    tail = [n for n in output_tail_nodes(Path(onnx_path)) if n not in exclude]  # a detector's decode stays in float
     route = ("cache" if _supports_cache_path() else "overrides") if use_cache_path is None else \
         ("cache" if use_cache_path else "overrides")
     with tempfile.TemporaryDirectory(prefix="edgerep-qdq-") as tmp, atomic_path(Path(out_path)) as partial:
@@ -97,7 +100,7 @@ def make_qdq(onnx_path: Path, out_path: Path, ranges: Any, *, nodes_to_exclude: 
             quantize_static(str(onnx_path), str(target), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=False,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=exclude, calibrate_method=method, extra_options=extra, **kwargs)
+                            nodes_to_exclude=exclude + tail, calibrate_method=method, extra_options=extra, **kwargs)
         qdq = onnx.load(str(target))
         onnx.checker.check_model(qdq)
         check_trt_conventions(qdq)
