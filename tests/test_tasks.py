@@ -270,3 +270,34 @@ def test_max_drop_on_a_raw_model_exits_2_before_writing(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--max-drop 1: rawmods:make is validated as raw tensors" in err
     assert "--task classify|detect" in err and not out.exists()
+
+
+def test_int8_keeps_the_decode_tail_after_the_last_weighted_layer_in_float(tmp_path):
+    import onnx
+
+    from edgerep.onnx_files import output_tail_nodes
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 1)
+
+        def forward(self, x):
+            y = self.conv(x).flatten(2)
+            return torch.cat([y[:, :2] * 8.0, y[:, 2:].sigmoid()], 1)
+
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 5)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    for name, module in (("head", Head()), ("cls", Classifier())):
+        torch.onnx.export(module.eval(), (torch.randn(1, 3, 8, 8),), str(tmp_path / f"{name}.onnx"), dynamo=False)
+    head = onnx.load(str(tmp_path / "head.onnx"))
+    tail = output_tail_nodes(tmp_path / "head.onnx")
+    kinds = {n.op_type for n in head.graph.node if n.name in tail}
+    assert {"Sigmoid", "Concat", "Mul"} <= kinds and "Conv" not in kinds
+    assert output_tail_nodes(tmp_path / "cls.onnx") == []  # a classifier ends in its Gemm: nothing changes
