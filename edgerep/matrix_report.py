@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-ACCURACY_KEYS = ("cosine", "top1_agreement", "top1", "top1_drop", "max_abs_err")
+ACCURACY_KEYS = ("cosine", "top1_agreement", "top1", "top1_drop", "max_abs_err", "task", "map_agreement",
+                 "labelled_map", "labelled_map_drop")
 FAILED_STATUSES = ("failed", "error", "crashed")
 
 
