@@ -157,6 +157,12 @@ def test_unreadable_images_are_skipped_when_unlabelled_and_refused_when_all_bad(
         open_data(folder, preprocess_for(_detector()), role="calib")
 
 
+def test_a_coco_json_needs_a_detector(tmp_path: Path) -> None:
+    (tmp_path / "instances.json").write_text("{}")
+    with pytest.raises(UserError, match=r"--val .*instances.json: a COCO .json labels a detector's images"):
+        open_data(tmp_path / "instances.json", None, role="val")
+
+
 def test_resize_flags_do_not_apply_to_a_letterbox() -> None:
     with pytest.raises(UserError, match="--resize: a letterboxed detector's images are fitted whole"):
         preprocess_for(_detector(), resize=160)
