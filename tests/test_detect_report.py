@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,17 +18,12 @@ from edgerep.detect_source import DetectionSource
 from edgerep.models import ModelInfo
 from edgerep.report import DETECT_ACCURACY_KEYS, engine_entry, latency_accuracy_figure, normalize, write_report
 from edgerep.tasks.detect import Detections, agreement, detection_map
+from test_detect_data import _copy_split
 
-REPO = Path(__file__).resolve().parent.parent
-VAL = REPO / "calib" / "digits_det" / "val"
 
 
 def _val_source(tmp_path: Path, n: int = 6) -> DetectionSource:
-    root = tmp_path / "split"
-    for sub, ext in (("images", "png"), ("labels", "txt")):
-        (root / sub).mkdir(parents=True)
-        for i in range(n):
-            shutil.copy(VAL / sub / f"val_{i:04d}.{ext}", root / sub)
+    root = _copy_split(tmp_path, n)
     info = ModelInfo(module=nn.Identity(), spec="zoo:x", input_shape=(1, 3, 128, 128), num_classes=10, task="detect",
                      letterbox=True, stride=32)
     return open_data(root, preprocess_for(info), role="val")
