@@ -187,6 +187,12 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
             st["detail"] = ", ".join(f"{r['backend']} {r['precision']}: cosine {r['accuracy'].get('cosine') or 0:.4f}"
                                      for r in extra_records) or "done"
 
+    pictures = None
+    if getattr(reference, "task", info.task) == "detect":  # the boxes picture (datarep hook; edgerep.picture_stage)
+        from .picture_stage import pictures_stage
+
+        pictures = pictures_stage(log, backend, artifacts, reference, info, profile, out_dir)
+
     # --- report
     report = {
         "schema": 1,
@@ -206,6 +212,7 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
         "versions": stages.versions("edgerep", "torch", "onnx", "onnxruntime", "onnxsim", "openvino", "nncf", "timm"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "output_dir": str(out_dir),
+        "pictures": pictures,
     }
     if not measure_latency:
         report["latency"] = {"measured": False, "how": "deferred: timed later by the scheduler"}

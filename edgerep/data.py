@@ -389,6 +389,9 @@ def open_data(path: Path | str, preprocess: Any, *, expect_shape: tuple[int, ...
 
         source: Any = open_detection_data(path, preprocess, role, flag)
     elif path.is_file():
+        if path.suffix.lower() == ".json":
+            raise UserError(f"{flag} {path}: a COCO .json labels a detector's images, and this model is not a "
+                            f"letterboxed detector; pass an image folder or a .npy/.npz file")
         if path.suffix.lower() not in (".npy", ".npz"):
             raise UserError(f"{flag} {path}: a single file must be .npy or .npz (preprocessed NCHW inputs); "
                             f"for images pass their folder")

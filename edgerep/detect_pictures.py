@@ -1,8 +1,11 @@
 """A picture a person looks at: the reference's and each engine's boxes on a few images, side by side (PNG).
 
-One row per image, one column per source (e.g. "pytorch (reference)", "openvino int8"); each panel is the
-original image, enlarged so small objects stay visible, with that source's boxes, class and score drawn
+One row per image, one column per source (e.g. "labels", "pytorch (reference)", "openvino int8"); each panel is
+the original image, enlarged so small objects stay visible, with that source's boxes, class and score drawn
 in the source's colour. Written atomically (edgerep.artifacts.atomic_path).
+
+`detection_pictures` draws head outputs (the reference's and the engines' on the same few validation images,
+decoded one way for all of them); edgerep.picture_stage runs the engines and calls it from the build.
 """
 from __future__ import annotations
 
@@ -76,3 +79,80 @@ def _as_rgb(image: Any) -> np.ndarray:
     from .detect_data import load_rgb
 
     return load_rgb(Path(image))
+
+
+PICTURE_NAME = "detections.png"
+
+
+def pick_images(reference_outputs: np.ndarray, k: int = 3, *, labels: Sequence[Any] | None = None,
+                decode_options: Mapping[str, Any] | None = None) -> list[int]:
+    """Which of the first len(reference_outputs) samples to draw: the first `k` where the reference (or the
+    labels) has a box at the drawing threshold, filled up with the first others (an empty panel shows nothing)."""
+    from .tasks.detect import decode
+
+    options = dict(decode_options or {})
+    found = decode(_clip_scores(reference_outputs, options.get("layout", "auto"), options.get("num_classes")),
+                   **options)
+    busy = [i for i, d in enumerate(found) if len(d) or (labels is not None and len(labels[i]))]
+    rest = [i for i in range(len(found)) if i not in busy]
+    return sorted((busy + rest)[:k])
+
+
+def detection_pictures(
+    out_dir: Path,
+    source: Any,
+    reference_outputs: np.ndarray,
+    engine_outputs: Mapping[str, np.ndarray],
+    *,
+    indices: Sequence[int] | None = None,
+    layout: str = "auto",
+    num_classes: int | None = None,
+    score_threshold: float | None = None,
+    iou_threshold: float | None = None,
+    class_names: Sequence[str] | None = None,
+    name: str = PICTURE_NAME,
+) -> Path:
+    """The reference's and each engine's boxes on a few validation images, side by side: out_dir/`name` (PNG).
+
+    `source`: the validation DetectionSource (files, metas, labels); `reference_outputs` and each
+    `engine_outputs[column]`: the head outputs (first output) on samples `indices` of it (default: the first
+    len(reference_outputs)). Every column is decoded the same way (tasks.detect.decode at the detect score
+    threshold, the family's NMS), its boxes mapped back through the letterbox onto the original image; a
+    "labels" column comes first when the source has labels."""
+    from .tasks.detect import DETECT_SCORE, NMS_IOU, Detections, decode
+
+    reference_outputs = np.asarray(reference_outputs, dtype=np.float32)
+    indices = list(range(len(reference_outputs))) if indices is None else list(indices)
+    if len(indices) != len(reference_outputs):
+        raise ValueError(f"detection_pictures: {len(reference_outputs)} reference outputs for {len(indices)} images")
+    options = dict(layout=layout, num_classes=num_classes,
+                   score_threshold=DETECT_SCORE if score_threshold is None else float(score_threshold),
+                   iou_threshold=NMS_IOU if iou_threshold is None else float(iou_threshold))
+    metas = [source.metas[i] for i in indices]
+
+    def on_image(found: Sequence[Any]) -> list[Any]:
+        return [Detections(meta.to_original(d.boxes), d.scores, d.classes) for d, meta in zip(found, metas)]
+
+    columns: dict[str, list[Any]] = {}
+    labels = getattr(source, "labels", None) if getattr(source, "has_labels", False) else None
+    if labels is not None:
+        columns["labels"] = on_image([labels[i] for i in indices])
+    columns["pytorch (reference)"] = on_image(decode(_clip_scores(reference_outputs, layout, num_classes), **options))
+    for column, outputs in engine_outputs.items():
+        outputs = np.asarray(outputs, dtype=np.float32).reshape(reference_outputs.shape)
+        columns[column] = on_image(decode(_clip_scores(outputs, layout, num_classes), **options))
+    return draw_detections_grid([source.files[i] for i in indices], columns, Path(out_dir) / name,
+                                class_names=class_names, min_score=options["score_threshold"])
+
+
+def _clip_scores(head: np.ndarray, layout: str, num_classes: int | None) -> np.ndarray:
+    """Score columns clipped to [0, 1]: reduced precision can put a sigmoid a hair outside it, which the decoder
+    would take for logits; a picture should show the boxes, not refuse the engine."""
+    from .tasks.detect import resolve_layout
+
+    head = np.array(head, dtype=np.float32, copy=True)
+    if resolve_layout(head.shape, layout, num_classes) == "ultralytics":
+        head[:, 4:, :] = np.clip(head[:, 4:, :], 0.0, 1.0)
+    else:
+        head[:, :, 4:] = np.clip(head[:, :, 4:], 0.0, 1.0)
+    return head

@@ -11,7 +11,11 @@ report.json, schema version 1 (keys below are always present; more may be added,
              TensorRT device bundle), or null in reports written before it existed.
   reference.degenerate: one line when the reference outputs carry no signal (then every engine's passed is
              null, its reason says the gates are not meaningful, and gate_check keeps what they said).
-  optional: fuse, export, stages, versions, created.
+  detectors (accuracy.task "detect"): accuracy also has DETECT_ACCURACY_KEYS (agreement mAP@0.5 and @0.5:0.95
+             with the reference's detections, 0..1; box counts; with labels labelled mAP and its drop in points)
+             and `outputs` (per-output tensor errors); report.md shows them, the plot is agreement mAP vs latency.
+  optional: fuse, export, stages, versions, created, pictures ({detections: PNG file name beside report.md,
+             images, columns}: the boxes picture of a detector, edgerep.picture_stage).
 """
 from __future__ import annotations
 
@@ -25,6 +29,15 @@ from .recommend import format_recommendation, p50_at
 SCHEMA_VERSION = 1
 ENGINE_KEYS = ("backend", "precision", "path", "status", "accuracy", "latency_ms", "throughput_ips", "passed", "reason")
 ACCURACY_KEYS = ("max_abs_err", "cosine", "top1_agreement", "top1", "top1_drop")
+# A detector's accuracy record (accuracy.task == "detect"; TEAM.md's shared contract) has these too.
+DETECT_ACCURACY_KEYS = ("map50_agreement", "map_agreement", "box_count_diff", "boxes_ref", "boxes_engine",
+                        "labelled_map50", "labelled_map", "ref_labelled_map50", "ref_labelled_map", "labelled_map_drop")
+
+
+def is_detect_report(report: dict[str, Any]) -> bool:
+    """Whether the report is a detector's: its reference or any engine's accuracy says task "detect"."""
+    return (report.get("reference") or {}).get("task") == "detect" or any(
+        (e.get("accuracy") or {}).get("task") == "detect" for e in report.get("engines", []))
 
 
 def engine_entry(backend: str, precision: str, *, path: str | None = None, status: str = "ok",
@@ -58,6 +71,8 @@ def normalize(report: dict[str, Any]) -> dict[str, Any]:
         full = engine_entry(eng.get("backend", "?"), eng.get("precision", "?"))
         full.update(eng)
         acc = {k: None for k in ACCURACY_KEYS}
+        if (full.get("accuracy") or {}).get("task") == "detect":
+            acc.update({k: None for k in DETECT_ACCURACY_KEYS})
         acc.update(full.get("accuracy") or {})
         full["accuracy"] = acc
         lat = {"p50": None, "p90": None, "p99": None}
@@ -166,21 +181,28 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"Created {report['created']}.", ""]
     lines.append(f"- model: `{model.get('spec')}` input {model.get('input_shape')}, weights `{model.get('weights')}`")
     lines.append(f"- target: `{target.get('name')}` (backend {target.get('backend')})")
+    detect = is_detect_report(report)
     ref_top1 = ref.get("top1")
-    lines.append(f"- reference: unfused PyTorch model on `{(ref.get('data') or {}).get('path')}`, "
-                 f"{ref.get('num_samples')} samples" + (f", top-1 {ref_top1:.2f}%" if ref_top1 is not None else ", no labels"))
+    if detect:
+        lines.append(detect_reference_line(report))
+    else:
+        lines.append(f"- reference: unfused PyTorch model on `{(ref.get('data') or {}).get('path')}`, "
+                     f"{ref.get('num_samples')} samples" + (f", top-1 {ref_top1:.2f}%" if ref_top1 is not None else ", no labels"))
     fuse = report.get("fuse")
     if isinstance(fuse, dict) and fuse.get("max_rel_err") is not None:
         lines.append(f"- fuse: max relative error {fuse['max_rel_err']:.3g}")
-    lines += ["", "| " + " | ".join(ROW_HEADERS) + " |", "|" + "---|" * len(ROW_HEADERS)]
-    for row in engine_rows(report):
+    headers, rows = (DETECT_ROW_HEADERS, detect_engine_rows(report)) if detect else (ROW_HEADERS, engine_rows(report))
+    lines += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
     lines += ["", "Latency: median (p50) and p99 after warm-up at the first batch size of the profile (the "
-              "recommendation compares p50 at the deploy batch size); top-1 drop is against the unfused PyTorch "
-              "model's own labelled top-1.", ""]
+              "recommendation compares p50 at the deploy batch size); "
+              + (DETECT_NOTE if detect else "top-1 drop is against the unfused PyTorch model's own labelled top-1."), ""]
     for eng in report["engines"]:
         if eng.get("path"):
             lines.append(f"- {eng['backend']} {eng['precision']}: `{eng['path']}`")
+    lines += _pictures_lines(report)
+    lines += _output_lines(report)
     lines += _isa_lines(report)
     lines += _int8_plan_lines(report)
     stages = report.get("stages")
@@ -189,6 +211,82 @@ def render_markdown(report: dict[str, Any]) -> str:
         for st in stages:
             lines.append(f"| {st.get('name')} | {st.get('status')} | {_fmt(st.get('seconds'), '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+DETECT_ROW_HEADERS = ["backend", "precision", "gate", "mAP@0.5 agree", "mAP@0.5:0.95 agree", "boxes ± per image",
+                      "boxes ref / engine", "labelled mAP@0.5", "labelled mAP@0.5:0.95", "drop pts", "max abs err",
+                      "cosine", "p50 ms", "p99 ms", "inputs/s", "reason"]
+DETECT_NOTE = ("agreement is COCO mAP of each engine's detections scored against the unfused PyTorch model's own "
+               "detections taken as ground truth (1 = the same boxes); boxes ± is the mean |engine - reference| "
+               "box count per image at the detect score threshold; labelled mAP and its drop (points of "
+               "mAP@0.5:0.95, PyTorch minus engine) where the data has labels.")
+
+
+def detect_engine_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row of display strings per engine of a detector's report (report.md)."""
+    rows = []
+    for eng in report["engines"]:
+        acc, lat = eng["accuracy"], eng["latency_ms"]
+        boxes = (f"{acc['boxes_ref']} / {acc['boxes_engine']}"
+                 if acc.get("boxes_ref") is not None and acc.get("boxes_engine") is not None else "-")
+        rows.append([
+            eng["backend"], eng["precision"], _verdict(eng),
+            _fmt(acc.get("map50_agreement"), ".4f"), _fmt(acc.get("map_agreement"), ".4f"),
+            _fmt(acc.get("box_count_diff"), ".3f"), boxes,
+            _fmt(acc.get("labelled_map50"), ".4f"), _fmt(acc.get("labelled_map"), ".4f"),
+            _fmt(acc.get("labelled_map_drop"), "+.2f"),
+            _fmt(acc.get("max_abs_err"), ".3g"), _fmt(acc.get("cosine"), ".6f"),
+            _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"), _fmt(eng.get("throughput_ips"), ".1f"),
+            eng.get("reason") or "",
+        ])
+    return rows
+
+
+def detect_reference_line(report: dict[str, Any]) -> str:
+    """report.md's line on a detector's reference: its data, boxes found and (labels) its own mAP."""
+    ref = report.get("reference") or {}
+    data = ref.get("data") or {}
+    line = f"- reference: unfused PyTorch model on `{data.get('path')}`, {ref.get('num_samples')} images"
+    threshold = (ref.get("detect") or {}).get("score_threshold")
+    if ref.get("boxes") is not None:
+        line += f", {ref['boxes']} boxes" + (f" at score >= {threshold:g}" if threshold is not None else "")
+    map50, map_ = ref.get("labelled_map50"), ref.get("labelled_map")
+    if map_ is None:  # older references: the engines carry the reference's labelled mAP
+        first = next((e["accuracy"] for e in report["engines"] if (e.get("accuracy") or {}).get("ref_labelled_map")
+                      is not None), {})
+        map50, map_ = first.get("ref_labelled_map50"), first.get("ref_labelled_map")
+    if map_ is not None:
+        return line + f", labelled mAP@0.5 {_fmt(map50, '.4f')}, mAP@0.5:0.95 {_fmt(map_, '.4f')}"
+    return line + ", no labels (engines are judged by agreement with it)"
+
+
+def _pictures_lines(report: dict[str, Any]) -> list[str]:
+    """The boxes picture (edgerep.picture_stage), linked from report.md when the build drew it."""
+    pictures = report.get("pictures") or {}
+    if not pictures.get("detections"):
+        return []
+    columns = ", ".join(pictures.get("columns") or [])
+    return ["", "## Boxes", "",
+            f"The reference's and each engine's boxes on {len(pictures.get('images') or [])} validation images "
+            f"({columns}; boxes at the detect score threshold, mapped back onto the original images):", "",
+            f"![boxes per engine]({pictures['detections']})"]
+
+
+def _output_lines(report: dict[str, Any]) -> list[str]:
+    """Every output of every engine against the reference's (accuracy.outputs), when there is more than one
+    output or the task is detect (where the table above shows mAP, not tensor errors)."""
+    rows = [(e, o) for e in report["engines"] for o in (e.get("accuracy") or {}).get("outputs") or []]
+    if not rows or (not is_detect_report(report) and all(len(e["accuracy"].get("outputs") or []) < 2
+                                                          for e in report["engines"])):
+        return []
+    lines = ["", "## Outputs", "", "| engine | output | shape | max abs err | mean abs err | cosine | SQNR dB |",
+             "|---|---|---|---|---|---|---|"]
+    for eng, out in rows:
+        shape = "x".join(str(d) for d in out.get("shape") or []) or "-"
+        lines.append(f"| {eng['backend']} {eng['precision']} | {out.get('name')} | {shape} | "
+                     f"{_fmt(out.get('max_abs_err'), '.3g')} | {_fmt(out.get('mean_abs_err'), '.3g')} | "
+                     f"{_fmt(out.get('cosine'), '.6f')} | {_fmt(out.get('sqnr_db'), '.1f')} |")
+    return lines
 
 
 def _isa_lines(report: dict[str, Any]) -> list[str]:
@@ -252,7 +350,7 @@ def plot_latency_accuracy(report: dict[str, Any], path: Path) -> Path:
 
 def latency_accuracy_figure(report: dict[str, Any]) -> Any:
     """Latency p50 at the deploy batch size (x) against accuracy (y: labelled top-1 where labels exist, else top-1
-    agreement, else cosine) per engine; the reference top-1 as a dashed line; the recommended engine ringed.
+    agreement, else cosine; a detector's agreement mAP@0.5:0.95 in percent) per engine; the reference top-1 as a dashed line; the recommended engine ringed.
     Every engine label lies inside the axes and over no other label, legend or note."""
     import textwrap
 
@@ -270,7 +368,12 @@ def latency_accuracy_figure(report: dict[str, Any]) -> Any:
     engines = [e for e in report["engines"] if e["status"] == "ok" and x_of(e) is not None]
     metric = "top1" if any(e["accuracy"].get("top1") is not None for e in engines) else (
         "top1_agreement" if any(e["accuracy"].get("top1_agreement") is not None for e in engines) else "cosine")
-    label = {"top1": "labelled top-1 (%)", "top1_agreement": "top-1 agreement with reference (%)", "cosine": "cosine similarity"}[metric]
+    if is_detect_report(report) and any(e["accuracy"].get("map_agreement") is not None for e in engines):
+        metric = "map_agreement"  # a detector: its detections' agreement with the reference's, in percent
+    label = {"top1": "labelled top-1 (%)", "top1_agreement": "top-1 agreement with reference (%)",
+             "cosine": "cosine similarity",
+             "map_agreement": "agreement mAP@0.5:0.95 with reference (%)"}[metric]
+    scale = 100.0 if metric == "map_agreement" else 1.0
     ref_top1 = (report.get("reference") or {}).get("top1")
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     points = []
@@ -278,7 +381,7 @@ def latency_accuracy_figure(report: dict[str, Any]) -> Any:
         y = eng["accuracy"].get(metric)
         if y is None:
             continue
-        x = x_of(eng)
+        y, x = y * scale, x_of(eng)
         chosen = rec.get("precision") == eng["precision"] and rec.get("backend") == eng["backend"]
         points.append((x, y, f"{eng['backend']} {eng['precision']}" + (" (recommended)" if chosen else "")))
         color = {True: "tab:green", False: "tab:red"}.get(eng["passed"], "tab:gray")

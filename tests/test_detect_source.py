@@ -19,6 +19,7 @@ from edgerep.detect_data import PAD_VALUE, read_yolo_labels
 from edgerep.detect_source import DetectionSource, Letterbox
 from edgerep.errors import UserError
 from edgerep.models import ModelInfo, load_model
+from test_detect_data import _copy_split
 
 REPO = Path(__file__).resolve().parent.parent
 DET = REPO / "calib" / "digits_det"
@@ -30,12 +31,7 @@ def _detector(spec: str = "zoo:some_detector", size: int = 128, nc: int | None =
 
 
 def _split(tmp_path: Path, n: int = 4) -> Path:
-    root = tmp_path / "split"
-    for sub, ext in (("images", "png"), ("labels", "txt")):
-        (root / sub).mkdir(parents=True)
-        for i in range(n):
-            shutil.copy(DET / "val" / sub / f"val_{i:04d}.{ext}", root / sub)
-    return root
+    return _copy_split(tmp_path, n)  # tmp_path/split: the first n images and labels of calib/digits_det/val
 
 
 def _val(path: Path, info: ModelInfo | None = None):
@@ -155,6 +151,12 @@ def test_unreadable_images_are_skipped_when_unlabelled_and_refused_when_all_bad(
     (folder / "coffee.jpg").unlink()
     with pytest.raises(UserError, match=r"--calib .*photos: none of its 1 image file\(s\) could be read"):
         open_data(folder, preprocess_for(_detector()), role="calib")
+
+
+def test_a_coco_json_needs_a_detector(tmp_path: Path) -> None:
+    (tmp_path / "instances.json").write_text("{}")
+    with pytest.raises(UserError, match=r"--val .*instances.json: a COCO .json labels a detector's images"):
+        open_data(tmp_path / "instances.json", None, role="val")
 
 
 def test_resize_flags_do_not_apply_to_a_letterbox() -> None:
