@@ -23,6 +23,7 @@ the stressed variant is the one that shows `--max-drop` at work).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -135,8 +136,12 @@ def bench_model(spec: str, work: Path, calib: LetterboxedImages, val_items, cons
     fp32_path, _ = simplify_onnx(exported, work / f"{name}.sim.onnx")  # as the pipeline's simplify stage
     tail = decode_tail(fp32_path)
     engines = {"fp32": fp32_path, "int8": work / f"{name}.int8.onnx", "int8_tail_float": work / f"{name}.int8t.onnx"}
-    settings = quantize_qdq(fp32_path, engines["int8"], calib, method="minmax", num_samples=300)
-    quantize_qdq(fp32_path, engines["int8_tail_float"], calib, method="minmax", num_samples=300, ignored_nodes=tail)
+    # In the work folder: when its symbolic shape inference gives up on this graph (dynamic batch), ORT's
+    # pre-processing writes sym_shape_infer_temp.onnx and a <uuid>.data file into the current directory.
+    with contextlib.chdir(work):
+        settings = quantize_qdq(fp32_path, engines["int8"], calib, method="minmax", num_samples=300)
+        quantize_qdq(fp32_path, engines["int8_tail_float"], calib, method="minmax", num_samples=300,
+                     ignored_nodes=tail)
     row = {"model": spec, "fuse_max_rel_err": fused.report.max_rel_err,
            "reference": {"labelled_map50": ref_map.map50, "labelled_map": ref_map.map50_95},
            "int8_settings": {k: v for k, v in settings.items() if k != "ignored_nodes"},
