@@ -4,6 +4,8 @@ Scaling output channel c of one conv (weights and bias) by `factor` and input ch
 1/factor leaves the network's function unchanged when a ReLU (positively homogeneous) or nothing sits between
 them, but gives the activation between them one channel `factor` times the others: a per-tensor activation
 scale then leaves the other channels a few levels. Tests and benchmarks use it as a known-bad layer.
+On an unfused model whose convs sit in RepVGG blocks, edgerep.zoo.repvgg.scale_block_channel does the same to
+every branch (zoo:repyolo_digits_stress is the demo detector stressed that way).
 """
 from __future__ import annotations
 

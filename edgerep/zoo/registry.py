@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch.nn as nn
 
@@ -24,7 +24,7 @@ class ZooEntry:
     tags: tuple[str, ...] = field(default_factory=tuple)
     # Applied in place once the weights are loaded (models.load_model), e.g. a function-preserving surgery
     # that makes a test variant from the shipped weights (repyolo_digits_stress).
-    post_load: Optional[Callable[[nn.Module], None]] = None
+    post_load: Callable[[nn.Module], None] | None = None
 
     def weights_path(self) -> Path | None:
         if self.default_weights is None:
