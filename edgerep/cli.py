@@ -47,11 +47,11 @@ def models_cmd() -> None:
 
 @app.command("fuse")
 def fuse_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, file.pt2 or package.module:factory"),
+    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, ultralytics:CFG.yaml, best.pt, file.pt2 or package.module:factory"),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights (only for files you trust)"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights or an Ultralytics checkpoint (only files you trust)"),
     output: Path = typer.Option(Path("fused"), "-o", "--output", help="output folder"),
     tol: float = typer.Option(1e-4, "--tol", help="max relative error allowed between fused and original (FP32)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as one JSON object on stdout"),
@@ -66,11 +66,11 @@ def fuse_cmd(
 
 @app.command("build")
 def build_cmd(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="zoo:NAME, timm:NAME, file.pt2 or package.module:factory (default: the demo zoo:repvgg_digits)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="zoo:NAME, timm:NAME, ultralytics:CFG.yaml, best.pt, file.pt2 or package.module:factory (default: the demo zoo:repvgg_digits)"),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights (only for files you trust)"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights or an Ultralytics checkpoint (only files you trust)"),
     target: str = typer.Option("openvino-cpu", "--target", "-t", help="a profile name (`edgerep targets`) or a .toml file"),
     precision: Optional[str] = typer.Option(None, "--precision", "-p", help="comma list, e.g. fp32,int8 (default: every precision of the target)"),
     calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data: image folder, ImageFolder tree, .npy or .npz (x, NCHW float32); detectors: images letterboxed (a YOLO split's images/ too)"),
@@ -167,11 +167,11 @@ def validate_cmd(
 
 @app.command("export")
 def export_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, file.pt2 or package.module:factory"),
+    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, ultralytics:CFG.yaml, best.pt, file.pt2 or package.module:factory"),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights (only for files you trust)"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights or an Ultralytics checkpoint (only files you trust)"),
     target: str = typer.Option("openvino-cpu", "--target", "-t", help="target profile name or .toml (sets the opset)"),
     dynamic_batch: Optional[bool] = typer.Option(None, "--dynamic-batch/--static-batch", help="default: the target's setting"),
     simplifier: str = typer.Option("onnxsim", "--simplifier", help="onnxsim (onnxslim as fallback), onnxslim or none"),
@@ -190,11 +190,11 @@ def export_cmd(
 
 @app.command("sensitivity")
 def sensitivity_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, file.pt2 or package.module:factory"),
+    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, ultralytics:CFG.yaml, best.pt, file.pt2 or package.module:factory"),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights (only for files you trust)"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights or an Ultralytics checkpoint (only files you trust)"),
     target: str = typer.Option("openvino-cpu", "--target", "-t", help="profile whose backend's quantizer placement, opset and calibration apply"),
     calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data (default: the model's shipped data)"),
     val: Optional[Path] = typer.Option(None, "--val", help="validation data; labels give top-1 (default: the shipped data); detectors: a YOLO-format split (DIR with images/ + labels/), a COCO .json (images in images/ beside it) or an image folder (agreement only)"),

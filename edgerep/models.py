@@ -84,6 +84,14 @@ def load_model(
         info = _load_timm(spec[5:], num_classes)
         if weights is not None:
             load_weights_into(info.module, weights, trust_pickle=trust_pickle)
+    elif _is_ultralytics(spec):  # ultralytics:CFG.yaml, ultralytics:best.pt or path/best.pt (edgerep.models_ultralytics)
+        from .models_ultralytics import load_ultralytics
+
+        module, fields = load_ultralytics(spec, weights=weights, num_classes=num_classes, trust_pickle=trust_pickle,
+                                          input_shape=input_shape)
+        if weights is not None:
+            load_weights_into(module, weights, trust_pickle=trust_pickle)
+        info = ModelInfo(module=module, spec=spec, **fields)
     elif spec.endswith(".pt2"):
         info = _load_exported(spec, tuple(input_shape) if input_shape is not None else fallback_shape)
         if weights is not None:
@@ -94,7 +102,8 @@ def load_model(
             load_weights_into(info.module, weights, trust_pickle=trust_pickle)
     else:
         raise UserError(
-            f"--model {spec!r}: unknown model spec; use zoo:NAME, timm:NAME, path/to/file.pt2 or package.module:factory"
+            f"--model {spec!r}: unknown model spec; use zoo:NAME, timm:NAME, ultralytics:CFG.yaml, path/best.pt, "
+            f"path/to/file.pt2 or package.module:factory"
         )
     if weights is not None:
         info.weights = str(weights)
@@ -110,6 +119,12 @@ def load_model(
     _refuse_batch_statistics(info)
     _check_forward(info, shape_given=input_shape is not None)
     return info
+
+
+def _is_ultralytics(spec: str) -> bool:
+    from .models_ultralytics import is_ultralytics_spec  # a light import: ultralytics itself loads later
+
+    return is_ultralytics_spec(spec)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -385,7 +400,16 @@ def _load_checked(module: nn.Module, state: dict[str, torch.Tensor], path: Path)
 
 def load_weights_into(module: nn.Module, weights: str | Path, *, trust_pickle: bool = False) -> None:
     path = Path(weights)
-    _load_checked(module, read_state_dict(path, trust_pickle=trust_pickle), path)
+    _load_checked(module, _refit_prefix(module, read_state_dict(path, trust_pickle=trust_pickle)), path)
+
+
+def _refit_prefix(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """read_state_dict strips a "model." prefix shared by every key (a wrapper's); put it back when the model's
+    own keys all have it (an Ultralytics model keeps its layers in `model`)."""
+    own = set(module.state_dict())
+    if set(state) != own and {f"model.{k}" for k in state} == own:
+        return {f"model.{k}": v for k, v in state.items()}
+    return state
 
 
 def with_shape(info: ModelInfo, shape: tuple[int, ...]) -> ModelInfo:
