@@ -97,3 +97,30 @@ def output_tail_nodes(onnx_path: Path) -> list[str]:
         reaches[i] = nodes[i].op_type in WEIGHTED_OPS or any(
             reaches[c] for out in nodes[i].output for c in consumers.get(out, []))
     return [n.name for i, n in enumerate(nodes) if n.name and not reaches[i]]
+
+
+def ort_pre_process(onnx_path: Path, out: Path, *, external: bool = False) -> bool:
+    """ONNX Runtime's recommended pre-processing before static quantization (symbolic shape inference; node
+    names kept with skip_optimization, so ignored-node names still match). False when it fails (it does not
+    know every op, nor a detector's dynamic-batch decode).
+
+    ORT saves "sym_shape_infer_temp.onnx" and a <uuid>.data file into the *current directory* when its
+    shape inference gives up, so it runs from `out`'s folder (os.chdir is per process; a build runs one
+    quantization at a time)."""
+    import contextlib
+    import io
+    import os
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    before = os.getcwd()
+    try:
+        os.chdir(out.parent)
+        with contextlib.redirect_stdout(io.StringIO()):
+            quant_pre_process(str(Path(onnx_path).resolve()), str(out.resolve()), skip_optimization=True,
+                              save_as_external_data=external, all_tensors_to_one_file=True)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "quantize the model as it is"
+        return False
+    finally:
+        os.chdir(before)

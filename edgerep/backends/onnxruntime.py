@@ -19,7 +19,7 @@ import numpy as np
 from ..artifacts import Artifact, atomic_files, companion_files, write_sidecar
 from ..cpu import int16_saturation_risk, target_isa
 from ..errors import UserError
-from ..onnx_files import output_tail_nodes
+from ..onnx_files import ort_pre_process, output_tail_nodes
 from ..threads import runtime_threads
 from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_batch_count, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input,
@@ -316,19 +316,13 @@ def int16_saturation_check(qdq_path: Path) -> dict[str, Any]:
 
 
 def _pre_process(onnx_path: Path, out: Path, external: bool) -> Path:
-    """ORT's recommended pre-processing (shape inference) before quantization; node names are kept
-    (skip_optimization), so ignored-node names still match. Falls back to the input if it fails."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            quant_pre_process(str(onnx_path), str(out), skip_optimization=True, save_as_external_data=external,
-                              all_tensors_to_one_file=True)
+    """ORT's recommended pre-processing before quantization (onnx_files.ort_pre_process); falls back to the
+    input, with a warning, when it fails."""
+    if ort_pre_process(onnx_path, out, external=external):
         return out
-    except Exception as exc:  # symbolic shape inference does not know every op
-        warnings.warn(f"onnxruntime INT8: pre-processing skipped ({type(exc).__name__}); quantizing the model as is",
-                      UserWarning, stacklevel=3)
-        return onnx_path
+    warnings.warn("onnxruntime INT8: pre-processing skipped (symbolic shape inference failed); quantizing the "
+                  "model as is", UserWarning, stacklevel=3)
+    return onnx_path
 
 
 def _unshare_initializers(path: Path, out: Path, nodes: set[str], external: bool) -> Path:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..onnx_files import ort_pre_process
 
 STYLES = ("onnxruntime", "openvino", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
@@ -77,13 +78,8 @@ class QdqMaker:
         """The model every variant is made from: shape-inferred (ORT's pre-processing, node names kept) and
         with no initializer shared between nodes, so excluding one node never changes another's weights."""
         if self._source is None:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
             pre = self.work_dir / "pre.onnx"
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    quant_pre_process(str(self.onnx_path), str(pre), skip_optimization=True)
-            except Exception:  # symbolic shape inference does not know every op: quantize as is
+            if not ort_pre_process(self.onnx_path, pre):  # symbolic shape inference failed: quantize as is
                 shutil.copyfile(self.onnx_path, pre)
             self._source = unshare_initializers(pre, self.work_dir / "source.onnx")
         return self._source
