@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from .artifacts import package_versions, write_sidecar
 from .errors import UserError
-from .onnx_files import EXTERNAL_DATA_THRESHOLD, onnx_sha256, save_onnx
+from .onnx_files import EXTERNAL_DATA_THRESHOLD, onnx_output_names, onnx_sha256, save_onnx
 
 # A serialized ModelProto must stay under 2 GiB (protobuf's limit); keep 64 MiB for the graph itself.
 SIMPLIFIERS = ("onnxsim", "onnxslim", "none")
@@ -121,13 +121,6 @@ def model_output_names(model: nn.Module, example: torch.Tensor) -> list[str]:
 
     with torch.no_grad():
         return output_names(model(example))
-
-
-def graph_output_names(path: Path) -> list[str]:
-    """The graph output names of an ONNX file, in order."""
-    import onnx
-
-    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
 
 def _require_output_names(proto: Any, names: list[str], exporter: str) -> None:
@@ -409,7 +402,7 @@ def export_pipeline(model_info: Any, fused: nn.Module, out_dir: Path, *, opset: 
 
     def verify(stage: str) -> Callable[[Path], None]:
         def run(tmp: Path) -> None:
-            got = graph_output_names(tmp)
+            got = onnx_output_names(tmp)
             if got != names:  # a simplifier that drops, renames or reorders outputs breaks every later check
                 raise UserError(f"stage {stage}: the graph's outputs are {got}, expected {names} (names and order)")
             found = [compare_onnx(tmp, fused_ref, inputs, stage=stage, tol=tol, reference_name="the fused PyTorch model")]

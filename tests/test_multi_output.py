@@ -18,6 +18,7 @@ from edgerep.export import check_inputs, compare_onnx, export_onnx, export_pipel
 from edgerep.fuse import fuse
 from edgerep.models import ModelInfo, check_outputs
 from edgerep.outputs import to_numpy_list
+from edgerep.trt.bundle import load_bundle
 from edgerep.zoo.repvgg import RepVGGBlock
 
 SHAPE = (1, 3, 32, 32)
@@ -215,3 +216,174 @@ def test_nested_outputs_flatten_in_onnx_order(tmp_path):
     assert [g.shape for g in got] == [w.shape for w in want] == [(1, 4, 16, 16), (1, 5, 16, 16), (1, 16)]
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+# --- runners -------------------------------------------------------------------------------------
+
+
+def _torch_outputs(info: ModelInfo, x: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        return to_numpy_list(info.module(torch.from_numpy(x)))
+
+
+def _assert_close(got: list[np.ndarray], want: list[np.ndarray], tol: float = 1e-4) -> None:
+    assert [g.shape for g in got] == [w.shape for w in want]
+    for g, w in zip(got, want):
+        assert np.max(np.abs(g - w)) <= tol * max(float(np.max(np.abs(w))), 1.0)
+
+
+def test_onnxruntime_runners_return_every_output(exported):
+    from edgerep.backends.onnxruntime import OrtRunner
+
+    info, _, exp = exported["dict"]
+    x = np.random.default_rng(3).standard_normal((3, *SHAPE[1:])).astype(np.float32)
+    want = _torch_outputs(info, x)
+    for runner in (OrtRunner(exp.sim_path), OrtRunner(exp.sim_path, simulate_qdq=True)):
+        assert runner.output_names == ["boxes", "scores"]
+        got = runner.run_all(x)
+        _assert_close(got, want)
+        np.testing.assert_array_equal(runner.run(x), got[0])  # run is the first output
+        runner.close()
+
+
+def test_openvino_runner_maps_outputs_by_name(exported, tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    from edgerep.backends import get_backend
+    from edgerep.backends.openvino import OpenVINORunner
+
+    info, _, exp = exported["dict"]
+    backend = get_backend("openvino")
+    art = backend.build(exp.sim_path, "fp32", out_dir=tmp_path)
+    assert art.info["settings"]["output_names"] == ["boxes", "scores"]
+    runner = backend.load(art)
+    x = np.random.default_rng(4).standard_normal((1, *SHAPE[1:])).astype(np.float32)
+    want = _torch_outputs(info, x)
+    assert runner.output_names == ["boxes", "scores"]
+    got = runner.run_all(x)
+    _assert_close(got, want)
+    np.testing.assert_array_equal(runner.run(x), got[0])
+    # asked in another order, the outputs come by name, not by port position
+    flipped = OpenVINORunner(art.path, output_names=["scores", "boxes"])
+    assert flipped.output_names == ["scores", "boxes"]
+    _assert_close(flipped.run_all(x), want[::-1])
+    np.testing.assert_array_equal(flipped.run(x), flipped.run_all(x)[0])
+    with pytest.raises(UserError, match=r"do not match the ONNX outputs \['boxes', 'logits'\]"):
+        OpenVINORunner(art.path, output_names=["boxes", "logits"])
+    # an IR without recorded names (built before they were): port order, each port under its ONNX name
+    assert OpenVINORunner(art.path).output_names == ["boxes", "scores"]
+
+
+# --- the device bundle ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle(exported, tmp_path_factory):
+    """A jetson-orin-nano bundle of the dict model with its two reference outputs, made on this host."""
+    from edgerep.data import open_data
+    from edgerep.targets import load_target
+    from edgerep.trt.host import bundle_reference, update_bundle
+    from edgerep.validate import Reference
+
+    info, _, exp = exported["dict"]
+    root = tmp_path_factory.mktemp("multi-bundle")
+    x = np.random.default_rng(5).standard_normal((6, *SHAPE[1:])).astype(np.float32)
+    np.savez(root / "val.npz", x=x)
+    source = open_data(root / "val.npz", None, role="val")
+    outs = _torch_outputs(info, x)
+    reference = Reference(outputs=outs[0], labels=None, source=source)
+    reference.outputs_all, reference.output_names = outs, ["boxes", "scores"]
+    bdir = root / "bundle"
+    update_bundle(bdir, onnx_path=exp.sim_path, profile=load_target("jetson-orin-nano"), precisions=["fp16"])
+    bundle_reference(bdir, reference)
+    return bdir, outs, info
+
+
+def test_bundle_carries_every_reference_output_by_name(bundle):
+    from edgerep.trt.bundle import BUNDLE_SCHEMA, read_reference, read_reference_all
+
+    bdir, outs, _ = bundle
+    b = load_bundle(bdir)
+    m = b.manifest
+    assert m["schema"] == BUNDLE_SCHEMA == 2 and m["output_names"] == ["boxes", "scores"]
+    assert m["output_name"] == "boxes"
+    assert m["reference"]["outputs"] == [{"name": "boxes", "key": "ref", "shape": [6, 4, 16, 16]},
+                                         {"name": "scores", "key": "ref1", "shape": [6, 5, 256]}]
+    _, names, refs, labels = read_reference_all(b)
+    assert names == ["boxes", "scores"] and labels is None
+    for got, want in zip(refs, outs):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(read_reference(b)[1], outs[0])
+
+
+def test_schema1_single_output_bundle_still_reads(bundle, tmp_path):
+    """A bundle written before several outputs were carried (schema 1, one "ref", no reference.outputs)."""
+    import shutil
+
+    from edgerep.artifacts import file_sha256
+    from edgerep.trt.bundle import read_reference_all, write_reference
+
+    bdir, outs, _ = bundle
+    old = tmp_path / "old"
+    shutil.copytree(bdir, old)
+    m = json.loads((old / "bundle.json").read_text())
+    m["schema"] = 1
+    del m["output_names"]
+    del m["reference"]["outputs"]
+    m["output_name"] = "logits"
+    with np.load(old / "reference.npz") as data:
+        x = data["x"]
+    m["files"]["reference.npz"] = write_reference(old, x, outs[0], None)
+    assert m["files"]["reference.npz"] == file_sha256(old / "reference.npz")
+    (old / "bundle.json").write_text(json.dumps(m))
+    _, names, refs, _ = read_reference_all(load_bundle(old))
+    assert names == ["logits"] and len(refs) == 1
+    np.testing.assert_array_equal(refs[0], outs[0])
+
+
+def _run_check_engine(bdir: Path, *engines: str) -> subprocess.CompletedProcess:
+    code = ("import sys, runpy\nsys.modules['torch'] = None\nsys.modules['edgerep'] = None\n"
+            f"sys.argv = ['check_engine.py', *{list(engines)!r}]\n"
+            f"runpy.run_path({str(bdir / 'check_engine.py')!r}, run_name='__main__')\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(bdir),
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""})
+
+
+def test_check_engine_compares_every_output_by_name(bundle, tmp_path):
+    """The device script (numpy + onnxruntime standing in for TensorRT) reports each output's errors by name,
+    and a real change to the layer feeding only 'scores' shows there, not in 'boxes'."""
+    bdir, _, _ = bundle
+    proc = _run_check_engine(bdir, "model.onnx")
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    acc = json.loads(proc.stdout)["accuracy"]
+    assert [o["name"] for o in acc["outputs"]] == ["boxes", "scores"]
+    assert [o["shape"] for o in acc["outputs"]] == [[6, 4, 16, 16], [6, 5, 256]]
+    assert all(o["max_abs_err"] < 1e-3 and o["cosine"] > 0.99999 for o in acc["outputs"])
+    assert acc["max_abs_err"] == acc["outputs"][0]["max_abs_err"]  # the gates read the first output
+    broken = tmp_path / "broken.onnx"
+    _edit_initializer(bdir / "model.onnx", broken, "cls.bias", 0.5)
+    acc = json.loads(_run_check_engine(bdir, str(broken)).stdout)["accuracy"]
+    by_name = {o["name"]: o for o in acc["outputs"]}
+    assert by_name["boxes"]["max_abs_err"] < 1e-3 and by_name["scores"]["max_abs_err"] > 1e-2
+    # an engine without one of the reference's outputs is refused, naming it
+    one = tmp_path / "one.onnx"
+    model = onnx.load(str(bdir / "model.onnx"))
+    del model.graph.output[1]
+    onnx.save(model, str(one))
+    proc = _run_check_engine(bdir, str(one))
+    assert proc.returncode != 0 and "has no output 'scores' of the reference" in proc.stderr
+
+
+def test_validate_bundle_takes_every_output(bundle):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from edgerep.commands.validate_bundle import run_validate_bundle
+
+    bdir, _, _ = bundle
+    buf = StringIO()
+    code = run_validate_bundle(bundle=bdir, engine=bdir / "model.onnx", as_json=True, out=Console(file=buf, width=400))
+    record = json.loads(buf.getvalue())
+    assert code == 0 and record["accuracy"]["max_abs_err"] < 1e-3
+    if "outputs" in record["accuracy"]:  # per-output scoring lives in validate.py (helper "pipe")
+        assert [o["name"] for o in record["accuracy"]["outputs"]] == ["boxes", "scores"]
