@@ -116,6 +116,11 @@ def test_fuse_failure_names_the_output_that_broke():
     by_name = {o["name"]: o for o in per_output}
     assert by_name["boxes"]["max_rel_err"] < 1e-5 and by_name["scores"]["max_rel_err"] > 1e-3
     assert max_rel == by_name["scores"]["max_rel_err"]
+    import dataclasses
+
+    report = dataclasses.replace(result.report, per_output=per_output, max_rel_err=max_rel)
+    assert not report.passed(1e-4) and report.failed_outputs(1e-4) == ["scores"]
+    assert report.failure(1e-4) == "in output 'scores'"
 
 
 def test_export_names_every_output_with_a_dynamic_batch(exported):

@@ -42,13 +42,16 @@ class FuseReport:
     def passed(self, tol: float = 1e-4) -> bool:
         return self.max_rel_err <= tol
 
-    def failure(self, tol: float = 1e-4) -> str | None:
-        """Which outputs broke `tol` ("output 'scores' relative error 0.3 > tol 0.0001 (max abs 0.2)"), or None."""
-        if self.passed(tol):
-            return None
-        from ..output_errors import describe_failures
+    def failed_outputs(self, tol: float = 1e-4) -> list[str]:
+        """The names of the outputs whose relative error exceeds `tol`, worst first."""
+        from ..output_errors import over_tolerance
 
-        return describe_failures(self.per_output, tol) or f"relative error {self.max_rel_err:.3g} > tol {tol:g}"
+        return [r["name"] for r in over_tolerance(self.per_output, tol)]
+
+    def failure(self, tol: float = 1e-4) -> str:
+        """"in output 'scores'" / "in outputs 'boxes', 'scores'": where the error over `tol` is (empty if nowhere)."""
+        names = self.failed_outputs(tol)
+        return f"in output{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}" if names else ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
