@@ -98,9 +98,7 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
         dims = b.manifest["input"]["shape"]
         engine_batch = int(dims[0]) if dims and dims[0] else 32
         lat = b.manifest["profile"].get("latency") or {}
-        reference = Reference(outputs=ref, labels=labels, source=source, limit=None)
-        # every output, by name (validate.Reference carries them as outputs_all / output_names)
-        reference.outputs_all, reference.output_names = refs, names
+        reference = _reference(Reference, ref, refs, names, labels, source)
         record = engine_entry(runtime, prec, path=str(engine), status="ok", gate=gate_to_dict(gate),
                               gate_precision=gate_name, bundle=str(b.path))
         record.update(validate_runner(runner, reference, engine_batch=engine_batch, gate=gate,
@@ -137,6 +135,21 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
         verdict = "[green]passes[/]" if code == 0 else f"[red]FAILS[/] ({record.get('reason')})"
         out.print(f"  {verdict} the {gate_name} gate of {b.manifest['profile']['name']}", highlight=False)
     return code, record
+
+
+def _reference(cls: Any, ref: Any, refs: list[Any], names: list[str], labels: Any, source: Any) -> Any:
+    """A validate.Reference holding every output by name (outputs_all / output_names), given to the constructor
+    when it takes them (so what it derives from them is computed), else set on it."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls) if f.init} if dataclasses.is_dataclass(cls) else set()
+    extra = {"outputs_all": refs, "output_names": names}
+    if {"outputs_all", "output_names"} <= fields:
+        return cls(outputs=ref, labels=labels, source=source, limit=None, **extra)
+    reference = cls(outputs=ref, labels=labels, source=source, limit=None)
+    for key, value in extra.items():
+        setattr(reference, key, value)
+    return reference
 
 
 def require_outputs(runner: Any, names: list[str], engine: Path) -> None:
