@@ -392,3 +392,17 @@ def test_validate_bundle_takes_every_output(bundle):
     assert code == 0 and record["accuracy"]["max_abs_err"] < 1e-3
     if "outputs" in record["accuracy"]:  # per-output scoring lives in validate.py (helper "pipe")
         assert [o["name"] for o in record["accuracy"]["outputs"]] == ["boxes", "scores"]
+
+
+def test_isa_probe_returns_every_output(exported, tmp_path):
+    """The child process behind the target-ISA re-run saves every output, in ONNX order."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from edgerep import isa_check
+    from edgerep.backends import get_backend
+
+    info, _, exp = exported["dict"]
+    art = get_backend("onnxruntime").build(exp.sim_path, "fp32", out_dir=tmp_path)
+    x = np.random.default_rng(6).standard_normal((5, *SHAPE[1:])).astype(np.float32)
+    outs = isa_check.run_on_target_all(Path(art.path), x, 2, {"method": "native"})
+    _assert_close(outs, _torch_outputs(info, x))
+    np.testing.assert_array_equal(isa_check.run_on_target(Path(art.path), x, 2, {"method": "native"}), outs[0])
