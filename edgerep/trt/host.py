@@ -230,6 +230,7 @@ def bundle_reference(bundle_dir: Path, reference: Any) -> None:
     carried = B.label_array(labels) is not None
     manifest["files"][B.REFERENCE] = digest
     manifest["reference"] = {"file": B.REFERENCE, "kind": "pytorch-unfused", "num_samples": int(taken),
+                             "task": getattr(reference, "task", None),
                              "of": n_ref, "labelled": carried,
                              "outputs": B.reference_outputs_entry(names, refs),
                              "data": reference.source.describe() if hasattr(reference.source, "describe") else None}
