@@ -71,7 +71,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, out_path: Path, *, opset: int, dynamic_batch: bool = False,
-                input_name: str = "input", output_names: list[str] | None = None,
+                input_name: str = "input", output_names: list[str] | None = None, output_name: str | None = None,
                 external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
                 verify: Callable[[Path], None] | None = None) -> Path:
     """Export `model` (put in eval mode) to ONNX at `out_path`, checked by onnx.checker, written atomically.
@@ -81,11 +81,14 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out_path: Path, *, opse
     return value: dict keys, else "output" for one and "output0".."outputK" for several), each with a
     dynamic batch axis when `dynamic_batch`. Returns the path. `verify(tmp_path)` may check the numbers
     before the file is moved into place. The exporter used is stored in the metadata ("edgerep.exporter").
+    `output_name` (one name) is the older spelling of `output_names=[output_name]`, for one-output models.
     """
     import onnx
 
     model.eval()
     out_path = Path(out_path)
+    if output_name is not None and output_names is None:
+        output_names = [output_name]
     own = model_output_names(model, example)
     names = list(output_names) if output_names is not None else own
     if len(names) != len(own):

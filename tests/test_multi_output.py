@@ -147,6 +147,8 @@ def test_single_output_keeps_its_name(tmp_path):
     model = _randomize_bn(nn.Sequential(RepVGGBlock(3, 4), nn.Conv2d(4, 2, 1)))
     path = export_onnx(model, torch.randn(SHAPE), tmp_path / "one.onnx", opset=17)
     assert [o.name for o in onnx.load(str(path)).graph.output] == ["output"]
+    path = export_onnx(model, torch.randn(SHAPE), tmp_path / "named.onnx", opset=17, output_name="output0")
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["output0"]
 
 
 def test_dynamo_exporter_gives_the_same_names(tmp_path, monkeypatch):
