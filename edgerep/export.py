@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from .artifacts import package_versions, write_sidecar
 from .errors import UserError
-from .onnx_files import EXTERNAL_DATA_THRESHOLD, onnx_sha256, save_onnx
+from .onnx_files import EXTERNAL_DATA_THRESHOLD, onnx_output_names, onnx_sha256, save_onnx
 
 # A serialized ModelProto must stay under 2 GiB (protobuf's limit); keep 64 MiB for the graph itself.
 SIMPLIFIERS = ("onnxsim", "onnxslim", "none")
@@ -41,10 +41,12 @@ class ExportResult:
     simplifier: str = "onnxsim"
     opset: int = 17
     notes: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=lambda: ["output"])  # the graph's outputs, in order
 
     def to_dict(self) -> dict[str, Any]:
         return {"onnx": str(self.onnx_path), "sim": str(self.sim_path), "checks": self.checks,
-                "exporter": self.exporter, "simplifier": self.simplifier, "opset": self.opset, "notes": self.notes}
+                "exporter": self.exporter, "simplifier": self.simplifier, "opset": self.opset, "notes": self.notes,
+                "output_names": self.output_names}
 
 
 # --- saving ----------------------------------------------------------------------------------------
@@ -69,29 +71,41 @@ def _first_line(exc: BaseException) -> str:
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, out_path: Path, *, opset: int, dynamic_batch: bool = False,
-                input_name: str = "input", output_name: str = "output",
+                input_name: str = "input", output_names: list[str] | None = None, output_name: str | None = None,
                 external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
                 verify: Callable[[Path], None] | None = None) -> Path:
     """Export `model` (put in eval mode) to ONNX at `out_path`, checked by onnx.checker, written atomically.
 
-    Returns the path. `verify(tmp_path)` may check the numbers before the file is moved into place.
-    The exporter used is stored in the model's metadata ("edgerep.exporter").
+    Every output the model returns (tensor, tuple/list, dict, nested) becomes a graph output, in
+    edgerep.outputs order and named by `output_names` (default: edgerep.outputs.output_names of the model's
+    return value: dict keys, else "output" for one and "output0".."outputK" for several), each with a
+    dynamic batch axis when `dynamic_batch`. Returns the path. `verify(tmp_path)` may check the numbers
+    before the file is moved into place. The exporter used is stored in the metadata ("edgerep.exporter").
+    `output_name` (one name) is the older spelling of `output_names=[output_name]`, for one-output models.
     """
     import onnx
 
     model.eval()
     out_path = Path(out_path)
+    if output_name is not None and output_names is None:
+        output_names = [output_name]
+    own = model_output_names(model, example)
+    names = list(output_names) if output_names is not None else own
+    if len(names) != len(own):
+        raise UserError(f"stage export: the model to export returns {len(own)} output(s) {own}, expected {names}; "
+                        f"the fused model must return what the original returns")
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=_ensure_dir(out_path.parent)))
     try:
         raw = work / "raw.onnx"
         exporter = _export_any(model, example, raw, opset=opset, dynamic_batch=dynamic_batch,
-                               input_name=input_name, output_name=output_name)
+                               input_name=input_name, output_names=names)
         proto = onnx.load(str(raw))  # pulls in external data the exporter may have split out
         got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         if got is None or got > opset:
             raise UserError(f"stage export: the {exporter} exporter wrote opset {got}, above the target's cap {opset}; "
                             f"pick a target with a higher opset or simplify the model's ops")
         _set_metadata(proto, {"edgerep.exporter": exporter, "edgerep.opset": str(opset)})
+        _require_output_names(proto, names, exporter)
         name_nodes_by_module(proto)
 
         def check_then_verify(tmp: Path) -> None:
@@ -102,6 +116,23 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out_path: Path, *, opse
         return save_onnx(proto, out_path, external_data_threshold=external_data_threshold, verify=check_then_verify)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def model_output_names(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The ONNX output names of `model` on `example` (edgerep.outputs.output_names of its return value)."""
+    from .outputs import output_names
+
+    with torch.no_grad():
+        return output_names(model(example))
+
+
+def _require_output_names(proto: Any, names: list[str], exporter: str) -> None:
+    """Both exporters must give the graph exactly `names`, in order (dropped or renamed outputs would make
+    every later per-output check compare the wrong tensors)."""
+    got = [o.name for o in proto.graph.output]
+    if got != names:
+        raise UserError(f"stage export: the {exporter} exporter wrote outputs {got}, expected {names}; "
+                        f"the model's outputs must be tensors (a tuple, list or dict of them)")
 
 
 def name_nodes_by_module(proto: Any) -> None:
@@ -151,18 +182,18 @@ def _set_metadata(proto: Any, items: dict[str, str]) -> None:
 
 
 def _export_any(model: nn.Module, example: torch.Tensor, path: Path, *, opset: int, dynamic_batch: bool,
-                input_name: str, output_name: str) -> str:
+                input_name: str, output_names: list[str]) -> str:
     """Try the TorchScript exporter, then the dynamo exporter; return which one wrote `path`."""
     try:
         _export_torchscript(model, example, path, opset=opset, dynamic_batch=dynamic_batch,
-                            input_name=input_name, output_name=output_name)
+                            input_name=input_name, output_names=output_names)
         return "torchscript"
     except (UserError, OSError):  # an OSError is the output folder (full, read-only), not the model
         raise
     except Exception as first:
         try:
             _export_dynamo(model, example, path, opset=opset, dynamic_batch=dynamic_batch,
-                           input_name=input_name, output_name=output_name)
+                           input_name=input_name, output_names=output_names)
             return "dynamo"
         except Exception as second:
             raise UserError(f"stage export: torch.onnx.export failed (TorchScript exporter: {_first_line(first)}; "
@@ -170,19 +201,19 @@ def _export_any(model: nn.Module, example: torch.Tensor, path: Path, *, opset: i
 
 
 def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, *, opset: int, dynamic_batch: bool,
-                        input_name: str, output_name: str) -> None:
-    axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
+                        input_name: str, output_names: list[str]) -> None:
+    axes = {name: {0: "batch"} for name in [input_name, *output_names]} if dynamic_batch else None
     with warnings.catch_warnings(), torch.no_grad():
         # torch >= 2.9 warns on every call that this exporter is "legacy"; the choice is deliberate (see top).
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=r".*feature will be removed.*")
         torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[input_name], output_names=[output_name], dynamic_axes=axes,
+                          input_names=[input_name], output_names=list(output_names), dynamic_axes=axes,
                           do_constant_folding=True)
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, *, opset: int, dynamic_batch: bool,
-                   input_name: str, output_name: str) -> None:
+                   input_name: str, output_names: list[str]) -> None:
     shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     if dynamic_batch and example.shape[0] == 1:  # a batch of 1 would be specialized to a constant
         example = example.expand(2, *example.shape[1:]).contiguous()
@@ -191,7 +222,7 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, *, opset
 
     with contextlib.redirect_stdout(sys.stderr):  # it prints progress on stdout, which `--json` needs clean
         torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, input_names=[input_name],
-                          output_names=[output_name], dynamic_shapes=shapes, external_data=True, verbose=False)
+                          output_names=list(output_names), dynamic_shapes=shapes, external_data=True, verbose=False)
 
 
 # --- simplify --------------------------------------------------------------------------------------
@@ -278,64 +309,68 @@ def ort_session(onnx_path: Path) -> Any:
     return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().float().numpy()
-    if isinstance(value, (list, tuple)):
-        return _as_numpy(value[0])
-    if isinstance(value, dict):
-        return _as_numpy(next(iter(value.values())))
-    return np.asarray(value, dtype=np.float32)
+def torch_reference(model: nn.Module) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """A numpy-in function running `model` in eval mode without gradients; returns every output as float32
+    numpy arrays in ONNX order (edgerep.outputs)."""
+    from .outputs import to_numpy_list
 
-
-def torch_reference(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """A numpy-in, numpy-out function running `model` in eval mode without gradients."""
     model.eval()
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray) -> list[np.ndarray]:
         with torch.no_grad():
-            return _as_numpy(model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))))
+            return to_numpy_list(model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))))
 
     return run
 
 
-def compare_onnx(onnx_path: Path, reference: Callable[[np.ndarray], np.ndarray] | nn.Module,
+def compare_onnx(onnx_path: Path, reference: Callable[[np.ndarray], Any] | nn.Module,
                  inputs: list[np.ndarray], *, stage: str, tol: float, reference_name: str = "PyTorch") -> dict:
-    """Run the ONNX file in ONNX Runtime (CPU) and compare with `reference` on each input.
+    """Run the ONNX file in ONNX Runtime (CPU) and compare every output with `reference` on each input.
 
-    The error is relative to the largest reference magnitude: max|ort - ref| / max|ref|, so one tolerance
-    fits logits of any scale. Raises UserError naming `stage` when it exceeds `tol`, a shape differs or
-    an output is not finite; else returns the numbers.
+    `reference(x)` returns the outputs in ONNX order (a list of arrays, or one array for a one-output model).
+    Each output's error is relative to its own largest reference magnitude: max|ort - ref| / max|ref|, so one
+    tolerance fits logits, scores and box coordinates alike. Raises UserError naming `stage` and the output
+    when one exceeds `tol`, a count or shape differs or an output is not finite; else returns the numbers:
+    max_abs_err / max_rel_err (the worst output's, today's keys) and `per_output`
+    [{name, shape, max_abs_err, max_rel_err}].
     """
+    from .output_errors import describe_failures, merge_errors, output_errors, worst_output
+
     ref_fn = torch_reference(reference) if isinstance(reference, nn.Module) else reference
     try:
         session = ort_session(Path(onnx_path))
     except Exception as exc:
         raise UserError(f"stage {stage}: ONNX Runtime cannot load {Path(onnx_path).name} ({_first_line(exc)})") from None
     input_name = session.get_inputs()[0].name
-    max_abs = max_rel = 0.0
+    names = [o.name for o in session.get_outputs()]
+    per_output: list[dict] = []
     shapes = []
     for x in inputs:
         x = np.ascontiguousarray(x, dtype=np.float32)
         try:
-            out = session.run(None, {input_name: x})[0]
+            outs = session.run(None, {input_name: x})
         except Exception as exc:
             raise UserError(f"stage {stage}: ONNX Runtime fails on input {list(x.shape)} ({_first_line(exc)})") from None
         ref = ref_fn(x)
-        if out.shape != ref.shape:
-            raise UserError(f"stage {stage}: ONNX output shape {list(out.shape)} differs from {reference_name} "
-                            f"{list(ref.shape)} on input {list(x.shape)}")
-        if not np.all(np.isfinite(out)):
-            raise UserError(f"stage {stage}: ONNX Runtime output holds NaN/Inf on input {list(x.shape)}")
-        err = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64)))) if out.size else 0.0
-        scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-12)
-        max_abs, max_rel = max(max_abs, err), max(max_rel, err / scale)
+        refs = [ref] if isinstance(ref, np.ndarray) else list(ref)
+        for name, out in zip(names, outs):
+            if not np.all(np.isfinite(out)):
+                raise UserError(f"stage {stage}: ONNX Runtime output '{name}' holds NaN/Inf on input {list(x.shape)}")
+        try:
+            found = output_errors(refs, outs, names, where=f"stage {stage}: ONNX")
+        except UserError as exc:
+            raise UserError(f"{exc.message} ({reference_name}, input {list(x.shape)})") from None
+        per_output = merge_errors(per_output, found)
         shapes.append(list(x.shape))
+    worst = worst_output(per_output)
+    max_rel = worst["max_rel_err"] if worst else 0.0
+    max_abs = max((r["max_abs_err"] for r in per_output), default=0.0)
     result = {"stage": stage, "reference": reference_name, "onnx": Path(onnx_path).name, "max_abs_err": max_abs,
-              "max_rel_err": max_rel, "tol": tol, "shapes": shapes, "passed": max_rel <= tol}
+              "max_rel_err": max_rel, "tol": tol, "shapes": shapes, "passed": max_rel <= tol,
+              "per_output": per_output}
     if not result["passed"] or math.isnan(max_rel):
-        raise UserError(f"stage {stage}: ONNX Runtime output differs from {reference_name}: relative error "
-                        f"{max_rel:.3g} > tol {tol:g} (max abs {max_abs:.3g}); the {stage} step changed the numbers")
+        raise UserError(f"stage {stage}: ONNX Runtime output differs from {reference_name}: "
+                        f"{describe_failures(per_output, tol)}; the {stage} step changed the numbers")
     return result
 
 
@@ -364,10 +399,15 @@ def export_pipeline(model_info: Any, fused: nn.Module, out_dir: Path, *, opset: 
     shape = tuple(model_info.input_shape)
     inputs = check_inputs(shape, dynamic_batch=dynamic_batch)
     fused_ref, original_ref = torch_reference(fused), torch_reference(model_info.module)
+    # the names come from the original model: the fused one must return the same outputs in the same order
+    names = model_output_names(model_info.module, torch.from_numpy(inputs[0]))
     checks: list[dict] = []
 
     def verify(stage: str) -> Callable[[Path], None]:
         def run(tmp: Path) -> None:
+            got = onnx_output_names(tmp)
+            if got != names:  # a simplifier that drops, renames or reorders outputs breaks every later check
+                raise UserError(f"stage {stage}: the graph's outputs are {got}, expected {names} (names and order)")
             found = [compare_onnx(tmp, fused_ref, inputs, stage=stage, tol=tol, reference_name="the fused PyTorch model")]
             try:
                 found.append(compare_onnx(tmp, original_ref, inputs, stage=stage, tol=tol,
@@ -384,7 +424,7 @@ def export_pipeline(model_info: Any, fused: nn.Module, out_dir: Path, *, opset: 
 
     example = torch.from_numpy(inputs[0])
     onnx_path = export_onnx(fused, example, out_dir / "model.onnx", opset=opset, dynamic_batch=dynamic_batch,
-                            external_data_threshold=external_data_threshold, verify=verify("export"))
+                            output_names=names, external_data_threshold=external_data_threshold, verify=verify("export"))
     exporter = _metadata(onnx_path).get("edgerep.exporter", "torchscript")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -396,7 +436,7 @@ def export_pipeline(model_info: Any, fused: nn.Module, out_dir: Path, *, opset: 
 
     common = {
         "stage": "export", "model": model_info.spec, "weights": model_info.weights, "input_shape": list(shape),
-        "input_name": "input", "output_name": "output", "opset": opset, "dynamic_batch": dynamic_batch,
+        "input_name": "input", "output_name": names[0], "output_names": names, "opset": opset, "dynamic_batch": dynamic_batch,
         "exporter": exporter, "tol": tol,
         "packages": package_versions("torch", "onnx", "onnxruntime", "onnxsim", "onnxslim"),
         **(extra or {}),
@@ -406,7 +446,7 @@ def export_pipeline(model_info: Any, fused: nn.Module, out_dir: Path, *, opset: 
                              "source_onnx_sha256": onnx_sha256(onnx_path),
                              "checks": checks})
     return ExportResult(onnx_path=onnx_path, sim_path=sim_path, checks=checks, exporter=exporter, simplifier=used,
-                        opset=opset, notes=notes)
+                        opset=opset, notes=notes, output_names=names)
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -450,6 +490,10 @@ def run_export(*, model: str, weights: Path | None, input_shape: str | None, num
     for check in result.checks:
         out.print(f"{check['stage']:<9} vs {check['reference']:<8} max rel err {check['max_rel_err']:.2e} "
                   f"(tol {check['tol']:g})  ok", highlight=False)
+        if len(check.get("per_output") or []) > 1:
+            for item in check["per_output"]:
+                out.print(f"{'':<9}    {item['name']} {item['shape']}: max rel err {item['max_rel_err']:.2e}",
+                          highlight=False)
     out.print(f"exported {info.spec} with the {result.exporter} exporter (opset {result.opset}, "
               f"{'dynamic' if dynamic else 'static'} batch), simplified with {result.simplifier}:", highlight=False)
     out.print(f"  {result.onnx_path}\n  {result.sim_path}", highlight=False)

@@ -74,7 +74,13 @@ def plan(backend: str, precision: str, target: str, settings: dict[str, Any] | N
 
 
 def run_on_target(engine: Path, inputs: np.ndarray, batch: int, how: dict[str, Any]) -> np.ndarray:
-    """Run `engine` on `inputs` in a child process the way `how` (from plan()) says; returns its outputs."""
+    """Run `engine` on `inputs` in a child process the way `how` (from plan()) says; returns its first output."""
+    return run_on_target_all(engine, inputs, batch, how)[0]
+
+
+def run_on_target_all(engine: Path, inputs: np.ndarray, batch: int, how: dict[str, Any]) -> list[np.ndarray]:
+    """Run `engine` on `inputs` in a child process the way `how` (from plan()) says; returns every output, in
+    ONNX order."""
     env = {**os.environ, **how.get("env", {})}
     # The child must find this very edgerep (a source checkout may not be the installed one).
     package_root = str(Path(__file__).resolve().parent.parent)
@@ -84,21 +90,29 @@ def run_on_target(engine: Path, inputs: np.ndarray, batch: int, how: dict[str, A
         np.save(work / "x.npy", np.ascontiguousarray(inputs, dtype=np.float32))
         # sys.executable is the real interpreter (not a shell shim), which qemu-user needs.
         cmd = [*how.get("command_prefix", []), sys.executable, "-m", "edgerep.isa_probe", str(engine),
-               str(work / "x.npy"), str(work / "y.npy"), str(batch)]
+               str(work / "x.npy"), str(work / "y.npz"), str(batch)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(f"{how['method']} run failed: {tail[0][:200]}")
-        return np.load(work / "y.npy")
+        with np.load(work / "y.npz", allow_pickle=False) as data:
+            return [np.asarray(data[f"out{k}"]) for k in range(len(data.files))]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def run_check(artifact: Any, source: Any, *, target: str, engine_batch: int,
               limit: int | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Where the engine is validated, {"target", "measured_on", "method", "note"}, and its outputs on the first
-    samples of `source` run on the target's ISA where this machine can give such a run (else None).
-    validate.check_on_target_isa scores them."""
+    """run_check_all with the first output alone (or None)."""
+    record, outs = run_check_all(artifact, source, target=target, engine_batch=engine_batch, limit=limit)
+    return record, (outs[0] if outs is not None else None)
+
+
+def run_check_all(artifact: Any, source: Any, *, target: str, engine_batch: int,
+                  limit: int | None = None) -> tuple[dict[str, Any], list[np.ndarray] | None]:
+    """Where the engine is validated, {"target", "measured_on", "method", "note"}, and its outputs (every one, in
+    ONNX order) on the first samples of `source` run on the target's ISA where this machine can give such a run
+    (else None). validate.check_on_target_isa scores them."""
     host = host_cpu().isa or "avx2"
     how = plan(artifact.backend, artifact.precision, target, (artifact.info or {}).get("settings"), host)
     record: dict[str, Any] = {"target": target, "measured_on": host, "method": how["method"], "note": how["note"]}
@@ -106,8 +120,8 @@ def run_check(artifact: Any, source: Any, *, target: str, engine_batch: int,
         return record, None
     xs = [x for x, _ in source.iter_batches(64, limit=min(limit or MAX_SAMPLES, MAX_SAMPLES))]
     try:
-        out = run_on_target(Path(artifact.path), np.concatenate(xs), engine_batch, how)
+        outs = run_on_target_all(Path(artifact.path), np.concatenate(xs), engine_batch, how)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
         record.update(method="not-verified", note=f"{how['note']}: could not run ({str(exc)[:200]})")
         return record, None
-    return record, out
+    return record, outs

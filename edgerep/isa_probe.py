@@ -1,10 +1,11 @@
-"""Run one engine on saved inputs and save its first output: the child process behind isa_check.
+"""Run one engine on saved inputs and save its outputs: the child process behind isa_check.
 
 It runs where the parent cannot: under oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA is read once, when the CPU plugin
 loads) or inside qemu-user emulating a weaker CPU. It imports numpy and the one runtime it needs, nothing
 else of edgerep's pipeline, so it starts fast even under emulation.
 
-Usage: python -m edgerep.isa_probe ENGINE INPUTS.npy OUTPUT.npy BATCH
+Usage: python -m edgerep.isa_probe ENGINE INPUTS.npy OUTPUTS.npz BATCH
+OUTPUTS.npz holds every output of the engine in ONNX order as out0, out1, ... (runner.run_all).
 """
 from __future__ import annotations
 
@@ -27,11 +28,13 @@ def main(argv: list[str]) -> int:
     if pad:
         x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
     try:
-        out = [runner.run(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
+        chunks = [runner.run_all(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
     finally:
         runner.close()
-    tmp = output.with_name(output.name + ".partial.npy")
-    np.save(tmp, np.concatenate(out)[:n])
+    outputs = {f"out{k}": np.concatenate([c[k] for c in chunks])[:n] for k in range(len(chunks[0]))}
+    tmp = output.with_name(output.name + ".partial.npz")
+    with open(tmp, "wb") as f:  # np.savez on a path would append ".npz" to the temporary name
+        np.savez(f, **outputs)
     tmp.replace(output)
     return 0
 

@@ -148,7 +148,7 @@ def _check_forward(info: ModelInfo, *, shape_given: bool) -> None:
     x = torch.randn(*info.input_shape, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
-            info.module(x)
+            result = info.module(x)
     except Exception as exc:
         shape = "x".join(map(str, info.input_shape))
         if shape_given:
@@ -156,6 +156,23 @@ def _check_forward(info: ModelInfo, *, shape_given: bool) -> None:
                             f"pass the shape it expects") from exc
         raise UserError(f"--model {info.spec}: the forward failed on a {shape} input ({_one_line(exc)}); "
                         f"pass the shape it expects with --input-shape") from exc
+    check_outputs(result, info.spec)
+
+
+def check_outputs(result: Any, spec: str) -> list[str]:
+    """The names of a forward's outputs (edgerep.outputs order): a tensor, or a tuple, list or dict of them (nested
+    too). Anything else (a string, a number, an object) cannot be exported or compared: a one-line UserError."""
+    from .outputs import flatten_named
+
+    try:
+        named = flatten_named(result)
+    except UserError as exc:
+        raise UserError(f"--model {spec}: {exc.message}") from None
+    for name, value in named:
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"--model {spec}: output '{name}' of the forward is a {type(value).__name__}, not a "
+                            f"tensor; return a tensor, or a tuple, list or dict of tensors")
+    return [name for name, _ in named]
 
 
 # --- zoo -------------------------------------------------------------------------------------------

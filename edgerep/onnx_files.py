@@ -68,6 +68,14 @@ def onnx_input(onnx_path: Path, *, single: bool = False) -> tuple[str, list[int 
     return inputs[0].name, dims
 
 
+def onnx_output_names(onnx_path: Path) -> list[str]:
+    """The graph's output names, in order: the order every runner's `run_all` returns them in."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return [o.name for o in model.graph.output]
+
+
 def onnx_node_names(onnx_path: Path) -> list[str]:
     import onnx
 

@@ -354,7 +354,8 @@ def fuse_stage(log: StageLog, info: Any, *, seed: int, tol: float) -> tuple[Any,
         if not fused.report.passed(tol):
             st["status"] = "failed"
             raise FuseFailed(f"fuse: the fused model differs from the original (max relative error "
-                             f"{fused.report.max_rel_err:.3g} > {tol:g}); not building engines from it")
+                             f"{fused.report.max_rel_err:.3g} > {tol:g} {fused.report.failure(tol)}); "
+                             f"not building engines from it")
     return fused.model, fuse_info
 
 

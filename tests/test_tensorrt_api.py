@@ -176,7 +176,8 @@ def test_every_tensorrt_name_each_version_path_uses_is_bound(demo, tmp_path, mon
 
     sim, calib, int8_by_version, _ = demo
     input_name, dims = model_input(sim)
-    shapes = {input_name: tuple(int(d) for d in dims), "output": (int(dims[0]), 10)}
+    # a second output (as a detector has): every output is allocated, read and returned by name
+    shapes = {input_name: tuple(int(d) for d in dims), "output": (int(dims[0]), 10), "scores": (int(dims[0]), 3)}
     trt, log = fake_tensorrt(version, shapes)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     for name, module in fake_pycuda().items():
@@ -197,12 +198,16 @@ def test_every_tensorrt_name_each_version_path_uses_is_bound(demo, tmp_path, mon
                            dla_core=dla_core if precision != "fp32" else None, timing_cache=None,
                            info={"settings": {}})
         assert art.path.read_bytes() == b"plan" and art.sidecar.is_file()
-    runner = TensorRTRunner(art.path)
+    runner = TensorRTRunner(art.path, output_names=["scores", "output"])
     out = runner.run(np.zeros(shapes[input_name], np.float32))
-    assert out.shape == shapes["output"] and len(runner.latency(np.zeros(shapes[input_name], np.float32), 1, 2)) == 2
+    assert runner.output_names == ["scores", "output"] and out.shape == shapes["scores"]
+    assert [o.shape for o in runner.run_all(np.zeros(shapes[input_name], np.float32))] == [shapes["scores"],
+                                                                                          shapes["output"]]
+    assert len(runner.latency(np.zeros(shapes[input_name], np.float32), 1, 2)) == 2
     runner.close()
     check = runpy.run_path(str(TRT_DATA / "check_engine.py"))
-    assert check["run_engine"](str(art.path), np.zeros(shapes[input_name], np.float32), 1).shape == shapes["output"]
+    outs = check["run_engine"](str(art.path), np.zeros(shapes[input_name], np.float32), 1, ["scores", "output"])
+    assert [o.shape for o in outs] == [shapes["scores"], shapes["output"]]
 
     feats = api_features(parse_version(version))
     assert ("execute_async_v3" in log) == feats.tensor_api and ("execute_async_v2" in log) == (not feats.tensor_api)

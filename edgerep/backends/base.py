@@ -8,7 +8,8 @@ A backend module `edgerep/backends/<name>.py` defines `BACKEND`, an object with:
   build(onnx_path, precision, *, out_dir, profile, calib=None, options=None) -> Artifact
                                     builds one engine from the simplified ONNX; writes it atomically
                                     (temporary name, then rename) with a sidecar JSON beside it.
-  load(artifact) -> Runner          an object that runs the engine on NCHW float32 numpy batches.
+  load(artifact) -> Runner          an object that runs the engine on NCHW float32 numpy batches: `run` (the
+                                    first output), `run_all` (every output, ONNX order), `output_names`.
 Heavy imports (openvino, onnxruntime, tensorrt, nncf) happen inside these methods, never at import.
 """
 from __future__ import annotations
@@ -24,9 +25,13 @@ from ..artifacts import Artifact  # noqa: F401 (part of the contract)
 @runtime_checkable
 class Runner(Protocol):
     input_name: str
+    output_names: list[str]  # every output of the engine, in the ONNX graph's order
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run one NCHW float32 batch; returns the first output as float32."""
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run one NCHW float32 batch; returns every output as float32, in `output_names` order."""
 
     def close(self) -> None: ...
 

@@ -121,11 +121,18 @@ class OrtRunner:
         except Exception as exc:
             raise UserError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: {str(exc)[:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names: list[str] = [o.name for o in self.session.get_outputs()]  # ONNX graph order
         self.path = path
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        """The first output."""
+        out = self.session.run(self.output_names[:1], {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
         return np.asarray(out, dtype=np.float32)
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output, in ONNX order (self.output_names)."""
+        outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return [np.asarray(o, dtype=np.float32) for o in outs]
 
     def latency(self, batch: np.ndarray, warmup: int, iterations: int) -> list[float]:
         feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}

@@ -19,6 +19,7 @@ import numpy as np
 from ..artifacts import Artifact, atomic_files, write_sidecar
 from ..cpu import int16_saturation_risk, target_isa
 from ..errors import UserError
+from ..onnx_files import onnx_output_names
 from ..threads import runtime_threads
 from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input, require_available,
@@ -65,7 +66,9 @@ class OpenVINOBackend:
         except Exception as exc:
             raise UserError(f"openvino: cannot convert {onnx_path.name} ({type(exc).__name__}: {_line(exc)})") from None
         settings: dict[str, Any] = {"compress_to_fp16": precision == "fp16",
-                                    "inference_precision": _inference_precision(precision)}
+                                    "inference_precision": _inference_precision(precision),
+                                    # the ONNX outputs in graph order: the runner returns its ports in this order
+                                    "output_names": onnx_output_names(onnx_path)}
         if precision == "int8":
             require_calib(calib, self.name)
             model, quant = _quantize(model, onnx_path, calib, profile, options)
@@ -87,8 +90,9 @@ class OpenVINOBackend:
         require_available(self)
         if artifact.path is None or not Path(artifact.path).is_file():
             raise UserError(f"{artifact.path}: engine file not found; build it first")
-        hint = (artifact.info.get("settings") or {}).get("inference_precision") or _inference_precision(artifact.precision)
-        return OpenVINORunner(Path(artifact.path), hint)
+        settings = artifact.info.get("settings") or {}
+        hint = settings.get("inference_precision") or _inference_precision(artifact.precision)
+        return OpenVINORunner(Path(artifact.path), hint, output_names=settings.get("output_names"))
 
 
 def _line(exc: BaseException) -> str:
@@ -106,9 +110,13 @@ def _inference_precision(precision: str) -> str:
 
 
 class OpenVINORunner:
-    """A model compiled for the CPU; `run` and `latency` use synchronous infer requests."""
+    """A model compiled for the CPU; `run`, `run_all` and `latency` use synchronous infer requests.
 
-    def __init__(self, path: Path, inference_precision: str = "f32") -> None:
+    Outputs are found by their tensor names on the compiled model's ports (the ONNX frontend keeps the ONNX
+    output names), in the order of `output_names` when given (the ONNX graph's, recorded at build), else in
+    port order; never by the order of the result dict."""
+
+    def __init__(self, path: Path, inference_precision: str = "f32", *, output_names: list[str] | None = None) -> None:
         import openvino as ov
         import openvino.properties.hint as hints
 
@@ -125,12 +133,19 @@ class OpenVINORunner:
             raise UserError(f"{path}: OpenVINO cannot compile it ({type(exc).__name__}: {_line(exc)})") from None
         self.request = self.compiled.create_infer_request()
         self.input_name = self.compiled.input(0).get_any_name()
+        self.output_names, self._ports = _output_ports(self.compiled, output_names, path)
         self.inference_precision = inference_precision
         self.path = path
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        """The first output."""
         result = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return np.array(result[self.compiled.output(0)], dtype=np.float32)  # copy: the request reuses its buffer
+        return np.array(result[self._ports[0]], dtype=np.float32)  # copy: the request reuses its buffer
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output, in `output_names` order."""
+        result = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return [np.array(result[port], dtype=np.float32) for port in self._ports]
 
     def latency(self, batch: np.ndarray, warmup: int, iterations: int) -> list[float]:
         feed = {0: np.ascontiguousarray(batch, dtype=np.float32)}
@@ -139,6 +154,27 @@ class OpenVINORunner:
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+def _output_ports(compiled: Any, wanted: list[str] | None, path: Path) -> tuple[list[str], list[Any]]:
+    """(names, ports) of the compiled model's outputs: in `wanted` order, each port found by its tensor names;
+    without `wanted` (an IR built before the names were recorded), in port order under each port's first name."""
+    ports = list(compiled.outputs)
+    if not wanted:
+        return [_port_name(p, i) for i, p in enumerate(ports)], ports
+    by_name = {name: port for port in ports for name in port.get_names()}
+    missing = [name for name in wanted if name not in by_name]
+    if missing or len(wanted) != len(ports):
+        raise UserError(f"{path}: the compiled model's outputs {[_port_name(p, i) for i, p in enumerate(ports)]} "
+                        f"do not match the ONNX outputs {wanted} recorded at build (missing: {missing}); rebuild it")
+    return list(wanted), [by_name[name] for name in wanted]
+
+
+def _port_name(port: Any, index: int) -> str:
+    try:
+        return str(port.get_any_name())
+    except RuntimeError:  # a port without tensor names
+        return f"output{index}"
 
 
 # --- INT8 through NNCF -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..artifacts import Artifact
 from ..errors import UserError
+from ..onnx_files import onnx_output_names
 from ..targets import BACKEND_CAPABILITIES
 
 KNOWN_OPTIONS = {"ignored_nodes", "calib_method", "num_samples", "int8_mode", "dla_core", "timing_cache",
@@ -77,7 +78,9 @@ class TensorRTBackend:
             fp16_onnx = host.prepare_fp16(onnx_path, host_dir)
         settings = {"trt_version": version_str(version), "int8_mode": int8_mode if precision == "int8" else None,
                     "dla_core": dla_core if precision != "fp32" else None, "workspace_mb": trt_settings.workspace_mb,
-                    "calib_method": int8["method"] if int8 else None}
+                    "calib_method": int8["method"] if int8 else None,
+                    # the ONNX outputs in graph order: the runner's run_all returns the engine's outputs in it
+                    "output_names": onnx_output_names(Path(onnx_path))}
         info: dict[str, Any] = {"settings": settings, "qdq": str(int8["qdq"]) if int8 else None,
                                 "calibration_cache": str(int8["cache"]) if int8 else None}
 
@@ -103,8 +106,10 @@ class TensorRTBackend:
             raise UserError(f"tensorrt {artifact.precision}: no engine (status {artifact.status}: {artifact.reason})")
         return self.load_checked(Path(artifact.path), read_sidecar(Path(artifact.path)))
 
-    def load_checked(self, engine: Path, side: dict[str, Any] | None, *, onnx_sha256: str | None = None) -> Any:
-        """Load a plan after the sidecar guard: a plan from another TensorRT or GPU is refused, not run."""
+    def load_checked(self, engine: Path, side: dict[str, Any] | None, *, onnx_sha256: str | None = None,
+                     output_names: list[str] | None = None) -> Any:
+        """Load a plan after the sidecar guard: a plan from another TensorRT or GPU is refused, not run.
+        `output_names` (the ONNX order; default: the sidecar's) orders the runner's run_all."""
         from ..trt.gpu import running_environment
         from ..trt.guard import guard_engine
         from ..trt.runner import TensorRTRunner
@@ -113,7 +118,8 @@ class TensorRTBackend:
         if reason is not None:
             raise UserError(f"--engine {engine}: {reason}")
         guard_engine(engine, side, running_environment(), onnx_sha256=onnx_sha256)
-        return TensorRTRunner(engine, dla_core=(side or {}).get("dla_core"))
+        names = output_names or ((side or {}).get("settings") or {}).get("output_names")
+        return TensorRTRunner(engine, dla_core=(side or {}).get("dla_core"), output_names=names)
 
 
 BACKEND = TensorRTBackend()

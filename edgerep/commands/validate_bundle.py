@@ -37,7 +37,8 @@ def load_engine_runner(engine: Path, bundle: Any) -> tuple[Any, dict[str, Any] |
         raise UserError(f"--engine {engine}: {reason}")
     side = read_sidecar(engine)
     onnx_name = next((e["onnx"] for e in bundle.manifest.get("engines", []) if e["engine"] == engine.name), None)
-    runner = TRT.load_checked(engine, side, onnx_sha256=bundle.manifest["files"].get(onnx_name) if onnx_name else None)
+    runner = TRT.load_checked(engine, side, onnx_sha256=bundle.manifest["files"].get(onnx_name) if onnx_name else None,
+                              output_names=bundle.manifest.get("output_names") or None)
     return runner, side, "tensorrt"
 
 
@@ -78,16 +79,18 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
                   out: Any = None) -> tuple[int, dict[str, Any]]:
     """One engine against the bundle's reference: (exit code, its record)."""
     from ..report import engine_entry
-    from ..trt.bundle import load_bundle, read_reference
+    from ..trt.bundle import load_bundle, read_reference_all
     from ..validate import Reference, gate_to_dict, validate_runner
 
     b = load_bundle(Path(bundle))
-    source, ref, labels = read_reference(b)
+    source, names, refs, labels = read_reference_all(b)
+    ref = refs[0]
     engine = Path(engine)
     if not engine.is_file() and not engine.is_absolute() and (b.path / engine).is_file():
         engine = b.path / engine  # `--bundle DIR --engine model.onnx`: the engine's name inside the bundle
     runner, side, runtime = load_engine_runner(engine, b)
     try:
+        require_outputs(runner, names, engine)
         prec = precision or engine_precision(b, Path(engine), side)
         gates = b.manifest["profile"].get("gates") or {}
         gate_name = prec if prec in gates else min(gates, key=lambda k: ("fp32", "fp16", "int8").index(k)) if gates else None
@@ -95,7 +98,7 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
         dims = b.manifest["input"]["shape"]
         engine_batch = int(dims[0]) if dims and dims[0] else 32
         lat = b.manifest["profile"].get("latency") or {}
-        reference = Reference(outputs=ref, labels=labels, source=source, limit=None)
+        reference = _reference(Reference, ref, refs, names, labels, source)
         record = engine_entry(runtime, prec, path=str(engine), status="ok", gate=gate_to_dict(gate),
                               gate_precision=gate_name, bundle=str(b.path))
         record.update(validate_runner(runner, reference, engine_batch=engine_batch, gate=gate,
@@ -119,6 +122,10 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
         out.print(f"  max abs err {acc['max_abs_err']:.3g}, cosine {acc['cosine']:.6f}, top-1 agreement "
                   f"{_pct(acc.get('top1_agreement'))}" + (f", top-1 {_pct(acc.get('top1'))} (reference "
                   f"{_pct(acc.get('ref_top1'))})" if acc.get("top1") is not None else ""), highlight=False)
+        for item in acc.get("outputs") or []:
+            if len(acc["outputs"]) > 1:
+                out.print(f"  output {item['name']} {item.get('shape')}: max abs err {item['max_abs_err']:.3g}, "
+                          f"cosine {item['cosine']:.6f}", highlight=False)
         if latency.get("p50") is not None:
             out.print(f"  latency p50 {latency['p50']:.3f} ms, p99 {latency['p99']:.3f} ms (batch {engine_batch})",
                       highlight=False)
@@ -128,6 +135,32 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
         verdict = "[green]passes[/]" if code == 0 else f"[red]FAILS[/] ({record.get('reason')})"
         out.print(f"  {verdict} the {gate_name} gate of {b.manifest['profile']['name']}", highlight=False)
     return code, record
+
+
+def _reference(cls: Any, ref: Any, refs: list[Any], names: list[str], labels: Any, source: Any) -> Any:
+    """A validate.Reference holding every output by name (outputs_all / output_names), given to the constructor
+    when it takes them (so what it derives from them is computed), else set on it."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls) if f.init} if dataclasses.is_dataclass(cls) else set()
+    extra = {"outputs_all": refs, "output_names": names}
+    if {"outputs_all", "output_names"} <= fields:
+        return cls(outputs=ref, labels=labels, source=source, limit=None, **extra)
+    reference = cls(outputs=ref, labels=labels, source=source, limit=None)
+    for key, value in extra.items():
+        setattr(reference, key, value)
+    return reference
+
+
+def require_outputs(runner: Any, names: list[str], engine: Path) -> None:
+    """The engine must have every reference output, by name (its run_all is then in the reference's order)."""
+    have = list(getattr(runner, "output_names", None) or [])
+    if have and have != names:
+        if sorted(have) != sorted(names):
+            raise UserError(f"--engine {engine}: its outputs {have} are not the bundle reference's {names}; "
+                            f"build it from this bundle's ONNX")
+        raise UserError(f"--engine {engine}: its outputs {have} come in another order than the bundle "
+                        f"reference's {names}; build it from this bundle's ONNX")
 
 
 def _pct(value: Any) -> str:

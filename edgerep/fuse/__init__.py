@@ -35,9 +35,23 @@ class FuseReport:
     regions: list[FusedRegion] = field(default_factory=list)
     unfused: list[Unfused] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # every output of the model: [{name, shape, max_abs_err, max_rel_err}] in ONNX order (edgerep.outputs names);
+    # max_abs_err / max_rel_err above are the worst output's
+    per_output: list[dict[str, Any]] = field(default_factory=list)
 
     def passed(self, tol: float = 1e-4) -> bool:
         return self.max_rel_err <= tol
+
+    def failed_outputs(self, tol: float = 1e-4) -> list[str]:
+        """The names of the outputs whose relative error exceeds `tol`, worst first."""
+        from ..output_errors import over_tolerance
+
+        return [r["name"] for r in over_tolerance(self.per_output, tol)]
+
+    def failure(self, tol: float = 1e-4) -> str:
+        """"in output 'scores'" / "in outputs 'boxes', 'scores'": where the error over `tol` is (empty if nowhere)."""
+        names = self.failed_outputs(tol)
+        return f"in output{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}" if names else ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,14 +110,14 @@ def fuse(model: nn.Module, example_inputs: Any, *, check_shapes: list[tuple[int,
         method = "modules"
     fused.eval()
     shapes = check_shapes or check.check_shapes(tuple(example.shape))
-    max_abs, max_rel, checked, shape_notes = check.compare(reference, fused, shapes)
+    max_abs, max_rel, checked, shape_notes, per_output = check.compare(reference, fused, shapes)
     notes.extend(shape_notes)
     report = FuseReport(
         max_abs_err=max_abs, max_rel_err=max_rel, checked_shapes=checked,
         ops_before=ops_before, ops_after=check.op_histogram(fused, example),
         params_before=check.param_count(reference), params_after=check.param_count(fused),
         flops_before=check.flop_count(reference, example), flops_after=check.flop_count(fused, example),
-        method=method, regions=regions, unfused=unfused, notes=notes,
+        method=method, regions=regions, unfused=unfused, notes=notes, per_output=per_output,
     )
     return FuseResult(fused, report)
 
@@ -217,10 +231,16 @@ def _become_plain_conv(module: nn.Module, gm: fx.GraphModule) -> bool:
 def _same_output(original: nn.Module, fused: nn.Module, x: torch.Tensor, tol: float = 1e-4) -> None:
     """Refuse to graft a fused submodule that does not reproduce the original on its recorded input."""
     with torch.no_grad():
-        ref, out = check._first_tensor(original(x)), check._first_tensor(fused(x))
-    err = (ref.double() - out.double()).abs().max().item() / max(ref.double().abs().max().item(), 1e-12)
-    if err > tol:
-        raise ValueError(f"its fused form differs by {err:.3g} (relative) on the recorded input")
+        ref, out = original(x), fused(x)
+    names, refs = check.named_arrays(ref)
+    outs = check.named_arrays(out)[1]
+    if len(outs) != len(refs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
+        raise ValueError("its fused form returns other outputs than the original on the recorded input")
+    from ..output_errors import describe_failures, output_errors
+
+    bad = describe_failures(output_errors(refs, outs, names, where="fused submodule"), tol)
+    if bad:
+        raise ValueError(f"its fused form differs on the recorded input: {bad}")
 
 
 class _CallableModule(types.ModuleType):

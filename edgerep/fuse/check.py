@@ -10,6 +10,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..output_errors import merge_errors, output_errors, worst_output
+from ..outputs import flatten_named
+
 _MODULE_KINDS: dict[type, str] = {
     nn.BatchNorm1d: "batch_norm", nn.BatchNorm2d: "batch_norm", nn.ReLU: "relu", nn.ReLU6: "relu6",
     nn.SiLU: "silu", nn.GELU: "gelu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
@@ -129,15 +132,17 @@ def check_shapes(example_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 
 def compare(reference: nn.Module, candidate: nn.Module, shapes: list[tuple[int, ...]], seed: int = 0
-            ) -> tuple[float, float, list[list[int]], list[str]]:
-    """Max abs and max relative (to the output's largest magnitude) error on fresh random inputs.
+            ) -> tuple[float, float, list[list[int]], list[str], list[dict[str, Any]]]:
+    """Max abs and max relative error on fresh random inputs, over every output of the model.
 
-    Returns (max_abs_err, max_rel_err, shapes checked, notes on shapes the original itself rejects).
+    Each output is measured against its own largest magnitude (edgerep.output_errors); the overall numbers
+    are the worst output's. Returns (max_abs_err, max_rel_err, shapes checked, notes on shapes the original
+    itself rejects, per-output records [{name, shape, max_abs_err, max_rel_err}] in ONNX order).
     """
     gen = torch.Generator().manual_seed(seed)
-    max_abs = max_rel = 0.0
     checked: list[list[int]] = []
     notes: list[str] = []
+    per_output: list[dict[str, Any]] = []
     for shape in shapes:
         x = torch.randn(*shape, generator=gen)
         with torch.no_grad():
@@ -147,19 +152,17 @@ def compare(reference: nn.Module, candidate: nn.Module, shapes: list[tuple[int, 
                 notes.append(f"{'x'.join(map(str, shape))}: the original rejects it ({type(exc).__name__})")
                 continue
             out = candidate(x)
-        ref_t, out_t = _first_tensor(ref), _first_tensor(out)
-        err = (ref_t.double() - out_t.double()).abs().max().item()
-        scale = max(ref_t.double().abs().max().item(), 1e-12)
-        max_abs, max_rel = max(max_abs, err), max(max_rel, err / scale)
+        names, refs = named_arrays(ref)
+        found = output_errors(refs, named_arrays(out)[1], names, where="fuse: the fused model's")
+        per_output = merge_errors(per_output, found)
         checked.append(list(shape))
-    return max_abs, max_rel, checked, notes
+    worst = worst_output(per_output)
+    max_abs = max((r["max_abs_err"] for r in per_output), default=0.0)
+    return max_abs, (worst["max_rel_err"] if worst else 0.0), checked, notes, per_output
 
 
-def _first_tensor(value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (list, tuple)):
-        return _first_tensor(value[0])
-    if isinstance(value, dict):
-        return _first_tensor(next(iter(value.values())))
-    raise TypeError(f"model output of type {type(value).__name__}")
+def named_arrays(value: Any) -> tuple[list[str], list[Any]]:
+    """(names, float64 numpy arrays) of the tensors in a model's (or submodule's) return value, in ONNX order;
+    leaves that are not tensors (a submodule may return sizes) are left out."""
+    pairs = [(n, t) for n, t in flatten_named(value) if isinstance(t, torch.Tensor)]
+    return [n for n, _ in pairs], [t.detach().double().cpu().numpy() for _, t in pairs]

@@ -77,6 +77,9 @@ def report_table(report: FuseReport, tol: float) -> Table:
     verdict = "[green]ok[/]" if report.passed(tol) else f"[red]over --tol {tol:g}[/]"
     table.add_row("max abs err", "", f"{report.max_abs_err:.3g}")
     table.add_row("max rel err", verdict, f"{report.max_rel_err:.3g}")
+    if len(report.per_output) > 1:  # one row per output: which of a detector's heads moved
+        for item in report.per_output:
+            table.add_row(f"  {item['name']} {list(item['shape'])}", "rel err", f"{item['max_rel_err']:.3g}")
     return table
 
 
@@ -109,7 +112,7 @@ def run_fuse(*, model: str, weights: Path | None, input_shape: str | None, num_c
             out.print(f"wrote {paths['weights']} and {paths['program']}", highlight=False)
     if not passed:
         console.print(f"[bold red]error:[/] the fused model differs from the original by {result.report.max_rel_err:.3g} "
-                      f"(relative), over --tol {tol:g}; nothing is wrong with your input: please report this model",
+                      f"(relative), over --tol {tol:g} {result.report.failure(tol)}; nothing is wrong with your input: please report this model",
                       soft_wrap=True, highlight=False)
         return 1
     return 0

@@ -7,7 +7,8 @@ without PyTorch and without edgerep's build machinery.
     model.qdq.onnx       INT8 Q/DQ in TensorRT's conventions (qdq-mode INT8 engines start here)
     model.fp16.onnx      float16 graph for TensorRT 11+ (strongly typed FP16)
     calib.cache          TensorRT calibration cache (+ calib.cache.json sidecar), calib_ranges.json
-    reference.npz        x (inputs), ref (outputs of the unfused PyTorch model), y (labels, if any)
+    reference.npz        x (inputs), the unfused PyTorch model's outputs: ref (the first), ref1, ref2, ... (the
+                         others; bundle.json's reference.outputs maps each key to its ONNX output name), y (labels)
     profile.toml         the target profile
     build.sh             builds the engines with trtexec, guarding the TensorRT version
     README.md            what to do on the device
@@ -32,7 +33,9 @@ from .trtexec import ONNX_FP16, ONNX_FP32, ONNX_QDQ, engine_name, engine_source,
 from .versions import Version, api_features, cache_header, parse_version, version_code, version_str
 
 BUNDLE_FORMAT = "edgerep-tensorrt-bundle"
-BUNDLE_SCHEMA = 1
+# 2: every model output carried (reference.outputs, output_names); 1 (one output, "ref") still reads
+BUNDLE_SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
 MANIFEST = "bundle.json"
 REFERENCE = "reference.npz"
 CHECK_SCRIPT = "check_engine.py"  # standalone engine check for Pythons older than edgerep's (JetPack 4/5)
@@ -72,18 +75,50 @@ def copy_in(bundle_dir: Path, src: Path, name: str) -> str:
     return digest
 
 
-def write_reference(bundle_dir: Path, x: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> str:
+def reference_keys(count: int) -> list[str]:
+    """The reference.npz keys of a model's outputs: "ref" for the first (what schema-1 readers read), then
+    "ref1", "ref2", ... (positions, since output names need not be valid file names inside an npz)."""
+    return ["ref"] + [f"ref{i}" for i in range(1, count)]
+
+
+def write_reference(bundle_dir: Path, x: np.ndarray, ref: np.ndarray | list[np.ndarray],
+                    labels: Any | None) -> str:
+    """Write reference.npz: the inputs `x`, every reference output (`ref`: one array or the list in ONNX order),
+    and the labels when they are one array (class indices); returns its sha256."""
     from ..artifacts import atomic_path
 
-    arrays: dict[str, np.ndarray] = {"x": np.ascontiguousarray(x, dtype=np.float32),
-                                     "ref": np.ascontiguousarray(ref, dtype=np.float32)}
-    if labels is not None:
-        arrays["y"] = np.asarray(labels, dtype=np.int64)
+    refs = [ref] if isinstance(ref, np.ndarray) else list(ref)
+    arrays: dict[str, np.ndarray] = {"x": np.ascontiguousarray(x, dtype=np.float32)}
+    for key, out in zip(reference_keys(len(refs)), refs):
+        arrays[key] = np.ascontiguousarray(out, dtype=np.float32)
+    y = label_array(labels)
+    if y is not None:
+        arrays["y"] = y
     dst = Path(bundle_dir) / REFERENCE
     with atomic_path(dst) as tmp:
         with open(tmp, "wb") as f:  # np.savez on a path would append ".npz" to the temporary name
             np.savez(f, **arrays)
     return file_hash(dst)
+
+
+def label_array(labels: Any | None) -> np.ndarray | None:
+    """Labels as one int64 array (a classifier's class indices), or None: labels of another kind (a detector's
+    boxes per image) are not carried, the device check then scores agreement with the reference only."""
+    if labels is None:
+        return None
+    try:
+        arr = np.asarray(labels)
+    except (ValueError, TypeError):  # ragged per-image boxes
+        return None
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or arr.ndim != 1:
+        return None
+    return arr.astype(np.int64)
+
+
+def reference_outputs_entry(names: list[str], refs: list[np.ndarray]) -> list[dict[str, Any]]:
+    """The manifest's reference.outputs: [{name, key, shape}] in ONNX order."""
+    return [{"name": name, "key": key, "shape": list(out.shape)}
+            for name, key, out in zip(names, reference_keys(len(refs)), refs)]
 
 
 def reference_limit(sample_shape: tuple[int, ...], available: int) -> int:
@@ -120,7 +155,7 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Path:
 
 
 def new_manifest(profile: Any, version: Version, *, input_name: str, input_shape: list[Any],
-                 output_name: str | None) -> dict[str, Any]:
+                 output_name: str | None, output_names: list[str] | None = None) -> dict[str, Any]:
     from .. import __version__
 
     return {
@@ -130,6 +165,7 @@ def new_manifest(profile: Any, version: Version, *, input_name: str, input_shape
         "trt_version_spec": str(profile.tensorrt.version),
         "cache_header": cache_header(version), "int8_mode": profile.tensorrt.int8_mode,
         "input": {"name": input_name, "shape": list(input_shape)}, "output_name": output_name,
+        "output_names": list(output_names) if output_names else ([output_name] if output_name else []),
         "files": {}, "engines": [], "reference": None, "calibration": None, "predictions": {},
     }
 
@@ -148,7 +184,7 @@ def load_bundle(path: Path) -> Bundle:
         raise UserError(f"--bundle {path}: {MANIFEST} is not readable JSON ({exc}); re-run edgerep build") from None
     if manifest.get("format") != BUNDLE_FORMAT:
         raise UserError(f"--bundle {path}: {MANIFEST} is not an edgerep TensorRT bundle manifest")
-    if manifest.get("schema") != BUNDLE_SCHEMA:
+    if manifest.get("schema") not in READABLE_SCHEMAS:
         raise UserError(f"--bundle {path}: bundle schema {manifest.get('schema')} (this edgerep reads {BUNDLE_SCHEMA}); "
                         f"use the edgerep version that wrote it ({manifest.get('edgerep_version')})")
     for name, digest in (manifest.get("files") or {}).items():
@@ -162,18 +198,31 @@ def load_bundle(path: Path) -> Bundle:
 
 
 def read_reference(bundle: Bundle) -> tuple[Any, np.ndarray, np.ndarray | None]:
-    """(a streaming DataSource over the reference inputs, reference outputs, labels)."""
+    """(a streaming DataSource over the reference inputs, the first reference output, labels)."""
+    source, _, refs, labels = read_reference_all(bundle)
+    return source, refs[0], labels
+
+
+def read_reference_all(bundle: Bundle) -> tuple[Any, list[str], list[np.ndarray], np.ndarray | None]:
+    """(a streaming DataSource over the reference inputs, output names, every reference output in ONNX order,
+    labels). A schema-1 bundle carries one output, "ref", named by the manifest's output_name."""
     from ..data import open_data
 
     if not bundle.manifest.get("reference") or REFERENCE not in bundle.manifest.get("files", {}):
         raise UserError(f"--bundle {bundle.path}: it carries no reference outputs (the build stopped before "
                         f"validation); re-run edgerep build on the host")
     ref_path = bundle.file(REFERENCE)
+    entries = bundle.manifest["reference"].get("outputs") or [
+        {"name": bundle.manifest.get("output_name") or "output", "key": "ref"}]
     with np.load(ref_path, allow_pickle=False) as data:
-        ref = np.asarray(data["ref"], dtype=np.float32)
+        missing = [e["key"] for e in entries if e["key"] not in data.files]
+        if missing:
+            raise UserError(f"--bundle {bundle.path}: {REFERENCE} lacks the reference output(s) {missing} that "
+                            f"{MANIFEST} lists; re-run edgerep build on the host")
+        refs = [np.asarray(data[e["key"]], dtype=np.float32) for e in entries]
         labels = np.asarray(data["y"]) if "y" in data.files else None
     source = open_data(ref_path, None, role="val")
-    return source, ref, labels
+    return source, [str(e["name"]) for e in entries], refs, labels
 
 
 # --- build.sh and README -------------------------------------------------------------------------
@@ -405,5 +454,6 @@ def write_text(bundle_dir: Path, name: str, text: str, *, executable: bool = Fal
 
 
 __all__ = ["Bundle", "BUNDLE_FORMAT", "CACHE", "CACHE_RANGES", "MANIFEST", "ONNX_FP16", "ONNX_FP32", "ONNX_QDQ",
-           "REFERENCE", "build_script", "copy_in", "engine_plan", "load_bundle", "new_manifest", "read_reference",
-           "readme", "reference_limit", "write_manifest", "write_reference", "write_text"]
+           "REFERENCE", "build_script", "copy_in", "engine_plan", "label_array", "load_bundle", "new_manifest",
+           "read_reference", "read_reference_all", "readme", "reference_keys", "reference_limit",
+           "reference_outputs_entry", "write_manifest", "write_reference", "write_text"]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..onnx_files import onnx_output_names
 from .versions import Version, parse_version, version_str
 
 PREDICTION_BACKEND = "onnxruntime-qdq"  # the report row of the INT8 Q/DQ model run in ONNX Runtime on the CPU
@@ -139,9 +140,10 @@ def update_bundle(bundle_dir: Path, *, onnx_path: Path, profile: Any, precisions
     bundle_dir.mkdir(parents=True, exist_ok=True)
     version = profile_version(profile)
     input_name, shape = model_input(Path(onnx_path))
-    output_name = _output_name(Path(onnx_path))
+    output_names = onnx_output_names(Path(onnx_path))
     old = _read_manifest(bundle_dir)
-    manifest = B.new_manifest(profile, version, input_name=input_name, input_shape=shape, output_name=output_name)
+    manifest = B.new_manifest(profile, version, input_name=input_name, input_shape=shape,
+                              output_name=output_names[0] if output_names else None, output_names=output_names)
     files: dict[str, str] = {}
     files[B.ONNX_FP32] = B.copy_in(bundle_dir, Path(onnx_path), B.ONNX_FP32)
     same_model = bool(old) and old.get("files", {}).get(B.ONNX_FP32) == files[B.ONNX_FP32]
@@ -199,13 +201,6 @@ def _read_manifest(bundle_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _output_name(onnx_path: Path) -> str | None:
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return model.graph.output[0].name if model.graph.output else None
-
-
 def bundle_reference(bundle_dir: Path, reference: Any) -> None:
     """Write the reference inputs/outputs (capped at bundle.REFERENCE_MAX_BYTES of inputs) into the bundle."""
     from . import bundle as B
@@ -229,15 +224,33 @@ def bundle_reference(bundle_dir: Path, reference: Any) -> None:
             break
     x_all = np.concatenate(xs)
     labels = reference.labels[:taken] if reference.labels is not None else None
-    if isinstance(labels, list):  # per-sample detection labels (boxes): the bundle carries class labels only, for now
-        labels = None
-    digest = B.write_reference(bundle_dir, x_all, reference.outputs[:taken], labels)
+    names, outputs = reference_outputs_of(reference, manifest)
+    refs = [np.asarray(out[:taken], dtype=np.float32) for out in outputs]
+    digest = B.write_reference(bundle_dir, x_all, refs, labels)
+    carried = B.label_array(labels) is not None
     manifest["files"][B.REFERENCE] = digest
     manifest["reference"] = {"file": B.REFERENCE, "kind": "pytorch-unfused", "num_samples": int(taken),
                              "task": getattr(reference, "task", None),
-                             "of": n_ref, "labelled": labels is not None,
+                             "of": n_ref, "labelled": carried,
+                             "outputs": B.reference_outputs_entry(names, refs),
                              "data": reference.source.describe() if hasattr(reference.source, "describe") else None}
+    if labels is not None and not carried:
+        manifest["reference"]["note"] = ("the labels (boxes per image) are not carried; the device check scores "
+                                         "agreement with the reference outputs")
     _write_scripts(bundle_dir, manifest)
+
+
+def reference_outputs_of(reference: Any, manifest: dict[str, Any]) -> tuple[list[str], list[np.ndarray]]:
+    """(names, every output) of a validate.Reference in ONNX order. Its `outputs_all` / `output_names` when it
+    has them, else its one `outputs`; names default to the bundle's ONNX output names when the counts agree."""
+    from ..outputs import default_names
+
+    outputs = list(getattr(reference, "outputs_all", None) or [reference.outputs])
+    names = list(getattr(reference, "output_names", None) or [])
+    if len(names) != len(outputs):
+        onnx_names = list(manifest.get("output_names") or [])
+        names = onnx_names if len(onnx_names) == len(outputs) else default_names(len(outputs))
+    return names, outputs
 
 
 def bundle_predictions(bundle_dir: Path, predictions: dict[str, dict[str, Any]]) -> None:

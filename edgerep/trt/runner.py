@@ -20,7 +20,8 @@ from .gpu import cuda_driver, make_logger, trt_version
 class TensorRTRunner:
     """Runs a plan with pycuda: pinned host buffers, one stream, async copies; latency from CUDA events."""
 
-    def __init__(self, engine_path: Path, *, dla_core: int | None = None) -> None:
+    def __init__(self, engine_path: Path, *, dla_core: int | None = None,
+                 output_names: list[str] | None = None) -> None:
         import tensorrt as trt
 
         from .versions import api_features
@@ -42,6 +43,10 @@ class TensorRTRunner:
             self.tensor_api = api_features(trt_version()).tensor_api
             self.inputs, self.outputs = self._io_names()
             self.input_name = self.inputs[0]
+            # run_all's order: the ONNX graph's (`output_names`, recorded at build) when it names exactly the
+            # engine's outputs, else the engine's own I/O order
+            self.output_names: list[str] = (list(output_names) if output_names and
+                                            sorted(output_names) == sorted(self.outputs) else list(self.outputs))
             self._shape: tuple[int, ...] | None = None
             self._buffers: dict[str, tuple[Any, Any]] = {}
         finally:
@@ -118,13 +123,18 @@ class TensorRTRunner:
             self.cuda.memcpy_dtoh_async(host, dev, self.stream)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        """The first output (in `output_names` order)."""
+        return self.run_all(batch)[0]
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output, in `output_names` order, as float32 copies (the pinned buffers are reused)."""
         self.ctx.push()
         try:
             batch = np.ascontiguousarray(batch, dtype=np.float32)
             self._prepare(tuple(batch.shape))
             self._infer_async(batch)
             self.stream.synchronize()
-            return np.array(self._buffers[self.outputs[0]][0], dtype=np.float32, copy=True)
+            return [np.array(self._buffers[name][0], dtype=np.float32, copy=True) for name in self.output_names]
         finally:
             self.ctx.pop()
 

@@ -6,8 +6,9 @@ This file is copied into every device bundle and needs only numpy, tensorrt (fro
     python3 check_engine.py model.int8.engine        # or model.onnx with onnxruntime, to try it on a host
     python3 check_engine.py model.fp16.engine model.int8.engine    # several: then the one to ship here
 It prints the same accuracy figures as `edgerep validate --bundle` (max abs error, cosine, top-1 agreement,
-labelled top-1), the time per batch over the reference run, and exits 1 when an engine misses the profile's
-gate recorded in bundle.json. With several engines it ends with the engine to ship on this device, by the rule
+labelled top-1, of the first output; and per output, by name, for a model with several), the time per batch
+over the reference run, and exits 1 when an engine misses the profile's gate recorded in bundle.json.
+Every output is matched to the reference by its ONNX name (bundle.json's reference.outputs), never by position. With several engines it ends with the engine to ship on this device, by the rule
 of recommend.py (edgerep's own, copied into the bundle beside this file).
 Written for Python 3.6: no f-string '=' specifiers, no walrus, no `X | Y` annotations.
 """
@@ -19,7 +20,8 @@ import time
 import numpy as np
 
 
-def run_onnx(path, x, batch):
+def run_onnx(path, x, batch, names):
+    """Every output named in `names`, over all of `x`, in `names` order."""
     import onnxruntime as ort
 
     # Q/DQ as float ops: on a host this .onnx predicts a GPU engine, whose INT8 sums do not saturate the way
@@ -27,8 +29,17 @@ def run_onnx(path, x, batch):
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.disable_quant_qdq", "1")
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    require_outputs(path, [o.name for o in session.get_outputs()], names)
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+    chunks = [session.run(names, {name: x[i:i + batch]}) for i in range(0, len(x), batch)]
+    return [np.concatenate([chunk[k] for chunk in chunks]) for k in range(len(names))]
+
+
+def require_outputs(path, have, names):
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise SystemExit("%s: has no output %s of the reference (its outputs: %s); build it from this bundle's "
+                         "ONNX" % (path, ", ".join(repr(n) for n in missing), ", ".join(have)))
 
 
 def _trt_major_minor(trt):
@@ -36,8 +47,9 @@ def _trt_major_minor(trt):
     return int(parts[0]), int(parts[1])
 
 
-def run_engine(path, x, batch):
-    """Run the plan with pycuda buffers. The tensor API (num_io_tensors, get_tensor_name/mode,
+def run_engine(path, x, batch, names):
+    """Run the plan with pycuda buffers; every output named in `names`, over all of `x`, in `names` order.
+    The tensor API (num_io_tensors, get_tensor_name/mode,
     set_input_shape, set_tensor_address, execute_async_v3) is bound from TensorRT 8.5 and is the only one in
     10.x (NVIDIA/TensorRT release/8.5 and release/10.3 python/src/infer/pyCore.cpp); the bindings API
     (num_bindings, binding_is_input, set_binding_shape, execute_async_v2) is what 8.0 - 8.4 have (JetPack 4,
@@ -56,13 +68,15 @@ def run_engine(path, x, batch):
         raise SystemExit("%s: TensorRT could not load it (built by another TensorRT version or GPU?)" % path)
     context = engine.create_execution_context()
     io = TensorIO(trt, engine, context) if _trt_major_minor(trt) >= (8, 5) else BindingIO(trt, engine, context)
+    by_name = dict((io.name(o), o) for o in io.outputs)
+    require_outputs(path, list(by_name), names)
     shape = io.input_shape()
     engine_batch = shape[0] if shape[0] > 0 else batch
     stream = cuda.Stream()
     # Every device allocation stays referenced here until the engine is done: pycuda frees a DeviceAllocation
     # when its Python object is collected, so keeping only int(pointer) would hand TensorRT freed memory.
     keep = []
-    results = []
+    results = dict((n, []) for n in names)
     for start in range(0, len(x), engine_batch):
         chunk = x[start:start + engine_batch]
         real = len(chunk)
@@ -76,25 +90,27 @@ def run_engine(path, x, batch):
         dev_in = cuda.mem_alloc(host_in.nbytes)
         keep.append(dev_in)
         io.bind(io.input, dev_in)
-        out_shape, out_dtype = io.shape_dtype(io.outputs[0])
-        host_out = cuda.pagelocked_empty(int(np.prod(out_shape)), out_dtype)
-        dev_out = cuda.mem_alloc(host_out.nbytes)
-        keep.append(dev_out)
-        io.bind(io.outputs[0], dev_out)
-        for extra in io.outputs[1:]:  # outputs we do not read still need memory
-            extra_shape, extra_dtype = io.shape_dtype(extra)
-            dev_extra = cuda.mem_alloc(max(int(np.prod(extra_shape)) * np.dtype(extra_dtype).itemsize, 1))
-            keep.append(dev_extra)
-            io.bind(extra, dev_extra)
+        reads = []  # (name, host buffer, device buffer, shape) of the outputs compared; the others get memory only
+        for output in io.outputs:
+            out_shape, out_dtype = io.shape_dtype(output)
+            host_out = cuda.pagelocked_empty(max(int(np.prod(out_shape)), 1), out_dtype)
+            dev_out = cuda.mem_alloc(host_out.nbytes)
+            keep.append(dev_out)
+            io.bind(output, dev_out)
+            if io.name(output) in results:
+                reads.append((io.name(output), host_out, dev_out, out_shape))
         cuda.memcpy_htod_async(dev_in, host_in, stream)
         io.execute(stream)
-        cuda.memcpy_dtoh_async(host_out, dev_out, stream)
+        for _, host_out, dev_out, _ in reads:
+            cuda.memcpy_dtoh_async(host_out, dev_out, stream)
         stream.synchronize()
-        results.append(np.array(host_out, dtype=np.float32).reshape(out_shape)[:real])
+        for name, host_out, _, out_shape in reads:
+            size = int(np.prod(out_shape))
+            results[name].append(np.array(host_out[:size], dtype=np.float32).reshape(out_shape)[:real])
         for allocation in keep:  # this batch is finished: its buffers may go now
             allocation.free()
         del keep[:]
-    return np.concatenate(results)
+    return [np.concatenate(results[n]) for n in names]
 
 
 class TensorIO(object):
@@ -106,6 +122,9 @@ class TensorIO(object):
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.input = inputs[0]
         self.outputs = [n for n in names if n not in inputs]
+
+    def name(self, output):
+        return output
 
     def input_shape(self):
         return tuple(self.engine.get_tensor_shape(self.input))
@@ -134,6 +153,9 @@ class BindingIO(object):
         self.outputs = [i for i in indices if not engine.binding_is_input(i)]
         self.pointers = [0] * engine.num_bindings
 
+    def name(self, index):
+        return self.engine.get_binding_name(index)
+
     def input_shape(self):
         return tuple(self.engine.get_binding_shape(self.input))
 
@@ -152,6 +174,7 @@ class BindingIO(object):
 
 
 def metrics(ref, out, labels):
+    """Accuracy of one output (the first: what the gates read), as edgerep.validate.accuracy_metrics has it."""
     ref = ref.reshape(len(ref), -1).astype(np.float64)
     out = out.reshape(len(out), -1).astype(np.float64)
     cos = (ref * out).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-12)
@@ -161,6 +184,40 @@ def metrics(ref, out, labels):
         result["top1"] = float((out.argmax(1) == labels).mean() * 100)
         result["top1_drop"] = float((ref.argmax(1) == labels).mean() * 100) - result["top1"]
     return result
+
+
+def output_metrics(name, ref, out):
+    """Tensor errors of one named output: {name, shape, max_abs_err, mean_abs_err, cosine, sqnr_db}."""
+    if ref.shape != out.shape:
+        raise SystemExit("output %r: the engine gives shape %s, the reference %s" % (name, list(out.shape),
+                                                                                       list(ref.shape)))
+    r = ref.reshape(len(ref), -1).astype(np.float64)
+    o = out.reshape(len(out), -1).astype(np.float64)
+    diff = o - r
+    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)
+    both_zero = (np.linalg.norm(r, axis=1) == 0) & (np.linalg.norm(o, axis=1) == 0)
+    cos = np.where(norms > 0, (r * o).sum(1) / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
+    noise, signal = float((diff * diff).sum()), float((r * r).sum())
+    sqnr = None if noise == 0.0 else (float("-inf") if signal == 0.0 else float(10.0 * np.log10(signal / noise)))
+    return {"name": name, "shape": list(ref.shape), "max_abs_err": float(np.abs(diff).max()) if diff.size else 0.0,
+            "mean_abs_err": float(np.abs(diff).mean()) if diff.size else 0.0, "cosine": float(cos.mean()),
+            "sqnr_db": sqnr}
+
+
+def compare(names, refs, outs, labels):
+    """The accuracy record: the first output's metrics (today's keys, what the gates read) and `outputs`, the
+    errors of every output by name."""
+    result = metrics(refs[0], outs[0].reshape(refs[0].shape), labels)
+    result["outputs"] = [output_metrics(n, r, o) for n, r, o in zip(names, refs, outs)]
+    return result
+
+
+def reference_outputs(manifest, data):
+    """(names, arrays) of the reference outputs in ONNX order: bundle.json's reference.outputs (schema 2), else
+    the one "ref" of a schema-1 bundle, named by its output_name."""
+    entries = (manifest.get("reference") or {}).get("outputs") or [
+        {"name": manifest.get("output_name") or "output", "key": "ref"}]
+    return [e["name"] for e in entries], [np.asarray(data[e["key"]], dtype=np.float32) for e in entries]
 
 
 def gate_failures(result, gate):
@@ -179,15 +236,15 @@ def gate_failures(result, gate):
 TIMED_PASSES = 3
 
 
-def check_one(engine, manifest, x, ref, labels, batch):
+def check_one(engine, manifest, x, names, refs, labels, batch):
     run = run_onnx if engine.endswith(".onnx") else run_engine
     seconds = []
-    out = None
+    outs = None
     for _ in range(TIMED_PASSES):
         start = time.perf_counter()
-        out = run(engine, x, batch)
+        outs = run(engine, x, batch, names)
         seconds.append(time.perf_counter() - start)
-    result = metrics(ref, out, labels)
+    result = compare(names, refs, outs, labels)
     base = os.path.basename(engine)
     precision = "int8" if ("int8" in base or "qdq" in base) else ("fp16" if "fp16" in base else "fp32")
     gate = ((manifest.get("profile") or {}).get("gates") or {}).get(precision) or {}
@@ -226,11 +283,12 @@ def main(argv):
     with open(os.path.join(here, "bundle.json")) as f:
         manifest = json.load(f)
     data = np.load(os.path.join(here, "reference.npz"))
-    x, ref = data["x"], data["ref"]
+    x = data["x"]
+    names, refs = reference_outputs(manifest, data)
     labels = data["y"] if "y" in data.files else None
     dims = (manifest.get("input") or {}).get("shape") or [1]
     batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 32
-    records = [check_one(engine, manifest, x, ref, labels, batch) for engine in engines]
+    records = [check_one(engine, manifest, x, names, refs, labels, batch) for engine in engines]
     if len(records) == 1:
         print(json.dumps(records[0], indent=2))
     else:
