@@ -19,7 +19,7 @@ import numpy as np
 from ..artifacts import Artifact, atomic_files, companion_files, write_sidecar
 from ..cpu import int16_saturation_risk, target_isa
 from ..errors import UserError
-from ..onnx_files import ort_pre_process, output_tail_nodes
+from ..onnx_files import detect_head_float_nodes, ort_pre_process
 from ..threads import runtime_threads
 from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_batch_count, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input,
@@ -230,7 +230,7 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
         raise UserError(f"activation_type {activation_type!r}: use 'uint8' or 'int8'")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     ignored = check_ignored_nodes(onnx_path, ignored_nodes)
-    tail = [n for n in output_tail_nodes(onnx_path) if n not in ignored]  # a detector's decode stays in float
+    tail = [n for n in detect_head_float_nodes(onnx_path) if n not in ignored]  # a detector's head and decode stay in float
     input_name, shape = onnx_input(onnx_path)
     exact = bool(shape) and shape[0] is not None
     batch = shape[0] if exact else _DYNAMIC_CALIB_BATCH
@@ -269,7 +269,9 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
             "int8_weights": weights,
             "activations": activation_type, "symmetric_activations": symmetric_activations,
             "calib_method": method, "calib_samples": min(int(calib.num_samples), num_samples),
-            "calib_batch": batch, "ignored_nodes": ignored}
+            "calib_batch": batch, "ignored_nodes": ignored,
+            # a detector's prediction convs and decode, kept in float by default (onnx_files.detect_head_float_nodes)
+            "float_head_nodes": len(tail)}
 
 
 def weight_format_for(isa: str, requested: str | None = None) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from ..artifacts import Artifact, atomic_files, write_sidecar
 from ..cpu import int16_saturation_risk, target_isa
 from ..errors import UserError
-from ..onnx_files import onnx_output_names
+from ..onnx_files import detect_head_float_nodes, onnx_output_names
 from ..threads import runtime_threads
 from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input, require_available,
@@ -216,7 +216,10 @@ def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: di
     if preset_name not in presets:
         raise UserError(f"openvino preset {preset_name!r}: use 'performance' (symmetric) or 'mixed' (asymmetric activations)")
     ignored = check_ignored_nodes(onnx_path, options.get("ignored_nodes"))
-    ov_ignored = _ov_names(model, ignored)
+    # A detector's prediction convs and decode stay in float, as on every backend (onnx_files.detect_head_float_nodes;
+    # the decode's non-weighted ops are left alone by NNCF anyway, the convs are not).
+    head = [n for n in detect_head_float_nodes(onnx_path) if n not in ignored]
+    ov_ignored = _ov_names(model, ignored + head)
 
     _, shape = onnx_input(onnx_path)
     fixed_batch = shape[0] if shape and shape[0] is not None else None
@@ -254,7 +257,7 @@ def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: di
                        "bias_correction": bias_correction, "isa": isa, "overflow_fix": overflow_fix,
                        "range_estimator": estimator or "nncf default (MINMAX weights, MEAN_MINMAX activations)",
                        "calib_samples": count * (fixed_batch or 1), "ignored_nodes": ignored,
-                       "ignored_openvino_ops": ov_ignored}
+                       "ignored_openvino_ops": ov_ignored, "float_head_nodes": len(head)}
 
 
 def overflow_fix_for(isa: str) -> str:

@@ -85,10 +85,11 @@ class QdqMaker:
         return self._source
 
     def tail(self) -> list[str]:
-        """The nodes after the last weighted layer (a detector's decode): kept in float, as the backends keep them."""
-        from ..onnx_files import output_tail_nodes
+        """A detector's prediction convs and decode (onnx_files.detect_head_float_nodes): kept in float, as the
+        backends keep them."""
+        from ..onnx_files import detect_head_float_nodes
 
-        return output_tail_nodes(self.onnx_path)
+        return detect_head_float_nodes(self.onnx_path)
 
     def make(self, out_path: Path, *, exclude: list[str] | tuple[str, ...] = (), only: list[str] | None = None) -> Path:
         """Quantize every weighted layer except `exclude`, or (with `only`) just the nodes in `only`."""

@@ -73,9 +73,9 @@ def make_qdq(onnx_path: Path, out_path: Path, ranges: Any, *, nodes_to_exclude: 
     unknown = [n for n in exclude if n not in node_names]
     if unknown:
         raise UserError(f"ignored nodes {', '.join(unknown[:3])}: not node names of {onnx_path.name}")
-    from ..onnx_files import output_tail_nodes
+    from ..onnx_files import detect_head_float_nodes
 
-    tail = [n for n in output_tail_nodes(Path(onnx_path)) if n not in exclude]  # a detector's decode stays in float
+    tail = [n for n in detect_head_float_nodes(Path(onnx_path)) if n not in exclude]  # a detector's head and decode stay in float
     route = ("cache" if _supports_cache_path() else "overrides") if use_cache_path is None else \
         ("cache" if use_cache_path else "overrides")
     with tempfile.TemporaryDirectory(prefix="edgerep-qdq-") as tmp, atomic_path(Path(out_path)) as partial:
