@@ -467,17 +467,22 @@ def array_input_shape(*paths: Path | str | None) -> tuple[int, ...] | None:
     return None
 
 
+def _zoo_digits_model(spec: str) -> bool:
+    """The zoo's digits models and their variants (repvgg_a0_digits, repyolo_digits_stress) share the demo's data."""
+    return spec.startswith("zoo:") and ("_digits_" in spec or spec.endswith("_digits"))
+
+
 def default_data_paths(model_info: Any) -> tuple[Path, Path | None]:
     """Where the default calibration and validation data of a model are (validation may be None)."""
     root = calib_root()
     if getattr(model_info, "letterbox", False):
         # The demo detector has its own digits detection set (train calibrates, val validates with labels);
         # any other detector calibrates and validates (agreement only) on the shipped photographs.
-        if model_info.spec == DEMO_DETECTOR or (model_info.spec.startswith("zoo:") and model_info.spec.endswith("_digits")):
+        if model_info.spec == DEMO_DETECTOR or _zoo_digits_model(model_info.spec):
             return root / "digits_det" / "train", root / "digits_det" / "val"
         return root / "images", None
     # The zoo's digits models (the demo and its A0-width sibling) all take the shipped digits arrays.
-    if model_info.spec == DEMO_MODEL or (model_info.spec.startswith("zoo:") and model_info.spec.endswith("_digits")):
+    if model_info.spec == DEMO_MODEL or _zoo_digits_model(model_info.spec):
         return root / "digits" / "calib.npz", root / "digits" / "val.npz"
     channels = int(model_info.input_shape[1]) if len(model_info.input_shape) == 4 else 0
     if channels not in (1, 3):

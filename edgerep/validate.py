@@ -311,11 +311,12 @@ def check_on_target_isa(record: dict[str, Any], artifact: Any, reference: Refere
                         engine_batch: int, gate: Any) -> dict[str, Any]:
     """Validate again on the target's ISA where this machine can (edgerep.isa_check); sets record["isa"], and a
     failed gate there fails the engine. Returns the ISA record."""
-    from .isa_check import run_check
+    from .isa_check import run_check_all
 
-    isa, out = run_check(artifact, reference.source, target=target, engine_batch=engine_batch, limit=reference.limit)
-    if out is not None:
-        isa.update(samples=int(out.shape[0]), **score_outputs(reference, out, gate))
+    isa, outs = run_check_all(artifact, reference.source, target=target, engine_batch=engine_batch,
+                              limit=reference.limit)
+    if outs is not None:  # every output: a detector's task score needs them all, as the main validation had
+        isa.update(samples=int(outs[0].shape[0]), **score_outputs(reference, outs, gate))
         if isa["passed"] is False and record.get("passed"):
             record.update(passed=False, reason=f"on {target} ({isa['method']}): {isa['reason']}")
     record["isa"] = isa

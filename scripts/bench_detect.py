@@ -40,9 +40,9 @@ from typing import Any, Callable
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-TAIL = "edgerep int8 +float tail"  # INT8 with the head's decode tail kept in float (--backend ignored_nodes)
+BUDGET = "edgerep int8 --max-drop 1"  # labelled models: INT8 with the fewest float layers that keep the drop <= 1 pt
 TARGETS = ("openvino-cpu", "onnxruntime-cpu")
-ENGINES = ("unfused export", "ultralytics export", "edgerep fp32", "edgerep fp16", "edgerep int8", TAIL)
+ENGINES = ("unfused export", "ultralytics export", "edgerep fp32", "edgerep fp16", "edgerep int8", BUDGET)
 YOLO_SIZE = 640
 SCORE_QUANTILE = 0.9995  # yolov8n: the share of (anchor, class) scores the shifted biases put above 0.25
 
@@ -58,6 +58,7 @@ class Subject:
         self.name, self.spec, self.info, self.weights = name, spec, info, weights
         self.val_items, self.labelled, self.calib_npy, self.val_npy, self.note = (
             val_items, labelled, calib_npy, val_npy, note)
+        self.val_labelled: Path | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -75,21 +76,24 @@ def _letterboxed_array(items: list, size: tuple[int, int], path: Path) -> Path:
     return path
 
 
-def demo_subject(work: Path, val_images: int, calib_images: int, weights: Path | None) -> Subject:
+def demo_subject(work: Path, val_images: int, calib_images: int, weights: Path | None,
+                 name: str = "repyolo_digits") -> Subject:
     from edgerep.data import calib_root
     from edgerep.detect_data import read_yolo_labels
     from edgerep.models import load_model
 
-    info = load_model("zoo:repyolo_digits", weights=weights)  # weights None: the shipped ones, if any
+    info = load_model(f"zoo:{name}", weights=weights)  # weights None: the shipped ones, if any
     root = calib_root() / "digits_det"
     val = read_yolo_labels(root / "val", info.num_classes)[:val_images]
     train = [item.path for item in read_yolo_labels(root / "train", info.num_classes)][:calib_images]
     size = (int(info.input_shape[2]), int(info.input_shape[3]))
     note = (f"weights {info.weights}" + (" (--demo-weights)" if weights is not None else " (shipped)") if info.weights else
             "no shipped weights yet: untrained (random init, seed 0); re-run once the weights ship")
-    return Subject("repyolo_digits", "zoo:repyolo_digits", info, weights, val, True,
-                   _letterboxed_array(train, size, work / "calib.npy"), _letterboxed_array(val, size, work / "val.npy"),
-                   note)
+    subject = Subject(name, f"zoo:{name}", info, weights, val, True,
+                      _letterboxed_array(train, size, work / "calib.npy"),
+                      _letterboxed_array(val, size, work / "val.npy"), note)
+    subject.val_labelled = root / "val"  # the labelled split itself: --max-drop budgets labelled mAP points
+    return subject
 
 
 def _photo_crops(photos: list[Path], n: int, out: Path, seed: int = 0) -> list[Path]:
@@ -173,25 +177,6 @@ def yolo_subject(work: Path, photo_crops: int, bn_passes: int) -> Subject:
 # --- exports and engines -------------------------------------------------------------------------------
 
 
-def decode_tail(onnx_path: Path) -> list[str]:
-    """The ONNX nodes between the last convolutions and the outputs: the head's decode (DFL softmax, anchor
-    arithmetic, sigmoid, the concat of pixel boxes with [0, 1] scores). Quantizing that concat with one scale
-    (ONNX Runtime's QDQ does) rounds every score to 0; Ultralytics' own INT8 export keeps the head in float."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    producer = {out: node for node in graph.node for out in node.output}
-    tail: list[str] = []
-    stack = [o.name for o in graph.output]
-    while stack:
-        node = producer.get(stack.pop())
-        if node is None or node.op_type == "Conv" or node.name in tail:
-            continue
-        tail.append(node.name)
-        stack.extend(node.input)
-    return tail
-
-
 def plain_export(subject: Subject, path: Path, opset: int) -> Path:
     """The unfused model through torch.onnx.export as a user would call it: no fusion, no simplifier."""
     import torch
@@ -241,28 +226,36 @@ def edgerep_engines(subject: Subject, target: str, out_dir: Path, calib_samples:
                  if e.get("status") == "ok" and e.get("path")}
         if set(paths) >= set(load_target(target).precisions):
             wall = time.perf_counter() - t0
-            tail = decode_tail(Path(read_sidecar(paths["int8"])["onnx"]))
-            tail_build = build(BuildOptions(model=subject.spec, weights=subject.weights,
+            how = {"how": "edgerep.build.build (library API), latency stage off", "wall_s": wall,
+                   "exit_code": result.exit_code,
+                   "float_head_nodes": read_sidecar(paths["int8"]).get("settings", {}).get("float_head_nodes")}
+            if subject.labelled:  # the budgeted search (point 7): its unit is labelled mAP@0.5:0.95 points
+                t1 = time.perf_counter()
+                budget = build(BuildOptions(model=subject.spec, weights=subject.weights,
                                             input_shape=tuple(subject.info.input_shape), target=target,
-                                            precisions=["int8"], calib=subject.calib_npy, val=subject.val_npy,
-                                            output=out_dir.with_name(out_dir.name + "-tail"), force=True,
-                                            calib_samples=calib_samples, fuse_tol=tol, export_tol=tol,
-                                            backend_options={"ignored_nodes": tail}), measure_latency=False)
-            paths[TAIL] = Path(tail_build.report["engines"][0]["path"])
-            return paths, {"how": "edgerep.build.build (library API), latency stage off", "wall_s": wall,
-                           "exit_code": result.exit_code, "float_tail_nodes": tail}
+                                            precisions=["int8"], calib=subject.calib_npy, val=subject.val_labelled,
+                                            output=out_dir.with_name(out_dir.name + "-budget"), force=True,
+                                            calib_samples=calib_samples, fuse_tol=tol, export_tol=tol, max_drop=1.0),
+                               measure_latency=False)
+                engine = budget.report["engines"][0]
+                paths[BUDGET] = Path(engine["path"])
+                plan = engine.get("int8_plan") or {}
+                how["max_drop_build"] = {"wall_s": time.perf_counter() - t1, "exit_code": budget.exit_code,
+                                         "unit": plan.get("drop_unit"), "float_layers": plan.get("float_layers"),
+                                         "met": plan.get("met"), "passed": engine.get("passed")}
+            return paths, how
         failure = f"engines {sorted(paths)} only"
     except Exception as exc:  # build() not yet task-aware for detectors in this branch: build the stages directly
         failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     console.print(f"  edgerep build() failed ({failure}); running its stages directly", highlight=False)
     t0 = time.perf_counter()
-    paths, tail = _stages_directly(subject, target, out_dir / "direct", calib_samples, tol)
+    paths = _stages_directly(subject, target, out_dir / "direct", calib_samples, tol)
     return paths, {"how": f"stages run directly (fuse, export_pipeline, backend.build): build() failed: {failure}",
-                   "wall_s": time.perf_counter() - t0, "exit_code": None, "float_tail_nodes": tail}
+                   "wall_s": time.perf_counter() - t0, "exit_code": None}
 
 
 def _stages_directly(subject: Subject, target: str, out_dir: Path, calib_samples: int, tol: float
-                     ) -> tuple[dict[str, Path], list[str]]:
+                     ) -> dict[str, Path]:
     import torch
 
     from edgerep.backends import get_backend
@@ -286,11 +279,7 @@ def _stages_directly(subject: Subject, target: str, out_dir: Path, calib_samples
         if art.status != "ok":
             raise RuntimeError(f"{target} {precision}: {art.reason}")
         paths[precision] = Path(art.path)
-    tail = decode_tail(onnx)
-    art = backend.build(onnx, "int8", out_dir=out_dir / "int8-tail", profile=profile, calib=calib,
-                        options={"num_samples": calib_samples, "ignored_nodes": tail})
-    paths[TAIL] = Path(art.path)
-    return paths, tail
+    return paths
 
 
 def open_runner(runtime: str, path: Path, edgerep_engine: bool) -> Any:
@@ -359,7 +348,7 @@ def bench_model(subject: Subject, work: Path, args: argparse.Namespace, console:
         console.print(f"  edgerep engines: {how['how']} ({how['wall_s']:.1f} s)", highlight=False)
         files = {"unfused export": plain, "ultralytics export": ultra.get(runtime),
                  **{f"edgerep {p}": paths.get(p) for p in ("fp32", "fp16", "int8")},  # ONNX Runtime: no fp16
-                 TAIL: paths.get(TAIL)}
+                 BUDGET: paths.get(BUDGET)}
         runners = {k: open_runner(runtime, Path(v), k.startswith("edgerep"))
                    for k, v in files.items() if v is not None}
         rows = {}
@@ -384,7 +373,9 @@ def bench_model(subject: Subject, work: Path, args: argparse.Namespace, console:
             rows[name].update(latency[name])
         base = rows["unfused export"]["p50_ms"]
         summary: dict[str, Any] = {}
-        for key, engine in (("int8", "edgerep int8"), ("int8_float_tail", TAIL)):
+        for key, engine in (("int8", "edgerep int8"), ("int8_max_drop", BUDGET)):
+            if engine not in rows:
+                continue
             speedup, drop = base / rows[engine]["p50_ms"], rows[engine].get("labelled_map_drop")
             summary[key] = {"speedup_vs_unfused_fp32": speedup, "labelled_map_drop": drop,
                             "target_met": None if drop is None else bool(speedup >= 2.0 and drop <= 1.0)}
@@ -432,7 +423,7 @@ def table(results: list[dict], machine: dict, threads: int) -> Any:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="repyolo_digits,yolov8n")
+    ap.add_argument("--models", default="repyolo_digits,repyolo_digits_stress,yolov8n")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "bench_detect.json")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench-detect")
     ap.add_argument("--val-images", type=int, default=100, help="demo: validation images (calib/digits_det/val)")
@@ -470,8 +461,8 @@ def main() -> int:
     t_start = time.perf_counter()
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         work = args.work / name
-        if name == "repyolo_digits":
-            subject = demo_subject(work, args.val_images, args.calib_images, args.demo_weights)
+        if name in ("repyolo_digits", "repyolo_digits_stress"):
+            subject = demo_subject(work, args.val_images, args.calib_images, args.demo_weights, name)
         elif name == "yolov8n":
             try:
                 import ultralytics  # noqa: F401
@@ -480,7 +471,7 @@ def main() -> int:
                 continue
             subject = yolo_subject(work, args.photo_crops, args.bn_passes)
         else:
-            raise SystemExit(f"--models {name}: unknown (known: repyolo_digits, yolov8n)")
+            raise SystemExit(f"--models {name}: unknown (known: repyolo_digits, repyolo_digits_stress, yolov8n)")
         results.append(bench_model(subject, work, args, console))
     settings_tol = {"fuse_export_tol": args.tol}
     report = {
