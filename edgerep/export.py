@@ -12,13 +12,14 @@ the 2 GB protobuf limit is saved with its weights in "<name>.data" beside it (ON
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -264,6 +265,33 @@ class _SimplifierMissing(Exception):
     pass
 
 
+@contextlib.contextmanager
+def _native_output_silenced() -> Iterator[None]:
+    """onnxsim's C++ constant folder prints a "WARNING: failed to run ... op, skip" line per shape op it leaves
+    alone (a detector's decode has dozens) straight to the process's stdout, past Python's sys.stdout: point
+    file descriptors 1 and 2 at /dev/null while it runs. The outcome is checked numerically right after."""
+    import os
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no such descriptors (a daemon): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def _run_onnxsim(path: Path) -> Any:
     try:
         import onnxsim
@@ -274,7 +302,8 @@ def _run_onnxsim(path: Path) -> Any:
     kwargs: dict[str, Any] = {}
     if "certify" in inspect.signature(onnxsim.simplify).parameters:
         kwargs["certify"] = False  # the optional Z3 proof is slow; our ONNX Runtime check follows anyway
-    model, ok = onnxsim.simplify(str(path), **kwargs)
+    with _native_output_silenced():
+        model, ok = onnxsim.simplify(str(path), **kwargs)
     if not ok:
         raise RuntimeError("onnxsim reported that its simplified model is not equivalent")
     return model

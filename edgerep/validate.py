@@ -154,6 +154,8 @@ def gate_to_dict(gate: Any) -> dict[str, Any] | None:
         return None
     if hasattr(gate, "to_dict"):
         return gate.to_dict()
+    if isinstance(gate, dict):  # a gate as plain data (a device bundle's profile): whichever task's keys it has
+        return {k: _gate_value(gate, k) for k in gate}
     keys = ("max_abs_err", "min_cosine", "min_top1_agreement", "max_top1_drop")
     return {k: _gate_value(gate, k) for k in keys}
 

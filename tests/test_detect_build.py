@@ -42,3 +42,28 @@ def test_build_and_validate_the_demo_detector(tmp_path, capsys):
     main(["validate", "-m", "zoo:repyolo_digits", "-e", engine, "--val-samples", "8", "--task", "raw", "--json"])
     record = json.loads(capsys.readouterr().out)["engines"][0]
     assert record["passed"] and record["accuracy"]["task"] == "raw" and "map_agreement" not in record["accuracy"]
+
+
+def test_jetson_bundle_of_the_demo_detector_validates_with_detection_metrics(tmp_path):
+    """`--target jetson-orin-nano` without TensorRT: a device bundle whose reference records the task, and
+    `edgerep validate --bundle` (ONNX Runtime standing in for TensorRT) scores boxes with the detect gates."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from edgerep.commands.validate_bundle import run_validate_bundle
+    from edgerep.trt.bundle import load_bundle
+
+    result = build(BuildOptions(model="zoo:repyolo_digits", target="jetson-orin-nano", calib_samples=32,
+                                val_samples=16, output=tmp_path / "run"))
+    bdir = tmp_path / "run" / "engines" / "device-bundle"
+    manifest = load_bundle(bdir).manifest
+    assert manifest["reference"]["task"] == "detect" and manifest["reference"]["num_samples"] == 16
+    assert not manifest["reference"]["labelled"]  # boxes per image are not carried: agreement on the device
+    assert result.report["reference"]["task"] == "detect"
+    buf = StringIO()
+    code = run_validate_bundle(bundle=bdir, engine=bdir / "model.onnx", as_json=True, out=Console(file=buf, width=400))
+    record = json.loads(buf.getvalue())
+    acc = record["accuracy"]
+    assert code == 0 and acc["task"] == "detect" and acc["map_agreement"] >= 0.99 and acc["boxes_ref"] > 16
+    assert record["gate"]["min_map_agreement"] is not None  # the profile's detect gate, not the classify one

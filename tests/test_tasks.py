@@ -301,3 +301,12 @@ def test_int8_keeps_the_decode_tail_after_the_last_weighted_layer_in_float(tmp_p
     kinds = {n.op_type for n in head.graph.node if n.name in tail}
     assert {"Sigmoid", "Concat", "Mul"} <= kinds and "Conv" not in kinds
     assert output_tail_nodes(tmp_path / "cls.onnx") == []  # a classifier ends in its Gemm: nothing changes
+
+    # INT8 also keeps the prediction conv feeding that tail in float (box regressions the decode amplifies);
+    # a classifier still keeps nothing.
+    from edgerep.onnx_files import detect_head_float_nodes
+
+    float_nodes = detect_head_float_nodes(tmp_path / "head.onnx")
+    convs = [n.name for n in head.graph.node if n.op_type == "Conv"]
+    assert set(convs) <= set(float_nodes) and set(tail) <= set(float_nodes)
+    assert detect_head_float_nodes(tmp_path / "cls.onnx") == []

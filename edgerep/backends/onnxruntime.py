@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -244,10 +244,13 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
                    "percentile": CalibrationMethod.Percentile}[method]
     work = Path(tempfile.mkdtemp(prefix=".ortq-", dir=out_path.parent if out_path.parent.exists() else None))
     try:
-        source = _pre_process(onnx_path, work / "pre.onnx", external)
+        pre_processed = ort_pre_process(onnx_path, work / "pre.onnx", external=external)
+        # Symbolic shape inference fails on some graphs (a detector's dynamic-batch decode): the model is then
+        # quantized as it is, which ORT handles; the sidecar records it.
+        source = work / "pre.onnx" if pre_processed else onnx_path
         if ignored:
             source = _unshare_initializers(source, work / "unshared.onnx", set(ignored), external)
-        with atomic_files(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()):
+        with atomic_files(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()), _root_log_level(logging.ERROR):
             # ORT's histogram collector prints progress on stdout, which would corrupt `--json` output.
             quantize_static(
                 str(source), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
@@ -271,7 +274,7 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
             "calib_method": method, "calib_samples": min(int(calib.num_samples), num_samples),
             "calib_batch": batch, "ignored_nodes": ignored,
             # a detector's prediction convs and decode, kept in float by default (onnx_files.detect_head_float_nodes)
-            "float_head_nodes": len(tail)}
+            "float_head_nodes": len(tail), "shape_inference": pre_processed}
 
 
 def weight_format_for(isa: str, requested: str | None = None) -> str:
@@ -324,14 +327,16 @@ def int16_saturation_check(qdq_path: Path) -> dict[str, Any]:
             "first_at_risk": at_risk[:5], "isa_independent": not at_risk}
 
 
-def _pre_process(onnx_path: Path, out: Path, external: bool) -> Path:
-    """ORT's recommended pre-processing before quantization (onnx_files.ort_pre_process); falls back to the
-    input, with a warning, when it fails."""
-    if ort_pre_process(onnx_path, out, external=external):
-        return out
-    warnings.warn("onnxruntime INT8: pre-processing skipped (symbolic shape inference failed); quantizing the "
-                  "model as is", UserWarning, stacklevel=3)
-    return onnx_path
+@contextlib.contextmanager
+def _root_log_level(level: int) -> Iterator[None]:
+    """quantize_static logs a "consider pre-processing" hint on the root logger on every call."""
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(before)
 
 
 def _unshare_initializers(path: Path, out: Path, nodes: set[str], external: bool) -> Path:

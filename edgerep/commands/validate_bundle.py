@@ -92,13 +92,14 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
     try:
         require_outputs(runner, names, engine)
         prec = precision or engine_precision(b, Path(engine), side)
-        gates = b.manifest["profile"].get("gates") or {}
+        task = (b.manifest.get("reference") or {}).get("task")
+        gates = _task_gates(b.manifest["profile"], task)
         gate_name = prec if prec in gates else min(gates, key=lambda k: ("fp32", "fp16", "int8").index(k)) if gates else None
         gate = gates.get(gate_name) if gate_name else None
         dims = b.manifest["input"]["shape"]
         engine_batch = int(dims[0]) if dims and dims[0] else 32
         lat = b.manifest["profile"].get("latency") or {}
-        reference = _reference(Reference, ref, refs, names, labels, source)
+        reference = _reference(Reference, ref, refs, names, labels, source, task)
         record = engine_entry(runtime, prec, path=str(engine), status="ok", gate=gate_to_dict(gate),
                               gate_precision=gate_name, bundle=str(b.path))
         record.update(validate_runner(runner, reference, engine_batch=engine_batch, gate=gate,
@@ -119,9 +120,14 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
         acc, latency = record["accuracy"], record["latency_ms"]
         out.print(f"{engine} ({runtime}, {prec}) vs the bundle reference ({ref.shape[0]} samples, unfused PyTorch):",
                   highlight=False)
-        out.print(f"  max abs err {acc['max_abs_err']:.3g}, cosine {acc['cosine']:.6f}, top-1 agreement "
-                  f"{_pct(acc.get('top1_agreement'))}" + (f", top-1 {_pct(acc.get('top1'))} (reference "
-                  f"{_pct(acc.get('ref_top1'))})" if acc.get("top1") is not None else ""), highlight=False)
+        if acc.get("task") == "detect":
+            out.print(f"  agreement mAP@0.5:0.95 {acc['map_agreement']:.4f} (@0.5 {acc['map50_agreement']:.4f}), "
+                      f"boxes {acc.get('boxes_engine')}/{acc.get('boxes_ref')}, max abs err {acc['max_abs_err']:.3g}",
+                      highlight=False)
+        else:
+            out.print(f"  max abs err {acc['max_abs_err']:.3g}, cosine {acc['cosine']:.6f}, top-1 agreement "
+                      f"{_pct(acc.get('top1_agreement'))}" + (f", top-1 {_pct(acc.get('top1'))} (reference "
+                      f"{_pct(acc.get('ref_top1'))})" if acc.get("top1") is not None else ""), highlight=False)
         for item in acc.get("outputs") or []:
             if len(acc["outputs"]) > 1:
                 out.print(f"  output {item['name']} {item.get('shape')}: max abs err {item['max_abs_err']:.3g}, "
@@ -137,7 +143,18 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
     return code, record
 
 
-def _reference(cls: Any, ref: Any, refs: list[Any], names: list[str], labels: Any, source: Any) -> Any:
+def _task_gates(profile: dict[str, Any], task: str | None) -> dict[str, Any]:
+    """The profile's gates for the bundle's task: a detector's `[gates.detect.*]` (the shipped defaults where the
+    profile has none), else the classify/tensor gates."""
+    if task == "detect":
+        from ..targets import DEFAULT_DETECT_GATES
+
+        return profile.get("detect_gates") or {k: g.to_dict() for k, g in DEFAULT_DETECT_GATES.items()}
+    return profile.get("gates") or {}
+
+
+def _reference(cls: Any, ref: Any, refs: list[Any], names: list[str], labels: Any, source: Any,
+               task: str | None = None) -> Any:
     """A validate.Reference holding every output by name (outputs_all / output_names), given to the constructor
     when it takes them (so what it derives from them is computed), else set on it."""
     import dataclasses
@@ -145,7 +162,7 @@ def _reference(cls: Any, ref: Any, refs: list[Any], names: list[str], labels: An
     fields = {f.name for f in dataclasses.fields(cls) if f.init} if dataclasses.is_dataclass(cls) else set()
     extra = {"outputs_all": refs, "output_names": names}
     if {"outputs_all", "output_names"} <= fields:
-        return cls(outputs=ref, labels=labels, source=source, limit=None, **extra)
+        return cls(outputs=ref, labels=labels, source=source, limit=None, task=task, **extra)
     reference = cls(outputs=ref, labels=labels, source=source, limit=None)
     for key, value in extra.items():
         setattr(reference, key, value)
