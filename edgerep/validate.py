@@ -84,7 +84,8 @@ def reference_outputs_all(model: Any, source: Any, batch_size: int = 32, *,
     per_sample = False
     with torch.inference_mode():
         for x, y in source.iter_batches(batch_size, limit=limit):
-            named = flatten_named(model(torch.from_numpy(x)))
+            # np.require copies only a read-only batch (a memory-mapped .npy), which torch would warn about
+            named = flatten_named(model(torch.from_numpy(np.require(x, requirements=["W"]))))
             names = [n for n, _ in named]
             arrays = [t.detach().float().cpu().numpy() for _, t in named]
             if not outs:
