@@ -95,6 +95,12 @@ def test_name_rules():
     assert module_from_node_name("/reparam_3/Conv", names) is None  # a GraphModule's call name is no module
     assert module_from_initializer("p_stages_1_0_reparam_weight", names) == ("stages.1.0.reparam", "dynamo-name")
     assert module_from_initializer("onnx::Conv_204", names) == (None, "none")
+    # a fused conv reported against the unfused model: the block that holds it
+    from edgerep.quant.layers import owning_module
+
+    unfused = {"stages", "stages.1", "stages.1.0", "head.fc"}
+    assert owning_module("/stages.1.0.reparam/Conv", unfused) == "stages.1.0"
+    assert owning_module("/reparam_3/Conv", unfused) is None
 
 
 # --- Q/DQ variants and sensitivity -------------------------------------------------------------------

@@ -52,6 +52,18 @@ def module_from_node_name(node_name: str, module_names: set[str] | None = None) 
     return path
 
 
+def owning_module(node_name: str, module_names: set[str]) -> str | None:
+    """The innermost module of `module_names` that contains the node: for a fused conv of the unfused model
+    (`/backbone.stages.1.0.reparam/Conv`, where `reparam` exists only after fusion) its block
+    `backbone.stages.1.0`, the module a user finds in their own model."""
+    path = module_from_node_name(node_name)
+    while path:
+        if path in module_names:
+            return path
+        path = path.rpartition(".")[0]
+    return None
+
+
 def module_from_initializer(init_name: str, module_names: set[str] | None = None) -> tuple[str | None, str]:
     """`stages.1.0.reparam.weight` -> (`stages.1.0.reparam`, "initializer"); dynamo's
     `p_stages_1_0_reparam_weight` -> the module of `module_names` it flattens, (.., "dynamo-name")."""

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from ..errors import UserError
 from .evaluate import brief, eval_batch, evaluate_onnx, evaluate_runner
-from .layers import quantizable_layers
+from .layers import owning_module, quantizable_layers
 
 PLAN_FILE = "int8_plan.json"
 PLAN_SCHEMA = 1
@@ -211,7 +211,9 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
     fixed_float = list((base_options or {}).get("ignored_nodes") or [])
     evaluate = Evaluator(backend, onnx_path, profile, calib, reference, work_dir / "scratch", log)
     layers = quantizable_layers(onnx_path, module_names)
-    modules = {layer.node: layer.module for layer in layers}
+    names = set(module_names or ())
+    # A layer of the fused graph maps to its own module, else to the unfused model's module that holds it.
+    modules = {layer.node: layer.module or (owning_module(layer.node, names) if names else None) for layer in layers}
 
     # 1. calibration choices on the plain engine
     choices, notes = calibration_choices(backend, base, profile)
