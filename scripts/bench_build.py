@@ -8,12 +8,11 @@ In one run:
 Latency: each engine's p50 over `--iterations` calls after `--warmup` calls, repeated `--rounds` times with
 the engines interleaved (so machine load drifts hit all alike); the median of the rounds is reported.
 
-    python scripts/bench_build.py [--out bench_build.json] [--work runs/bench-build] [--rounds 5]
+    python scripts/bench_build.py [--out bench/bench_build.json] [--work runs/bench-build] [--rounds 5]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ def main() -> int:
     ap.add_argument("--model", default="zoo:repvgg_a0")
     ap.add_argument("--input-shape", default="1x3x224x224")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-build"))
-    ap.add_argument("--out", type=Path, default=Path("bench_build.json"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "bench" / "bench_build.json")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=30)
@@ -115,9 +114,18 @@ def main() -> int:
             ratios[f"{be} unfused/fused fp32 b{bs}"] = ratio(f"{be} unfused fp32", f"{be} fused fp32", bs)
             ratios[f"{be} fp32/int8 b{bs}"] = ratio(f"{be} fused fp32", f"{be} fused int8", bs)
 
+    import os
+    import platform
+    import shlex
+
+    from edgerep.cpu import host_cpu
+
     result = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         "model": args.model, "input_shape": args.input_shape, "weights": "random (seed 0)",
-        "machine": {"cpus": __import__("os").cpu_count(), "python": sys.version.split()[0]},
+        "machine": {**host_cpu().to_dict(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": sys.version.split()[0]},
         "settings": {"rounds": args.rounds, "warmup": args.warmup, "iterations": args.iterations,
                      "batch_sizes": batch_sizes, "statistic": "median over rounds of per-round p50 (ms)"},
         "fuse": {k: fuse.get(k) for k in ("regions", "ops_before_total", "ops_after_total", "params_before",
@@ -127,7 +135,9 @@ def main() -> int:
         "speedup": ratios,
         "versions": package_versions("edgerep", "torch", "openvino", "nncf", "onnxruntime", "onnx", "onnxsim"),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from edgerep.artifacts import write_json_atomic
+
+    write_json_atomic(args.out, result)
 
     # --- tables
     t = Table(title=f"edgerep build {args.model} {args.input_shape}: stage wall time (s)")
