@@ -271,25 +271,15 @@ def _native_output_silenced() -> Iterator[None]:
     alone (a detector's decode has dozens) straight to the process's stdout, past Python's sys.stdout: point
     file descriptors 1 and 2 at /dev/null while it runs. The outcome is checked numerically right after."""
     import os
-    import sys
 
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    try:
-        saved = [os.dup(1), os.dup(2)]
-    except OSError:  # no such descriptors (a daemon): nothing to silence
-        yield
-        return
+    from .std_fds import std_fds_to
+
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
+        with std_fds_to(devnull):
+            yield
     finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
+        os.close(devnull)
 
 
 def _run_onnxsim(path: Path) -> Any:

@@ -441,7 +441,7 @@ def finish_cell(cell: Cell, cell_dir: Path, outcome: dict[str, Any], timing: dic
 @contextmanager
 def _output_to(log_path: Path) -> Iterator[None]:
     """Send this process's stdout and stderr (file descriptors too: native libraries write there) to a file."""
-    import os
+    from .std_fds import std_fds_to
 
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -449,22 +449,16 @@ def _output_to(log_path: Path) -> Iterator[None]:
     except OSError:
         yield
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
     old_streams = sys.stdout, sys.stderr
     try:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        sys.stdout = sys.stderr = log
-        yield
+        with std_fds_to(log.fileno()):
+            sys.stdout = sys.stderr = log
+            try:
+                yield
+            finally:
+                log.flush()
+                sys.stdout, sys.stderr = old_streams
     finally:
-        log.flush()
-        sys.stdout, sys.stderr = old_streams
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
         log.close()
 
 

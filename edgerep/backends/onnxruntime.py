@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..artifacts import Artifact, atomic_files, companion_files, write_sidecar
 from ..cpu import int16_saturation_risk, target_isa
 from ..errors import UserError
-from ..onnx_files import detect_head_float_nodes, ort_pre_process
+from ..onnx_files import detect_head_float_nodes, ort_pre_process, quiet_root_logger
 from ..threads import runtime_threads
 from ..targets import BACKEND_CAPABILITIES
 from .common import (COMMON_OPTIONS, calib_batch_count, calib_settings, check_ignored_nodes, check_options, engine_info, onnx_input,
@@ -250,7 +249,7 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
         source = work / "pre.onnx" if pre_processed else onnx_path
         if ignored:
             source = _unshare_initializers(source, work / "unshared.onnx", set(ignored), external)
-        with atomic_files(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()), _root_log_level(logging.ERROR):
+        with atomic_files(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()), quiet_root_logger():
             # ORT's histogram collector prints progress on stdout, which would corrupt `--json` output.
             quantize_static(
                 str(source), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
@@ -325,18 +324,6 @@ def int16_saturation_check(qdq_path: Path) -> dict[str, Any]:
             at_risk.append(node.input[0])
     return {"worst_pair_sum": worst, "int16_max": 32767, "weights_at_risk": len(at_risk),
             "first_at_risk": at_risk[:5], "isa_independent": not at_risk}
-
-
-@contextlib.contextmanager
-def _root_log_level(level: int) -> Iterator[None]:
-    """quantize_static logs a "consider pre-processing" hint on the root logger on every call."""
-    root = logging.getLogger()
-    before = root.level
-    root.setLevel(level)
-    try:
-        yield
-    finally:
-        root.setLevel(before)
 
 
 def _unshare_initializers(path: Path, out: Path, nodes: set[str], external: bool) -> Path:

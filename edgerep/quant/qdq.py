@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..onnx_files import ort_pre_process
+from ..onnx_files import ort_pre_process, quiet_root_logger
 
 STYLES = ("onnxruntime", "openvino", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
@@ -67,6 +66,7 @@ class QdqMaker:
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._source: Path | None = None
+        self._tail: list[str] | None = None
         self._cache = self.work_dir / f"calib-{style}-{method}-{num_samples}.json"
         self._cache.unlink(missing_ok=True)  # a cache from an earlier model or data would be reused silently
 
@@ -86,10 +86,12 @@ class QdqMaker:
 
     def tail(self) -> list[str]:
         """A detector's prediction convs and decode (onnx_files.detect_head_float_nodes): kept in float, as the
-        backends keep them."""
-        from ..onnx_files import detect_head_float_nodes
+        backends keep them. Read from the model once: every variant of a search excludes the same nodes."""
+        if self._tail is None:
+            from ..onnx_files import detect_head_float_nodes
 
-        return detect_head_float_nodes(self.onnx_path)
+            self._tail = detect_head_float_nodes(self.onnx_path)
+        return self._tail
 
     def make(self, out_path: Path, *, exclude: list[str] | tuple[str, ...] = (), only: list[str] | None = None) -> Path:
         """Quantize every weighted layer except `exclude`, or (with `only`) just the nodes in `only`."""
@@ -120,20 +122,15 @@ class QdqMaker:
         reader = None if self._cache.is_file() else self._reader()
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint on the root logger
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # histogram collectors print progress
-                quantize_static(str(source), str(out_path), reader, quant_format=QuantFormat.QDQ,
-                                per_channel=self.per_channel, activation_type=activation,
-                                weight_type=QuantType.QUInt8 if self.weights == "u8" else QuantType.QInt8,
-                                reduce_range=self.weights == "s7",
-                                calibrate_method=method, nodes_to_exclude=list(exclude) + self.tail(),
-                                nodes_to_quantize=list(only) if only is not None else None, extra_options=extra,
-                                calibration_cache_path=str(self._cache), **kwargs)
-        finally:
-            root.setLevel(level)
+        # histogram collectors print progress on stdout; quantize_static logs a hint on the root logger
+        with contextlib.redirect_stdout(io.StringIO()), quiet_root_logger():
+            quantize_static(str(source), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=self.per_channel, activation_type=activation,
+                            weight_type=QuantType.QUInt8 if self.weights == "u8" else QuantType.QInt8,
+                            reduce_range=self.weights == "s7",
+                            calibrate_method=method, nodes_to_exclude=list(exclude) + self.tail(),
+                            nodes_to_quantize=list(only) if only is not None else None, extra_options=extra,
+                            calibration_cache_path=str(self._cache), **kwargs)
         return out_path
 
     def ranges(self) -> dict[str, tuple[float, float]]:

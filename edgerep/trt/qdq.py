@@ -14,16 +14,15 @@
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
-import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..errors import UserError
+from ..onnx_files import quiet_root_logger
 
 # Operators whose inputs get Q/DQ: TensorRT's weighted ops, pools it can run in INT8, and Add (residual
 # fusion into the preceding convolution); data-movement and activation ops stay float, as in ModelOpt.
@@ -96,7 +95,7 @@ def make_qdq(onnx_path: Path, out_path: Path, ranges: Any, *, nodes_to_exclude: 
                   "percentile": CalibrationMethod.Percentile}[ranges.method] if route == "cache" else CalibrationMethod.MinMax
         # quantize_static writes the model itself; give it a name in our temp folder, then move it.
         target = Path(tmp) / "model.qdq.onnx"
-        with _quiet_root_logger():  # quantize_static logs a pre-processing hint on the root logger every call
+        with quiet_root_logger():  # quantize_static logs a pre-processing hint on the root logger every call
             quantize_static(str(onnx_path), str(target), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=False,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -107,17 +106,6 @@ def make_qdq(onnx_path: Path, out_path: Path, ranges: Any, *, nodes_to_exclude: 
         onnx.save(qdq, str(partial))
     return {"route": route, "op_types": op_types, "per_channel": per_channel, "nodes_to_exclude": exclude,
             "extra_options": {k: v for k, v in extra.items() if k != "TensorQuantOverrides"}}
-
-
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def _overrides(ranges: Any) -> dict[str, list[dict[str, Any]]]:
