@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from .errors import UserError
+from edgerep.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Re-parameterize, export, build and validate edge engines.",
                   epilog="--debug on any command (anywhere on the line), or EDGEREP_DEBUG=1, shows the traceback behind an error.")
@@ -23,7 +23,7 @@ out = Console()
 
 def _print_version(value: bool) -> None:
     if value:
-        from . import __version__
+        from edgerep import __version__
 
         out.print(f"edgerep {__version__}", highlight=False)
         raise typer.Exit()
@@ -38,7 +38,7 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 @app.command("models")
 def models_cmd() -> None:
     """List the zoo models (use them as --model zoo:NAME)."""
-    from . import zoo
+    from edgerep import zoo
 
     for name in zoo.model_names():
         entry = zoo.get_entry(name)
@@ -57,7 +57,7 @@ def fuse_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the report as one JSON object on stdout"),
 ) -> None:
     """Fuse every re-parameterizable block into plain convolutions and prove it computes the same function."""
-    from .fuse.command import run_fuse
+    from edgerep.commands.fuse import run_fuse
 
     code = run_fuse(model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
                     trust_pickle=trust_pickle, output=output, tol=tol, as_json=as_json, out=out, console=console)
@@ -98,7 +98,7 @@ def build_cmd(
 
     With no arguments: the demo (zoo:repvgg_digits, its shipped weights and digits data, openvino-cpu, every precision).
     Exit 0 when every engine passes its gates, 1 when one fails (named with the reason), 2 on bad input."""
-    from .build import parse_floats, run_build
+    from edgerep.commands.build import parse_floats, run_build
 
     code = run_build(model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
                      trust_pickle=trust_pickle, target=target, precisions=precision, calib=calib, val=val,
@@ -123,7 +123,7 @@ def matrix_cmd(
     """Build and validate every model on every target at every precision; one report (matrix.json, matrix.md,
     matrix.png). Cells build in parallel; latency is timed afterwards one cell at a time per machine.
     Exit 0 when every engine passes, 1 when any fails, 2 on a bad matrix file."""
-    from .commands.matrix import run_matrix
+    from edgerep.commands.matrix import run_matrix
 
     raise typer.Exit(run_matrix(matrix_file=matrix_file, output=output, workers=workers, ray=ray,
                                 ray_address=ray_address, force=force, out=out, console=console))
@@ -149,14 +149,14 @@ def validate_cmd(
 ) -> None:
     """Validate a built engine against the unfused PyTorch model: accuracy, latency and the target's gates."""
     if bundle is not None:  # on the device: the bundle carries the reference; TensorRT (or ONNX Runtime for .onnx) only
-        from .commands.validate_bundle import run_validate_bundle
+        from edgerep.commands.validate_bundle import run_validate_bundle
 
         raise typer.Exit(run_validate_bundle(bundle=bundle, engine=engine, as_json=as_json, out=out, console=console))
     if model is None:
         raise UserError("--model: required (the unfused model the engine was built from), or --bundle DIR on a device")
     if len(engine) != 1:
         raise UserError(f"--engine: give one engine to validate against --model (got {len(engine)}); several go with --bundle")
-    from .validate import run_validate
+    from edgerep.commands.validate import run_validate
 
     code = run_validate(model=model, engine=engine[0], target=target, val=val, weights=weights, input_shape=input_shape,
                         num_classes=num_classes, trust_pickle=trust_pickle, val_samples=val_samples, isa=isa,
@@ -180,7 +180,7 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
 ) -> None:
     """Fuse the model, export it to ONNX (opset from the target), simplify it, and check each stage in ONNX Runtime."""
-    from .export import run_export
+    from edgerep.commands.export import run_export
 
     code = run_export(model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
                       trust_pickle=trust_pickle, target=target, dynamic_batch=dynamic_batch, simplifier=simplifier,
@@ -212,7 +212,7 @@ def sensitivity_cmd(
 ) -> None:
     """INT8 sensitivity per layer (ONNX node and PyTorch module), weight/activation range outliers, and a
     calibration study; writes sensitivity.json, sensitivity.md and sensitivity.png."""
-    from .quant.command import run_sensitivity
+    from edgerep.commands.sensitivity import run_sensitivity
 
     code = run_sensitivity(model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
                            trust_pickle=trust_pickle, target=target, calib=calib, val=val, calib_samples=calib_samples,
@@ -228,11 +228,11 @@ def targets_cmd() -> None:
     from rich import box
     from rich.table import Table
 
-    from .targets import DEFAULT_TARGET, list_targets
+    from edgerep.targets import DEFAULT_TARGET, list_targets
 
     table = Table(title="edgerep targets (* default)", box=box.SIMPLE_HEAD)
     wide = out.width >= 140  # descriptions only fit a wide terminal
-    from .cpu import host_cpu
+    from edgerep.cpu.isa import host_cpu
 
     here = host_cpu().isa or "x86-64"
     profiles = list_targets()
@@ -256,7 +256,7 @@ def targets_cmd() -> None:
 @app.command("doctor")
 def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="print everything as one JSON object on stdout")) -> None:
     """What edgerep sees here: runtimes (installed or why not), CPU INT8 features, GPUs, and which targets build."""
-    from .commands.doctor import run_doctor
+    from edgerep.commands.doctor import run_doctor
 
     raise typer.Exit(run_doctor(as_json=as_json, out=out))
 
@@ -273,7 +273,7 @@ def check_cmd(
 ) -> None:
     """Lint an ONNX model for the target's TensorRT parser (opset, operators, attributes, INT64, dynamic shapes).
     Exit 1 when it has errors, 0 when only warnings."""
-    from .commands.check import run_check
+    from edgerep.commands.check import run_check
 
     code = run_check(target=target, model=model, weights=weights, input_shape=input_shape, num_classes=num_classes,
                      trust_pickle=trust_pickle, as_json=as_json, out=out, console=console)

@@ -16,7 +16,13 @@ class UserError(Exception):
         self.message = message
 
 
-class GateFailure(Exception):
-    """Raised (or reported) when a built artifact fails a numeric check or an accuracy gate."""
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of an exception's message, cut at `limit` characters ("" when it has none)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else ""
 
-    exit_code = 1
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one line for a user-facing message: its type and the first line of its message."""
+    text = first_line(exc, limit)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .cpu import ISAS
-from .errors import UserError
+from edgerep.cpu.isa import ISAS
+from edgerep.errors import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -128,7 +128,7 @@ class TargetProfile:
     tensorrt: TensorRTSettings | None = None
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     # The CPU instruction set the engine must hold on (CPU backends): "auto" (the machine running edgerep)
-    # or one of edgerep.cpu.ISAS. INT8 choices depend on it (see edgerep/cpu.py).
+    # or one of edgerep.cpu.isa.ISAS. INT8 choices depend on it (see edgerep/cpu.py).
     isa: str = "auto"
     source: Path | None = None
 

@@ -36,11 +36,12 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgerep.artifacts import package_versions
+    from edgerep.files.artifacts import package_versions
     from edgerep.backends import get_backend
-    from edgerep.build import BuildOptions, build
-    from edgerep.export import export_onnx, simplify_onnx
-    from edgerep.models import load_model
+    from edgerep.pipeline.build import BuildOptions, build
+    from edgerep.export.onnx_export import export_onnx
+    from edgerep.export.simplify import simplify_onnx
+    from edgerep.models.specs import load_model
     from edgerep.targets import load_target
 
     console = Console(stderr=True)
@@ -78,7 +79,7 @@ def main() -> int:
     sim, used = simplify_onnx(raw, base / "model.sim.onnx", method="onnxsim")
     console.print(f"unfused export + {used}: {time.perf_counter() - t0:.1f} s")
 
-    from edgerep.artifacts import load_artifact
+    from edgerep.files.artifacts import load_artifact
 
     engines = {}  # label -> (backend, artifact)
     for backend_name, profile in (("openvino", profile_ov), ("onnxruntime", profile_ort)):
@@ -118,7 +119,7 @@ def main() -> int:
     import platform
     import shlex
 
-    from edgerep.cpu import host_cpu
+    from edgerep.cpu.isa import host_cpu
 
     result = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -135,7 +136,7 @@ def main() -> int:
         "speedup": ratios,
         "versions": package_versions("edgerep", "torch", "openvino", "nncf", "onnxruntime", "onnx", "onnxsim"),
     }
-    from edgerep.artifacts import write_json_atomic
+    from edgerep.files.artifacts import write_json_atomic
 
     write_json_atomic(args.out, result)
 

@@ -13,7 +13,7 @@ In one run, per runtime (OpenVINO, ONNX Runtime), for each model:
   (a) "unfused export": the unfused PyTorch model through a plain torch.onnx.export (no fusion, no simplifier);
   (b) "ultralytics export": Ultralytics' exporter for the same weights (format="onnx" for ONNX Runtime,
       format="openvino" for OpenVINO); n/a for the demo (not an Ultralytics model);
-  (c) edgerep FP32, FP16, INT8: engines of edgerep's library build (edgerep.build.build with BuildOptions), read
+  (c) edgerep FP32, FP16, INT8: engines of edgerep's library build (edgerep.pipeline.build.build with BuildOptions), read
       from its report; when build() fails on a detector (validation not yet task-aware), the same stages run
       directly (fuse, export_pipeline, backend.build) and the JSON says so.
 Each gets: latency at batch 1 (median over --iterations calls after --warmup, monotonic clock, engines
@@ -66,8 +66,8 @@ class Subject:
 
 
 def _letterboxed_array(items: list, size: tuple[int, int], path: Path) -> Path:
-    from edgerep.artifacts import atomic_path
-    from edgerep.detect_data import letterboxed_batches
+    from edgerep.files.artifacts import atomic_path
+    from edgerep.data.detect_labels import letterboxed_batches
 
     xs = np.concatenate([x for x, _ in letterboxed_batches(items, size, 16)])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,9 +78,9 @@ def _letterboxed_array(items: list, size: tuple[int, int], path: Path) -> Path:
 
 def demo_subject(work: Path, val_images: int, calib_images: int, weights: Path | None,
                  name: str = "repyolo_digits") -> Subject:
-    from edgerep.data import calib_root
-    from edgerep.detect_data import read_yolo_labels
-    from edgerep.models import load_model
+    from edgerep.data.sources import calib_root
+    from edgerep.data.detect_labels import read_yolo_labels
+    from edgerep.models.specs import load_model
 
     info = load_model(f"zoo:{name}", weights=weights)  # weights None: the shipped ones, if any
     root = calib_root() / "digits_det"
@@ -101,7 +101,7 @@ def _photo_crops(photos: list[Path], n: int, out: Path, seed: int = 0) -> list[P
     not the calibration images themselves."""
     from PIL import Image
 
-    from edgerep.detect_data import load_rgb
+    from edgerep.data.detect_labels import load_rgb
 
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,9 +157,9 @@ def yolo_subject(work: Path, photo_crops: int, bn_passes: int) -> Subject:
     import torch
     from safetensors.torch import save_file
 
-    from edgerep.data import calib_root
-    from edgerep.detect_data import image_files
-    from edgerep.models import load_model
+    from edgerep.data.sources import calib_root
+    from edgerep.data.detect_labels import image_files
+    from edgerep.models.specs import load_model
 
     torch.manual_seed(0)
     info = load_model("ultralytics:yolov8n.yaml", input_shape=(1, 3, YOLO_SIZE, YOLO_SIZE))
@@ -191,12 +191,12 @@ def plain_export(subject: Subject, path: Path, opset: int) -> Path:
 
 def ultralytics_exports(subject: Subject, work: Path) -> dict[str, Path]:
     """Ultralytics' own exporter on the same weights: {"onnxruntime": .onnx, "openvino": .xml}."""
-    from edgerep.models_ultralytics import import_ultralytics
+    from edgerep.models.ultralytics import import_ultralytics
 
     import_ultralytics(subject.spec)
     from ultralytics import YOLO
 
-    from edgerep.models import read_state_dict
+    from edgerep.models.specs import read_state_dict
 
     yolo = YOLO(subject.spec.split(":", 1)[1])
     yolo.model.load_state_dict(read_state_dict(subject.weights))
@@ -210,8 +210,8 @@ def ultralytics_exports(subject: Subject, work: Path) -> dict[str, Path]:
 def edgerep_engines(subject: Subject, target: str, out_dir: Path, calib_samples: int, tol: float,
                     console: Any) -> tuple[dict, dict]:
     """{precision: engine path} from edgerep's library build, and how they were made (with the wall time)."""
-    from edgerep.artifacts import read_sidecar
-    from edgerep.build import BuildOptions, build
+    from edgerep.files.artifacts import read_sidecar
+    from edgerep.pipeline.build import BuildOptions, build
     from edgerep.targets import load_target
 
     t0 = time.perf_counter()
@@ -226,7 +226,7 @@ def edgerep_engines(subject: Subject, target: str, out_dir: Path, calib_samples:
                  if e.get("status") == "ok" and e.get("path")}
         if set(paths) >= set(load_target(target).precisions):
             wall = time.perf_counter() - t0
-            how = {"how": "edgerep.build.build (library API), latency stage off", "wall_s": wall,
+            how = {"how": "edgerep.pipeline.build.build (library API), latency stage off", "wall_s": wall,
                    "exit_code": result.exit_code,
                    "float_head_nodes": read_sidecar(paths["int8"]).get("settings", {}).get("float_head_nodes")}
             if subject.labelled:  # the budgeted search (point 7): its unit is labelled mAP@0.5:0.95 points
@@ -259,8 +259,8 @@ def _stages_directly(subject: Subject, target: str, out_dir: Path, calib_samples
     import torch
 
     from edgerep.backends import get_backend
-    from edgerep.data import open_data
-    from edgerep.export import export_pipeline
+    from edgerep.data.sources import open_data
+    from edgerep.export.pipeline import export_pipeline
     from edgerep.fuse import fuse
     from edgerep.targets import load_target
 
@@ -286,15 +286,15 @@ def open_runner(runtime: str, path: Path, edgerep_engine: bool) -> Any:
     """edgerep's engines through their backend (the runner edgerep validates with); other files in the runtime's
     plain FP32 runner."""
     if edgerep_engine:
-        from edgerep.artifacts import load_artifact
+        from edgerep.files.artifacts import load_artifact
         from edgerep.backends import get_backend
 
         return get_backend(runtime).load(load_artifact(path))
     if runtime == "onnxruntime":
-        from edgerep.backends.onnxruntime import OrtRunner
+        from edgerep.backends.onnxruntime.runner import OrtRunner
 
         return OrtRunner(path)
-    from edgerep.backends.openvino import OpenVINORunner
+    from edgerep.backends.openvino.runner import OpenVINORunner
 
     return OpenVINORunner(path, "f32")
 
@@ -320,7 +320,7 @@ def torch_run(module: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def interleaved_p50(runners: dict[str, Any], x: np.ndarray, warmup: int, iterations: int, rounds: int) -> dict:
-    from edgerep.validate import runner_latency
+    from edgerep.validate.latency import runner_latency
 
     per: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
@@ -442,7 +442,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
-    from edgerep.threads import cap_threads, usable_cores
+    from edgerep.cpu.threads import cap_threads, usable_cores
 
     threads = args.threads or usable_cores()
     cap_threads(threads)  # before any runtime opens a session: every engine gets the same threads
@@ -450,8 +450,8 @@ def main() -> int:
     import torch
     from rich.console import Console
 
-    from edgerep.artifacts import package_versions, write_json_atomic
-    from edgerep.cpu import host_cpu
+    from edgerep.files.artifacts import package_versions, write_json_atomic
+    from edgerep.cpu.isa import host_cpu
 
     console = Console(stderr=True)
     machine = {**host_cpu().to_dict(), "platform": platform.platform(), "python": platform.python_version(),

@@ -8,7 +8,7 @@ edgerep.zoo.repyolo.stress_digits_detector), in one run:
   * the unfused PyTorch model's detections on calib/digits_det/val (100 labelled images) are the reference;
   * fused (edgerep.fuse), exported (edgerep.export, opset 17), run in ONNX Runtime FP32;
   * plain INT8 ("int8"): ONNX Runtime static Q/DQ as the onnxruntime-cpu target builds it from the simplified
-    ONNX (edgerep.backends.onnxruntime.quantize_qdq: per-channel int8 weights, uint8 activations, MinMax
+    ONNX (edgerep.backends.onnxruntime.quantize.quantize_qdq: per-channel int8 weights, uint8 activations, MinMax
     over the first 300 letterboxed images of calib/digits_det/train, as the target profile's [calibration]
     says), nothing kept in float;
   * "int8_tail_float": the same with the head's decode (every node after the last convolutions, decode_tail)
@@ -44,14 +44,14 @@ class LetterboxedImages:
     num_samples, path, iter_batches(batch_size, limit) -> (x, labels))."""
 
     def __init__(self, split: Path, stride: int) -> None:
-        from edgerep.detect_data import read_yolo_labels
+        from edgerep.data.detect_labels import read_yolo_labels
 
         self.path, self.stride = split, stride
         self.items = read_yolo_labels(split, NC)
         self.num_samples = len(self.items)
 
     def iter_batches(self, batch_size: int, limit: int | None = None):
-        from edgerep.detect_data import letterboxed_batches
+        from edgerep.data.detect_labels import letterboxed_batches
 
         items = self.items[:limit] if limit else self.items
         for x, _metas in letterboxed_batches(items, SIZE, batch_size, stride=self.stride):
@@ -63,7 +63,7 @@ def activation_range(module, items, stride: int) -> dict[str, float]:
     max over the largest of the others (1 ~ balanced; ~100 the stress)."""
     import torch
 
-    from edgerep.detect_data import letterboxed_batches
+    from edgerep.data.detect_labels import letterboxed_batches
     from edgerep.zoo.repyolo import STRESS_CHANNEL, STRESS_PAIR
 
     maxima = []
@@ -111,10 +111,11 @@ def bench_model(spec: str, work: Path, calib: LetterboxedImages, val_items, cons
     import onnxruntime as ort
     import torch
 
-    from edgerep.backends.onnxruntime import quantize_qdq
-    from edgerep.export import export_onnx, simplify_onnx
+    from edgerep.backends.onnxruntime.quantize import quantize_qdq
+    from edgerep.export.onnx_export import export_onnx
+    from edgerep.export.simplify import simplify_onnx
     from edgerep.fuse import fuse
-    from edgerep.models import load_model
+    from edgerep.models.specs import load_model
     from edgerep.tasks.detect import agreement, detection_map, label_truth
 
     info = load_model(spec)
@@ -176,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgerep.artifacts import write_json_atomic
-    from edgerep.detect_data import read_yolo_labels
+    from edgerep.files.artifacts import write_json_atomic
+    from edgerep.data.detect_labels import read_yolo_labels
 
     torch.set_num_threads(args.threads)
     console = Console(width=150)

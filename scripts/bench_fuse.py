@@ -74,7 +74,7 @@ def build_model(spec: str, shape: tuple[int, ...]) -> tuple[Any, str]:
         model = DetectionModel(cfg, verbose=False)
         model.model[-1].export = True  # the head returns one tensor (boxes and class scores), as when exported
         return randomize_bn(model).eval(), Path(cfg).stem
-    from edgerep.models import load_model
+    from edgerep.models.specs import load_model
 
     info = load_model(spec, input_shape=shape)
     return randomize_bn(info.module).eval(), info.name
@@ -101,7 +101,7 @@ def bench_model(spec: str, shape: tuple[int, ...], work: Path, args: argparse.Na
     import onnxruntime as ort
     import torch
 
-    from edgerep.export import export_onnx
+    from edgerep.export.onnx_export import export_onnx
     from edgerep.fuse import fuse
 
     model, name = build_model(spec, shape)
@@ -200,9 +200,9 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgerep.artifacts import package_versions, write_json_atomic
-    from edgerep.cpu import host_cpu
-    from edgerep.models import parse_input_shape
+    from edgerep.files.artifacts import package_versions, write_json_atomic
+    from edgerep.cpu.isa import host_cpu
+    from edgerep.models.specs import parse_input_shape
 
     console, out = Console(stderr=True), Console()
     if args.threads:

@@ -51,7 +51,7 @@ def a0_weights(work: Path, epochs: int, console) -> Path:
 def interleaved_latency(runners: dict[str, object], batch: np.ndarray, *, warmup: int, iterations: int,
                         rounds: int) -> dict[str, dict]:
     """p50 per engine and round, engines interleaved; the median over rounds (and all rounds) per engine."""
-    from edgerep.validate import runner_latency
+    from edgerep.validate.latency import runner_latency
 
     per: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(rounds):
@@ -63,9 +63,9 @@ def interleaved_latency(runners: dict[str, object], batch: np.ndarray, *, warmup
 def weight_format_rows(name: str, info, model, calib, val, reference, work: Path, batch_sizes: list[int], args,
                        console) -> list[dict]:
     """ONNX Runtime plain INT8 with each weight format: accuracy and latency here, accuracy on emulated AVX2."""
-    from edgerep import isa_check
+    from edgerep.validate import isa_check
     from edgerep.backends import get_backend
-    from edgerep.export import export_pipeline
+    from edgerep.export.pipeline import export_pipeline
     from edgerep.quant.evaluate import evaluate_runner, score
     from edgerep.targets import load_target
 
@@ -142,17 +142,17 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgerep.artifacts import package_versions, write_json_atomic
+    from edgerep.files.artifacts import package_versions, write_json_atomic
     from edgerep.backends import get_backend
-    from edgerep.data import default_data_paths, open_data
-    from edgerep.export import export_pipeline
+    from edgerep.data.sources import default_data_paths, open_data
+    from edgerep.export.pipeline import export_pipeline
     from edgerep.fuse import fuse
-    from edgerep.models import load_model
+    from edgerep.models.specs import load_model
     from edgerep.quant.evaluate import evaluate_runner
     from edgerep.quant.mixed import plan_int8
     from edgerep.quant.stress import scale_channel_pair
     from edgerep.targets import load_target
-    from edgerep.validate import compute_reference
+    from edgerep.validate.engine import compute_reference
 
     console = Console(stderr=True)
     out = Console(width=160)  # the table has 13 columns
@@ -234,7 +234,7 @@ def main() -> int:
         if r["engine"] != "fp32":
             r["meets_target"] = bool(r["drop"] <= args.max_drop + 1e-9 and
                                      min(r["speedup_vs_fp32"].values()) >= 1.5)
-    from edgerep.cpu import host_cpu
+    from edgerep.cpu.isa import host_cpu
 
     report = {"bench": "int8", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "machine": {**host_cpu().to_dict(), "cores": os.cpu_count(), "platform": platform.platform()},

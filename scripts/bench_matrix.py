@@ -84,7 +84,7 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgerep.artifacts import package_versions
+    from edgerep.files.artifacts import package_versions
 
     out = Console()
     modes = [m for m in args.modes.split(",") if m]

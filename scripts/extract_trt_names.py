@@ -1,5 +1,5 @@
 """Extract the Python names each TensorRT release binds, from NVIDIA's own bindings wheels on PyPI, into
-edgerep/trt_data/names-<major.minor>.json (committed; the tests check every `tensorrt` attribute edgerep's
+edgerep/backends/tensorrt/data/names-<major.minor>.json (committed; the tests check every `tensorrt` attribute edgerep's
 code uses on a version's path against that version's list).
 
     python scripts/extract_trt_names.py            # downloads the wheels with `pip download --no-deps`
@@ -123,7 +123,7 @@ def source_names(repo: str, branch: str) -> tuple[set[str], str]:
 
 
 def main_source(repo: str) -> int:
-    out_dir = Path(__file__).resolve().parent.parent / "edgerep" / "trt_data"
+    out_dir = Path(__file__).resolve().parent.parent / "edgerep" / "backends" / "tensorrt" / "data"
     for branch in SOURCE_BRANCHES:
         names, commit = source_names(repo, branch)
         data = {"tensorrt": branch, "source": f"github.com/NVIDIA/TensorRT release/{branch} @ {commit}",
@@ -138,7 +138,7 @@ def main_source(repo: str) -> int:
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--source":
         return main_source(sys.argv[2])
-    out_dir = Path(__file__).resolve().parent.parent / "edgerep" / "trt_data"
+    out_dir = Path(__file__).resolve().parent.parent / "edgerep" / "backends" / "tensorrt" / "data"
     with tempfile.TemporaryDirectory() as tmp:
         for key, req in WHEELS.items():
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, req], check=True)

@@ -1,5 +1,5 @@
 """Extract the options trtexec parses, per TensorRT release, from trtexec's own source, into
-edgerep/trt_data/trtexec_options.json (committed; read by the tests that check build.sh's trtexec lines).
+edgerep/backends/tensorrt/data/trtexec_options.json (committed; read by the tests that check build.sh's trtexec lines).
 
     python scripts/extract_trtexec_options.py /path/to/TensorRT.git   # a clone of github.com/NVIDIA/TensorRT
 
@@ -50,7 +50,7 @@ def main(repo: str) -> int:
         text = subprocess.run(["git", "-C", repo, "show", f"{commit}:{PATH}"], capture_output=True, text=True,
                               check=True).stdout
         out["versions"][branch] = {"branch": ref, "commit": commit, "options": options_in(text)}  # type: ignore[index]
-    dst = Path(__file__).resolve().parent.parent / "edgerep" / "trt_data" / "trtexec_options.json"
+    dst = Path(__file__).resolve().parent.parent / "edgerep" / "backends" / "tensorrt" / "data" / "trtexec_options.json"
     dst.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     for branch, v in out["versions"].items():  # type: ignore[union-attr]
         print(f"{branch:6} {v['commit'][:10]} {len(v['options'])} options")

@@ -4,7 +4,7 @@
     python scripts/train_detector.py --epochs 5 --out /tmp/det.safetensors --record ''
 
 Data: the YOLO-format train split of calib/digits_det (made by scripts/make_digits_det.py), read with
-edgerep.detect_data, plus --synth more images drawn the same way in memory (make_digits_det.render_image,
+edgerep.data.detect_labels, plus --synth more images drawn the same way in memory (make_digits_det.render_image,
 its own seeded generator, scikit-learn's train digits only: calib/ stays a few MB and no held-out digit is
 seen). Each epoch sees every image once: at a random scale (0.6-1.3 of its letterbox fit) and position on
 a 128x128 grey (114) canvas, or (probability --mosaic) as a 4-image mosaic at the same digit scale, with
@@ -59,7 +59,7 @@ BOX_GAIN = 2.5  # GIoU loss weight against the classification loss (YOLOv6's iou
 
 def load_split(split: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(image HxWx3 uint8, boxes xyxy in its pixels, classes) for each image of a split."""
-    from edgerep.detect_data import load_rgb, read_yolo_labels
+    from edgerep.data.detect_labels import load_rgb, read_yolo_labels
 
     return [(load_rgb(item.path), item.boxes, item.classes) for item in read_yolo_labels(DATA / split, 10)]
 
@@ -90,7 +90,7 @@ def random_view(img: np.ndarray, boxes: np.ndarray, classes: np.ndarray, size: i
     (size x size, or canvas_hw); boxes follow, and a box left less than half visible is dropped."""
     from PIL import Image
 
-    from edgerep.detect_data import PAD_VALUE
+    from edgerep.data.detect_labels import PAD_VALUE
 
     ch, cw = canvas_hw or (size, size)
     h, w = img.shape[:2]
@@ -228,7 +228,7 @@ def detection_loss(model: nn.Module, x: torch.Tensor, gt_boxes, gt_classes, vali
 
 def evaluate(model: nn.Module, split: str = "val", size: int = 128):
     """Labelled COCO mAP of `model` on a split (edgerep.tasks.detect, boxes in original pixels)."""
-    from edgerep.detect_data import read_yolo_labels
+    from edgerep.data.detect_labels import read_yolo_labels
     from edgerep.tasks.detect import detect_images, detection_map, label_truth
 
     items = read_yolo_labels(DATA / split, 10)
@@ -316,10 +316,10 @@ def train(*, epochs: int, seed: int, batch_size: int, lr: float, synth: int = 0,
 
 def save_weights(model: nn.Module, out: Path, *, half: bool = True) -> None:
     """The state dict as safetensors; `half`: floating tensors stored as float16 (half the file; they load
-    back into the model's float32 parameters, edgerep.models.load_weights_into)."""
+    back into the model's float32 parameters, edgerep.models.specs.load_weights_into)."""
     from safetensors.torch import save_file
 
-    from edgerep.artifacts import atomic_path
+    from edgerep.files.artifacts import atomic_path
 
     state = {k: (v.half() if half and v.dtype.is_floating_point else v).detach().contiguous().clone()
              for k, v in model.state_dict().items()}
@@ -330,7 +330,7 @@ def save_weights(model: nn.Module, out: Path, *, half: bool = True) -> None:
 
 def reload(path: Path) -> nn.Module:
     """A fresh float32 model with the stored weights, read as the zoo reads its shipped weights."""
-    from edgerep.models import load_weights_into
+    from edgerep.models.specs import load_weights_into
     from edgerep.zoo import create_model
 
     model = create_model(MODEL)
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
           f"memory {in_memory.map50:.3f} / {in_memory.map50_95:.3f})  train time {seconds:.0f}s  "
           f"weights {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
     if args.record:
-        from edgerep.artifacts import write_json_atomic
+        from edgerep.files.artifacts import write_json_atomic
 
         write_json_atomic(Path(args.record), {
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

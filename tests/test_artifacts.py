@@ -1,4 +1,4 @@
-"""Atomic writes, hashes and sidecars (edgerep.artifacts)."""
+"""Atomic writes, hashes and sidecars (edgerep.files.artifacts)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from edgerep.artifacts import (array_sha256, atomic_files, atomic_path, file_sha256, load_artifact, package_versions,
-                               read_sidecar, sha256_files, write_json_atomic, write_sidecar)
+from edgerep.files.artifacts import array_sha256, atomic_files, atomic_path, file_sha256, load_artifact, package_versions, read_sidecar, sha256_files, write_json_atomic, write_sidecar
 from edgerep.errors import UserError
 
 

@@ -10,12 +10,12 @@ import onnx
 import pytest
 import torch
 
-from edgerep.artifacts import load_artifact, sha256_files
+from edgerep.files.artifacts import load_artifact, sha256_files
 from edgerep.backends import get_backend
-from edgerep.data import open_data
+from edgerep.data.sources import open_data
 from edgerep.errors import UserError
-from edgerep.export import export_pipeline
-from edgerep.models import load_model
+from edgerep.export.pipeline import export_pipeline
+from edgerep.models.specs import load_model
 from edgerep.targets import load_target
 
 SHAPE = (1, 3, 32, 32)
@@ -161,7 +161,7 @@ def test_other_calibration_methods(setup, backend_name, method):
     assert _cosine(outs[method], setup["ref"]) > 0.9
     assert not np.array_equal(outs[method], outs["minmax"])
     if backend_name == "onnxruntime":  # the Q/DQ model's activation scales are the ranges of that method
-        from edgerep.trt.qdq import activation_scales
+        from edgerep.backends.tensorrt.qdq import activation_scales
 
         scales = {m: activation_scales(onnx.load(str(setup["root"] / f"{backend_name}-{m}-vs" / "model.int8.onnx")))
                   for m in (method, "minmax")}

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edgerep.cli import main
-from edgerep.data import calib_root
+from edgerep.data.sources import calib_root
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = Path("runs") / "repvgg_digits-openvino-cpu"

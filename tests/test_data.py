@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from edgerep.data import (ArraySource, ImageSource, Preprocess, calib_root, default_data, load_image, open_data,
-                          preprocess_for)
+from edgerep.data.sources import ArraySource, ImageSource, Preprocess, calib_root, default_data, load_image, open_data, preprocess_for
 from edgerep.errors import UserError
-from edgerep.models import ModelInfo
+from edgerep.models.specs import ModelInfo
 
 PHOTOS = sorted((calib_root() / "images").glob("*.jpg"))
 

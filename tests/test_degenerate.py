@@ -1,5 +1,5 @@
 """Degenerate references: outputs that carry no signal are named in one line, the gates are reported as not
-meaningful, and the build exits 1 with that line (edgerep.validate.degenerate_reference)."""
+meaningful, and the build exits 1 with that line (edgerep.validate.engine.degenerate_reference)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgerep.data import default_data_paths, open_data, preprocess_for
-from edgerep.models import load_model
-from edgerep.validate import compute_reference, degenerate_reference, validate_runner
+from edgerep.data.sources import default_data_paths, open_data, preprocess_for
+from edgerep.models.specs import load_model
+from edgerep.validate.engine import compute_reference, validate_runner
+from edgerep.tasks.classify import degenerate_reference
 
 
 def reference_of(spec: str, **kwargs):

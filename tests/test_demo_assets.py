@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgerep.models import load_model
+from edgerep.models.specs import load_model
 from edgerep.zoo import create_model, get_entry
 from edgerep.zoo.common import reparameterize_model
 from edgerep.zoo.digits import CALIB_SAMPLES, DIGITS_MEAN, DIGITS_STD, digits_arrays

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="the ONNX Runtime backend")
 pytest.importorskip("pycocotools", reason="mAP needs pycocotools (pip install edgerep[detect])")
 
-from edgerep.build import BuildOptions, build  # noqa: E402
+from edgerep.pipeline.build import BuildOptions, build  # noqa: E402
 from edgerep.zoo import get_entry  # noqa: E402
 
 if get_entry("repyolo_digits").weights_path() is None:  # pragma: no cover - the weights ship with edgerep
@@ -52,7 +52,7 @@ def test_jetson_bundle_of_the_demo_detector_validates_with_detection_metrics(tmp
     from rich.console import Console
 
     from edgerep.commands.validate_bundle import run_validate_bundle
-    from edgerep.trt.bundle import load_bundle
+    from edgerep.backends.tensorrt.bundle import load_bundle
 
     result = build(BuildOptions(model="zoo:repyolo_digits", target="jetson-orin-nano", calib_samples=32,
                                 val_samples=16, output=tmp_path / "run"))

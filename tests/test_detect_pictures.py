@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgerep.detect_data import read_yolo_labels
-from edgerep.detect_pictures import COLUMN_COLOURS, draw_detections_grid
-from edgerep.tasks.detect import Detections
+from edgerep.data.detect_labels import read_yolo_labels
+from edgerep.tasks.detect_pictures import COLUMN_COLOURS, draw_detections_grid
+from edgerep.data.detections import Detections
 
 VAL = Path(__file__).resolve().parent.parent / "calib" / "digits_det" / "val"
 

@@ -12,12 +12,13 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from edgerep.data import open_data, preprocess_for
-from edgerep.detect_pictures import COLUMN_COLOURS, detection_pictures
-from edgerep.detect_source import DetectionSource
-from edgerep.models import ModelInfo
-from edgerep.report import DETECT_ACCURACY_KEYS, engine_entry, latency_accuracy_figure, normalize, write_report
-from edgerep.tasks.detect import Detections, agreement, detection_map
+from edgerep.data.sources import open_data, preprocess_for
+from edgerep.tasks.detect_pictures import COLUMN_COLOURS, detection_pictures
+from edgerep.data.detect_source import DetectionSource
+from edgerep.models.specs import ModelInfo
+from edgerep.pipeline.report import DETECT_ACCURACY_KEYS, engine_entry, latency_accuracy_figure, normalize, write_report
+from edgerep.data.detections import Detections
+from edgerep.tasks.detect import agreement, detection_map
 from test_detect_data import _copy_split
 
 
@@ -91,8 +92,8 @@ class TinyDetector(nn.Module):
 def test_pictures_stage_reruns_real_engines_on_a_few_images(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from edgerep.backends import get_backend
-    from edgerep.picture_stage import _run_each, pictures_stage
-    from edgerep.stages import StageLog
+    from edgerep.pipeline.pictures import _run_each, pictures_stage
+    from edgerep.pipeline.stages import StageLog
     from edgerep.targets import load_target
 
     torch.manual_seed(0)

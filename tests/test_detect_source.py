@@ -1,4 +1,4 @@
-"""Detection data as the pipeline opens it (edgerep/detect_source.py through edgerep.data.open_data): letterboxed
+"""Detection data as the pipeline opens it (edgerep/detect_source.py through edgerep.data.sources.open_data): letterboxed
 images, YOLO-format / COCO labels in the model input's pixels, the shipped defaults, and bad input."""
 from __future__ import annotations
 
@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from edgerep.data import (
-    array_input_shape, calib_batch_count, default_data, open_data, preprocess_for, sample_batches,
-)
-from edgerep.detect_data import PAD_VALUE, read_yolo_labels
-from edgerep.detect_source import DetectionSource, Letterbox
+from edgerep.data.sources import array_input_shape, calib_batch_count, default_data, open_data, preprocess_for, sample_batches
+from edgerep.data.detect_labels import PAD_VALUE, read_yolo_labels
+from edgerep.data.detect_source import DetectionSource, Letterbox
 from edgerep.errors import UserError
-from edgerep.models import ModelInfo, load_model
+from edgerep.models.specs import ModelInfo, load_model
 from test_detect_data import _copy_split
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,7 +193,7 @@ def small():  # no input_shape attribute: the spec does not say what it takes
 
 
 def test_shape_comes_from_the_arrays_when_the_spec_gives_none(tmp_path: Path, monkeypatch) -> None:
-    from edgerep.stages import StageLog, load_stage
+    from edgerep.pipeline.stages import StageLog, load_stage
 
     (tmp_path / "shapeless.py").write_text(FACTORY)
     monkeypatch.syspath_prepend(str(tmp_path))

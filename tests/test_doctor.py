@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import edgerep
-from edgerep.cpu import host_cpu
+from edgerep.cpu.isa import host_cpu
 from edgerep.targets import list_targets
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from edgerep.errors import UserError
-from edgerep.export import (check_inputs, compare_onnx, export_onnx, export_pipeline, ort_session, simplify_onnx)
-from edgerep.models import load_model
+from edgerep.export.compare import check_inputs, compare_onnx, ort_session
+from edgerep.export.onnx_export import export_onnx
+from edgerep.export.pipeline import export_pipeline
+from edgerep.export.simplify import simplify_onnx
+from edgerep.models.specs import load_model
 
 SHAPE = (1, 3, 64, 64)
 

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from edgerep import fuse, zoo
-from edgerep.errors import UserError
-from edgerep.models import load_model
+from edgerep.models.specs import load_model
 from edgerep.zoo.acb import ACBlock
 from edgerep.zoo.common import reparameterize_model
 from edgerep.zoo.dbb import DiverseBranchBlock

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from edgerep import zoo
 from edgerep.cli import main
-from edgerep.models import load_model
+from edgerep.models.specs import load_model
 from reparam_helpers import one_thread  # noqa: F401 (one_thread: autouse fixture)
 
 MODEL = "zoo:repvgg_tiny"

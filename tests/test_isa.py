@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgerep import cpu
+from edgerep.cpu import isa as cpu
 from edgerep.backends import get_backend
-from edgerep.backends.onnxruntime import int16_saturation_check, weight_format_for, weight_formats_for
-from edgerep.data import calib_root, open_data
+from edgerep.backends.onnxruntime.quantize import int16_saturation_check
+from edgerep.backends.onnxruntime.isa_policy import weight_format_for, weight_formats_for
+from edgerep.data.sources import calib_root, open_data
 from edgerep.errors import UserError
 from edgerep.targets import load_target, parse_profile
 
@@ -114,9 +115,9 @@ def test_weight_formats_follow_the_target_isa():
 
 @pytest.fixture(scope="module")
 def demo_onnx(tmp_path_factory):
-    from edgerep.export import export_pipeline
+    from edgerep.export.pipeline import export_pipeline
     from edgerep.fuse import fuse
-    from edgerep.models import load_model
+    from edgerep.models.specs import load_model
 
     import torch
 
@@ -142,7 +143,7 @@ def test_avx2_engine_has_7bit_weights_and_holds_here(demo_onnx):
     7-bit weights make its integer results the same on every x86 ISA, so the accuracy measured here is the
     accuracy an AVX2 box gets."""
     from edgerep.quant.evaluate import evaluate_runner
-    from edgerep.validate import compute_reference
+    from edgerep.validate.engine import compute_reference
 
     info, onnx_path, out = demo_onnx
     calib = open_data(calib_root() / "digits" / "calib.npz", None, role="calib")
@@ -189,7 +190,7 @@ def test_qemu_runs_the_avx2_kernels(demo_onnx):
     """Under qemu-x86_64 -cpu Haswell, ONNX Runtime picks its AVX2 kernels. A 7-bit engine gives bit-identical
     outputs there and here (no pair can saturate); a full-range one differs wherever this CPU has VNNI (on an
     AVX2 machine both runs take the same kernels, so the difference is zero there: the ISA decides)."""
-    from edgerep import isa_check
+    from edgerep.validate import isa_check
 
     info, onnx_path, out = demo_onnx
     calib = open_data(calib_root() / "digits" / "calib.npz", None, role="calib")

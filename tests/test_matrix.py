@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgerep.data import calib_root
+from edgerep.data.sources import calib_root
 from test_build import cli, cli_without, error_line
 
 REPO = Path(__file__).resolve().parents[1]

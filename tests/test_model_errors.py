@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from edgerep.errors import UserError
-from edgerep.models import load_model
+from edgerep.models.specs import load_model
 from test_fuse_cli import call_main
 
 USER_PACKAGE = textwrap.dedent('''

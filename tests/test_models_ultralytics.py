@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from edgerep.errors import UserError
-from edgerep.models import load_model
+from edgerep.models.specs import load_model
 
-# As edgerep.models_ultralytics sets them before its import: no network probe, no auto-install, quiet.
+# As edgerep.models.ultralytics sets them before its import: no network probe, no auto-install, quiet.
 for _key, _value in {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "YOLO_VERBOSE": "false"}.items():
     os.environ.setdefault(_key, _value)
 pytest.importorskip("ultralytics", reason="ultralytics is not installed (the optional extra edgerep[ultralytics])")

@@ -14,11 +14,13 @@ import torch
 import torch.nn as nn
 
 from edgerep.errors import UserError
-from edgerep.export import check_inputs, compare_onnx, export_onnx, export_pipeline
+from edgerep.export.compare import check_inputs, compare_onnx
+from edgerep.export.onnx_export import export_onnx
+from edgerep.export.pipeline import export_pipeline
 from edgerep.fuse import fuse
-from edgerep.models import ModelInfo, check_outputs
-from edgerep.outputs import to_numpy_list
-from edgerep.trt.bundle import load_bundle
+from edgerep.models.specs import ModelInfo, check_outputs
+from edgerep.models.outputs import to_numpy_list
+from edgerep.backends.tensorrt.bundle import load_bundle
 from edgerep.zoo.repvgg import RepVGGBlock
 
 SHAPE = (1, 3, 32, 32)
@@ -154,7 +156,7 @@ def test_single_output_keeps_its_name(tmp_path):
 def test_dynamo_exporter_gives_the_same_names(tmp_path, monkeypatch):
     """The dynamo fallback names the outputs as the TorchScript exporter does."""
     pytest.importorskip("onnxscript", reason="torch's dynamo ONNX exporter needs onnxscript (pip install onnxscript)")
-    from edgerep import export as E
+    from edgerep.export import onnx_export as E
 
     def refuse(*args, **kwargs):
         raise RuntimeError("TorchScript exporter refused (test)")
@@ -240,7 +242,7 @@ def _assert_close(got: list[np.ndarray], want: list[np.ndarray], tol: float = 1e
 
 
 def test_onnxruntime_runners_return_every_output(exported):
-    from edgerep.backends.onnxruntime import OrtRunner
+    from edgerep.backends.onnxruntime.runner import OrtRunner
 
     info, _, exp = exported["dict"]
     x = np.random.default_rng(3).standard_normal((3, *SHAPE[1:])).astype(np.float32)
@@ -256,7 +258,7 @@ def test_onnxruntime_runners_return_every_output(exported):
 def test_openvino_runner_maps_outputs_by_name(exported, tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed")
     from edgerep.backends import get_backend
-    from edgerep.backends.openvino import OpenVINORunner
+    from edgerep.backends.openvino.runner import OpenVINORunner
 
     info, _, exp = exported["dict"]
     backend = get_backend("openvino")
@@ -286,10 +288,10 @@ def test_openvino_runner_maps_outputs_by_name(exported, tmp_path):
 @pytest.fixture(scope="module")
 def bundle(exported, tmp_path_factory):
     """A jetson-orin-nano bundle of the dict model with its two reference outputs, made on this host."""
-    from edgerep.data import open_data
+    from edgerep.data.sources import open_data
     from edgerep.targets import load_target
-    from edgerep.trt.host import bundle_reference, update_bundle
-    from edgerep.validate import Reference
+    from edgerep.backends.tensorrt.host import bundle_reference, update_bundle
+    from edgerep.validate.engine import Reference
 
     info, _, exp = exported["dict"]
     root = tmp_path_factory.mktemp("multi-bundle")
@@ -306,7 +308,7 @@ def bundle(exported, tmp_path_factory):
 
 
 def test_bundle_carries_every_reference_output_by_name(bundle):
-    from edgerep.trt.bundle import BUNDLE_SCHEMA, read_reference, read_reference_all
+    from edgerep.backends.tensorrt.bundle import BUNDLE_SCHEMA, read_reference, read_reference_all
 
     bdir, outs, _ = bundle
     b = load_bundle(bdir)
@@ -326,8 +328,8 @@ def test_schema1_single_output_bundle_still_reads(bundle, tmp_path):
     """A bundle written before several outputs were carried (schema 1, one "ref", no reference.outputs)."""
     import shutil
 
-    from edgerep.artifacts import file_sha256
-    from edgerep.trt.bundle import read_reference_all, write_reference
+    from edgerep.files.artifacts import file_sha256
+    from edgerep.backends.tensorrt.bundle import read_reference_all, write_reference
 
     bdir, outs, _ = bundle
     old = tmp_path / "old"
@@ -399,7 +401,7 @@ def test_validate_bundle_takes_every_output(bundle):
 def test_isa_probe_returns_every_output(exported, tmp_path):
     """The child process behind the target-ISA re-run saves every output, in ONNX order."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    from edgerep import isa_check
+    from edgerep.validate import isa_check
     from edgerep.backends import get_backend
 
     info, _, exp = exported["dict"]

@@ -19,19 +19,19 @@ import torch
 pytest.importorskip("onnxruntime", reason="ONNX Runtime runs the Q/DQ models")
 
 from edgerep.backends import get_backend  # noqa: E402
-from edgerep.data import calib_root, open_data  # noqa: E402
-from edgerep.export import export_pipeline  # noqa: E402
+from edgerep.data.sources import calib_root, open_data  # noqa: E402
+from edgerep.export.pipeline import export_pipeline  # noqa: E402
 from edgerep.fuse import fuse  # noqa: E402
-from edgerep.models import load_model  # noqa: E402
+from edgerep.models.specs import load_model  # noqa: E402
 from edgerep.quant.evaluate import evaluate_onnx, evaluate_runner  # noqa: E402
 from edgerep.quant.layers import module_from_initializer, module_from_node_name, module_names_of, quantizable_layers  # noqa: E402
 from edgerep.quant.precision import ov_layer_precisions, qdq_float_layers  # noqa: E402
-from edgerep.quant.qdq import QdqMaker, qdq_quantized_nodes  # noqa: E402
+from edgerep.quant.qdq import QdqMaker, qdq_quantized_nodes, weights_for  # noqa: E402
 from edgerep.quant.ranges import range_stats  # noqa: E402
 from edgerep.quant.sensitivity import layer_sensitivity  # noqa: E402
 from edgerep.quant.stress import scale_channel_pair  # noqa: E402
 from edgerep.targets import load_target  # noqa: E402
-from edgerep.validate import compute_reference  # noqa: E402
+from edgerep.validate.engine import compute_reference  # noqa: E402
 
 PRODUCER, CONSUMER = "stages.1.0.reparam", "stages.1.1.reparam"
 A, B = f"/{PRODUCER}/Conv", f"/{CONSUMER}/Conv"
@@ -109,10 +109,12 @@ def test_name_rules():
 def test_qdq_maker_builds_what_the_onnxruntime_backend_builds(setup, tmp_path):
     """Sensitivity must measure the engine the backend makes: same calibration, same quantized model."""
     onnx_path, ref = setup["onnx"]["normal"], setup["reference"]
+    profile = load_target("onnxruntime-cpu")
+    # the weight format the backend picks for this machine's ISA (7-bit without VNNI), as sensitivity does
     made = QdqMaker(onnx_path, setup["calib"], tmp_path / "maker", style="onnxruntime", method="minmax",
-                    num_samples=CALIB_N).make(tmp_path / "maker.onnx")
+                    num_samples=CALIB_N, weights=weights_for("onnxruntime", profile)).make(tmp_path / "maker.onnx")
     backend = get_backend("onnxruntime")
-    art = backend.build(onnx_path, "int8", out_dir=tmp_path / "ort", profile=load_target("onnxruntime-cpu"),
+    art = backend.build(onnx_path, "int8", out_dir=tmp_path / "ort", profile=profile,
                         calib=setup["calib"], options={"calib_method": "minmax", "num_samples": CALIB_N})
     runner = backend.load(art)
     try:
@@ -120,7 +122,7 @@ def test_qdq_maker_builds_what_the_onnxruntime_backend_builds(setup, tmp_path):
         theirs = runner.run(x)
     finally:
         runner.close()
-    from edgerep.backends.onnxruntime import OrtRunner
+    from edgerep.backends.onnxruntime.runner import OrtRunner
 
     ours = OrtRunner(made).run(x)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * float(np.abs(theirs).max()))
@@ -244,7 +246,7 @@ def test_build_max_drop_end_to_end(setup, tmp_path):
     """`edgerep build --max-drop` on the blown weights (a fused checkpoint loads into the deploy form)."""
     from safetensors.torch import save_file
 
-    from edgerep.build import BuildOptions, build
+    from edgerep.pipeline.build import BuildOptions, build
 
     weights = tmp_path / "blown.safetensors"
     save_file({k: v.contiguous() for k, v in setup["blown"].state_dict().items()}, str(weights))

@@ -1,4 +1,4 @@
-"""edgerep.recommend: the engine to ship, from engine records shaped as validate_runner makes them."""
+"""edgerep.pipeline.recommend: the engine to ship, from engine records shaped as validate_runner makes them."""
 from __future__ import annotations
 
 import ast
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import edgerep.recommend as recommend_module
-from edgerep.recommend import MIN_SPEEDUP, deploy_batch, recommend, recommend_engines, recommend_on_device
-from edgerep.report import engine_entry
-from edgerep.validate import latency_stats
+import edgerep.pipeline.recommend as recommend_module
+from edgerep.pipeline.recommend import MIN_SPEEDUP, deploy_batch, recommend, recommend_engines, recommend_on_device
+from edgerep.pipeline.report import engine_entry
+from edgerep.validate.latency import latency_stats
 
 
 def engine(precision: str, p50_by_batch: dict[int, float], *, passed: bool = True, drop: float | None = 0.0,

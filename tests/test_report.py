@@ -1,4 +1,4 @@
-"""edgerep.report: the stable report.json schema, report.md and the latency/accuracy plot."""
+"""edgerep.pipeline.report: the stable report.json schema, report.md and the latency/accuracy plot."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,9 @@ import math
 import numpy as np
 from PIL import Image
 
-from edgerep.report import ACCURACY_KEYS, ENGINE_KEYS, engine_entry, summary_table, write_report
-from edgerep.validate import accuracy_metrics, latency_stats
+from edgerep.pipeline.report import ACCURACY_KEYS, ENGINE_KEYS, engine_entry, summary_table, write_report
+from edgerep.tasks.classify import accuracy_metrics
+from edgerep.validate.latency import latency_stats
 
 
 def _report():
@@ -68,7 +69,7 @@ def test_summary_table_has_a_row_per_engine():
 
 
 def _recommended_report():
-    from edgerep.recommend import recommend
+    from edgerep.pipeline.recommend import recommend
 
     rep = _report()
     for eng, p50 in zip(rep["engines"], (0.41, 0.40, 0.20, None)):  # at the deploy batch, as validate_runner records
@@ -82,7 +83,7 @@ def _recommended_report():
 def test_recommendation_heads_report_md_json_and_the_summary(tmp_path):
     from rich.console import Console
 
-    from edgerep.report import build_summary
+    from edgerep.pipeline.report import build_summary
 
     rep = _recommended_report()
     # int8 failed its gate; fp16 (0.40 ms) is under 1.05x faster than fp32 (0.41 ms): fp32 stays.
@@ -100,7 +101,7 @@ def test_recommendation_heads_report_md_json_and_the_summary(tmp_path):
 
 
 def test_failure_lines_one_per_engine_or_one_for_a_degenerate_reference():
-    from edgerep.report import failure_lines
+    from edgerep.pipeline.report import failure_lines
 
     rep = _report()
     assert failure_lines(rep) == ["[bold red]FAILED[/] openvino int8: top1_drop 12.00 pp > 1 pp"]
@@ -114,7 +115,7 @@ def test_failure_lines_one_per_engine_or_one_for_a_degenerate_reference():
 def test_plot_labels_stay_inside_and_apart_and_the_recommended_engine_is_marked():
     import matplotlib.pyplot as plt
 
-    from edgerep.report import latency_accuracy_figure, normalize
+    from edgerep.pipeline.report import latency_accuracy_figure, normalize
 
     rep = normalize(_recommended_report())
     # Crowd the plot: fp16 at fp32's latency and accuracy, int8 at the far right edge.

@@ -151,7 +151,8 @@ def test_training_loop_learns_a_fixed_batch() -> None:
         import train_detector as td
     finally:
         sys.path.remove(str(REPO / "scripts"))
-    from edgerep.tasks.detect import Detections, detection_map
+    from edgerep.data.detections import Detections
+    from edgerep.tasks.detect import detection_map
 
     torch.manual_seed(0)
     model = zoo.create_model("repyolo_digits")

@@ -1,4 +1,4 @@
-"""The build's stages one at a time (edgerep.stages): each takes explicit inputs and gives explicit outputs, and the
+"""The build's stages one at a time (edgerep.pipeline.stages): each takes explicit inputs and gives explicit outputs, and the
 cache keys change exactly when an input that matters changes."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgerep import stages
+from edgerep.pipeline import stages
 from edgerep.errors import UserError
 from edgerep.targets import load_target
 

@@ -215,7 +215,7 @@ def test_source_checkout_dir_is_found():
 
 
 def test_deploy_batch_defaults_to_the_first_batch_size(tmp_path):
-    from edgerep.recommend import deploy_batch
+    from edgerep.pipeline.recommend import deploy_batch
 
     path = tmp_path / "mine.toml"
     path.write_text(GOOD.format(name="mine").replace("opset = 17", "opset = 17\ndynamic_batch = true\n[latency]\n"

@@ -14,12 +14,12 @@ pytest.importorskip("pycocotools", reason="mAP needs pycocotools (pip install ed
 pytest.importorskip("torchvision", reason="NMS needs torchvision (pip install edgerep[detect])")
 
 from edgerep.errors import UserError  # noqa: E402
-from edgerep.models import ModelInfo  # noqa: E402
+from edgerep.models.specs import ModelInfo  # noqa: E402
 from edgerep.quant.evaluate import drop_of, drop_unit, score, subset_view, value_of  # noqa: E402
 from edgerep.targets import DEFAULT_DETECT_GATES, DetectGate, load_target, parse_profile  # noqa: E402
 from edgerep.tasks import choose_task, get_task, infer_task  # noqa: E402
-from edgerep.tasks.detect import Detections  # noqa: E402
-from edgerep.validate import Reference, compute_reference, score_outputs  # noqa: E402
+from edgerep.data.detections import Detections  # noqa: E402
+from edgerep.validate.engine import Reference, compute_reference, score_outputs  # noqa: E402
 
 NC = 3
 
@@ -275,7 +275,7 @@ def test_max_drop_on_a_raw_model_exits_2_before_writing(tmp_path, monkeypatch, c
 def test_int8_keeps_the_decode_tail_after_the_last_weighted_layer_in_float(tmp_path):
     import onnx
 
-    from edgerep.onnx_files import output_tail_nodes
+    from edgerep.files.onnx_files import output_tail_nodes
 
     class Head(nn.Module):
         def __init__(self) -> None:
@@ -304,7 +304,7 @@ def test_int8_keeps_the_decode_tail_after_the_last_weighted_layer_in_float(tmp_p
 
     # INT8 also keeps the prediction conv feeding that tail in float (box regressions the decode amplifies);
     # a classifier still keeps nothing.
-    from edgerep.onnx_files import detect_head_float_nodes
+    from edgerep.files.onnx_files import detect_head_float_nodes
 
     float_nodes = detect_head_float_nodes(tmp_path / "head.onnx")
     convs = [n.name for n in head.graph.node if n.op_type == "Conv"]

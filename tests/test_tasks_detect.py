@@ -10,9 +10,8 @@ pytest.importorskip("torchvision", reason="NMS needs torchvision (pip install ed
 from torchvision.ops import box_iou  # noqa: E402
 
 from edgerep.errors import UserError  # noqa: E402
-from edgerep.tasks.detect import (  # noqa: E402
-    Detections, HeadLayoutError, agreement, decode, detection_map, resolve_layout,
-)
+from edgerep.data.detections import Detections
+from edgerep.tasks.detect import HeadLayoutError, agreement, decode, detection_map, resolve_layout
 
 NC = 3
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)

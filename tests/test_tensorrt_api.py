@@ -1,11 +1,11 @@
 """The TensorRT API checked mechanically, without TensorRT:
 
 * every `tensorrt` attribute each version path of edgerep touches exists in that version's bindings, as
-  extracted from NVIDIA's own wheels (edgerep/trt_data/names-*.json, scripts/extract_trt_names.py). The paths are
+  extracted from NVIDIA's own wheels (edgerep/backends/tensorrt/data/names-*.json, scripts/extract_trt_names.py). The paths are
   driven through a recording stand-in for the `tensorrt` module: it says nothing about TensorRT itself, it only
   records which names our control flow reaches for each `__version__`; the claims come from the name lists;
 * the TensorRT code type-checks against the `tensorrt-stubs` 10.x stubs (mypy);
-* build.sh's trtexec lines use only options that release's trtexec parses (edgerep/trt_data/trtexec_options.json,
+* build.sh's trtexec lines use only options that release's trtexec parses (edgerep/backends/tensorrt/data/trtexec_options.json,
   from samples/common/sampleOptions.cpp of each release branch, scripts/extract_trtexec_options.py);
 * every file that runs on the device parses with Python 3.6's grammar and avoids 3.7+ library calls.
 """
@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 
 from edgerep.targets import load_target
-from edgerep.trt.versions import api_features, parse_version
+from edgerep.backends.tensorrt.versions import api_features, parse_version
 
 ROOT = Path(__file__).resolve().parent.parent
-TRT_DATA = ROOT / "edgerep" / "trt_data"
+TRT_DATA = ROOT / "edgerep" / "backends" / "tensorrt" / "data"
 
 
 def _names(key: str) -> set[str]:
@@ -130,11 +130,11 @@ def demo(tmp_path_factory):
     """The demo RepVGG exported and simplified, host INT8 artifacts for it, and its calibration data."""
     import torch
 
-    from edgerep.data import calib_root, open_data
-    from edgerep.export import export_pipeline
+    from edgerep.data.sources import calib_root, open_data
+    from edgerep.export.pipeline import export_pipeline
     from edgerep.fuse import fuse
-    from edgerep.models import load_model
-    from edgerep.trt.host import prepare_int8
+    from edgerep.models.specs import load_model
+    from edgerep.backends.tensorrt.host import prepare_int8
 
     root = tmp_path_factory.mktemp("trt-api")
     info = load_model("zoo:repvgg_digits")
@@ -169,10 +169,10 @@ def test_every_tensorrt_name_each_version_path_uses_is_bound(demo, tmp_path, mon
     they touch is in the names that version binds (its wheel, or its release branch's binding sources)."""
     import runpy
 
-    from edgerep.trt import host
-    from edgerep.trt.calibrate import model_input
-    from edgerep.trt.engine_build import build_engine
-    from edgerep.trt.runner import TensorRTRunner
+    from edgerep.backends.tensorrt import host
+    from edgerep.backends.tensorrt.calibrate import model_input
+    from edgerep.backends.tensorrt.engine_build import build_engine
+    from edgerep.backends.tensorrt.runner import TensorRTRunner
 
     sim, calib, int8_by_version, _ = demo
     input_name, dims = model_input(sim)
@@ -270,7 +270,7 @@ follow_imports = silent
 [mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*]
 ignore_errors = True
 """
-TYPED = ["edgerep/trt/engine_build.py", "edgerep/trt/runner.py", "edgerep/trt/gpu.py", "edgerep/backends/tensorrt.py"]
+TYPED = ["edgerep/backends/tensorrt/engine_build.py", "edgerep/backends/tensorrt/runner.py", "edgerep/backends/tensorrt/gpu.py", "edgerep/backends/tensorrt.py"]
 
 
 def test_tensorrt_code_type_checks_against_the_stubs(tmp_path):
@@ -313,7 +313,7 @@ def _options_for(version: tuple[int, int, int]) -> tuple[str, set[str]]:
 @pytest.mark.parametrize("key", sorted(_trtexec_options()["versions"], key=lambda k: tuple(map(int, k.split(".")))))
 def test_trtexec_lines_use_only_options_that_release_parses(key):
     from edgerep.errors import UserError
-    from edgerep.trt.trtexec import trtexec_args
+    from edgerep.backends.tensorrt.trtexec import trtexec_args
 
     v = parse_version(key)
     options = set(_trtexec_options()["versions"][key]["options"])
@@ -340,7 +340,7 @@ def test_trtexec_lines_use_only_options_that_release_parses(key):
 @pytest.mark.parametrize("target", ["tensorrt", "jetson-nano", "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"])
 def test_build_sh_of_each_profile_uses_its_trtexec(target, tmp_path, demo):
     """The engines build.sh builds for each shipped profile, checked against that release's trtexec options."""
-    from edgerep.trt.host import update_bundle
+    from edgerep.backends.tensorrt.host import update_bundle
 
     sim, _, int8_by_version, _ = demo
     profile = load_target(target)
@@ -365,7 +365,7 @@ PY37_KEYWORDS = {"capture_output", "text"}
 
 def _device_sources() -> dict[str, str]:
     """Every Python file that runs on the device: check_engine.py and the sidecar writer inside build.sh."""
-    from edgerep.trt import bundle
+    from edgerep.backends.tensorrt import bundle
 
     return {"check_engine.py": (TRT_DATA / "check_engine.py").read_text(), "build.sh sidecar writer": bundle._SIDECAR_PY}
 
@@ -413,7 +413,7 @@ def test_gpu_test_profiles_load_and_their_host_setup_runs(version, demo, tmp_pat
 def test_layer_placement_is_kept_at_info_and_verbose():
     """TensorRT 8.x logs "[DlaLayer]"/"[GpuLayer]" at INFO, 10.x may log them at VERBOSE: both are kept (other
     VERBOSE chatter is not), and the split reads them."""
-    from edgerep.trt.gpu import INFO, VERBOSE, keep_message, layer_split
+    from edgerep.backends.tensorrt.gpu import INFO, VERBOSE, keep_message, layer_split
 
     lines = [(INFO, "[DlaLayer] {ForeignNode[/stage0/Conv...]}"), (VERBOSE, "[DlaLayer] {ForeignNode[/stage1/Conv]}"),
              (VERBOSE, "[GpuLayer] POOLING: /head/GlobalAveragePool"), (VERBOSE, "Tactic: 0x0 Time: 0.01")]
@@ -427,7 +427,7 @@ def test_a_rejected_timing_cache_is_replaced_with_a_warning(tmp_path, capsys):
     """Control flow only (a stand-in config): set_timing_cache's False result is not ignored; the build goes on
     with a fresh cache and the warning names the file. That TensorRT returns False for a foreign cache is
     NVIDIA's statement (release/10.3 include/NvInfer.h, setTimingCache)."""
-    from edgerep.trt.engine_build import attach_timing_cache
+    from edgerep.backends.tensorrt.engine_build import attach_timing_cache
 
     class Config:
         def __init__(self) -> None:

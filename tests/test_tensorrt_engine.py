@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edgerep.backends import get_backend
-from edgerep.data import calib_root, open_data
+from edgerep.data.sources import calib_root, open_data
 from edgerep.errors import UserError
 
 from trt_gpu_profiles import gpu_int8_modes, write_gpu_profile
@@ -43,9 +43,9 @@ def _profile(tmp: Path, int8_mode: str, dynamic: bool = False):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    from edgerep.export import export_pipeline
+    from edgerep.export.pipeline import export_pipeline
     from edgerep.fuse import fuse
-    from edgerep.models import load_model
+    from edgerep.models.specs import load_model
 
     import torch
 
@@ -108,7 +108,7 @@ def test_fp16_and_int8_engines_match_onnxruntime(export, int8_mode):
 
 
 def test_sidecar_guard_refuses_a_foreign_engine(export):
-    from edgerep.artifacts import write_sidecar
+    from edgerep.files.artifacts import write_sidecar
 
     root, sim = export
     profile = _profile(root, MODES[-1])
@@ -140,8 +140,8 @@ def test_foreign_timing_cache_is_replaced_and_the_engine_keeps_its_sidecar(expor
 def test_rejected_calibration_cache_calibrates_on_real_batches(export, tmp_path):
     """A cache TensorRT does not take (here: another calibrator's algorithm in its header): the calibrator then
     feeds real batches, the sidecar says the cache was rejected, and the engine is still accurate."""
-    from edgerep.artifacts import read_sidecar, write_sidecar
-    from edgerep.trt import host
+    from edgerep.files.artifacts import read_sidecar, write_sidecar
+    from edgerep.backends.tensorrt import host
 
     root, sim = export
     profile = _profile(root, "calibrate")
@@ -169,9 +169,9 @@ def test_rejected_calibration_cache_calibrates_on_real_batches(export, tmp_path)
 
 
 def test_dynamic_batch_engine(export, tmp_path):
-    from edgerep.export import export_pipeline
+    from edgerep.export.pipeline import export_pipeline
     from edgerep.fuse import fuse
-    from edgerep.models import load_model
+    from edgerep.models.specs import load_model
 
     import torch
 
@@ -190,8 +190,8 @@ def test_dynamic_batch_engine(export, tmp_path):
 
 def test_validate_bundle_and_check_engine_with_a_real_engine(export, tmp_path):
     from edgerep.commands.validate_bundle import run_validate_bundle
-    from edgerep.trt.host import bundle_reference, update_bundle
-    from edgerep.validate import Reference
+    from edgerep.backends.tensorrt.host import bundle_reference, update_bundle
+    from edgerep.validate.engine import Reference
 
     root, sim = export
     profile = _profile(root, MODES[-1])

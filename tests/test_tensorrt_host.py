@@ -20,20 +20,19 @@ import torch.nn as nn
 import onnx.external_data_helper
 from onnx import TensorProto, helper, numpy_helper
 
-from edgerep.artifacts import file_sha256, read_sidecar
+from edgerep.files.artifacts import file_sha256, read_sidecar
 from edgerep.commands.check import run_check
 from edgerep.commands.validate_bundle import run_validate_bundle
-from edgerep.trt.host import PREDICTION_BACKEND, lint_for_profile
-from edgerep.data import calib_root, open_data
+from edgerep.backends.tensorrt.host import PREDICTION_BACKEND, lint_for_profile
+from edgerep.data.sources import calib_root, open_data
 from edgerep.errors import UserError
 from edgerep.targets import load_target
-from edgerep.trt import calib_cache, guard, qdq
-from edgerep.trt.bundle import MANIFEST, load_bundle
-from edgerep.trt.calibrate import calibrate, entropy_threshold
-from edgerep.trt.lint import lint_onnx
-from edgerep.trt.trtexec import engine_source, trtexec_args
-from edgerep.trt.versions import (api_features, cache_header, ops_table, parse_cache_header, parse_version,
-                                  version_code)
+from edgerep.backends.tensorrt import calib_cache, guard, qdq
+from edgerep.backends.tensorrt.bundle import MANIFEST, load_bundle
+from edgerep.backends.tensorrt.calibrate import calibrate, entropy_threshold
+from edgerep.backends.tensorrt.lint import lint_onnx
+from edgerep.backends.tensorrt.trtexec import engine_source, trtexec_args
+from edgerep.backends.tensorrt.versions import api_features, cache_header, ops_table, parse_cache_header, parse_version, version_code
 
 DIGITS = calib_root() / "digits"
 
@@ -74,7 +73,7 @@ class _LayerNorm(nn.Module):
 def built(tmp_path_factory):
     """`edgerep build --target jetson-xavier-nx` on this machine (no TensorRT): engines skipped, a device
     bundle, the Q/DQ prediction. TensorRT 8.5 with int8_mode calibrate and DLA core 0."""
-    from edgerep.build import BuildOptions, build
+    from edgerep.pipeline.build import BuildOptions, build
 
     out = tmp_path_factory.mktemp("trt-build") / "run"
     result = build(BuildOptions(target="jetson-xavier-nx", output=out, calib_samples=120, val_samples=96))
@@ -426,7 +425,7 @@ def test_calib_method_option_gives_that_calibrators_ranges(built, tmp_path):
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     from edgerep.backends import get_backend
-    from edgerep.trt.calibrate import CHUNK_SAMPLES, PERCENTILE, PERCENTILE_BINS
+    from edgerep.backends.tensorrt.calibrate import CHUNK_SAMPLES, PERCENTILE, PERCENTILE_BINS
 
     sim = built.out_dir / "onnx" / "model.sim.onnx"
     src = open_data(DIGITS / "calib.npz", None, role="calib")
@@ -568,7 +567,7 @@ def test_trtexec_sources_and_precision_flags(version):
 
 def test_dla_int8_needs_the_calibration_cache_and_dla_is_gated_per_release():
     """NVIDIA/TensorRT#2222: DLA runs INT8 only from implicit quantization; DLA support per the release notes."""
-    from edgerep.trt.versions import dla_support
+    from edgerep.backends.tensorrt.versions import dla_support
 
     for version in ("8.5", "10.3"):
         with pytest.raises(UserError, match="runs INT8 on the DLA only from a calibration cache"):

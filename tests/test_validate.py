@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgerep.data import open_data
-from edgerep.validate import (accuracy_metrics, check_gate, compute_reference, engine_outputs, measure_latency,
-                              reference_outputs)
+from edgerep.data.sources import open_data
+from edgerep.tasks.classify import accuracy_metrics
+from edgerep.validate.engine import check_gate, compute_reference, engine_outputs, reference_outputs
+from edgerep.validate.latency import measure_latency
 
 
 def test_identical_outputs():
@@ -97,7 +98,7 @@ def test_reference_and_engine_outputs_pad_the_last_batch(tmp_path):
 
 def test_run_validate_names_a_missing_engine_flag(tmp_path):
     from edgerep.errors import UserError
-    from edgerep.validate import run_validate
+    from edgerep.commands.validate import run_validate
 
     with pytest.raises(UserError, match=r"^--engine \S+nope\.xml: file not found; pass an engine edgerep build wrote"):
         run_validate(model="zoo:repvgg_digits", engine=tmp_path / "nope.xml")

@@ -1,27 +1,35 @@
-"""Backends, one module each. `get_backend(name)` imports `edgerep.backends.<name>` only when asked,
-so a missing runtime (openvino, tensorrt, ...) never breaks the CLI for the others."""
+"""Runtime adapters behind one contract (backends/base.py), one folder per runtime, found through one registry.
+
+`get_backend(name)` imports the runtime's adapter only when asked, so a missing runtime (openvino, tensorrt, ...)
+never breaks the CLI for the others.
+"""
 from __future__ import annotations
 
 import importlib
 
-from ..errors import UserError
-from .base import Artifact, Backend, Runner
+from edgerep.backends.base import Backend, Runner
+from edgerep.errors import UserError
+from edgerep.files.artifacts import Artifact
 
-# Extra to install per backend, for the error message when its package is missing.
-_EXTRAS = {"openvino": "openvino", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
+# name -> the module whose `BACKEND` object implements the contract. The one list of backends.
+REGISTRY: dict[str, str] = {
+    "openvino": "edgerep.backends.openvino.adapter",
+    "onnxruntime": "edgerep.backends.onnxruntime.adapter",
+    "tensorrt": "edgerep.backends.tensorrt.adapter",
+}
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
 
 
 def get_backend(name: str) -> Backend:
-    """The backend object of module `edgerep.backends.<name>` (its module-level `BACKEND`)."""
-    if not name.isidentifier():
-        raise UserError(f"backend {name!r}: not a backend name")
-    try:
-        module = importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__name__}.{name}":
-            raise UserError(f"backend {name!r}: no such backend (edgerep/backends/{name}.py)") from None
-        raise
-    return module.BACKEND
+    """The backend registered as `name` (imported on first use)."""
+    module_name = REGISTRY.get(name)
+    if module_name is None:
+        raise UserError(f"backend {name!r}: no such backend; use one of {', '.join(REGISTRY)}")
+    backend: Backend = importlib.import_module(module_name).BACKEND
+    return backend
 
 
-__all__ = ["Artifact", "Backend", "Runner", "get_backend"]
+__all__ = ["REGISTRY", "Artifact", "Backend", "Runner", "backend_names", "get_backend"]

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..artifacts import Artifact  # noqa: F401 (part of the contract)
+from edgerep.files.artifacts import Artifact  # noqa: F401 (part of the contract)
 
 
 @runtime_checkable

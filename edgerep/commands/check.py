@@ -1,7 +1,7 @@
 """`edgerep check --target PROFILE --model SPEC|file.onnx`: lint a model for the target's TensorRT parser.
 
 A model spec is loaded, fused and exported as `edgerep build` would for that profile; an .onnx file is linted
-as it is (edgerep.trt.lint). Prints a table (or JSON); exit 1 on errors, 0 otherwise, 2 on bad input.
+as it is (edgerep.backends.tensorrt.lint). Prints a table (or JSON); exit 1 on errors, 0 otherwise, 2 on bad input.
 """
 from __future__ import annotations
 
@@ -11,23 +11,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..trt.host import lint_for_profile, profile_version
+from edgerep.errors import UserError
+from edgerep.backends.tensorrt.host import lint_for_profile, profile_version
 
 
 def _export_for_check(spec: str, profile: Any, work: Path, *, weights: Path | None, input_shape: str | None,
                       num_classes: int | None, trust_pickle: bool) -> Path:
     """Load, fuse and export a model spec as `edgerep build` would for this profile; returns the simplified ONNX."""
-    from ..export import export_pipeline
-    from ..models import load_model
+    from edgerep.export.pipeline import export_pipeline
+    from edgerep.models.specs import load_model
 
     info = load_model(spec, weights=weights, input_shape=input_shape, num_classes=num_classes, trust_pickle=trust_pickle)
-    from ..fuse.command import example_input
+    from edgerep.models.specs import example_input
 
     x = example_input(info)  # a shape the model rejects is a user error naming --input-shape, not a trace crash
     model = info.module
     if not info.deploy:
-        from ..fuse import fuse
+        from edgerep.fuse import fuse
 
         result = fuse(info.module, x)
         model = result.model
@@ -42,7 +42,7 @@ def run_check(*, target: str, model: str, weights: Path | None = None, input_sha
     """`edgerep check`: lint for the target's TensorRT; prints a table (or JSON). 1 on errors, else 0."""
     import tempfile
 
-    from ..targets import load_target
+    from edgerep.targets import load_target
 
     profile = load_target(target)
     profile_version(profile)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
+from edgerep.errors import one_line
 
 # (row name, module to find, distributions that provide it, the edgerep extra that installs it)
 PACKAGES: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
@@ -49,10 +50,6 @@ class PackageRow:
     detail: str
     seconds: float
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
 
 
 def _dist_version(dists: tuple[str, ...]) -> str | None:
@@ -99,7 +96,7 @@ def _pycuda_detail() -> tuple[str, str | None]:
         cuda.init()
         count = cuda.Device.count()
     except Exception as exc:  # imported, but no driver or no device
-        return f"no usable CUDA device ({_one_line(exc)})", None
+        return f"no usable CUDA device ({one_line(exc)})", None
     names = [cuda.Device(i).name() for i in range(count)]
     return f"{count} CUDA device(s)" + (f": {', '.join(names)}" if names else ""), None
 
@@ -132,7 +129,7 @@ def probe_package(name: str, module: str, dists: tuple[str, ...], extra: str | N
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError) as exc:  # a broken parent package or a half-removed module
-        return PackageRow(name, "broken", version, _one_line(exc), time.perf_counter() - t0)
+        return PackageRow(name, "broken", version, one_line(exc), time.perf_counter() - t0)
     if spec is None:
         how = f"pip install 'edgerep[{extra}]'" if extra else f"pip install {dists[0]}"
         if name == "tensorrt":
@@ -150,7 +147,7 @@ def probe_package(name: str, module: str, dists: tuple[str, ...], extra: str | N
     try:
         detail, module_version = probe()
     except Exception as exc:  # noqa: BLE001 - any failure of a runtime is a finding, not a crash
-        return PackageRow(name, "broken", version, _one_line(exc), time.perf_counter() - t0)
+        return PackageRow(name, "broken", version, one_line(exc), time.perf_counter() - t0)
     status = "installed" if name == "torch" else "ok"
     return PackageRow(name, status, version or module_version, detail, time.perf_counter() - t0)
 
@@ -159,13 +156,13 @@ def probe_package(name: str, module: str, dists: tuple[str, ...], extra: str | N
 
 
 def probe_cpu() -> dict[str, Any]:
-    from ..cpu import host_cpu
+    from edgerep.cpu.isa import host_cpu
 
     t0 = time.perf_counter()
     try:
         info: dict[str, Any] = host_cpu().to_dict()
     except Exception as exc:  # noqa: BLE001 - py-cpuinfo missing or unreadable: say so
-        info = {"error": _one_line(exc)}
+        info = {"error": one_line(exc)}
     info["cores"] = os.cpu_count()
     info["seconds"] = time.perf_counter() - t0
     return info
@@ -188,7 +185,7 @@ def probe_gpus() -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             found["error"] = f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT_S:g} s"
         except OSError as exc:
-            found["error"] = _one_line(exc)
+            found["error"] = one_line(exc)
     release = Path("/etc/nv_tegra_release")
     if release.is_file():  # Jetsons have no nvidia-smi (before JetPack 6) but this file
         try:
@@ -204,7 +201,7 @@ def probe_gpus() -> dict[str, Any]:
 
 def target_rows(packages: dict[str, PackageRow]) -> list[dict[str, Any]]:
     """Each shipped profile: builds engines here (yes), builds a device bundle (bundle), or cannot (no), and why."""
-    from ..targets import list_targets
+    from edgerep.targets import list_targets
 
     def usable(name: str) -> bool:
         return packages[name].status in ("ok", "installed")
@@ -243,7 +240,7 @@ def target_rows(packages: dict[str, PackageRow]) -> list[dict[str, Any]]:
 
 def collect() -> dict[str, Any]:
     """Everything doctor reports, as plain data (the --json output)."""
-    from .. import __version__
+    from edgerep import __version__
 
     t0 = time.perf_counter()
     packages = {name: probe_package(name, module, dists, extra) for name, module, dists, extra in PACKAGES}

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from edgerep.errors import UserError
 
 LOCAL_HOW = ("after every cell was built, one cell at a time on this machine, in one process with the runtimes' "
              "default threads (no other cell running)")
@@ -19,9 +19,9 @@ RAY_HOW = ("after every cell was built, on the node that built it, as a Ray task
 
 def run_matrix(*, matrix_file: Path, output: Path | None = None, workers: int | None = None, ray: bool = False,
                ray_address: str | None = None, force: bool = False, out: Any = None, console: Any = None) -> int:
-    from ..matrix import cell_keys, finish_cell, latency_job, load_matrix, reusable
-    from ..matrix_exec import LocalExecutor, RayExecutor
-    from ..matrix_report import cell_records, summarize, summary_table, write_matrix_report
+    from edgerep.matrix.cells import cell_keys, finish_cell, latency_job, load_matrix, reusable
+    from edgerep.matrix.executors import LocalExecutor, RayExecutor
+    from edgerep.matrix.report import cell_records, summarize, summary_table, write_matrix_report
 
     if ray_address is not None and not ray:
         raise UserError(f"{ray_address}: an address only goes with --ray (edgerep matrix FILE --ray {ray_address})")
@@ -124,7 +124,7 @@ def run_matrix(*, matrix_file: Path, output: Path | None = None, workers: int | 
 
 def _accuracy_done(cell: Any, cell_dir: Path) -> dict[str, Any] | None:
     """A cell whose build finished (same key) but whose timing did not (the run was killed in between)."""
-    from ..matrix import read_cell_state
+    from edgerep.matrix.cells import read_cell_state
 
     state = read_cell_state(cell_dir)
     if state and state.get("key") == cell.key and state.get("phase") == "accuracy" and (cell_dir / "report.json").is_file():

@@ -8,21 +8,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..trt.host import engine_precision
+from edgerep.errors import UserError
+from edgerep.backends.tensorrt.host import engine_precision
 
 
 def load_engine_runner(engine: Path, bundle: Any) -> tuple[Any, dict[str, Any] | None, str]:
     """A runner for `engine`: ONNX Runtime for .onnx (the stand-in on machines without TensorRT), TensorRT for
     .engine/.plan/.trt after the sidecar guard. Returns (runner, sidecar or None, runtime name)."""
-    from ..artifacts import read_sidecar
-    from ..backends import get_backend
+    from edgerep.files.artifacts import read_sidecar
+    from edgerep.backends import get_backend
 
     engine = Path(engine)
     if not engine.is_file():
         raise UserError(f"--engine {engine}: file not found; give its path, or its name inside --bundle")
     if engine.suffix == ".onnx":  # a prediction of the device engine: Q/DQ simulated, as in the build's row
-        from ..backends.onnxruntime import OrtRunner
+        from edgerep.backends.onnxruntime.runner import OrtRunner
 
         require = get_backend("onnxruntime").available()
         if require is not None:
@@ -47,7 +47,7 @@ def run_validate_bundle(*, bundle: Path, engine: Path | list[Path], precision: s
     """Validate an engine against the bundle's reference (no PyTorch): 0 passes its gate, 1 fails, 2 bad input.
 
     Several engines (`--engine` repeated): each is validated, then the engine to ship on this device is
-    recommended by edgerep.recommend's rule (the host deferred that choice to the device)."""
+    recommended by edgerep.pipeline.recommend's rule (the host deferred that choice to the device)."""
     if isinstance(engine, (list, tuple)):
         if len(engine) != 1:
             return _validate_several(Path(bundle), [Path(e) for e in engine], as_json=as_json, out=out,
@@ -57,8 +57,8 @@ def run_validate_bundle(*, bundle: Path, engine: Path | list[Path], precision: s
 
 
 def _validate_several(bundle: Path, engines: list[Path], *, as_json: bool, out: Any, console: Any) -> int:
-    from ..recommend import format_recommendation, recommend_on_device
-    from ..trt.bundle import load_bundle
+    from edgerep.pipeline.recommend import format_recommendation, recommend_on_device
+    from edgerep.backends.tensorrt.bundle import load_bundle
 
     if not engines:
         raise UserError("--engine: give at least one engine of the bundle")
@@ -78,9 +78,9 @@ def _validate_several(bundle: Path, engines: list[Path], *, as_json: bool, out: 
 def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, as_json: bool = False,
                   out: Any = None) -> tuple[int, dict[str, Any]]:
     """One engine against the bundle's reference: (exit code, its record)."""
-    from ..report import engine_entry
-    from ..trt.bundle import load_bundle, read_reference_all
-    from ..validate import Reference, gate_to_dict, validate_runner
+    from edgerep.pipeline.report import engine_entry
+    from edgerep.backends.tensorrt.bundle import load_bundle, read_reference_all
+    from edgerep.validate.engine import Reference, gate_to_dict, validate_runner
 
     b = load_bundle(Path(bundle))
     source, names, refs, labels = read_reference_all(b)
@@ -147,7 +147,7 @@ def _task_gates(profile: dict[str, Any], task: str | None) -> dict[str, Any]:
     """The profile's gates for the bundle's task: a detector's `[gates.detect.*]` (the shipped defaults where the
     profile has none), else the classify/tensor gates."""
     if task == "detect":
-        from ..targets import DEFAULT_DETECT_GATES
+        from edgerep.targets import DEFAULT_DETECT_GATES
 
         return profile.get("detect_gates") or {k: g.to_dict() for k, g in DEFAULT_DETECT_GATES.items()}
     return profile.get("gates") or {}

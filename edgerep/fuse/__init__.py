@@ -15,9 +15,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from . import check
-from .graft import graft
-from .graph import FusedRegion, Unfused, fuse_graph
+from edgerep.fuse import check
+from edgerep.fuse.graft import graft
+from edgerep.fuse.graph import FusedRegion, Unfused, fuse_graph
+from edgerep.errors import one_line
 
 
 @dataclass
@@ -35,7 +36,7 @@ class FuseReport:
     regions: list[FusedRegion] = field(default_factory=list)
     unfused: list[Unfused] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    # every output of the model: [{name, shape, max_abs_err, max_rel_err}] in ONNX order (edgerep.outputs names);
+    # every output of the model: [{name, shape, max_abs_err, max_rel_err}] in ONNX order (edgerep.models.outputs names);
     # max_abs_err / max_rel_err above are the worst output's
     per_output: list[dict[str, Any]] = field(default_factory=list)
 
@@ -44,7 +45,7 @@ class FuseReport:
 
     def failed_outputs(self, tol: float = 1e-4) -> list[str]:
         """The names of the outputs whose relative error exceeds `tol`, worst first."""
-        from ..output_errors import over_tolerance
+        from edgerep.models.output_errors import over_tolerance
 
         return [r["name"] for r in over_tolerance(self.per_output, tol)]
 
@@ -102,7 +103,7 @@ def fuse(model: nn.Module, example_inputs: Any, *, check_shapes: list[tuple[int,
             outcome = fuse_graph(gm, example, work)
             fused, regions, unfused, method = outcome.module, outcome.regions, outcome.unfused, "fx"
         except Exception as exc:  # the trace does not run, or our fuser has a bug on it: never the user's crash
-            notes.append(f"the whole-model graph could not be fused ({_one_line(exc)}); fused module by module")
+            notes.append(f"the whole-model graph could not be fused ({one_line(exc)}); fused module by module")
             work = copy.deepcopy(reference)
     if fused is None:
         ops_before = check.op_histogram(reference, example)
@@ -135,10 +136,6 @@ def _deepcopy(model: nn.Module) -> nn.Module:
                 memo[id(value)] = value.detach().clone()
     return copy.deepcopy(model, memo)
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def _fuse_modules(model: nn.Module, example: torch.Tensor, notes: list[str]
@@ -188,7 +185,7 @@ def _fuse_modules(model: nn.Module, example: torch.Tensor, notes: list[str]
                 _same_output(child, outcome.module, x)
             except Exception as exc:
                 unfused.append(Unfused(path, type(child).__name__, f"left as it is: the fuser failed on it "
-                                       f"({_one_line(exc)})"))
+                                       f"({one_line(exc)})"))
                 visit(child, path + ".")
                 continue
             for item in outcome.regions:
@@ -236,7 +233,7 @@ def _same_output(original: nn.Module, fused: nn.Module, x: torch.Tensor, tol: fl
     outs = check.named_arrays(out)[1]
     if len(outs) != len(refs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
         raise ValueError("its fused form returns other outputs than the original on the recorded input")
-    from ..output_errors import describe_failures, output_errors
+    from edgerep.models.output_errors import describe_failures, output_errors
 
     bad = describe_failures(output_errors(refs, outs, names, where="fused submodule"), tol)
     if bad:

@@ -10,8 +10,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..output_errors import merge_errors, output_errors, worst_output
-from ..outputs import flatten_named
+from edgerep.models.output_errors import merge_errors, output_errors, worst_output
+from edgerep.models.outputs import flatten_named
 
 _MODULE_KINDS: dict[type, str] = {
     nn.BatchNorm1d: "batch_norm", nn.BatchNorm2d: "batch_norm", nn.ReLU: "relu", nn.ReLU6: "relu6",
@@ -135,7 +135,7 @@ def compare(reference: nn.Module, candidate: nn.Module, shapes: list[tuple[int, 
             ) -> tuple[float, float, list[list[int]], list[str], list[dict[str, Any]]]:
     """Max abs and max relative error on fresh random inputs, over every output of the model.
 
-    Each output is measured against its own largest magnitude (edgerep.output_errors); the overall numbers
+    Each output is measured against its own largest magnitude (edgerep.models.output_errors); the overall numbers
     are the worst output's. Returns (max_abs_err, max_rel_err, shapes checked, notes on shapes the original
     itself rejects, per-output records [{name, shape, max_abs_err, max_rel_err}] in ONNX order).
     """

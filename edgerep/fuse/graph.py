@@ -22,10 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from . import algebra
-from .algebra import ConvRep, NotExact
-from .constants import evaluate, fetch_attr, fold_parameter_computations
-from .switch import fold_bn_through_switches
+from edgerep.fuse import algebra
+from edgerep.fuse.algebra import ConvRep, NotExact
+from edgerep.fuse.constants import evaluate, fetch_attr, fold_parameter_computations
+from edgerep.fuse.switch import fold_bn_through_switches
 
 _BN_TYPES = (nn.BatchNorm2d,)
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -426,7 +426,7 @@ def _bind(args: tuple, kwargs: dict, names: list[str], defaults: dict) -> dict:
 
 
 def _op_label(gm: fx.GraphModule, node: fx.Node) -> str:
-    from .check import node_kind
+    from edgerep.fuse.check import node_kind
 
     return node_kind(gm, node)
 

@@ -23,7 +23,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .constants import fetch_attr
+from edgerep.fuse.constants import fetch_attr
 
 _ADD = (operator.add, torch.add)
 _MUL = (operator.mul, torch.mul)

@@ -12,7 +12,7 @@ DYNAMIC_EVAL_BATCH = 32
 
 
 def _task_of(metrics: dict[str, Any]) -> Any:
-    from ..tasks import get_task
+    from edgerep.tasks import get_task
 
     return get_task(metrics.get("task") or "classify")
 
@@ -88,14 +88,14 @@ def subset_view(reference: Any, indices: Any) -> Any:
 
 def eval_batch(onnx_path: Path) -> int:
     """The batch to run a model at: its fixed batch, or DYNAMIC_EVAL_BATCH for a dynamic one."""
-    from ..onnx_files import onnx_input
+    from edgerep.files.onnx_files import onnx_input
 
     _, shape = onnx_input(Path(onnx_path))
     return int(shape[0]) if shape and shape[0] is not None else DYNAMIC_EVAL_BATCH
 
 
 def evaluate_runner(runner: Any, reference: Any, batch: int) -> dict[str, Any]:
-    from ..validate import engine_outputs_all
+    from edgerep.validate.engine import engine_outputs_all
 
     return score(reference, engine_outputs_all(runner, reference.source, batch, limit=reference.limit))
 
@@ -105,7 +105,7 @@ def evaluate_onnx(onnx_path: Path, reference: Any, batch: int | None = None) -> 
 
     Q/DQ runs as simulated (float) quantization, so the score is the same on every CPU: this evaluates a
     quantization choice, not this machine's integer kernels (see OrtRunner)."""
-    from ..backends.onnxruntime import OrtRunner
+    from edgerep.backends.onnxruntime.runner import OrtRunner
 
     runner = OrtRunner(Path(onnx_path), simulate_qdq=True)
     try:

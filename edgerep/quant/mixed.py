@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UserError
-from .evaluate import brief, eval_batch, evaluate_onnx, evaluate_runner
-from .layers import owning_module, quantizable_layers
+from edgerep.errors import UserError
+from edgerep.quant.evaluate import brief, eval_batch, evaluate_onnx, evaluate_runner
+from edgerep.quant.layers import owning_module, quantizable_layers
 
 PLAN_FILE = "int8_plan.json"
 PLAN_SCHEMA = 1
@@ -121,7 +121,7 @@ class Evaluator:
         return cand
 
     def _score(self, artifact: Any, ignored: list[str]) -> tuple[dict[str, Any], list[str] | None]:
-        from .precision import ov_float_layers, qdq_float_layers
+        from edgerep.quant.precision import ov_float_layers, qdq_float_layers
 
         nodes = [layer.node for layer in quantizable_layers(self.onnx_path)]
         if artifact.status == "ok":
@@ -150,7 +150,7 @@ def accepted_options(backend: Any) -> set[str]:
     module = importlib.import_module(type(backend).__module__)
     if hasattr(module, "KNOWN_OPTIONS"):
         return set(module.KNOWN_OPTIONS)
-    from ..backends.common import COMMON_OPTIONS
+    from edgerep.backends.common import COMMON_OPTIONS
 
     return set(COMMON_OPTIONS)
 
@@ -171,8 +171,8 @@ def calibration_choices(backend: Any, base: dict[str, Any], profile: Any = None)
     elif "per_channel" not in accepted:
         notes.append(f"per-channel vs per-tensor weights: the {backend.name} backend always uses per-channel weights")
     if "int8_weights" in accepted and "int8_weights" not in base:
-        from ..backends.onnxruntime import weight_formats_for
-        from ..cpu import target_isa
+        from edgerep.backends.onnxruntime.isa_policy import weight_formats_for
+        from edgerep.cpu.isa import target_isa
 
         axes.append(("int8_weights", weight_formats_for(target_isa(profile))))
     if backend.name == "openvino":
@@ -198,9 +198,9 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
            compare_nncf: bool = True, prune: bool = True,
            log: Callable[[str], None] | None = None) -> MixedResult:
     """The accuracy-budgeted search for one backend (see the module docstring)."""
-    from .qdq import METHODS as QDQ_METHODS
-    from .qdq import style_for_backend, weights_for
-    from .sensitivity import layer_sensitivity
+    from edgerep.quant.qdq import METHODS as QDQ_METHODS
+    from edgerep.quant.qdq import style_for_backend, weights_for
+    from edgerep.quant.sensitivity import layer_sensitivity
 
     if max_drop < 0:
         raise UserError(f"--max-drop {max_drop}: must be >= 0 (percentage points)")
@@ -271,7 +271,7 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
                     chosen = nncf_cand
     if log is not None:
         log(f"chosen: {chosen.name} ({chosen.source}), float layers {chosen.float_layers or 'none'}, drop {chosen.drop:.2f} pp")
-    from .evaluate import drop_unit
+    from edgerep.quant.evaluate import drop_unit
 
     metrics = {**chosen.metrics, "task": reference.task}
     return MixedResult(max_drop=max_drop, drop_metric=chosen.metrics.get("drop_metric") or "", chosen=chosen,
@@ -299,7 +299,7 @@ def _ks(n: int) -> list[int]:
 def _nncf_candidate(onnx_path: Path, calib: Any, reference: Any, max_drop: float, profile: Any,
                     calib_opts: dict[str, Any], fixed_float: list[str], work_dir: Path,
                     evaluate: Evaluator) -> tuple[dict[str, Any], Candidate | None]:
-    from .nncf_ac import accuracy_control
+    from edgerep.quant.nncf_ac import accuracy_control
 
     nncf_opts = {k: v for k, v in calib_opts.items() if k in ("calib_method", "num_samples")}
     try:
@@ -328,10 +328,10 @@ def plan_int8(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, val: A
 
     `task`: the tasks.Task whose metric is budgeted (None: inferred from the outputs). The result is cached in
     work_dir/int8_plan.json by a hash of everything it depends on."""
-    from ..artifacts import package_versions, write_json_atomic
-    from ..onnx_files import onnx_sha256
-    from ..validate import compute_reference
-    from .layers import module_names_of
+    from edgerep.files.artifacts import package_versions, write_json_atomic
+    from edgerep.files.onnx_files import onnx_sha256
+    from edgerep.validate.engine import compute_reference
+    from edgerep.quant.layers import module_names_of
 
     if max_drop < 0:
         raise UserError(f"--max-drop {max_drop}: must be >= 0 (percentage points)")

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
-from .evaluate import brief, eval_batch, evaluate_runner, score, subset_view, value_of
-from .layers import quantizable_layers
+from edgerep.errors import UserError
+from edgerep.quant.evaluate import brief, eval_batch, evaluate_runner, score, subset_view, value_of
+from edgerep.quant.layers import quantizable_layers
 
 
 def accuracy_control(onnx_path: Path, calib: Any, reference: Any, *, max_drop: float, profile: Any,
@@ -37,9 +37,12 @@ def accuracy_control(onnx_path: Path, calib: Any, reference: Any, *, max_drop: f
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     # The OpenVINO backend's own calibration feed and method -> range-estimator table, so both quantize alike.
-    from ..backends.common import calib_settings, onnx_input
-    from ..backends.openvino import _ESTIMATORS, _METHODS, _Samples, OpenVINORunner
-    from .precision import ov_float_layers
+    from edgerep.backends.common import calib_settings
+    from edgerep.files.onnx_files import onnx_input
+    from edgerep.backends.openvino.quantize import _ESTIMATORS, _Samples
+    from edgerep.backends.openvino.adapter import _METHODS
+    from edgerep.backends.openvino.runner import OpenVINORunner
+    from edgerep.quant.precision import ov_float_layers
 
     t0 = time.perf_counter()
     method, num = calib_settings(profile, options, "minmax", _METHODS)

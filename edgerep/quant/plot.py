@@ -14,7 +14,7 @@ def plot_sensitivity(result: dict[str, Any], path: Path, *, ranges: list[dict[st
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ..artifacts import atomic_path
+    from edgerep.files.artifacts import atomic_path
 
     layers = sorted(result["layers"], key=lambda r: r.get("order", 0))
     flagged = {r["node"] for r in (ranges or []) if r.get("flags")}

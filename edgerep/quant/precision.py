@@ -50,7 +50,7 @@ def ov_float_layers(model: Path | Any, nodes: list[str]) -> list[str]:
 
 def qdq_float_layers(qdq_path: Path, nodes: list[str]) -> list[str]:
     """The nodes of `nodes` whose weights are not quantized in a Q/DQ ONNX model."""
-    from .qdq import qdq_quantized_nodes
+    from edgerep.quant.qdq import qdq_quantized_nodes
 
     quantized = qdq_quantized_nodes(qdq_path, nodes)
     return [n for n in nodes if not quantized[n]]

@@ -11,7 +11,7 @@ Three styles follow the three backends' placement of quantizers:
                keeps its weights and output in float; its input stays quantized when its producer is.
   openvino     like NNCF's CPU placement: asymmetric 8-bit activations and per-channel weights, quantizers
                on the inputs of weighted ops only, so excluding a node keeps its input in float as well.
-  tensorrt     TensorRT's conventions (edgerep.trt.qdq): symmetric INT8, Q/DQ on inputs only.
+  tensorrt     TensorRT's conventions (edgerep.backends.tensorrt.qdq): symmetric INT8, Q/DQ on inputs only.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
-from ..onnx_files import ort_pre_process, quiet_root_logger
+from edgerep.errors import UserError
+from edgerep.files.onnx_files import ort_pre_process, quiet_root_logger
 
 STYLES = ("onnxruntime", "openvino", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
@@ -40,8 +40,8 @@ def weights_for(style: str, profile: Any) -> str:
     (7-bit where its integer kernels could saturate), full-range int8 for the other placements."""
     if style != "onnxruntime":
         return "s8"
-    from ..backends.onnxruntime import weight_format_for
-    from ..cpu import target_isa
+    from edgerep.backends.onnxruntime.isa_policy import weight_format_for
+    from edgerep.cpu.isa import target_isa
 
     return weight_format_for(target_isa(profile))
 
@@ -88,7 +88,7 @@ class QdqMaker:
         """A detector's prediction convs and decode (onnx_files.detect_head_float_nodes): kept in float, as the
         backends keep them. Read from the model once: every variant of a search excludes the same nodes."""
         if self._tail is None:
-            from ..onnx_files import detect_head_float_nodes
+            from edgerep.files.onnx_files import detect_head_float_nodes
 
             self._tail = detect_head_float_nodes(self.onnx_path)
         return self._tail
@@ -110,7 +110,7 @@ class QdqMaker:
         elif self.style == "tensorrt":
             from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-            from ..trt.qdq import TRT_QUANT_OPS, trt_extra_options
+            from edgerep.backends.tensorrt.qdq import TRT_QUANT_OPS, trt_extra_options
 
             model = onnx.load(str(source), load_external_data=False)
             extra = trt_extra_options(model)
@@ -147,8 +147,8 @@ class QdqMaker:
         return {name: (scalar(t["lowest"]), scalar(t["highest"])) for name, t in raw.items()}
 
     def _reader(self) -> Any:
-        from ..data import batches_reader, sample_batches
-        from ..onnx_files import onnx_input
+        from edgerep.data.sources import batches_reader, sample_batches
+        from edgerep.files.onnx_files import onnx_input
 
         name, shape = onnx_input(self.onnx_path)
         calib, limit = self.calib, self.num_samples

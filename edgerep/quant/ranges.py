@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import QuantLayer, quantizable_layers
+from edgerep.quant.layers import QuantLayer, quantizable_layers
 
 # A layer is flagged when a statistic passes its absolute limit, or stands out from the model's other
 # layers (OUTLIER_FACTOR times their median): both the "bad everywhere" and the "one bad layer" cases.
@@ -65,8 +65,8 @@ def activation_stats(onnx_path: Path, tensors: list[str], calib: Any, *, num_sam
     import onnx
     import onnxruntime as ort
 
-    from ..data import sample_batches
-    from ..onnx_files import onnx_input
+    from edgerep.data.sources import sample_batches
+    from edgerep.files.onnx_files import onnx_input
 
     model = onnx.load(str(onnx_path))
     inferred = onnx.shape_inference.infer_shapes(model)

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .evaluate import brief, evaluate_onnx
-from .layers import QuantLayer, quantizable_layers
-from .qdq import QdqMaker
+from edgerep.quant.evaluate import brief, evaluate_onnx
+from edgerep.quant.layers import QuantLayer, quantizable_layers
+from edgerep.quant.qdq import QdqMaker
 
 
 @dataclass

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..errors import UserError
-from .base import Task
+from edgerep.errors import UserError
+from edgerep.tasks.base import Task
 
 TASKS = ("classify", "detect", "raw")
 
 
 def get_task(name: str, **options: Any) -> Task:
     """A Task by name; detect takes score_threshold, iou_threshold, layout, num_classes (None: defaults)."""
-    from .classify import ClassifyTask
-    from .raw import RawTask
+    from edgerep.tasks.classify import ClassifyTask
+    from edgerep.tasks.raw import RawTask
 
     explicit, note = options.pop("explicit", False), options.pop("note", None)
     if name == "detect":
-        from .detect_task import DetectTask
+        from edgerep.tasks.detect_task import DetectTask
 
         return DetectTask(explicit=explicit, note=note, **options)
     if name == "classify":
@@ -45,7 +45,7 @@ def _shape_text(shape: Sequence[int]) -> str:
 def infer_task(model_info: Any, outputs: Sequence[Any]) -> tuple[str, str | None]:
     """(task name, note) for a model: ModelInfo.task when set; else classify for a lone (N, classes) output
     (with a note saying it was read from the shape); else raw, with a note that says so."""
-    from .classify import is_class_scores
+    from edgerep.tasks.classify import is_class_scores
 
     task = getattr(model_info, "task", None) if model_info is not None else None
     if task in TASKS:
@@ -65,8 +65,8 @@ def choose_task(model_info: Any, outputs: Sequence[Any], requested: str | None =
     An explicit --task that cannot apply is one line (UserError): classify on outputs that are not class scores,
     detect on a head no layout fits. An inferred detect whose head cannot be decoded falls back to raw with a
     note (never a crash)."""
-    from .classify import is_class_scores
-    from .detect import HeadLayoutError
+    from edgerep.tasks.classify import is_class_scores
+    from edgerep.tasks.detect import HeadLayoutError
 
     spec = getattr(model_info, "spec", "the model")
     shape = _shape(outputs)
@@ -112,7 +112,7 @@ def probe_outputs(model_info: Any, seed: int = 0) -> list[Any]:
     """The model's outputs (numpy, ONNX order) on one random input of its shape: enough to choose the task."""
     import torch
 
-    from ..outputs import to_numpy_list
+    from edgerep.models.outputs import to_numpy_list
 
     x = torch.randn(*model_info.input_shape, generator=torch.Generator().manual_seed(seed))
     model_info.module.eval()

@@ -74,7 +74,7 @@ class Task:
 
     def finish(self, metrics: dict[str, Any], reference: Any, outputs_all: Sequence[np.ndarray], n: int) -> dict[str, Any]:
         """Add what every task's record has: each output's errors (`outputs`) and the task's note."""
-        from .tensors import output_errors
+        from edgerep.tasks.tensors import output_errors
 
         metrics["outputs"] = output_errors([o[:n] for o in reference.outputs_all], outputs_all, reference.output_names)
         if self.note:

@@ -6,8 +6,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import UNTRAINED_HINT, Task, gate_value, near_constant, tensor_gate_problems, verdict
-from .tensors import tensor_metrics
+from edgerep.tasks.base import UNTRAINED_HINT, Task, gate_value, near_constant, tensor_gate_problems, verdict
+from edgerep.tasks.tensors import tensor_metrics
 
 # One class for every sample means nothing when there are only a few samples (it happens by chance).
 MIN_SAMPLES_FOR_TOP1_CHECK = 8

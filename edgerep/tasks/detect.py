@@ -23,7 +23,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from edgerep.errors import UserError
+from edgerep.data.detections import Detections
 
 LAYOUTS = ("ultralytics", "yolov5")
 # Score thresholds: what a person would call "a detection" (Ultralytics' predict default), and the
@@ -39,34 +40,6 @@ class HeadLayoutError(UserError):
     """The output is not a head layout we can decode (the pipeline falls back to tensor metrics)."""
 
 
-@dataclass
-class Detections:
-    """The boxes of one image: xyxy in pixels (float32, (K, 4)), scores (K,), class indices (K,)."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
-        self.classes = np.asarray(self.classes, dtype=np.int64).reshape(-1)
-        if not (len(self.boxes) == len(self.scores) == len(self.classes)):
-            raise ValueError(f"Detections: {len(self.boxes)} boxes, {len(self.scores)} scores, "
-                             f"{len(self.classes)} classes")
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    def above(self, score: float) -> "Detections":
-        keep = self.scores >= score
-        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
-
-    @classmethod
-    def labels(cls, boxes: Any, classes: Any) -> "Detections":
-        """Ground truth: boxes and classes, every score 1."""
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        return cls(boxes, np.ones(len(boxes), np.float32), classes)
 
 
 # --- decoding -----------------------------------------------------------------------------------------
@@ -272,7 +245,7 @@ def detect_images(
 
     `run` is any runtime: a torch model wrapped to take and give arrays, an ONNX Runtime session, an engine.
     """
-    from ..detect_data import letterboxed_batches
+    from edgerep.data.detect_labels import letterboxed_batches
 
     result: list[Detections] = []
     for x, metas in letterboxed_batches(items, size, batch_size, stride=stride):
@@ -284,5 +257,5 @@ def detect_images(
 
 
 def label_truth(items: Sequence[Any]) -> list[Detections]:
-    """Ground truth from labelled images (edgerep.detect_data.LabelledImage)."""
+    """Ground truth from labelled images (edgerep.data.detect_labels.LabelledImage)."""
     return [Detections.labels(item.boxes, item.classes) for item in items]

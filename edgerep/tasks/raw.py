@@ -6,8 +6,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import Task, tensor_gate_problems, verdict
-from .tensors import tensor_metrics
+from edgerep.tasks.base import Task, tensor_gate_problems, verdict
+from edgerep.tasks.tensors import tensor_metrics
 
 RAW_NOTE = "tensor metrics only (no task-level accuracy)"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
-from .common import ReparamBlock, ConvBN, IntOr2, TinyRepResNet, pad_kernel, pair, same_padding
-from .registry import register_model
+from edgerep.zoo.common import ReparamBlock, ConvBN, IntOr2, TinyRepResNet, pad_kernel, pair, same_padding
+from edgerep.zoo.registry import register_model
 
 
 class ACBlock(ReparamBlock):

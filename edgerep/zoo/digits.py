@@ -15,9 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import ClassifierHead
-from .registry import register_model
-from .repvgg import RepVGGBlock
+from edgerep.zoo.common import ClassifierHead
+from edgerep.zoo.registry import register_model
+from edgerep.zoo.repvgg import RepVGGBlock
 
 DIGITS_SIZE = 32
 DIGITS_MEAN = (0.5,)

@@ -13,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import ConvBN, reparameterize_children
-from .registry import register_model
+from edgerep.zoo.common import ConvBN, reparameterize_children
+from edgerep.zoo.registry import register_model
 
 
 def make_divisible(v: float, divisor: int = 4, min_value: int | None = None) -> int:

@@ -10,11 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import (
-    ReparamBlock,
-    ClassifierHead, ConvBN, IntOr2, fold_bn, identity_kernel, pad_kernel, pair, same_padding,
-)
-from .registry import register_model
+from edgerep.zoo.common import ReparamBlock, ClassifierHead, ConvBN, IntOr2, fold_bn, identity_kernel, pad_kernel, pair, same_padding
+from edgerep.zoo.registry import register_model
 
 
 class MobileOneBlock(ReparamBlock):

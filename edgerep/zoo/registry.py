@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..errors import UserError
+from edgerep.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .common import ConvBN, reparameterize_children
-from .registry import register_model
-from .repvgg import RepVGGBlock
+from edgerep.zoo.common import ConvBN, reparameterize_children
+from edgerep.zoo.registry import register_model
+from edgerep.zoo.repvgg import RepVGGBlock
 
 DETECTOR_TAGS = ("detect",)
 _MAX_LOG_SIZE = 6.0  # exp(6) x stride: a box may cover the input many times over, never overflow
@@ -241,7 +241,7 @@ def repyolo_digits(*, num_classes: int = 10, deploy: bool = False, **kw) -> RepY
 def stress_digits_detector(model: nn.Module) -> None:
     """The stress of repyolo_digits_stress, in place: STRESS_PAIR's activation channel x STRESS_FACTOR,
     same float function (zoo.repvgg.scale_block_channel; works on the training and the deploy form)."""
-    from .repvgg import scale_block_channel
+    from edgerep.zoo.repvgg import scale_block_channel
 
     producer, consumer = (model.get_submodule(name) for name in STRESS_PAIR)
     scale_block_channel(producer, consumer, channel=STRESS_CHANNEL, factor=STRESS_FACTOR)

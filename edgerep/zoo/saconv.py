@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import ClassifierHead, ConvBN, bn_scale_shift, pair, reparameterize_children
-from .registry import register_model
+from edgerep.zoo.common import ClassifierHead, ConvBN, bn_scale_shift, pair, reparameterize_children
+from edgerep.zoo.registry import register_model
 
 WS_EPS = 1e-5
 SWITCH_POOL = 5  # the switch reads a 5x5 average (reflect-padded) of its input

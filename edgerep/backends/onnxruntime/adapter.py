@@ -1,0 +1,114 @@
+"""ONNX Runtime (CPU) backend: FP32 is the simplified ONNX; INT8 is a Q/DQ ONNX from quantize_static.
+
+FP32 keeps the portable graph and lets the session optimize it at load time: a saved ORT-optimized
+graph (optimized_model_filepath) may hold ORT-internal fused ops tied to this ORT build and CPU.
+`quantize_qdq` is public: the TensorRT backend reuses it for its host-side Q/DQ (symmetric INT8).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+from edgerep.files.artifacts import Artifact, atomic_files, companion_files, write_sidecar
+from edgerep.cpu.isa import target_isa
+from edgerep.errors import UserError
+from edgerep.targets import BACKEND_CAPABILITIES
+from edgerep.backends.common import COMMON_OPTIONS, calib_settings, check_options, engine_info, require_available, require_calib, require_precision
+from edgerep.backends.onnxruntime.runner import OrtRunner
+from edgerep.backends.onnxruntime.quantize import int16_saturation_check
+from edgerep.backends.onnxruntime.quantize import quantize_qdq
+from edgerep.backends.onnxruntime.isa_policy import weight_format_for
+
+# activation_type: "uint8" (default) or "int8"; per_channel: weights per output channel (default) or per tensor;
+# int8_weights: how weights are stored for the target CPU (WEIGHT_FORMATS; default from the target's ISA).
+KNOWN_OPTIONS = COMMON_OPTIONS | {"activation_type", "per_channel", "int8_weights"}
+
+
+_METHODS = BACKEND_CAPABILITIES["onnxruntime"].calib_methods
+_PACKAGES = ("onnxruntime",)
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    precisions = BACKEND_CAPABILITIES["onnxruntime"].precisions
+    calib_methods = _METHODS
+
+    def available(self) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed; pip install 'edgerep[onnxruntime]'"
+        return None
+
+    def artifact_path(self, out_dir: Path, precision: str) -> Path:
+        return Path(out_dir) / f"model.{precision}.onnx"
+
+    def build(self, onnx_path: Path, precision: str, *, out_dir: Path, profile: Any = None, calib: Any = None,
+              options: dict[str, Any] | None = None) -> Artifact:
+        require_precision(self, precision)
+        require_available(self)
+        options = check_options(options, self.name, KNOWN_OPTIONS)
+        onnx_path = Path(onnx_path)
+        path = self.artifact_path(out_dir, precision)
+        if precision == "fp32":
+            _copy_onnx(onnx_path, path)
+            settings: dict[str, Any] = {"graph_optimization": "ORT_ENABLE_ALL at load"}
+        else:
+            require_calib(calib, self.name)
+            method, num = calib_settings(profile, options, "minmax", _METHODS)
+            act = options.get("activation_type", "uint8")
+            isa = target_isa(profile)
+            weights = weight_format_for(isa, options.get("int8_weights"))
+            settings = quantize_qdq(onnx_path, path, calib, method=method, num_samples=num,
+                                    ignored_nodes=options.get("ignored_nodes"), activation_type=act,
+                                    per_channel=bool(options.get("per_channel", True)), weights=weights)
+            settings["isa"] = isa
+            settings["int16_saturation"] = int16_saturation_check(path)
+        info = engine_info(backend=self.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
+                           settings=settings, packages=_PACKAGES)
+        sidecar = write_sidecar(path, info)
+        return Artifact(backend=self.name, precision=precision, path=path, sidecar=sidecar, info=info)
+
+    def load(self, artifact: Artifact) -> "OrtRunner":
+        require_available(self)
+        if artifact.path is None or not Path(artifact.path).is_file():
+            raise UserError(f"{artifact.path}: engine file not found; build it first")
+        return OrtRunner(Path(artifact.path))
+
+
+
+
+def _copy_onnx(src: Path, dst: Path) -> None:
+    """Copy an ONNX file (with its external data file, renamed to match) atomically."""
+    data = companion_files(src)
+    with atomic_files(dst) as tmp:
+        if data:  # the .data name is recorded inside the model, so re-save rather than copy
+            import onnx
+
+            from edgerep.files.onnx_files import save_onnx
+
+            save_onnx(onnx.load(str(src)), tmp, external_data_threshold=0)
+        else:
+            shutil.copyfile(src, tmp)
+
+
+# --- INT8 Q/DQ -------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+BACKEND = OnnxRuntimeBackend()

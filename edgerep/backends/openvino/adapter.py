@@ -1,0 +1,104 @@
+"""OpenVINO backend: IR (.xml + .bin) in FP32, FP16 (weights compressed) or INT8 (NNCF post-training).
+
+At load time the CPU plugin is pinned to an inference precision: on CPUs with bfloat16 support it
+would otherwise run FP32 IRs in bf16 (measured on this machine's Xeon), and the FP32 gate would test
+bf16 numbers. fp32 and int8 (the layers NNCF leaves in float) run in f32; fp16 runs in f16 where the
+CPU supports it, else f32 with compressed weights. The precision used is in the sidecar.
+"""
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any
+
+
+from edgerep.files.artifacts import Artifact, atomic_files, write_sidecar
+from edgerep.errors import UserError
+from edgerep.files.onnx_files import onnx_output_names
+from edgerep.targets import BACKEND_CAPABILITIES
+from edgerep.backends.common import COMMON_OPTIONS, check_options, engine_info, require_available, require_calib, require_precision
+from edgerep.backends.openvino.runner import OpenVINORunner
+from edgerep.backends.openvino.runner import _inference_precision
+from edgerep.backends.openvino.quantize import _quantize
+from edgerep.errors import first_line
+
+# preset: "mixed" (default) or "performance"; bias_correction: NNCF's "fast" (default) or "full" (slower, can be
+# more accurate on models with wide activation ranges).
+KNOWN_OPTIONS = COMMON_OPTIONS | {"preset", "bias_correction"}
+
+_METHODS = BACKEND_CAPABILITIES["openvino"].calib_methods
+_PACKAGES = ("openvino", "nncf")
+_MISSING = "openvino is not installed; pip install 'edgerep[openvino]'"
+
+
+class OpenVINOBackend:
+    name = "openvino"
+    precisions = BACKEND_CAPABILITIES["openvino"].precisions
+    calib_methods = _METHODS
+
+    def available(self) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return _MISSING
+        return None
+
+    def artifact_path(self, out_dir: Path, precision: str) -> Path:
+        return Path(out_dir) / f"model.{precision}.xml"
+
+    def build(self, onnx_path: Path, precision: str, *, out_dir: Path, profile: Any = None, calib: Any = None,
+              options: dict[str, Any] | None = None) -> Artifact:
+        require_precision(self, precision)
+        require_available(self)
+        options = check_options(options, self.name, KNOWN_OPTIONS)
+        import openvino as ov
+
+        onnx_path = Path(onnx_path)
+        path = self.artifact_path(out_dir, precision)
+        try:
+            model = ov.convert_model(str(onnx_path))
+        except Exception as exc:
+            raise UserError(f"openvino: cannot convert {onnx_path.name} ({type(exc).__name__}: {first_line(exc)})") from None
+        settings: dict[str, Any] = {"compress_to_fp16": precision == "fp16",
+                                    "inference_precision": _inference_precision(precision),
+                                    # the ONNX outputs in graph order: the runner returns its ports in this order
+                                    "output_names": onnx_output_names(onnx_path)}
+        if precision == "int8":
+            require_calib(calib, self.name)
+            model, quant = _quantize(model, onnx_path, calib, profile, options)
+            settings.update(quant)
+        with atomic_files(path) as tmp:
+            try:
+                ov.save_model(model, str(tmp), compress_to_fp16=precision == "fp16")
+            except RuntimeError as exc:  # a failed C++ write ("basic_ios::clear: iostream error") hides its errno
+                if "ios" not in str(exc):
+                    raise
+                raise OSError(errno.EIO, "OpenVINO could not write the IR: disk full or folder not writable",
+                              str(path)) from None
+        info = engine_info(backend=self.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
+                           settings=settings, packages=_PACKAGES)
+        sidecar = write_sidecar(path, info)
+        return Artifact(backend=self.name, precision=precision, path=path, sidecar=sidecar, info=info)
+
+    def load(self, artifact: Artifact) -> "OpenVINORunner":
+        require_available(self)
+        if artifact.path is None or not Path(artifact.path).is_file():
+            raise UserError(f"{artifact.path}: engine file not found; build it first")
+        settings = artifact.info.get("settings") or {}
+        hint = settings.get("inference_precision") or _inference_precision(artifact.precision)
+        return OpenVINORunner(Path(artifact.path), hint, output_names=settings.get("output_names"))
+
+
+
+# --- INT8 through NNCF -----------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+BACKEND = OpenVINOBackend()

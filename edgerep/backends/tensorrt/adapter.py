@@ -1,0 +1,125 @@
+"""TensorRT backend: a thin adapter behind the backend contract (available / build / load).
+
+The TensorRT logic lives in edgerep/backends/tensorrt/: host.py (INT8 cache + Q/DQ, FP16 ONNX, the device bundle),
+engine_build.py (the engine with the tensorrt API, per version), runner.py (pycuda runner), guard.py (sidecars).
+Without tensorrt, pycuda or a GPU, `build` prepares what the device needs and returns the engine as `skipped`,
+saying it must be built on the device (bash device-bundle/build.sh). Nothing here imports tensorrt at import.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgerep.files.artifacts import Artifact
+from edgerep.errors import UserError
+from edgerep.files.onnx_files import onnx_output_names
+from edgerep.targets import BACKEND_CAPABILITIES
+
+KNOWN_OPTIONS = {"ignored_nodes", "calib_method", "num_samples", "int8_mode", "dla_core", "timing_cache",
+                 "entropy_bins"}
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+    precisions = BACKEND_CAPABILITIES["tensorrt"].precisions
+    calib_methods = BACKEND_CAPABILITIES["tensorrt"].calib_methods
+    # build() also works without TensorRT or a GPU: it writes the device bundle and returns skipped engines.
+    offline_build = True
+
+    def available(self) -> str | None:
+        from edgerep.backends.tensorrt.gpu import unavailable_reason
+
+        return unavailable_reason()
+
+    def build(self, onnx_path: Path, precision: str, *, out_dir: Path, profile: Any, calib: Any = None,
+              options: dict[str, Any] | None = None) -> Artifact:
+        from edgerep.backends.tensorrt import host
+        from edgerep.backends.tensorrt.trtexec import check_dla_int8
+        from edgerep.backends.tensorrt.versions import int8_modes, version_str
+
+        if precision not in self.precisions:
+            raise UserError(f"--precision {precision}: the tensorrt backend builds {', '.join(self.precisions)}")
+        options = dict(options or {})
+        unknown = sorted(set(options) - KNOWN_OPTIONS)
+        if unknown:
+            raise UserError(f"tensorrt build options: unknown {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_OPTIONS))})")
+        onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+        version = host.profile_version(profile)
+        trt_settings = profile.tensorrt
+        int8_mode = options.get("int8_mode") or trt_settings.int8_mode
+        if int8_mode not in ("calibrate", "qdq"):
+            raise UserError(f"--int8-mode {int8_mode}: use calibrate (calibration cache) or qdq (Q/DQ ONNX)")
+        if precision == "int8" and int8_mode not in int8_modes(version):
+            raise UserError(f"--int8-mode {int8_mode}: TensorRT {version_str(version)} builds INT8 only from Q/DQ; use qdq")
+        dla_core = options.get("dla_core", trt_settings.dla_core)
+        if options.get("dla_core") is not None and not 0 <= int(dla_core) < max(trt_settings.dla_cores, 0):
+            raise UserError(f"--dla-core {dla_core}: target {profile.name} has {trt_settings.dla_cores} DLA core(s)")
+        if precision == "int8":
+            check_dla_int8(version, int8_mode, dla_core)
+        if (int8_mode, dla_core) != (trt_settings.int8_mode, trt_settings.dla_core):  # flags override the profile
+            from dataclasses import replace
+
+            trt_settings = replace(trt_settings, int8_mode=int8_mode, dla_core=dla_core)
+            profile = replace(profile, tensorrt=trt_settings)
+        host_dir = out_dir / host.HOST_DIR
+        int8 = fp16_onnx = None
+        if precision == "int8":
+            if calib is None:
+                raise UserError("--calib: TensorRT INT8 needs calibration data (host calibration for the cache and "
+                                "the Q/DQ model); pass --calib")
+            cal = getattr(profile, "calibration", None)
+            method = options.get("calib_method") or (cal.method if cal else "entropy")
+            if method not in self.calib_methods:
+                raise UserError(f"--calib-method {method}: not one of {', '.join(self.calib_methods)}")
+            num = int(options.get("num_samples") or (cal.num_samples if cal else 300))
+            int8 = host.prepare_int8(onnx_path, profile, calib, host_dir, method=method, num_samples=num,
+                                     ignored_nodes=options.get("ignored_nodes"), entropy_bins=options.get("entropy_bins"))
+        if precision == "fp16" and version[0] >= 11:
+            fp16_onnx = host.prepare_fp16(onnx_path, host_dir)
+        settings = {"trt_version": version_str(version), "int8_mode": int8_mode if precision == "int8" else None,
+                    "dla_core": dla_core if precision != "fp32" else None, "workspace_mb": trt_settings.workspace_mb,
+                    "calib_method": int8["method"] if int8 else None,
+                    # the ONNX outputs in graph order: the runner's run_all returns the engine's outputs in it
+                    "output_names": onnx_output_names(Path(onnx_path))}
+        info: dict[str, Any] = {"settings": settings, "qdq": str(int8["qdq"]) if int8 else None,
+                                "calibration_cache": str(int8["cache"]) if int8 else None}
+
+        reason = self.available()
+        if reason is not None:
+            bundle_dir = out_dir / host.BUNDLE_DIR
+            host.update_bundle(bundle_dir, onnx_path=onnx_path, profile=profile, precisions=[precision],
+                               int8=int8, fp16_onnx=fp16_onnx)
+            info["bundle"] = str(bundle_dir)
+            return Artifact(backend=self.name, precision=precision, path=None, status="skipped",
+                            reason=f"{reason}; build the engine on the device: bash {bundle_dir}/build.sh",
+                            info=info)
+        from edgerep.backends.tensorrt.engine_build import build_engine
+
+        return build_engine(onnx_path, precision, out_dir=out_dir, profile=profile, calib=calib, int8=int8,
+                            fp16_onnx=fp16_onnx, int8_mode=int8_mode, dla_core=dla_core,
+                            timing_cache=options.get("timing_cache"), info=info)
+
+    def load(self, artifact: Artifact) -> Any:
+        from edgerep.files.artifacts import read_sidecar
+
+        if artifact.path is None:
+            raise UserError(f"tensorrt {artifact.precision}: no engine (status {artifact.status}: {artifact.reason})")
+        return self.load_checked(Path(artifact.path), read_sidecar(Path(artifact.path)))
+
+    def load_checked(self, engine: Path, side: dict[str, Any] | None, *, onnx_sha256: str | None = None,
+                     output_names: list[str] | None = None) -> Any:
+        """Load a plan after the sidecar guard: a plan from another TensorRT or GPU is refused, not run.
+        `output_names` (the ONNX order; default: the sidecar's) orders the runner's run_all."""
+        from edgerep.backends.tensorrt.gpu import running_environment
+        from edgerep.backends.tensorrt.guard import guard_engine
+        from edgerep.backends.tensorrt.runner import TensorRTRunner
+
+        reason = self.available()
+        if reason is not None:
+            raise UserError(f"--engine {engine}: {reason}")
+        guard_engine(engine, side, running_environment(), onnx_sha256=onnx_sha256)
+        names = output_names or ((side or {}).get("settings") or {}).get("output_names")
+        return TensorRTRunner(engine, dla_core=(side or {}).get("dla_core"), output_names=names)
+
+
+BACKEND = TensorRTBackend()

@@ -1,0 +1,245 @@
+"""Build a TensorRT engine from the host-prepared ONNX with the `tensorrt` Python API, on this machine's GPU.
+
+Which calls are made is chosen by the running `trt.__version__` (versions.api_features, from the NVIDIA/TensorRT
+release/X python/src/infer/pyCore.cpp bindings):
+  network   8.x: EXPLICIT_BATCH flag | 10.x: create_network(0) (+STRONGLY_TYPED for Q/DQ from 10.12) | 11: always strongly typed
+  workspace 8.0-8.3: config.max_workspace_size | 8.4+: config.set_memory_pool_limit(MemoryPoolType.WORKSPACE, n)
+  FP16      < 11: BuilderFlag.FP16 on the FP32 ONNX | 11+: the FP16-cast ONNX, strongly typed
+  INT8      calibrate (< 11): BuilderFlag.INT8 + FP16 + IInt8EntropyCalibrator2 reading the host cache; qdq: the Q/DQ
+            ONNX with BuilderFlag.INT8 + FP16 (8.x - 10.11), strongly typed (10.12+, 11). FP16 with INT8 so layers
+            without INT8 scales run in FP16, not FP32, and stay on the DLA (NVIDIA/Deep-Learning-Accelerator-SW
+            tools/qdq-translator/README.md builds DLA INT8 with `--int8 --fp16`).
+  DLA       INT8 only from the calibration cache while calibrators exist (NVIDIA/TensorRT#2222)
+  build     builder.build_serialized_network (build_engine is gone in 10)
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgerep.files.artifacts import Artifact
+from edgerep.errors import UserError
+
+
+def build_engine(onnx_path: Path, precision: str, *, out_dir: Path, profile: Any, calib: Any,
+                 int8: dict[str, Any] | None, fp16_onnx: Path | None, int8_mode: str, dla_core: int | None,
+                 timing_cache: str | None, info: dict[str, Any]) -> Artifact:
+    """Build `out_dir/model.<precision>.engine` and its sidecar (TensorRT version, GPU, hashes, DLA/GPU split)."""
+    import tensorrt as trt
+
+    from edgerep.targets import trt_version_matches
+    from edgerep.backends.tensorrt.gpu import cuda_driver, running_environment, trt_version
+    from edgerep.backends.tensorrt.versions import api_features
+
+    if not trt_version_matches(profile.tensorrt.version, trt.__version__):
+        raise UserError(f"--target {profile.name}: made for TensorRT {profile.tensorrt.version}, this machine has "
+                        f"{trt.__version__}; use the profile of this device (edgerep targets)")
+    feats = api_features(trt_version())
+    env = running_environment()
+    cuda = cuda_driver()
+    ctx = cuda.Device(0).retain_primary_context()  # the context TensorRT's runtime uses (pycuda.autoprimaryctx)
+    ctx.push()
+    try:
+        return _build_in_context(onnx_path, precision, out_dir=out_dir, profile=profile, calib=calib,
+                                 int8=int8, fp16_onnx=fp16_onnx, int8_mode=int8_mode, dla_core=dla_core,
+                                 timing_cache=timing_cache, info=info, feats=feats, env=env)
+    finally:
+        ctx.pop()
+        ctx.detach()
+
+
+def attach_timing_cache(config: Any, blob: bytes, source: Path) -> Any:
+    """Give `config` the timing cache in `blob`; when TensorRT rejects it (another GPU or TensorRT version:
+    set_timing_cache returns False: NVIDIA/TensorRT release/10.3 include/NvInfer.h setTimingCache "\\return true if
+    set successfully, false otherwise", python/docstrings/infer/pyCoreDoc.h), warn
+    naming the file and attach a fresh one instead, so the build goes on and writes a cache for this device."""
+    try:
+        cache = config.create_timing_cache(blob)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return cache
+    except Exception:  # TensorRT raises on bytes it cannot read at all (a truncated or foreign file)
+        pass
+    print(f"warning: {source}: TensorRT rejected this timing cache (made on another GPU or TensorRT version); "
+          f"building without it and replacing it", file=sys.stderr)
+    cache = config.create_timing_cache(b"")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise RuntimeError("TensorRT rejected an empty timing cache")
+    return cache
+
+
+def _build_in_context(onnx_path: Path, precision: str, *, out_dir: Path, profile: Any,
+                      calib: Any, int8: dict[str, Any] | None, fp16_onnx: Path | None, int8_mode: str,
+                      dla_core: int | None, timing_cache: str | None, info: dict[str, Any], feats: Any,
+                      env: dict[str, Any]) -> Artifact:
+    import tensorrt as trt
+
+    from edgerep.files.artifacts import atomic_path, write_sidecar
+    from edgerep.files.onnx_files import onnx_sha256
+    from edgerep.backends.tensorrt.calibrate import model_input
+    from edgerep.backends.tensorrt.gpu import layer_split, make_logger, trt_version
+    from edgerep.backends.tensorrt.guard import engine_sidecar
+    from edgerep.backends.tensorrt.trtexec import check_dla_int8
+    from edgerep.backends.tensorrt.versions import dla_support
+
+    source = onnx_path
+    if precision == "int8" and int8_mode == "qdq":
+        source = Path(int8["qdq"])  # type: ignore[index]
+    elif precision == "fp16" and feats.always_strongly_typed:
+        source = Path(fp16_onnx)  # type: ignore[arg-type]
+    if precision == "int8":
+        check_dla_int8(feats.version, int8_mode, dla_core)
+    input_name, dims = model_input(onnx_path)
+    dynamic = None
+    if profile.dynamic_batch:
+        sizes = sorted(set(int(b) for b in profile.latency.batch_sizes) | {1})
+        dynamic = (sizes[0], sizes[len(sizes) // 2], sizes[-1])
+    strongly = feats.always_strongly_typed or (
+        precision == "int8" and int8_mode == "qdq" and feats.precision_flags_deprecated)
+
+    logger = make_logger()
+    builder = trt.Builder(logger)
+    flags = 0
+    if feats.explicit_batch_flag:  # 8.x (deprecated and ignored in 10.x, gone in 11)
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if strongly and feats.strongly_typed_flag:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UserError(f"{source}: the TensorRT {trt.__version__} ONNX parser rejects it ({errors[:300]}); "
+                        f"`edgerep check --target {profile.name} --model {source}` lists what to change")
+    config = builder.create_builder_config()
+    workspace = int(profile.tensorrt.workspace_mb) << 20
+    if feats.memory_pool_limit:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    else:  # 8.0 - 8.3 only (checked against names-8.6.json, not the 10.x stubs)
+        config.max_workspace_size = workspace  # type: ignore[attr-defined]
+    if feats.layer_info:
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    opt_profile = None
+    if dynamic is not None:
+        opt_profile = builder.create_optimization_profile()
+        sample = [int(d) if d is not None else -1 for d in dims[1:]]  # static (the lint refuses dynamic ones)
+        # trt.Dims from a list: bound in every release (release/8.0 python/src/infer/pyFoundationalTypes.cpp)
+        lo, opt, hi = (trt.Dims([b, *sample]) for b in dynamic)
+        opt_profile.set_shape(input_name, lo, opt, hi)
+        config.add_optimization_profile(opt_profile)
+    calibrator: Any = None
+    if precision in ("fp16", "int8") and not strongly:
+        config.set_flag(trt.BuilderFlag.FP16)  # INT8 too: unscaled layers in FP16, not FP32 (module docstring)
+    if precision == "int8":
+        if int8_mode == "calibrate":
+            config.set_flag(trt.BuilderFlag.INT8)
+            assert int8 is not None
+            calibrator = _cache_calibrator(trt, int8, env, calib, input_name, dims, dynamic)
+            config.int8_calibrator = calibrator
+            if opt_profile is not None:
+                config.set_calibration_profile(opt_profile)
+        elif not strongly:
+            config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization needs the flag before 10.12
+    if dla_core is not None and precision != "fp32":
+        if not feats.dla:
+            raise UserError(f"dla_core {dla_core}: TensorRT {trt.__version__} does not support DLA "
+                            f"({dla_support(trt_version())[1]})")
+        if builder.num_DLA_cores <= int(dla_core):
+            raise UserError(f"dla_core {dla_core}: this device has {builder.num_DLA_cores} DLA core(s)")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(dla_core)
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    tc_path = Path(timing_cache) if timing_cache else out_dir / "timing.cache"
+    attach_timing_cache(config, tc_path.read_bytes() if tc_path.is_file() else b"", tc_path)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        errs = [m for level, m in logger.lines if level <= 1][-3:]
+        raise RuntimeError(f"TensorRT could not build the {precision} engine: {' | '.join(errs) or 'see the log'}")
+    # Everything the sidecar and the timing cache need is computed before anything is written, so a failure
+    # cannot leave an engine without its sidecar (the guard would then refuse a good engine).
+    new_cache = config.get_timing_cache()
+    cache_bytes = bytes(new_cache.serialize()) if new_cache is not None else None
+    dla_layers, gpu_layers = layer_split(logger.lines)
+    on_dla = dla_core is not None and precision != "fp32"
+    extra = {"target": profile.name, "onnx": str(source), "dla_layers": dla_layers,
+             # with a DLA core asked for, every GPU layer is a fallback, also when none landed on the DLA
+             "gpu_fallback_layers": gpu_layers if on_dla else [], "settings": info["settings"]}
+    if calibrator is not None:
+        extra["calibration_cache_rejected"] = calibrator.batches_fed > 0
+        if calibrator.written is not None:
+            extra["calibration_cache_written_header"] = calibrator.written.split(b"\n", 1)[0].decode("ascii", "replace")
+    body = engine_sidecar(
+        trt_version=trt.__version__, gpu_name=env["gpu_name"], compute_capability=env["compute_capability"],
+        precision=precision, opset=profile.opset, onnx_sha256=onnx_sha256(source),
+        calib_sha256=int8["data_sha256"] if int8 else None, int8_mode=int8_mode if precision == "int8" else None,
+        dla_core=dla_core if on_dla else None, workspace_mb=profile.tensorrt.workspace_mb,
+        dynamic_batch=bool(dynamic), shapes={"min_opt_max": dynamic} if dynamic else None, extra=extra)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine = out_dir / f"model.{precision}.engine"
+    with atomic_path(engine) as tmp:
+        tmp.write_bytes(bytes(plan))
+    side = write_sidecar(engine, body)  # right after the plan: the pair is complete when the hashes match
+    if cache_bytes is not None:
+        with atomic_path(tc_path) as tmp:
+            tmp.write_bytes(cache_bytes)
+    info.update({"dla_layers": len(dla_layers), "gpu_fallback_layers": len(gpu_layers) if on_dla else 0})
+    return Artifact(backend="tensorrt", precision=precision, path=engine, sidecar=side, info=info)
+
+
+def _cache_calibrator(trt: Any, int8: dict[str, Any], env: dict[str, Any], calib: Any, input_name: str,
+                      dims: list[Any], dynamic: tuple[int, int, int] | None) -> Any:
+    """The calibrator for the host cache after the cache guard (use / retag for this release / refuse)."""
+    from edgerep.files.artifacts import read_sidecar
+    from edgerep.backends.tensorrt import calib_cache
+    from edgerep.backends.tensorrt.gpu import trt_version
+    from edgerep.backends.tensorrt.guard import cache_action
+
+    contents = calib_cache.read_cache(Path(int8["cache"]))
+    action, why = cache_action(read_sidecar(Path(int8["cache"])), env, onnx_sha256=int8["onnx_sha256"],
+                               data_sha256=int8["data_sha256"], cache_versions=contents.versions)
+    if action == "recalibrate":
+        raise UserError(f"{int8['cache']}: {why}; delete it and re-run edgerep build")
+    text = Path(int8["cache"]).read_text(encoding="ascii")
+    # "retag": host scales do not depend on the TensorRT version; head them for this exact release
+    cache_bytes = (calib_cache.retag(text, trt_version()) if action == "retag" else text).encode("ascii")
+    return make_calibrator(trt, cache_bytes, calib, dims, dynamic)
+
+
+def make_calibrator(trt: Any, cache: bytes, calib: Any, dims: list[Any], dynamic: tuple[int, int, int] | None) -> Any:
+    """An IInt8EntropyCalibrator2 that hands TensorRT the host cache; if TensorRT does not accept it (e.g. a header
+    it reads differently), it calibrates on real batches of `calib` instead of on nothing. The device buffer is
+    an attribute, so it lives as long as the calibrator (pycuda frees collected allocations)."""
+    import pycuda.driver as cuda
+
+    batch = dynamic[1] if dynamic else int(dims[0] or 1)
+    sample = [int(d) for d in dims[1:]]
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)  # the base __init__ must be called (TensorRT samples)
+            self.written: bytes | None = None
+            self.batches_fed = 0
+            self._it = calib.iter_batches(batch) if calib is not None else iter(())
+            self._device = cuda.mem_alloc(int(np.prod([batch, *sample])) * 4)
+
+        def get_batch_size(self) -> int:
+            return batch
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            for x, _ in self._it:
+                if x.shape[0] != batch:
+                    continue
+                cuda.memcpy_htod(self._device, np.ascontiguousarray(x, dtype=np.float32))
+                self.batches_fed += 1
+                return [int(self._device)]
+            return None
+
+        def read_calibration_cache(self) -> bytes:
+            return cache
+
+        def write_calibration_cache(self, data: Any) -> None:
+            self.written = bytes(data)
+
+    return CacheCalibrator()

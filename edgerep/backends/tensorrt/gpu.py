@@ -1,0 +1,97 @@
+"""The running TensorRT and CUDA device: version, GPU facts for the sidecar guard, and a logger that keeps the
+builder's messages. Imports tensorrt and pycuda inside the functions only.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+from edgerep.backends.tensorrt.versions import Version, parse_version
+
+# ILogger.Severity values (NvInferRuntimeBase.h / NvInferRuntimeCommon.h, release/8.0 - 10.x)
+INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = 0, 1, 2, 3, 4
+LAYER_PLACEMENT = re.compile(r"\[(DlaLayer|GpuLayer)\]\s*(.*)")
+
+
+def cuda_driver() -> Any:
+    import pycuda.driver as cuda
+
+    cuda.init()
+    return cuda
+
+
+def trt_version() -> Version:
+    import tensorrt as trt
+
+    return parse_version(trt.__version__)
+
+
+def running_environment() -> dict[str, Any]:
+    """TensorRT version, GPU name and compute capability of this machine (for the sidecar guard)."""
+    import tensorrt as trt
+
+    dev = cuda_driver().Device(0)
+    major, minor = dev.compute_capability()
+    return {"trt_version": trt.__version__, "gpu_name": dev.name(), "compute_capability": f"{major}.{minor}"}
+
+
+def unavailable_reason() -> str | None:
+    """None when tensorrt, pycuda and a CUDA GPU are usable here, else why not. Never raises."""
+    missing = "tensorrt is not installed here; engines are built on the device (pip install 'edgerep[tensorrt]' there)"
+    try:
+        import tensorrt
+    except ImportError:
+        return missing
+    # tensorrt-stubs (the dev extra) installs a tensorrt/ folder of .pyi files only, which imports as an empty
+    # namespace package: without __version__ it is not TensorRT
+    if not hasattr(tensorrt, "__version__"):
+        return missing
+    try:
+        import pycuda.driver  # noqa: F401
+    except ImportError:
+        return "pycuda is not installed; pip install 'edgerep[tensorrt]'"
+    try:
+        if cuda_driver().Device.count() < 1:
+            return "no NVIDIA GPU found"
+    except Exception as exc:  # no driver, no device
+        return f"no usable CUDA GPU ({type(exc).__name__}: {str(exc)[:120]})"
+    return None
+
+
+def keep_message(level: int, msg: str) -> bool:
+    """Messages the capture keeps: INFO and above, and the DLA/GPU layer placement at any level. TensorRT 8.x
+    logs "[DlaLayer] ..." / "[GpuLayer] ..." at INFO; 10.x may log them at VERBOSE ("[V] [TRT] [DlaLayer]"),
+    which an INFO filter would drop, leaving the DLA split empty."""
+    return level <= INFO or bool(LAYER_PLACEMENT.search(msg))
+
+
+def layer_split(lines: list[tuple[int, str]]) -> tuple[list[str], list[str]]:
+    """(layers placed on the DLA, layers on the GPU) from the builder's log lines."""
+    dla: list[str] = []
+    gpu: list[str] = []
+    for _, msg in lines:
+        m = LAYER_PLACEMENT.search(msg)
+        if m:
+            (dla if m.group(1) == "DlaLayer" else gpu).append(m.group(2).strip())
+    return dla, gpu
+
+
+def make_logger() -> Any:
+    """A trt.ILogger that keeps the messages `keep_message` selects and prints warnings and errors.
+    Subclasses must call the base __init__ (TensorRT Python API, ILogger)."""
+    import tensorrt as trt
+
+    class Capture(trt.ILogger):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.lines: list[tuple[int, str]] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            level = int(severity)
+            if keep_message(level, msg):
+                self.lines.append((level, msg))
+            if level <= WARNING:
+                print(f"[TensorRT] {msg}", file=sys.stderr)
+
+    return Capture()

@@ -1,0 +1,263 @@
+"""TensorRT version facts: parsing, the version number in calibration-cache headers, which API each
+version has, the ONNX parser's operator table per version, and the JetPack table.
+
+Sources (copied into edgerep, never read from elsewhere at run time):
+  * NVIDIA/TensorRT release/X python bindings (pyCore.cpp, pyInt8.cpp) and NvInfer*.h deprecation notes,
+    summarised per call in the API matrix below;
+  * onnx/onnx-tensorrt docs/operators.md at the commits NVIDIA's release branches pin
+    (edgerep/backends/tensorrt/data/onnx_parser_ops.json, each table with its `source`);
+  * NVIDIA's JetPack pages for JetPack -> TensorRT.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from edgerep.errors import UserError
+
+Version = tuple[int, int, int]
+
+# Patch releases the Jetson profiles ship (JetPack pages: 4.6 -> 8.0.1, 4.6.1/4.6.2 -> 8.2.1,
+# 5.0.2 -> 8.4.1, 5.1.x -> 8.5.2, 6.1/6.2 -> 10.3.0; 8.6.1 is TensorRT OSS release/8.6). The patch
+# matters for the calibration-cache header, which TensorRT compares with its own version.
+KNOWN_PATCH: dict[tuple[int, int], int] = {(8, 0): 1, (8, 2): 1, (8, 4): 1, (8, 5): 2, (8, 6): 1, (10, 3): 0}
+
+# JetPack -> (Jetson Linux, TensorRT, CUDA, confirmed in a primary NVIDIA source).
+JETPACK: list[tuple[str, str, str, str, bool]] = [
+    ("4.6", "32.6.1", "8.0.1", "10.2", True),
+    ("4.6.1", "32.7.1", "8.2.1", "10.2", True),
+    ("4.6.2", "32.7.2", "8.2.1", "10.2", False),
+    ("5.0.2", "35.1", "8.4.1", "11.4", True),
+    ("5.1 / 5.1.1 / 5.1.2", "35.2.1 / 35.3.1 / 35.4.1", "8.5.2", "11.4", True),
+    ("6.0", "36.3", "8.6.2", "12.2", False),
+    ("6.1 / 6.2", "36.4", "10.3.0", "12.6", True),
+]
+
+
+def parse_version(text: str | tuple[int, ...], *, what: str = "TensorRT version") -> Version:
+    """'8.5' -> (8, 5, p) with the patch the Jetson release ships (else 0); '8.5.2.2' -> (8, 5, 2);
+    '10.x' or '10' -> (10, 0, 0), the oldest of that major (the conservative choice for lint)."""
+    if isinstance(text, tuple):
+        parts = list(text)
+    else:
+        m = re.fullmatch(r"\s*(\d+)(?:\.(\d+|x|\*))?(?:\.(\d+))?(?:\.\d+)*\s*", str(text))
+        if not m:
+            raise UserError(f"{what} {text!r}: expected MAJOR.MINOR[.PATCH], e.g. 8.5 or 10.3.0")
+        major = int(m.group(1))
+        minor = int(m.group(2)) if m.group(2) and m.group(2).isdigit() else None
+        patch = int(m.group(3)) if m.group(3) else None
+        if minor is None:
+            return (major, 0, 0)
+        parts = [major, minor] + ([patch] if patch is not None else [])
+    major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    patch = int(parts[2]) if len(parts) > 2 else KNOWN_PATCH.get((major, minor), 0)
+    return (major, minor, patch)
+
+
+def version_str(v: Version) -> str:
+    return ".".join(map(str, v))
+
+
+def version_code(v: Version) -> int:
+    """NV_TENSORRT_VERSION: MAJOR*1000+MINOR*100+PATCH before 10 (NvInferRuntimeBase.h, release/8.6),
+    MAJOR*10000+MINOR*100+PATCH from 10.0 (NvInferVersion.h, release/10.3): 8.5.2 -> 8502, 10.3.0 -> 100300."""
+    major, minor, patch = v
+    return major * 10000 + minor * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch
+
+
+def code_to_versions(code: int) -> list[Version]:
+    """Every version a header number can mean. 4 digits: the 8.x rule; 6 digits: the 10.x rule; 5 digits
+    (10300) would be a 10.x version written with the 8.x rule: UNCONFIRMED which rule 10.x caches use,
+    so both readings are accepted when reading."""
+    if code < 10000:
+        return [(code // 1000, (code // 100) % 10, code % 100)]
+    if code >= 100000:
+        return [(code // 10000, (code // 100) % 100, code % 100)]
+    return [(code // 1000, (code // 100) % 10, code % 100)]
+
+
+CACHE_HEADER_RE = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
+
+
+def cache_header(v: Version, algorithm: str = "EntropyCalibration2") -> str:
+    """First line of a calibration cache: 'TRT-<NV_TENSORRT_VERSION>-<algorithm>' (NVIDIA release/8.0
+    samples/sampleINT8/README.md). trtexec's --calib and our device calibrator are EntropyCalibrator2,
+    so the algorithm stays EntropyCalibration2 whatever method found the ranges (recorded in the sidecar)."""
+    return f"TRT-{version_code(v)}-{algorithm}"
+
+
+def parse_cache_header(line: str) -> tuple[int, list[Version], str]:
+    m = CACHE_HEADER_RE.match(line.strip())
+    if not m:
+        raise ValueError(f"not a TensorRT calibration cache header: {line.strip()[:60]!r}")
+    code = int(m.group(1))
+    return code, code_to_versions(code), m.group(2)
+
+
+# --- the Python API per version ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiFeatures:
+    """Which builder/runtime calls the installed TensorRT has (API.md section 1 matrix, py@X bindings)."""
+
+    version: Version
+    explicit_batch_flag: bool  # NetworkDefinitionCreationFlag.EXPLICIT_BATCH needed (8.x); ignored in 10, gone in 11
+    strongly_typed_flag: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED bound (9.0 .. 10.x); 11: always on
+    always_strongly_typed: bool  # 11+: weak typing (precision flags, calibrators) removed
+    precision_flags: bool  # BuilderFlag.FP16 / INT8 present (< 11)
+    precision_flags_deprecated: bool  # deprecated from 10.12 (superseded by strong typing)
+    calibrators: bool  # IInt8EntropyCalibrator2, config.int8_calibrator (< 11)
+    calibrators_deprecated: bool  # deprecated from 10.1
+    memory_pool_limit: bool  # config.set_memory_pool_limit (8.4+)
+    max_workspace_size: bool  # config.max_workspace_size (8.x only; the only option before 8.4)
+    tensor_api: bool  # num_io_tensors / set_tensor_address / execute_async_v3 (8.5+)
+    bindings_api: bool  # get_binding_index / execute_async_v2 (removed in 10.0)
+    version_compatible: bool  # BuilderFlag.VERSION_COMPATIBLE (8.6+)
+    dla: bool  # DLA usable by this release (DLA_SUPPORT)
+    layer_info: bool  # engine inspector / --exportLayerInfo (8.2+)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "version"}
+
+
+def api_features(v: Version) -> ApiFeatures:
+    mm = (v[0], v[1])
+    return ApiFeatures(
+        version=v,
+        explicit_batch_flag=mm < (10, 0),
+        strongly_typed_flag=(9, 0) <= mm < (11, 0),
+        always_strongly_typed=mm >= (11, 0),
+        precision_flags=mm < (11, 0),
+        precision_flags_deprecated=(10, 12) <= mm < (11, 0),
+        calibrators=mm < (11, 0),
+        calibrators_deprecated=(10, 1) <= mm < (11, 0),
+        memory_pool_limit=mm >= (8, 4),
+        max_workspace_size=mm < (10, 0),
+        tensor_api=mm >= (8, 5),
+        bindings_api=mm < (10, 0),
+        version_compatible=mm >= (8, 6),
+        dla=dla_support(v)[0],
+        layer_info=mm >= (8, 2),
+    )
+
+
+# DLA support per TensorRT release, first match wins: (from, to (exclusive), supported, source).
+# Patch-level bounds: 11.4.0 and 11.4.1 differ.
+DLA_SUPPORT: list[tuple[Version, Version, bool, str]] = [
+    ((8, 0, 0), (9, 0, 0), True,
+     "TensorRT 8.x ships in JetPack 4.6 - 5.1 for Xavier/Orin with DLA (JetPack pages; NVIDIA/TensorRT#2222 discusses "
+     "DLA on 8.x)"),
+    ((9, 0, 0), (10, 0, 0), False,
+     "UNCONFIRMED: no JetPack ships TensorRT 9.x (the JetPack table), so no DLA build is known"),
+    ((10, 0, 0), (10, 8, 0), True,
+     "docs.nvidia.com/deeplearning/tensorrt/11.4.1/inference-library/work-with-dla.html: 'TensorRT 10.7 was the "
+     "last 10.x release that supported DLA'; JetPack 6.1/6.2 ship 10.3"),
+    ((10, 8, 0), (11, 0, 0), False,
+     "same page: 10.7 was the last 10.x release with DLA (JetPack 7.x's 10.13 is for Thor, which has no DLA)"),
+    ((11, 0, 0), (11, 4, 0), False,
+     "docs .../11.3.0/inference-library/work-with-dla.html: 'DLA was also not supported in TensorRT 11.0, 11.1, or 11.2' "
+     "nor 11.3"),
+    ((11, 4, 0), (11, 4, 1), False,
+     "docs .../11.4.0/inference-library/work-with-dla.html: DLA only on Windows on ARM (beta, no GPU fallback); "
+     "not on JetPack"),
+    ((11, 4, 1), (99, 0, 0), True,
+     "docs .../11.4.1/inference-library/work-with-dla.html and the 11.4.1 release notes: Jetson AGX Orin with JetPack "
+     "7.2.2+, strongly typed networks, GPU fallback as in 10.x"),
+]
+
+
+def dla_support(v: Version) -> tuple[bool, str]:
+    """(whether TensorRT `v` can build for DLA on a Jetson, the source saying so)."""
+    for lo, hi, ok, source in DLA_SUPPORT:
+        if lo <= v < hi:
+            return ok, source
+    return False, "older than TensorRT 8.0: not supported by edgerep"
+
+
+def int8_modes(v: Version) -> tuple[str, ...]:
+    """INT8 modes a version can build: 'calibrate' (implicit quantization with a cache) up to 10.x,
+    'qdq' (explicit Q/DQ in the ONNX) from 8.0 on; 11 only has 'qdq'."""
+    return ("qdq",) if v[0] >= 11 else ("calibrate", "qdq")
+
+
+# --- the ONNX parser's operator table ------------------------------------------------------------
+
+
+@dataclass
+class OpsTable:
+    """onnx-tensorrt docs/operators.md for one TensorRT version."""
+
+    key: str  # the table used ("8.5", "10.3", ...)
+    requested: Version
+    max_opset: int | None
+    min_opset: int | None
+    supported: set[str]
+    unsupported: set[str]
+    restrictions: dict[str, str]
+    int64_native: bool  # INT64 listed among the parser's ONNX data types (10.0+)
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _data_dir() -> Path:
+    return Path(__file__).resolve().parent / "data"
+
+
+@lru_cache(maxsize=1)
+def parser_data() -> dict[str, Any]:
+    path = _data_dir() / "onnx_parser_ops.json"
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _key_version(key: str) -> tuple[int, int]:
+    a, b = key.split(".")
+    return int(a), int(b)
+
+
+def ops_table(v: Version) -> OpsTable:
+    """The parser table for version `v`: the exact MAJOR.MINOR table, else the newest older table of the
+    same major (a later minor only adds operators), else the newest older table at all."""
+    data = parser_data()
+    tables: dict[str, Any] = data["versions"]
+    want = (v[0], v[1])
+    older = sorted((k for k in tables if _key_version(k) <= want), key=_key_version)
+    if not older:
+        oldest = min(tables, key=_key_version)
+        raise UserError(f"TensorRT {version_str(v)}: older than any parser table edgerep knows (oldest {oldest}); "
+                        f"use a profile with TensorRT >= {oldest}")
+    same_major = [k for k in older if _key_version(k)[0] == v[0]]
+    key = (same_major or older)[-1]
+    t = tables[key]
+    notes: list[str] = []
+    if key != f"{v[0]}.{v[1]}":
+        notes.append(f"no parser table for TensorRT {v[0]}.{v[1]}; using the {key} table")
+    if t.get("derived"):
+        notes.append(t.get("note", "derived table"))
+    max_opset, min_opset, types = t.get("max_opset"), t.get("min_opset"), t.get("onnx_data_types")
+    if max_opset is None:
+        # 10.3 is derived from 10.1 (operators.md at the 10.3 pin was not retrievable): take the opset
+        # range and data types from the newest older table that states them.
+        for k in reversed(older):
+            if tables[k].get("max_opset") is not None:
+                max_opset, min_opset = tables[k]["max_opset"], tables[k].get("min_opset")
+                types = types or tables[k].get("onnx_data_types")
+                notes.append(f"opset range taken from the {k} table")
+                break
+    return OpsTable(
+        key=key,
+        requested=v,
+        max_opset=max_opset,
+        min_opset=min_opset,
+        supported=set(t.get("supported", [])),
+        unsupported=set(t.get("unsupported", [])),
+        restrictions=dict(t.get("restrictions", {})),
+        int64_native="INT64" in (types or ""),
+        source=str(data["source"].get(key, "")),
+        notes=notes,
+    )

@@ -1,0 +1,112 @@
+"""`edgerep validate`: one built engine file against the unfused PyTorch model, with a summary table or JSON."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from edgerep.errors import UserError
+from edgerep.tasks.base import NEAR_CONSTANT_ABS, NEAR_CONSTANT_REL, UNTRAINED_HINT  # noqa: F401
+from edgerep.tasks.classify import MIN_SAMPLES_FOR_TOP1_CHECK, accuracy_metrics, degenerate_reference  # noqa: F401
+from edgerep.validate.engine import check_on_target_isa
+from edgerep.validate.engine import compute_reference
+from edgerep.validate.engine import gate_to_dict
+from edgerep.validate.engine import isa_warnings
+from edgerep.validate.engine import task_gate
+from edgerep.validate.engine import validate_runner
+
+
+def run_validate(*, model: str, engine: Path, target: str | None = None, val: Path | None = None,
+                 weights: Path | None = None, input_shape: str | None = None, num_classes: int | None = None,
+                 trust_pickle: bool = False, val_samples: int | None = None, val_batch: int = 32, seed: int = 0,
+                 isa: str | None = None, task: str | None = None, score_threshold: float | None = None,
+                 iou_threshold: float | None = None, as_json: bool = False, out: Any = None,
+                 console: Any = None) -> int:
+    """`edgerep validate`: check a built engine file against the unfused PyTorch model.
+
+    The backend comes from the engine's sidecar; the gates from --target (default: the target recorded in
+    the sidecar). Returns 0 when the engine passes its gate, 1 when it does not."""
+    import json
+
+    import torch
+
+    from edgerep.files.artifacts import load_artifact
+    from edgerep.backends import get_backend
+    from edgerep.data.sources import default_data_paths, open_data, preprocess_for
+    from edgerep.models.specs import load_model
+    from edgerep.pipeline.report import engine_entry, normalize, summary_table
+    from edgerep.targets import list_targets, load_target
+    from edgerep.tasks import resolve_task
+
+    if not Path(engine).is_file():
+        raise UserError(f"--engine {engine}: file not found; pass an engine edgerep build wrote "
+                        f"(runs/<model>-<target>/engines/model.<precision>.*)")
+    artifact = load_artifact(Path(engine))
+    backend = get_backend(artifact.backend)
+    reason = backend.available()
+    if reason is not None:
+        raise UserError(reason)
+    if target is not None:
+        profile = load_target(target)
+    elif artifact.info.get("target"):
+        profile = load_target(artifact.info["target"])
+    else:
+        profile = next((p for p in list_targets() if p.backend == artifact.backend), None)
+        if profile is None:
+            raise UserError(f"--engine {engine}: no target profile for backend {artifact.backend}; pass --target")
+    if profile.backend != artifact.backend:
+        raise UserError(f"--target {profile.name}: its backend is {profile.backend} but {Path(engine).name} is a "
+                        f"{artifact.backend} engine; pick a {artifact.backend} target")
+    target_isa_name = isa_warnings(artifact.info, isa, console)
+    torch.manual_seed(seed)
+    info = load_model(model, weights=weights, input_shape=input_shape, num_classes=num_classes, trust_pickle=trust_pickle)
+    scorer = resolve_task(info, task, score_threshold=score_threshold, iou_threshold=iou_threshold)
+    shape = tuple(info.input_shape)
+    engine_shape = artifact.info.get("input_shape")
+    if engine_shape and len(engine_shape) == len(shape) and any(
+            e is not None and e != m for e, m in zip(engine_shape[1:], shape[1:])):
+        raise UserError(f"--engine {engine}: takes input {engine_shape} but the model takes {list(shape)}; "
+                        f"pass the matching --model/--input-shape")
+    if val is not None:
+        val_path = Path(val)
+    else:  # the shipped data: the demo's labelled digits, else the photos in calib/images
+        default_calib, default_val = default_data_paths(info)
+        val_path = default_val or default_calib
+    source = open_data(val_path, preprocess_for(info) if val_path.is_dir() else None, expect_shape=shape, role="val")
+    reference = compute_reference(info.module, source, batch_size=val_batch, limit=val_samples, task=scorer)
+    if console is not None and reference.scorer.note:
+        from rich.markup import escape
+
+        console.print(f"[yellow]note:[/] {escape(reference.scorer.note)}", highlight=False, soft_wrap=True)
+    gate = task_gate(profile, artifact.precision, reference)
+    dynamic = bool(engine_shape) and engine_shape[0] is None
+    engine_batch = val_batch if dynamic else int((engine_shape or shape)[0] or 1)
+    runner = backend.load(artifact)
+    try:
+        result = validate_runner(runner, reference, engine_batch=engine_batch, gate=gate,
+                                 latency_batches=list(profile.latency.batch_sizes), warmup=profile.latency.warmup,
+                                 iterations=profile.latency.iterations, dynamic_batch=dynamic)
+    finally:
+        runner.close()
+    if target_isa_name is not None:
+        check_on_target_isa(result, artifact, reference, target=target_isa_name, engine_batch=engine_batch,
+                            gate=gate)
+    record = engine_entry(artifact.backend, artifact.precision, path=str(engine), **result,
+                          gate=gate_to_dict(gate))
+    report = normalize({"model": {"spec": info.spec, "input_shape": list(shape), "weights": info.weights},
+                        "target": {"name": profile.name, "backend": profile.backend},
+                        "reference": {"kind": "pytorch-unfused", "data": source.describe(),
+                                      "num_samples": int(reference.outputs.shape[0]), "top1": reference.top1,
+                                      "degenerate": reference.degenerate, **reference.report_fields()},
+                        "engines": [record]})
+    if out is not None:
+        if as_json:
+            import sys
+
+            sys.stdout.write(json.dumps(report) + "\n")
+        else:
+            out.print(summary_table(report))
+    if console is not None and not record["passed"]:
+        from rich.markup import escape
+
+        console.print(f"[bold red]FAILED[/] {artifact.backend} {artifact.precision}: {escape(str(record['reason']))}",
+                      highlight=False, soft_wrap=True)
+    return 0 if record["passed"] else 1

@@ -1,0 +1,1 @@
+"""The CPU an engine runs on: ISA detection and target ISAs, runtime thread caps."""

@@ -1,0 +1,490 @@
+"""The build report: report.json (a stable schema), report.md and a latency-vs-accuracy plot.
+
+report.json, schema version 1 (keys below are always present; more may be added, none removed):
+  schema: 1, model: {spec, name, input_shape, weights, ...}, target: {name, backend, ...},
+  reference: {kind: "pytorch-unfused", data, num_samples, top1 (percent or null)},
+  engines: [{backend, precision, path, status (ok|failed|skipped),
+             accuracy: {max_abs_err, cosine, top1_agreement, top1, top1_drop, mean_abs_err, sqnr_db, ...},
+             latency_ms: {p50, p90, p99}, throughput_ips, passed (true|false|null: not judged), reason}],
+  recommended: {backend, precision, path, batch_size, p50_ms, speedup, baseline, reason, notes, not_faster, deferred}
+             (edgerep.pipeline.recommend; precision null when nothing can be recommended, deferred "device" for a
+             TensorRT device bundle), or null in reports written before it existed.
+  reference.degenerate: one line when the reference outputs carry no signal (then every engine's passed is
+             null, its reason says the gates are not meaningful, and gate_check keeps what they said).
+  detectors (accuracy.task "detect"): accuracy also has DETECT_ACCURACY_KEYS (agreement mAP@0.5 and @0.5:0.95
+             with the reference's detections, 0..1; box counts; with labels labelled mAP and its drop in points)
+             and `outputs` (per-output tensor errors); report.md shows them, the plot is agreement mAP vs latency.
+  optional: fuse, export, stages, versions, created, pictures ({detections: PNG file name beside report.md,
+             images, columns}: the boxes picture of a detector, edgerep.pipeline.pictures).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from edgerep.pipeline.recommend import format_recommendation, p50_at
+
+SCHEMA_VERSION = 1
+ENGINE_KEYS = ("backend", "precision", "path", "status", "accuracy", "latency_ms", "throughput_ips", "passed", "reason")
+ACCURACY_KEYS = ("max_abs_err", "cosine", "top1_agreement", "top1", "top1_drop")
+# A detector's accuracy record (accuracy.task == "detect"; TEAM.md's shared contract) has these too.
+DETECT_ACCURACY_KEYS = ("map50_agreement", "map_agreement", "box_count_diff", "boxes_ref", "boxes_engine",
+                        "labelled_map50", "labelled_map", "ref_labelled_map50", "ref_labelled_map", "labelled_map_drop")
+
+
+def is_detect_report(report: dict[str, Any]) -> bool:
+    """Whether the report is a detector's: its reference or any engine's accuracy says task "detect"."""
+    return (report.get("reference") or {}).get("task") == "detect" or any(
+        (e.get("accuracy") or {}).get("task") == "detect" for e in report.get("engines", []))
+
+
+def engine_entry(backend: str, precision: str, *, path: str | None = None, status: str = "ok",
+                 reason: str | None = None, **extra: Any) -> dict[str, Any]:
+    """An engine record with every schema key present (null where unknown)."""
+    entry: dict[str, Any] = {
+        "backend": backend,
+        "precision": precision,
+        "path": path,
+        "status": status,
+        "accuracy": {k: None for k in ACCURACY_KEYS},
+        "latency_ms": {"p50": None, "p90": None, "p99": None},
+        "throughput_ips": None,
+        "passed": False if status != "ok" else None,
+        "reason": reason,
+    }
+    entry.update(extra)
+    return entry
+
+
+def normalize(report: dict[str, Any]) -> dict[str, Any]:
+    """Fill the schema's keys and turn non-finite floats into null (JSON has no Infinity/NaN)."""
+    report = dict(report)
+    report.setdefault("schema", SCHEMA_VERSION)
+    for key in ("model", "target", "reference", "recommended"):
+        report.setdefault(key, None)
+    if isinstance(report["reference"], dict):
+        report["reference"] = {"degenerate": None, **report["reference"]}
+    engines = []
+    for eng in report.get("engines", []):
+        full = engine_entry(eng.get("backend", "?"), eng.get("precision", "?"))
+        full.update(eng)
+        acc = {k: None for k in ACCURACY_KEYS}
+        if (full.get("accuracy") or {}).get("task") == "detect":
+            acc.update({k: None for k in DETECT_ACCURACY_KEYS})
+        acc.update(full.get("accuracy") or {})
+        full["accuracy"] = acc
+        lat = {"p50": None, "p90": None, "p99": None}
+        lat.update(full.get("latency_ms") or {})
+        full["latency_ms"] = lat
+        engines.append(full)
+    report["engines"] = engines
+    return _finite(report)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _finite(obj.item())
+    return obj
+
+
+def write_report(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path, Path]:
+    """Write report.json, report.md and latency_accuracy.png into `out_dir`, each atomically."""
+    from edgerep.files.artifacts import atomic_path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = normalize(report)
+    json_path, md_path, plot_path = out_dir / "report.json", out_dir / "report.md", out_dir / "latency_accuracy.png"
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(render_markdown(report))
+    with atomic_path(plot_path) as tmp:
+        plot_latency_accuracy(report, tmp)
+    return json_path, md_path, plot_path
+
+
+# --- markdown --------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str = ".4g", suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:{spec}}{suffix}"
+    return f"{value}{suffix}"
+
+
+def _verdict(eng: dict[str, Any]) -> str:
+    """pass / FAIL / n/a (not judged: a degenerate reference) for an engine that ran, else its status."""
+    if eng["status"] != "ok":
+        return eng["status"]
+    return {True: "pass", False: "FAIL"}.get(eng["passed"], "n/a")
+
+
+def failure_lines(report: dict[str, Any]) -> list[str]:
+    """What made the build fail, one line each (rich markup escaped): a degenerate reference is one line
+    for the whole build, not a list of gates that compared against noise."""
+    from rich.markup import escape
+
+    degenerate = (report.get("reference") or {}).get("degenerate")
+    failed = [e for e in report.get("engines", []) if not e.get("prediction") and e.get("status") != "skipped"
+              and (e.get("status") != "ok" or not e.get("passed"))]
+    if degenerate and failed:
+        return [f"[bold red]FAILED[/] accuracy not checked: {escape(degenerate)}"]
+    return [f"[bold red]FAILED[/] {e['backend']} {e['precision']}: {escape(str(e.get('reason')))}" for e in failed]
+
+
+def engine_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row of display strings per engine (shared by report.md and the terminal summary)."""
+    rows = []
+    for eng in report["engines"]:
+        acc, lat = eng["accuracy"], eng["latency_ms"]
+        verdict = _verdict(eng)
+        rows.append([
+            eng["backend"], eng["precision"], verdict,
+            _fmt(acc.get("max_abs_err"), ".3g"), _fmt(acc.get("cosine"), ".6f"), _fmt(acc.get("sqnr_db"), ".1f"),
+            _fmt(acc.get("top1_agreement"), ".2f", "%"), _fmt(acc.get("top1"), ".2f", "%"),
+            _fmt(acc.get("top1_drop"), "+.2f"),
+            _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"), _fmt(eng.get("throughput_ips"), ".1f"),
+            eng.get("reason") or "",
+        ])
+    return rows
+
+
+ROW_HEADERS = ["backend", "precision", "gate", "max abs err", "cosine", "SQNR dB", "top-1 agree", "top-1",
+               "drop pp", "p50 ms", "p99 ms", "inputs/s", "reason"]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    model, target, ref = report.get("model") or {}, report.get("target") or {}, report.get("reference") or {}
+    lines = [f"# edgerep build: {model.get('spec', '?')} on {target.get('name', '?')}", ""]
+    lines += [f"**{format_recommendation(report.get('recommended'))}**", ""]
+    rec = report.get("recommended") or {}
+    detail = [f"- {n['precision']} is not faster than {n['than']} on this machine: p50 {n['p50_ms']:.3g} vs "
+              f"{n['than_p50_ms']:.3g} ms at batch {rec.get('batch_size')} ({n['speedup']:.2f}x)"
+              for n in rec.get("not_faster") or []] + [f"- {note}" for note in rec.get("notes") or []]
+    lines += detail + ([""] if detail else [])
+    if ref.get("degenerate"):
+        lines += [f"**Accuracy gates not meaningful**: {ref['degenerate']}.", ""]
+    if report.get("created"):
+        lines += [f"Created {report['created']}.", ""]
+    lines.append(f"- model: `{model.get('spec')}` input {model.get('input_shape')}, weights `{model.get('weights')}`")
+    lines.append(f"- target: `{target.get('name')}` (backend {target.get('backend')})")
+    detect = is_detect_report(report)
+    ref_top1 = ref.get("top1")
+    if detect:
+        lines.append(detect_reference_line(report))
+    else:
+        lines.append(f"- reference: unfused PyTorch model on `{(ref.get('data') or {}).get('path')}`, "
+                     f"{ref.get('num_samples')} samples" + (f", top-1 {ref_top1:.2f}%" if ref_top1 is not None else ", no labels"))
+    fuse = report.get("fuse")
+    if isinstance(fuse, dict) and fuse.get("max_rel_err") is not None:
+        lines.append(f"- fuse: max relative error {fuse['max_rel_err']:.3g}")
+    headers, rows = (DETECT_ROW_HEADERS, detect_engine_rows(report)) if detect else (ROW_HEADERS, engine_rows(report))
+    lines += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
+    lines += ["", "Latency: median (p50) and p99 after warm-up at the first batch size of the profile (the "
+              "recommendation compares p50 at the deploy batch size); "
+              + (DETECT_NOTE if detect else "top-1 drop is against the unfused PyTorch model's own labelled top-1."), ""]
+    for eng in report["engines"]:
+        if eng.get("path"):
+            lines.append(f"- {eng['backend']} {eng['precision']}: `{eng['path']}`")
+    lines += _pictures_lines(report)
+    lines += _output_lines(report)
+    lines += _isa_lines(report)
+    lines += _int8_plan_lines(report)
+    stages = report.get("stages")
+    if isinstance(stages, list) and stages:
+        lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+        for st in stages:
+            lines.append(f"| {st.get('name')} | {st.get('status')} | {_fmt(st.get('seconds'), '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+DETECT_ROW_HEADERS = ["backend", "precision", "gate", "mAP@0.5 agree", "mAP@0.5:0.95 agree", "boxes ± per image",
+                      "boxes ref / engine", "labelled mAP@0.5", "labelled mAP@0.5:0.95", "drop pts", "max abs err",
+                      "cosine", "p50 ms", "p99 ms", "inputs/s", "reason"]
+DETECT_NOTE = ("agreement is COCO mAP of each engine's detections scored against the unfused PyTorch model's own "
+               "detections taken as ground truth (1 = the same boxes); boxes ± is the mean |engine - reference| "
+               "box count per image at the detect score threshold; labelled mAP and its drop (points of "
+               "mAP@0.5:0.95, PyTorch minus engine) where the data has labels.")
+
+
+def detect_engine_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row of display strings per engine of a detector's report (report.md)."""
+    rows = []
+    for eng in report["engines"]:
+        acc, lat = eng["accuracy"], eng["latency_ms"]
+        boxes = (f"{acc['boxes_ref']} / {acc['boxes_engine']}"
+                 if acc.get("boxes_ref") is not None and acc.get("boxes_engine") is not None else "-")
+        rows.append([
+            eng["backend"], eng["precision"], _verdict(eng),
+            _fmt(acc.get("map50_agreement"), ".4f"), _fmt(acc.get("map_agreement"), ".4f"),
+            _fmt(acc.get("box_count_diff"), ".3f"), boxes,
+            _fmt(acc.get("labelled_map50"), ".4f"), _fmt(acc.get("labelled_map"), ".4f"),
+            _fmt(acc.get("labelled_map_drop"), "+.2f"),
+            _fmt(acc.get("max_abs_err"), ".3g"), _fmt(acc.get("cosine"), ".6f"),
+            _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"), _fmt(eng.get("throughput_ips"), ".1f"),
+            eng.get("reason") or "",
+        ])
+    return rows
+
+
+def detect_reference_line(report: dict[str, Any]) -> str:
+    """report.md's line on a detector's reference: its data, boxes found and (labels) its own mAP."""
+    ref = report.get("reference") or {}
+    data = ref.get("data") or {}
+    line = f"- reference: unfused PyTorch model on `{data.get('path')}`, {ref.get('num_samples')} images"
+    threshold = (ref.get("detect") or {}).get("score_threshold")
+    if ref.get("boxes") is not None:
+        line += f", {ref['boxes']} boxes" + (f" at score >= {threshold:g}" if threshold is not None else "")
+    map50, map_ = ref.get("labelled_map50"), ref.get("labelled_map")
+    if map_ is None:  # older references: the engines carry the reference's labelled mAP
+        first = next((e["accuracy"] for e in report["engines"] if (e.get("accuracy") or {}).get("ref_labelled_map")
+                      is not None), {})
+        map50, map_ = first.get("ref_labelled_map50"), first.get("ref_labelled_map")
+    if map_ is not None:
+        return line + f", labelled mAP@0.5 {_fmt(map50, '.4f')}, mAP@0.5:0.95 {_fmt(map_, '.4f')}"
+    return line + ", no labels (engines are judged by agreement with it)"
+
+
+def _pictures_lines(report: dict[str, Any]) -> list[str]:
+    """The boxes picture (edgerep.pipeline.pictures), linked from report.md when the build drew it."""
+    pictures = report.get("pictures") or {}
+    if not pictures.get("detections"):
+        return []
+    columns = ", ".join(pictures.get("columns") or [])
+    return ["", "## Boxes", "",
+            f"The reference's and each engine's boxes on {len(pictures.get('images') or [])} validation images "
+            f"({columns}; boxes at the detect score threshold, mapped back onto the original images):", "",
+            f"![boxes per engine]({pictures['detections']})"]
+
+
+def _output_lines(report: dict[str, Any]) -> list[str]:
+    """Every output of every engine against the reference's (accuracy.outputs), when there is more than one
+    output or the task is detect (where the table above shows mAP, not tensor errors)."""
+    rows = [(e, o) for e in report["engines"] for o in (e.get("accuracy") or {}).get("outputs") or []]
+    if not rows or (not is_detect_report(report) and all(len(e["accuracy"].get("outputs") or []) < 2
+                                                          for e in report["engines"])):
+        return []
+    lines = ["", "## Outputs", "", "| engine | output | shape | max abs err | mean abs err | cosine | SQNR dB |",
+             "|---|---|---|---|---|---|---|"]
+    for eng, out in rows:
+        shape = "x".join(str(d) for d in out.get("shape") or []) or "-"
+        lines.append(f"| {eng['backend']} {eng['precision']} | {out.get('name')} | {shape} | "
+                     f"{_fmt(out.get('max_abs_err'), '.3g')} | {_fmt(out.get('mean_abs_err'), '.3g')} | "
+                     f"{_fmt(out.get('cosine'), '.6f')} | {_fmt(out.get('sqnr_db'), '.1f')} |")
+    return lines
+
+
+def _isa_lines(report: dict[str, Any]) -> list[str]:
+    """Which CPU each engine was built for and measured on, and whether the result holds on the target's ISA."""
+    rows = [(e, e["isa"]) for e in report["engines"] if isinstance(e.get("isa"), dict)]
+    if not rows:
+        return []
+    lines = ["", "## CPU instruction set", "",
+             "| engine | built for | measured on | on the target's ISA | result there |", "|---|---|---|---|---|"]
+    for eng, isa in rows:
+        acc = isa.get("accuracy") or {}
+        there = ("-" if not acc else f"cosine {_fmt(acc.get('cosine'), '.4f')}"
+                 + (f", top-1 {_fmt(acc.get('top1'), '.2f')}%" if acc.get("top1") is not None else "")
+                 + (", pass" if isa.get("passed") else f", {isa.get('reason')}" if isa.get("passed") is None
+                    else f", FAILED: {isa.get('reason')}"))
+        lines.append(f"| {eng['backend']} {eng['precision']} | {isa.get('target')} | {isa.get('measured_on')} | "
+                     f"{isa.get('method')}: {isa.get('note')} | {there} |")
+    lines += ["", "Latency is that of the CPU measured on. An INT8 engine built for a CPU with VNNI (isa auto on such "
+              "a machine) can lose accuracy on one without (int16 saturation); build with `--isa avx2` (or the "
+              "`*-avx2` targets) for such devices."]
+    return lines
+
+
+def _int8_plan_lines(report: dict[str, Any]) -> list[str]:
+    """What `--max-drop` decided per INT8 engine: the layers kept in float and the calibration that won."""
+    lines: list[str] = []
+    for eng in report["engines"]:
+        plan = eng.get("int8_plan")
+        if not isinstance(plan, dict):
+            continue
+        floats = eng.get("float_layers") or []
+        lines += ["", f"## INT8 plan: {eng['backend']} (--max-drop {plan.get('max_drop')})", "",
+                  f"- budget {'met' if plan.get('met') else 'NOT met'}; layers kept in float: "
+                  + (", ".join(f"`{name}`" for name in floats) if floats else "none")]
+        if plan.get("drop_unit"):
+            lines.append(f"- drop measured in {plan['drop_unit']}")
+        calib = plan.get("calibration") or {}
+        if calib.get("tried"):
+            chosen = ", ".join(f"{k}={v}" for k, v in (calib.get("chosen") or {}).items())
+            lines.append(f"- calibration: tried {len(calib['tried'])} settings, chose {chosen} ({calib.get('rule', '')})")
+        for note in calib.get("not_selectable") or []:
+            lines.append(f"- {note}")
+        latency = (eng.get("latency_ms") or {}).get("p50")
+        if latency is not None:
+            lines.append(f"- resulting latency p50 {latency:.3f} ms")
+    return lines
+
+
+# --- plot ------------------------------------------------------------------------------------------
+
+
+def plot_latency_accuracy(report: dict[str, Any], path: Path) -> Path:
+    """Write latency_accuracy_figure(report) as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = latency_accuracy_figure(report)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def latency_accuracy_figure(report: dict[str, Any]) -> Any:
+    """Latency p50 at the deploy batch size (x) against accuracy (y: labelled top-1 where labels exist, else top-1
+    agreement, else cosine; a detector's agreement mAP@0.5:0.95 in percent) per engine; the reference top-1 as a dashed line; the recommended engine ringed.
+    Every engine label lies inside the axes and over no other label, legend or note."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rec = report.get("recommended") or {}
+    batch = rec.get("batch_size")
+
+    def x_of(eng: dict[str, Any]) -> float | None:  # engines not measured at the deploy batch are left out
+        return p50_at(eng, batch) if batch is not None else eng["latency_ms"].get("p50")
+
+    engines = [e for e in report["engines"] if e["status"] == "ok" and x_of(e) is not None]
+    metric = "top1" if any(e["accuracy"].get("top1") is not None for e in engines) else (
+        "top1_agreement" if any(e["accuracy"].get("top1_agreement") is not None for e in engines) else "cosine")
+    if is_detect_report(report) and any(e["accuracy"].get("map_agreement") is not None for e in engines):
+        metric = "map_agreement"  # a detector: its detections' agreement with the reference's, in percent
+    label = {"top1": "labelled top-1 (%)", "top1_agreement": "top-1 agreement with reference (%)",
+             "cosine": "cosine similarity",
+             "map_agreement": "agreement mAP@0.5:0.95 with reference (%)"}[metric]
+    scale = 100.0 if metric == "map_agreement" else 1.0
+    ref_top1 = (report.get("reference") or {}).get("top1")
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    points = []
+    for eng in sorted(engines, key=x_of):
+        y = eng["accuracy"].get(metric)
+        if y is None:
+            continue
+        y, x = y * scale, x_of(eng)
+        chosen = rec.get("precision") == eng["precision"] and rec.get("backend") == eng["backend"]
+        points.append((x, y, f"{eng['backend']} {eng['precision']}" + (" (recommended)" if chosen else "")))
+        color = {True: "tab:green", False: "tab:red"}.get(eng["passed"], "tab:gray")
+        ax.scatter([x], [y], s=60, color=color, zorder=3)
+        if chosen:
+            ax.scatter([x], [y], s=260, facecolors="none", edgecolors="tab:blue", linewidths=2, zorder=4,
+                       label="recommended")
+    if points:
+        ax.set_xlim(0, max(x for x, _, _ in points) * 1.15)
+    if metric != "cosine" and points:
+        low = min([y for _, y, _ in points] + ([ref_top1] if ref_top1 is not None else []))
+        ax.set_ylim(max(0.0, low - max(2.0, (100 - low) * 0.2)), 101.0)
+    elif points:
+        lo, hi = min(y for _, y, _ in points), max(y for _, y, _ in points)
+        pad = max((hi - lo) * 0.25, 1e-4)
+        ax.set_ylim(lo - pad, hi + pad)
+    if metric == "top1" and ref_top1 is not None:
+        ax.axhline(ref_top1, color="gray", linestyle="--", linewidth=1, label=f"PyTorch reference {ref_top1:.2f}%")
+    ax.set_xlabel(f"latency p50 (ms){f' at batch {batch}' if batch is not None else ''}")
+    ax.set_ylabel(label)
+    model, target = (report.get("model") or {}).get("spec", "?"), (report.get("target") or {}).get("name", "?")
+    ax.set_title(textwrap.fill(f"{model} on {target}", 70), fontsize=10)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()  # before the labels: they are placed in the final axes
+    avoid = []
+    if ax.get_legend_handles_labels()[0]:
+        avoid.append(ax.legend(loc="best", fontsize=8))
+    degenerate = (report.get("reference") or {}).get("degenerate")
+    if degenerate or not engines:
+        note = textwrap.fill(f"accuracy not meaningful: {degenerate}", 60) if degenerate else "no engine was measured"
+        avoid.append(ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=9,
+                             color="tab:red" if degenerate else "black"))
+    _place_labels(fig, ax, points, avoid=avoid)
+    return fig
+
+
+def _place_labels(fig: Any, ax: Any, points: list[tuple[float, float, str]], avoid: list[Any]) -> None:
+    """Label each point at the first nearby spot (right or left of it, stepping up and down) where the text lies
+    inside the axes and over no label placed before: engines with equal accuracy and latency stay readable."""
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed: list[Any] = [artist.get_window_extent(renderer) for artist in avoid]
+    offsets = [(dx, dy) for dy in (6, -6, 18, -18, 30, -30, 42, -42, 54, -54) for dx in (6, -6)]
+    for x, y, text in points:
+        ann = None
+        for dx, dy in offsets:
+            if ann is not None:
+                ann.remove()
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                              ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top")
+            box = ann.get_window_extent(renderer)
+            fits = (box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0 and box.y1 <= inside.y1)
+            if fits and not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(ann.get_window_extent(renderer))
+
+
+SUMMARY_COLUMNS = ("engine", "gate", "cosine", "agree%", "top-1%", "drop", "p50 ms", "p99 ms", "in/s")
+# Detectors (accuracy task "detect"): mAP@0.5:0.95 of agreement with the reference's detections, the mean box
+# count difference per image, labelled mAP@0.5:0.95 and its drop in points (report.md has mAP@0.5 too).
+DETECT_SUMMARY_COLUMNS = ("engine", "gate", "mAP agr", "boxes±", "mAP", "drop", "p50 ms", "p99 ms", "in/s")
+
+
+def _accuracy_cells(acc: dict[str, Any], detect: bool) -> list[str]:
+    if detect:
+        return [_fmt(acc.get("map_agreement"), ".4f"), _fmt(acc.get("box_count_diff"), ".2f"),
+                _fmt(acc.get("labelled_map"), ".4f"),
+                _fmt(acc.get("labelled_map_drop"), "+.2f")]
+    return [_fmt(acc.get("cosine"), ".5f"), _fmt(acc.get("top1_agreement"), ".2f"), _fmt(acc.get("top1"), ".2f"),
+            _fmt(acc.get("top1_drop"), "+.2f")]
+
+
+def summary_table(report: dict[str, Any]) -> Any:
+    """A compact rich Table of the engines (fits 80 columns) for the end of `edgerep build`; report.md has
+    every column, and the reasons of failed gates are printed as lines of their own."""
+    from rich import box
+    from rich.table import Table
+
+    report = normalize(report)
+    table = Table(title=f"{(report.get('model') or {}).get('spec')} on {(report.get('target') or {}).get('name')}",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    detect = (report.get("reference") or {}).get("task") == "detect" or any(
+        e["accuracy"].get("task") == "detect" for e in report["engines"])
+    for c in DETECT_SUMMARY_COLUMNS if detect else SUMMARY_COLUMNS:
+        table.add_column(c, no_wrap=True, justify="left" if c in ("engine", "gate") else "right")
+    for eng in report["engines"]:
+        acc, lat = eng["accuracy"], eng["latency_ms"]
+        verdict = _verdict(eng)
+        style = "green" if verdict == "pass" else ("red" if verdict in ("FAIL", "failed") else None)
+        table.add_row(f"{eng['backend']} {eng['precision']}", verdict, *_accuracy_cells(acc, detect),
+                      _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"),
+                      _fmt(eng.get("throughput_ips"), ".0f"), style=style)
+    return table
+
+
+def build_summary(report: dict[str, Any]) -> Any:
+    """The end of `edgerep build` on the terminal: the recommendation first (with what was not chosen and why),
+    then the engines' table."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.text import Text
+
+    rec = report.get("recommended")
+    head = [Text.from_markup(f"[bold]{escape(format_recommendation(rec))}[/]")]
+    head += [Text(f"  {note}", style="dim") for note in (rec or {}).get("notes") or []]
+    return Group(*head, summary_table(report))
