@@ -36,12 +36,12 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgerep.files.artifacts import package_versions
     from edgerep.backends import get_backend
-    from edgerep.pipeline.build import BuildOptions, build
     from edgerep.export.onnx_export import export_onnx
     from edgerep.export.simplify import simplify_onnx
+    from edgerep.files.artifacts import package_versions
     from edgerep.models.specs import load_model
+    from edgerep.pipeline.build import BuildOptions, build
     from edgerep.targets import load_target
 
     console = Console(stderr=True)

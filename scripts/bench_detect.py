@@ -66,8 +66,8 @@ class Subject:
 
 
 def _letterboxed_array(items: list, size: tuple[int, int], path: Path) -> Path:
-    from edgerep.files.artifacts import atomic_path
     from edgerep.data.detect_labels import letterboxed_batches
+    from edgerep.files.artifacts import atomic_path
 
     xs = np.concatenate([x for x, _ in letterboxed_batches(items, size, 16)])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,8 +78,8 @@ def _letterboxed_array(items: list, size: tuple[int, int], path: Path) -> Path:
 
 def demo_subject(work: Path, val_images: int, calib_images: int, weights: Path | None,
                  name: str = "repyolo_digits") -> Subject:
-    from edgerep.data.sources import calib_root
     from edgerep.data.detect_labels import read_yolo_labels
+    from edgerep.data.sources import calib_root
     from edgerep.models.specs import load_model
 
     info = load_model(f"zoo:{name}", weights=weights)  # weights None: the shipped ones, if any
@@ -157,8 +157,8 @@ def yolo_subject(work: Path, photo_crops: int, bn_passes: int) -> Subject:
     import torch
     from safetensors.torch import save_file
 
-    from edgerep.data.sources import calib_root
     from edgerep.data.detect_labels import image_files
+    from edgerep.data.sources import calib_root
     from edgerep.models.specs import load_model
 
     torch.manual_seed(0)
@@ -286,8 +286,8 @@ def open_runner(runtime: str, path: Path, edgerep_engine: bool) -> Any:
     """edgerep's engines through their backend (the runner edgerep validates with); other files in the runtime's
     plain FP32 runner."""
     if edgerep_engine:
-        from edgerep.files.artifacts import load_artifact
         from edgerep.backends import get_backend
+        from edgerep.files.artifacts import load_artifact
 
         return get_backend(runtime).load(load_artifact(path))
     if runtime == "onnxruntime":
@@ -450,8 +450,8 @@ def main() -> int:
     import torch
     from rich.console import Console
 
-    from edgerep.files.artifacts import package_versions, write_json_atomic
     from edgerep.cpu.isa import host_cpu
+    from edgerep.files.artifacts import package_versions, write_json_atomic
 
     console = Console(stderr=True)
     machine = {**host_cpu().to_dict(), "platform": platform.platform(), "python": platform.python_version(),

@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgerep.files.artifacts import write_json_atomic
     from edgerep.data.detect_labels import read_yolo_labels
+    from edgerep.files.artifacts import write_json_atomic
 
     torch.set_num_threads(args.threads)
     console = Console(width=150)

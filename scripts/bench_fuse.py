@@ -200,8 +200,8 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgerep.files.artifacts import package_versions, write_json_atomic
     from edgerep.cpu.isa import host_cpu
+    from edgerep.files.artifacts import package_versions, write_json_atomic
     from edgerep.models.specs import parse_input_shape
 
     console, out = Console(stderr=True), Console()

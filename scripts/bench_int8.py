@@ -63,11 +63,11 @@ def interleaved_latency(runners: dict[str, object], batch: np.ndarray, *, warmup
 def weight_format_rows(name: str, info, model, calib, val, reference, work: Path, batch_sizes: list[int], args,
                        console) -> list[dict]:
     """ONNX Runtime plain INT8 with each weight format: accuracy and latency here, accuracy on emulated AVX2."""
-    from edgerep.validate import isa_check
     from edgerep.backends import get_backend
     from edgerep.export.pipeline import export_pipeline
     from edgerep.quant.evaluate import evaluate_runner, score
     from edgerep.targets import load_target
+    from edgerep.validate import isa_check
 
     # isa avx512_vnni: the only kind of target for which full-range s8 is allowed; s7 and u8 hold everywhere.
     profile = load_target("onnxruntime-cpu", isa="avx512_vnni")
@@ -142,10 +142,10 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgerep.files.artifacts import package_versions, write_json_atomic
     from edgerep.backends import get_backend
     from edgerep.data.sources import default_data_paths, open_data
     from edgerep.export.pipeline import export_pipeline
+    from edgerep.files.artifacts import package_versions, write_json_atomic
     from edgerep.fuse import fuse
     from edgerep.models.specs import load_model
     from edgerep.quant.evaluate import evaluate_runner

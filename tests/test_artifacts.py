@@ -7,8 +7,19 @@ import json
 import numpy as np
 import pytest
 
-from edgerep.files.artifacts import array_sha256, atomic_files, atomic_path, file_sha256, load_artifact, package_versions, read_sidecar, sha256_files, write_json_atomic, write_sidecar
 from edgerep.errors import UserError
+from edgerep.files.artifacts import (
+    array_sha256,
+    atomic_files,
+    atomic_path,
+    file_sha256,
+    load_artifact,
+    package_versions,
+    read_sidecar,
+    sha256_files,
+    write_json_atomic,
+    write_sidecar,
+)
 
 
 def _leftovers(folder):

@@ -10,11 +10,11 @@ import onnx
 import pytest
 import torch
 
-from edgerep.files.artifacts import load_artifact, sha256_files
 from edgerep.backends import get_backend
 from edgerep.data.sources import open_data
 from edgerep.errors import UserError
 from edgerep.export.pipeline import export_pipeline
+from edgerep.files.artifacts import load_artifact, sha256_files
 from edgerep.models.specs import load_model
 from edgerep.targets import load_target
 

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch.nn as nn
 
-from edgerep.data.sources import ArraySource, ImageSource, Preprocess, calib_root, default_data, load_image, open_data, preprocess_for
+from edgerep.data.sources import (
+    ArraySource,
+    ImageSource,
+    Preprocess,
+    calib_root,
+    default_data,
+    load_image,
+    open_data,
+    preprocess_for,
+)
 from edgerep.errors import UserError
 from edgerep.models.specs import ModelInfo
 

@@ -10,8 +10,8 @@ import torch
 
 from edgerep.data.sources import default_data_paths, open_data, preprocess_for
 from edgerep.models.specs import load_model
-from edgerep.validate.engine import compute_reference, validate_runner
 from edgerep.tasks.classify import degenerate_reference
+from edgerep.validate.engine import compute_reference, validate_runner
 
 
 def reference_of(spec: str, **kwargs):

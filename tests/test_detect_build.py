@@ -51,8 +51,8 @@ def test_jetson_bundle_of_the_demo_detector_validates_with_detection_metrics(tmp
 
     from rich.console import Console
 
-    from edgerep.commands.validate_bundle import run_validate_bundle
     from edgerep.backends.tensorrt.bundle import load_bundle
+    from edgerep.commands.validate_bundle import run_validate_bundle
 
     result = build(BuildOptions(model="zoo:repyolo_digits", target="jetson-orin-nano", calib_samples=32,
                                 val_samples=16, output=tmp_path / "run"))

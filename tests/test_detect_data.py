@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgerep.data.detect_labels import PAD_VALUE, check_letterbox_size, letterbox, letterboxed_batches, read_coco_labels, read_yolo_labels
+from edgerep.data.detect_labels import (
+    PAD_VALUE,
+    check_letterbox_size,
+    letterbox,
+    letterboxed_batches,
+    read_coco_labels,
+    read_yolo_labels,
+)
 from edgerep.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from edgerep.data.detect_labels import read_yolo_labels
-from edgerep.tasks.detect_pictures import COLUMN_COLOURS, draw_detections_grid
 from edgerep.data.detections import Detections
+from edgerep.tasks.detect_pictures import COLUMN_COLOURS, draw_detections_grid
 
 VAL = Path(__file__).resolve().parent.parent / "calib" / "digits_det" / "val"
 

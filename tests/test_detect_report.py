@@ -11,16 +11,15 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
-
-from edgerep.data.sources import open_data, preprocess_for
-from edgerep.tasks.detect_pictures import COLUMN_COLOURS, detection_pictures
-from edgerep.data.detect_source import DetectionSource
-from edgerep.models.specs import ModelInfo
-from edgerep.pipeline.report import DETECT_ACCURACY_KEYS, engine_entry, latency_accuracy_figure, normalize, write_report
-from edgerep.data.detections import Detections
-from edgerep.tasks.detect import agreement, detection_map
 from test_detect_data import _copy_split
 
+from edgerep.data.detect_source import DetectionSource
+from edgerep.data.detections import Detections
+from edgerep.data.sources import open_data, preprocess_for
+from edgerep.models.specs import ModelInfo
+from edgerep.pipeline.report import DETECT_ACCURACY_KEYS, engine_entry, latency_accuracy_figure, normalize, write_report
+from edgerep.tasks.detect import agreement, detection_map
+from edgerep.tasks.detect_pictures import COLUMN_COLOURS, detection_pictures
 
 
 def _val_source(tmp_path: Path, n: int = 6) -> DetectionSource:

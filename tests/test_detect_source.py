@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch.nn as nn
+from test_detect_data import _copy_split
 
-from edgerep.data.sources import array_input_shape, calib_batch_count, default_data, open_data, preprocess_for, sample_batches
 from edgerep.data.detect_labels import PAD_VALUE, read_yolo_labels
 from edgerep.data.detect_source import DetectionSource, Letterbox
+from edgerep.data.sources import array_input_shape, calib_batch_count, default_data, open_data, preprocess_for, sample_batches
 from edgerep.errors import UserError
 from edgerep.models.specs import ModelInfo, load_model
-from test_detect_data import _copy_split
 
 REPO = Path(__file__).resolve().parent.parent
 DET = REPO / "calib" / "digits_det"

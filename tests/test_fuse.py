@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from reparam_helpers import one_thread, randomize, rel_err  # noqa: F401 (one_thread: autouse fixture)
 from safetensors.torch import save_file
 
 from edgerep import fuse, zoo
@@ -24,7 +25,6 @@ from edgerep.zoo.dbb import DiverseBranchBlock
 from edgerep.zoo.ghostnet import GhostModule
 from edgerep.zoo.mobileone import MobileOneBlock
 from edgerep.zoo.repvgg import RepVGGBlock
-from reparam_helpers import one_thread, randomize, rel_err  # noqa: F401 (one_thread: autouse fixture)
 
 TOL = 1e-5  # relative to the output's largest magnitude, FP32
 ZOO = ["repvgg_tiny", "acb_resnet_tiny", "dbb_resnet_tiny", "orepa_resnet_tiny", "mobileone_tiny", "ghostnet_tiny",

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from reparam_helpers import one_thread  # noqa: F401 (one_thread: autouse fixture)
 from safetensors.torch import load_file, save_file
 
 from edgerep import zoo
 from edgerep.cli import main
 from edgerep.models.specs import load_model
-from reparam_helpers import one_thread  # noqa: F401 (one_thread: autouse fixture)
 
 MODEL = "zoo:repvgg_tiny"
 

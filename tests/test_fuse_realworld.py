@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from reparam_helpers import one_thread, randomize, rel_err  # noqa: F401 (one_thread: autouse fixture)
 
 from edgerep import fuse
-from reparam_helpers import one_thread, randomize, rel_err  # noqa: F401 (one_thread: autouse fixture)
 
 TOL = 1e-5
 

@@ -13,16 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_build import cli, error_line
 
-from edgerep.cpu import isa as cpu
 from edgerep.backends import get_backend
-from edgerep.backends.onnxruntime.quantize import int16_saturation_check
 from edgerep.backends.onnxruntime.isa_policy import weight_format_for, weight_formats_for
+from edgerep.backends.onnxruntime.quantize import int16_saturation_check
+from edgerep.cpu import isa as cpu
 from edgerep.data.sources import calib_root, open_data
 from edgerep.errors import UserError
 from edgerep.targets import load_target, parse_profile
-
-from test_build import cli, error_line
 
 QEMU = shutil.which("qemu-x86_64")
 X86 = cpu.host_cpu().arch in ("x86_64", "amd64")
@@ -115,11 +114,11 @@ def test_weight_formats_follow_the_target_isa():
 
 @pytest.fixture(scope="module")
 def demo_onnx(tmp_path_factory):
+    import torch
+
     from edgerep.export.pipeline import export_pipeline
     from edgerep.fuse import fuse
     from edgerep.models.specs import load_model
-
-    import torch
 
     info = load_model("zoo:repvgg_digits")
     fused = fuse(info.module, torch.randn(*info.input_shape)).model

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_build import cli, cli_without, error_line
 
 from edgerep.data.sources import calib_root
-from test_build import cli, cli_without, error_line
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "edgerep" / "zoo" / "weights" / "repvgg_digits.safetensors"

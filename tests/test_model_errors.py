@@ -8,10 +8,10 @@ import sys
 import textwrap
 
 import pytest
+from test_fuse_cli import call_main
 
 from edgerep.errors import UserError
 from edgerep.models.specs import load_model
-from test_fuse_cli import call_main
 
 USER_PACKAGE = textwrap.dedent('''
     import torch.nn as nn

@@ -13,14 +13,14 @@ import pytest
 import torch
 import torch.nn as nn
 
+from edgerep.backends.tensorrt.bundle import load_bundle
 from edgerep.errors import UserError
 from edgerep.export.compare import check_inputs, compare_onnx
 from edgerep.export.onnx_export import export_onnx
 from edgerep.export.pipeline import export_pipeline
 from edgerep.fuse import fuse
-from edgerep.models.specs import ModelInfo, check_outputs
 from edgerep.models.outputs import to_numpy_list
-from edgerep.backends.tensorrt.bundle import load_bundle
+from edgerep.models.specs import ModelInfo, check_outputs
 from edgerep.zoo.repvgg import RepVGGBlock
 
 SHAPE = (1, 3, 32, 32)
@@ -288,9 +288,9 @@ def test_openvino_runner_maps_outputs_by_name(exported, tmp_path):
 @pytest.fixture(scope="module")
 def bundle(exported, tmp_path_factory):
     """A jetson-orin-nano bundle of the dict model with its two reference outputs, made on this host."""
+    from edgerep.backends.tensorrt.host import bundle_reference, update_bundle
     from edgerep.data.sources import open_data
     from edgerep.targets import load_target
-    from edgerep.backends.tensorrt.host import bundle_reference, update_bundle
     from edgerep.validate.engine import Reference
 
     info, _, exp = exported["dict"]
@@ -328,8 +328,8 @@ def test_schema1_single_output_bundle_still_reads(bundle, tmp_path):
     """A bundle written before several outputs were carried (schema 1, one "ref", no reference.outputs)."""
     import shutil
 
-    from edgerep.files.artifacts import file_sha256
     from edgerep.backends.tensorrt.bundle import read_reference_all, write_reference
+    from edgerep.files.artifacts import file_sha256
 
     bdir, outs, _ = bundle
     old = tmp_path / "old"
@@ -401,8 +401,8 @@ def test_validate_bundle_takes_every_output(bundle):
 def test_isa_probe_returns_every_output(exported, tmp_path):
     """The child process behind the target-ISA re-run saves every output, in ONNX order."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    from edgerep.validate import isa_check
     from edgerep.backends import get_backend
+    from edgerep.validate import isa_check
 
     info, _, exp = exported["dict"]
     art = get_backend("onnxruntime").build(exp.sim_path, "fp32", out_dir=tmp_path)

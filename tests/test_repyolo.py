@@ -14,11 +14,12 @@ import torch.nn as nn
 
 pytest.importorskip("torchvision", reason="detection decoding needs torchvision (pip install edgerep[detect])")
 
+from reparam_helpers import one_thread, randomize  # noqa: E402,F401 (one_thread: autouse fixture)
+
 from edgerep import zoo  # noqa: E402
 from edgerep.fuse import fuse  # noqa: E402
 from edgerep.tasks.detect import decode, resolve_layout  # noqa: E402
 from edgerep.zoo.common import reparameterize_model  # noqa: E402
-from reparam_helpers import one_thread, randomize  # noqa: E402,F401 (one_thread: autouse fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 NC = 10

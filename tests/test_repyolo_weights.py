@@ -16,12 +16,13 @@ import torch.nn as nn
 pytest.importorskip("torchvision", reason="detection decoding needs torchvision (pip install edgerep[detect])")
 pytest.importorskip("pycocotools", reason="mAP needs pycocotools (pip install edgerep[detect])")
 
+from reparam_helpers import one_thread  # noqa: E402,F401 (autouse fixture)
+
 from edgerep.data.detect_labels import letterboxed_batches, read_yolo_labels  # noqa: E402
 from edgerep.fuse import fuse  # noqa: E402
 from edgerep.models.specs import load_model  # noqa: E402
 from edgerep.tasks.detect import agreement, detect_images, detection_map, label_truth  # noqa: E402
 from edgerep.zoo.repyolo import STRESS_CHANNEL, STRESS_FACTOR, STRESS_PAIR  # noqa: E402
-from reparam_helpers import one_thread  # noqa: E402,F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 VAL = REPO / "calib" / "digits_det" / "val"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgerep.pipeline import stages
 from edgerep.errors import UserError
+from edgerep.pipeline import stages
 from edgerep.targets import load_target
 
 

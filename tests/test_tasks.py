@@ -13,12 +13,12 @@ import torch.nn as nn
 pytest.importorskip("pycocotools", reason="mAP needs pycocotools (pip install edgerep[detect])")
 pytest.importorskip("torchvision", reason="NMS needs torchvision (pip install edgerep[detect])")
 
+from edgerep.data.detections import Detections  # noqa: E402
 from edgerep.errors import UserError  # noqa: E402
 from edgerep.models.specs import ModelInfo  # noqa: E402
 from edgerep.quant.evaluate import drop_of, drop_unit, score, subset_view, value_of  # noqa: E402
 from edgerep.targets import DEFAULT_DETECT_GATES, DetectGate, load_target, parse_profile  # noqa: E402
 from edgerep.tasks import choose_task, get_task, infer_task  # noqa: E402
-from edgerep.data.detections import Detections  # noqa: E402
 from edgerep.validate.engine import Reference, compute_reference, score_outputs  # noqa: E402
 
 NC = 3

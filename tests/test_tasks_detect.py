@@ -9,8 +9,8 @@ pytest.importorskip("pycocotools", reason="mAP needs pycocotools (pip install ed
 pytest.importorskip("torchvision", reason="NMS needs torchvision (pip install edgerep[detect])")
 from torchvision.ops import box_iou  # noqa: E402
 
-from edgerep.errors import UserError  # noqa: E402
 from edgerep.data.detections import Detections
+from edgerep.errors import UserError  # noqa: E402
 from edgerep.tasks.detect import HeadLayoutError, agreement, decode, detection_map, resolve_layout
 
 NC = 3

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgerep.targets import load_target
 from edgerep.backends.tensorrt.versions import api_features, parse_version
+from edgerep.targets import load_target
 
 ROOT = Path(__file__).resolve().parent.parent
 TRT_DATA = ROOT / "edgerep" / "backends" / "tensorrt" / "data"
@@ -130,11 +130,11 @@ def demo(tmp_path_factory):
     """The demo RepVGG exported and simplified, host INT8 artifacts for it, and its calibration data."""
     import torch
 
+    from edgerep.backends.tensorrt.host import prepare_int8
     from edgerep.data.sources import calib_root, open_data
     from edgerep.export.pipeline import export_pipeline
     from edgerep.fuse import fuse
     from edgerep.models.specs import load_model
-    from edgerep.backends.tensorrt.host import prepare_int8
 
     root = tmp_path_factory.mktemp("trt-api")
     info = load_model("zoo:repvgg_digits")
@@ -312,8 +312,8 @@ def _options_for(version: tuple[int, int, int]) -> tuple[str, set[str]]:
 
 @pytest.mark.parametrize("key", sorted(_trtexec_options()["versions"], key=lambda k: tuple(map(int, k.split(".")))))
 def test_trtexec_lines_use_only_options_that_release_parses(key):
-    from edgerep.errors import UserError
     from edgerep.backends.tensorrt.trtexec import trtexec_args
+    from edgerep.errors import UserError
 
     v = parse_version(key)
     options = set(_trtexec_options()["versions"][key]["options"])

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trt_gpu_profiles import gpu_int8_modes, write_gpu_profile
 
 from edgerep.backends import get_backend
 from edgerep.data.sources import calib_root, open_data
 from edgerep.errors import UserError
-
-from trt_gpu_profiles import gpu_int8_modes, write_gpu_profile
 
 pytestmark = pytest.mark.tensorrt
 BACKEND = get_backend("tensorrt")
@@ -43,11 +42,11 @@ def _profile(tmp: Path, int8_mode: str, dynamic: bool = False):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
+    import torch
+
     from edgerep.export.pipeline import export_pipeline
     from edgerep.fuse import fuse
     from edgerep.models.specs import load_model
-
-    import torch
 
     root = tmp_path_factory.mktemp("trt-gpu")
     info = load_model("zoo:repvgg_digits")
@@ -140,8 +139,8 @@ def test_foreign_timing_cache_is_replaced_and_the_engine_keeps_its_sidecar(expor
 def test_rejected_calibration_cache_calibrates_on_real_batches(export, tmp_path):
     """A cache TensorRT does not take (here: another calibrator's algorithm in its header): the calibrator then
     feeds real batches, the sidecar says the cache was rejected, and the engine is still accurate."""
-    from edgerep.files.artifacts import read_sidecar, write_sidecar
     from edgerep.backends.tensorrt import host
+    from edgerep.files.artifacts import read_sidecar, write_sidecar
 
     root, sim = export
     profile = _profile(root, "calibrate")
@@ -169,11 +168,11 @@ def test_rejected_calibration_cache_calibrates_on_real_batches(export, tmp_path)
 
 
 def test_dynamic_batch_engine(export, tmp_path):
+    import torch
+
     from edgerep.export.pipeline import export_pipeline
     from edgerep.fuse import fuse
     from edgerep.models.specs import load_model
-
-    import torch
 
     info = load_model("zoo:repvgg_digits")
     fused = fuse(info.module, torch.randn(*info.input_shape)).model
@@ -189,8 +188,8 @@ def test_dynamic_batch_engine(export, tmp_path):
 
 
 def test_validate_bundle_and_check_engine_with_a_real_engine(export, tmp_path):
-    from edgerep.commands.validate_bundle import run_validate_bundle
     from edgerep.backends.tensorrt.host import bundle_reference, update_bundle
+    from edgerep.commands.validate_bundle import run_validate_bundle
     from edgerep.validate.engine import Reference
 
     root, sim = export

@@ -14,25 +14,32 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 import pytest
 import torch
 import torch.nn as nn
-import onnx.external_data_helper
 from onnx import TensorProto, helper, numpy_helper
 
-from edgerep.files.artifacts import file_sha256, read_sidecar
-from edgerep.commands.check import run_check
-from edgerep.commands.validate_bundle import run_validate_bundle
-from edgerep.backends.tensorrt.host import PREDICTION_BACKEND, lint_for_profile
-from edgerep.data.sources import calib_root, open_data
-from edgerep.errors import UserError
-from edgerep.targets import load_target
 from edgerep.backends.tensorrt import calib_cache, guard, qdq
 from edgerep.backends.tensorrt.bundle import MANIFEST, load_bundle
 from edgerep.backends.tensorrt.calibrate import calibrate, entropy_threshold
+from edgerep.backends.tensorrt.host import PREDICTION_BACKEND, lint_for_profile
 from edgerep.backends.tensorrt.lint import lint_onnx
 from edgerep.backends.tensorrt.trtexec import engine_source, trtexec_args
-from edgerep.backends.tensorrt.versions import api_features, cache_header, ops_table, parse_cache_header, parse_version, version_code
+from edgerep.backends.tensorrt.versions import (
+    api_features,
+    cache_header,
+    ops_table,
+    parse_cache_header,
+    parse_version,
+    version_code,
+)
+from edgerep.commands.check import run_check
+from edgerep.commands.validate_bundle import run_validate_bundle
+from edgerep.data.sources import calib_root, open_data
+from edgerep.errors import UserError
+from edgerep.files.artifacts import file_sha256, read_sidecar
+from edgerep.targets import load_target
 
 DIGITS = calib_root() / "digits"
 

@@ -97,8 +97,8 @@ def test_reference_and_engine_outputs_pad_the_last_batch(tmp_path):
 
 
 def test_run_validate_names_a_missing_engine_flag(tmp_path):
-    from edgerep.errors import UserError
     from edgerep.commands.validate import run_validate
+    from edgerep.errors import UserError
 
     with pytest.raises(UserError, match=r"^--engine \S+nope\.xml: file not found; pass an engine edgerep build wrote"):
         run_validate(model="zoo:repvgg_digits", engine=tmp_path / "nope.xml")

@@ -5,12 +5,12 @@ inputs (borders are where wrong paddings show), comparing the deploy form to the
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from reparam_helpers import one_thread, randomize, rel_err  # noqa: F401 (one_thread: autouse fixture)
 
 from edgerep import zoo
 from edgerep.zoo.acb import ACBlock
@@ -21,7 +21,6 @@ from edgerep.zoo.mobileone import MobileOneBlock
 from edgerep.zoo.orepa import OREPABlock
 from edgerep.zoo.repvgg import RepVGGBlock
 from edgerep.zoo.saconv import SACBasicBlock, SAConv2d
-from reparam_helpers import one_thread, randomize, rel_err  # noqa: F401 (one_thread: autouse fixture)
 
 REL_TOL = 1e-4
 TINY = ["repvgg_tiny", "acb_resnet_tiny", "dbb_resnet_tiny", "orepa_resnet_tiny", "mobileone_tiny",

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from edgerep.files.artifacts import companion_files, package_versions, sha256_files
-from edgerep.data.sources import batches_reader, calib_batch_count, sample_batches  # noqa: F401 (re-exported)
 from edgerep.cpu.isa import target_isa
+from edgerep.data.sources import batches_reader, calib_batch_count, sample_batches  # noqa: F401 (re-exported)
 from edgerep.errors import UserError
+from edgerep.files.artifacts import companion_files, package_versions, sha256_files
 from edgerep.files.onnx_files import onnx_input, onnx_node_names  # noqa: F401 (re-exported)
 
 # Options every CPU backend takes; each backend module adds its own in its KNOWN_OPTIONS.

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import re
 from typing import Any
+
 from edgerep.errors import UserError
-from edgerep.pipeline.build import BuildOptions
-from edgerep.pipeline.build import build
+from edgerep.pipeline.build import BuildOptions, build
 
 
 def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgerep.errors import UserError
 from edgerep.backends.tensorrt.host import lint_for_profile, profile_version
+from edgerep.errors import UserError
 
 
 def _export_for_check(spec: str, profile: Any, work: Path, *, weights: Path | None, input_shape: str | None,

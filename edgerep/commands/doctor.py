@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
+
 from edgerep.errors import one_line
 
 # (row name, module to find, distributions that provide it, the edgerep extra that installs it)

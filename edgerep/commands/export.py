@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
 import torch.nn as nn
+
 from edgerep.errors import UserError
 from edgerep.export.pipeline import export_pipeline
 

@@ -10,11 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from edgerep.errors import UserError
-from edgerep.models.specs import ModelInfo, load_model
 from edgerep.fuse import FuseReport, FuseResult, fuse
-from edgerep.models.specs import example_input
-
-
+from edgerep.models.specs import ModelInfo, example_input, load_model
 
 
 def fuse_model(info: ModelInfo) -> tuple[FuseResult, torch.Tensor]:

@@ -25,19 +25,19 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
     """Run the analysis; returns the exit code (0)."""
     import torch
 
-    from edgerep.files.artifacts import write_json_atomic
     from edgerep.export.pipeline import export_pipeline
+    from edgerep.files.artifacts import write_json_atomic
     from edgerep.fuse import fuse
     from edgerep.models.specs import load_model
-    from edgerep.targets import load_target
-    from edgerep.tasks import resolve_task
-    from edgerep.validate.engine import compute_reference
     from edgerep.quant.evaluate import drop_unit
     from edgerep.quant.layers import module_names_of
     from edgerep.quant.plot import plot_sensitivity
     from edgerep.quant.qdq import METHODS, style_for_backend, weights_for
     from edgerep.quant.ranges import range_stats
     from edgerep.quant.sensitivity import calibration_study, layer_sensitivity
+    from edgerep.targets import load_target
+    from edgerep.tasks import resolve_task
+    from edgerep.validate.engine import compute_reference
 
     t0 = time.perf_counter()
     profile = load_target(target, isa=isa)

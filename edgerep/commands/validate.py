@@ -3,15 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
 from edgerep.errors import UserError
 from edgerep.tasks.base import NEAR_CONSTANT_ABS, NEAR_CONSTANT_REL, UNTRAINED_HINT  # noqa: F401
 from edgerep.tasks.classify import MIN_SAMPLES_FOR_TOP1_CHECK, accuracy_metrics, degenerate_reference  # noqa: F401
-from edgerep.validate.engine import check_on_target_isa
-from edgerep.validate.engine import compute_reference
-from edgerep.validate.engine import gate_to_dict
-from edgerep.validate.engine import isa_warnings
-from edgerep.validate.engine import task_gate
-from edgerep.validate.engine import validate_runner
+from edgerep.validate.engine import check_on_target_isa, compute_reference, gate_to_dict, isa_warnings, task_gate, validate_runner
 
 
 def run_validate(*, model: str, engine: Path, target: str | None = None, val: Path | None = None,
@@ -28,9 +24,9 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
 
     import torch
 
-    from edgerep.files.artifacts import load_artifact
     from edgerep.backends import get_backend
     from edgerep.data.sources import default_data_paths, open_data, preprocess_for
+    from edgerep.files.artifacts import load_artifact
     from edgerep.models.specs import load_model
     from edgerep.pipeline.report import engine_entry, normalize, summary_table
     from edgerep.targets import list_targets, load_target

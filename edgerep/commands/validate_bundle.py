@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgerep.errors import UserError
 from edgerep.backends.tensorrt.host import engine_precision
+from edgerep.errors import UserError
 
 
 def load_engine_runner(engine: Path, bundle: Any) -> tuple[Any, dict[str, Any] | None, str]:
     """A runner for `engine`: ONNX Runtime for .onnx (the stand-in on machines without TensorRT), TensorRT for
     .engine/.plan/.trt after the sidecar guard. Returns (runner, sidecar or None, runtime name)."""
-    from edgerep.files.artifacts import read_sidecar
     from edgerep.backends import get_backend
+    from edgerep.files.artifacts import read_sidecar
 
     engine = Path(engine)
     if not engine.is_file():
@@ -57,8 +57,8 @@ def run_validate_bundle(*, bundle: Path, engine: Path | list[Path], precision: s
 
 
 def _validate_several(bundle: Path, engines: list[Path], *, as_json: bool, out: Any, console: Any) -> int:
-    from edgerep.pipeline.recommend import format_recommendation, recommend_on_device
     from edgerep.backends.tensorrt.bundle import load_bundle
+    from edgerep.pipeline.recommend import format_recommendation, recommend_on_device
 
     if not engines:
         raise UserError("--engine: give at least one engine of the bundle")
@@ -78,8 +78,8 @@ def _validate_several(bundle: Path, engines: list[Path], *, as_json: bool, out: 
 def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, as_json: bool = False,
                   out: Any = None) -> tuple[int, dict[str, Any]]:
     """One engine against the bundle's reference: (exit code, its record)."""
-    from edgerep.pipeline.report import engine_entry
     from edgerep.backends.tensorrt.bundle import load_bundle, read_reference_all
+    from edgerep.pipeline.report import engine_entry
     from edgerep.validate.engine import Reference, gate_to_dict, validate_runner
 
     b = load_bundle(Path(bundle))

@@ -21,8 +21,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from edgerep.errors import UserError
 from edgerep.data.images import list_images
+from edgerep.errors import UserError
 
 PAD_VALUE = 114  # YOLOv5/v8's letterbox grey
 _TOL = 1e-3  # normalised coordinates may round slightly past [0, 1]

@@ -26,10 +26,20 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from edgerep.files.artifacts import file_sha256
-from edgerep.data.detect_labels import PAD_VALUE, LabelledImage, LetterboxMeta, check_letterbox_size, letterbox, letterbox_meta, load_rgb, read_coco_labels, read_yolo_split
-from edgerep.errors import UserError
+from edgerep.data.detect_labels import (
+    PAD_VALUE,
+    LabelledImage,
+    LetterboxMeta,
+    check_letterbox_size,
+    letterbox,
+    letterbox_meta,
+    load_rgb,
+    read_coco_labels,
+    read_yolo_split,
+)
 from edgerep.data.images import list_images
+from edgerep.errors import UserError
+from edgerep.files.artifacts import file_sha256
 
 log = logging.getLogger("edgerep.data")
 

@@ -22,9 +22,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from edgerep.errors import UserError
 from edgerep.data.images import IMAGE_EXTENSIONS, list_images
-from edgerep.errors import one_line
+from edgerep.errors import UserError, one_line
 
 log = logging.getLogger("edgerep.data")
 _FLAG = {"calib": "--calib", "val": "--val"}

@@ -4,11 +4,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any, Callable
+
 import numpy as np
 import torch
 import torch.nn as nn
-from edgerep.errors import UserError
-from edgerep.errors import one_line
+
+from edgerep.errors import UserError, one_line
 
 
 def ort_session(onnx_path: Path) -> Any:

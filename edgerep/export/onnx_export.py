@@ -22,13 +22,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from edgerep.errors import UserError
+from edgerep.errors import UserError, one_line
 from edgerep.files.onnx_files import EXTERNAL_DATA_THRESHOLD, save_onnx
-from edgerep.errors import one_line
-
-
-
-
 
 # --- saving ----------------------------------------------------------------------------------------
 

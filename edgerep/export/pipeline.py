@@ -5,17 +5,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
 import torch
 import torch.nn as nn
-from edgerep.files.artifacts import package_versions, write_sidecar
+
 from edgerep.errors import UserError
-from edgerep.files.onnx_files import EXTERNAL_DATA_THRESHOLD, onnx_output_names, onnx_sha256
-from edgerep.export.compare import check_inputs
-from edgerep.export.compare import compare_onnx
-from edgerep.export.onnx_export import export_onnx
-from edgerep.export.onnx_export import model_output_names
+from edgerep.export.compare import check_inputs, compare_onnx, torch_reference
+from edgerep.export.onnx_export import export_onnx, model_output_names
 from edgerep.export.simplify import simplify_onnx
-from edgerep.export.compare import torch_reference
+from edgerep.files.artifacts import package_versions, write_sidecar
+from edgerep.files.onnx_files import EXTERNAL_DATA_THRESHOLD, onnx_output_names, onnx_sha256
 
 
 @dataclass

@@ -5,11 +5,10 @@ import contextlib
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from edgerep.errors import UserError
-from edgerep.files.onnx_files import EXTERNAL_DATA_THRESHOLD, save_onnx
-from edgerep.export.onnx_export import _check_model
-from edgerep.errors import one_line
 
+from edgerep.errors import UserError, one_line
+from edgerep.export.onnx_export import _check_model
+from edgerep.files.onnx_files import EXTERNAL_DATA_THRESHOLD, save_onnx
 
 # A serialized ModelProto must stay under 2 GiB (protobuf's limit); keep 64 MiB for the graph itself.
 SIMPLIFIERS = ("onnxsim", "onnxslim", "none")

@@ -10,8 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from edgerep.files.artifacts import atomic_files, companion_files, sha256_files
 from edgerep.errors import UserError
+from edgerep.files.artifacts import atomic_files, companion_files, sha256_files
 
 # Protobuf's hard limit is 2 GiB; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26

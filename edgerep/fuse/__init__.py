@@ -15,10 +15,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from edgerep.errors import one_line
 from edgerep.fuse import check
 from edgerep.fuse.graft import graft
 from edgerep.fuse.graph import FusedRegion, Unfused, fuse_graph
-from edgerep.errors import one_line
 
 
 @dataclass

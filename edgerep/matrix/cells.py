@@ -343,8 +343,8 @@ def build_cell(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_cell(job: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
-    from edgerep.pipeline.build import BuildOptions, build
     from edgerep.errors import one_line
+    from edgerep.pipeline.build import BuildOptions, build
     from edgerep.pipeline.stages import save_traceback
 
     t0 = time.perf_counter()

@@ -14,8 +14,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Callable
 
-from edgerep.errors import UserError
-from edgerep.errors import one_line
+from edgerep.errors import UserError, one_line
 
 RAY_CONNECT_TIMEOUT_S = 5.0  # TCP connect to the head
 RAY_PROBE_TIMEOUT_S = 20.0  # joining it, in a child process

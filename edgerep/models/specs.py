@@ -14,8 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from edgerep.errors import UserError
-from edgerep.errors import one_line
+from edgerep.errors import UserError, one_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -25,8 +25,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from edgerep.errors import UserError
-from edgerep.errors import one_line
+from edgerep.errors import UserError, one_line
 
 PREFIX = "ultralytics:"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")

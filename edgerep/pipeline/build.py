@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgerep.pipeline import stages
 from edgerep.errors import UserError
+from edgerep.pipeline import stages
 from edgerep.pipeline.stages import DEMO_MODEL, StageLog
 
 

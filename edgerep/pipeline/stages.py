@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from edgerep.errors import UserError
-from edgerep.errors import one_line
+from edgerep.errors import UserError, one_line
 
 DEMO_MODEL = "zoo:repvgg_digits"
 MANIFEST = "stages.json"
@@ -592,8 +591,8 @@ def validate_stage(log: StageLog, backend: Any, artifact: Any, record: dict[str,
 def isa_stage(artifact: Any, record: dict[str, Any], reference: Any, profile: Any, engine_batch: int) -> None:
     """Where the engine was validated, and a second run on the target's ISA where this machine can give one
     (edgerep.validate.isa_check); a failed gate there fails the engine. The sidecar keeps both ISAs."""
-    from edgerep.files.artifacts import update_sidecar
     from edgerep.cpu.isa import target_isa
+    from edgerep.files.artifacts import update_sidecar
     from edgerep.validate.engine import check_on_target_isa
 
     isa = check_on_target_isa(record, artifact, reference, target=target_isa(profile), engine_batch=engine_batch,

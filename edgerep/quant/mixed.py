@@ -330,8 +330,8 @@ def plan_int8(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, val: A
     work_dir/int8_plan.json by a hash of everything it depends on."""
     from edgerep.files.artifacts import package_versions, write_json_atomic
     from edgerep.files.onnx_files import onnx_sha256
-    from edgerep.validate.engine import compute_reference
     from edgerep.quant.layers import module_names_of
+    from edgerep.validate.engine import compute_reference
 
     if max_drop < 0:
         raise UserError(f"--max-drop {max_drop}: must be >= 0 (percentage points)")

@@ -38,10 +38,10 @@ def accuracy_control(onnx_path: Path, calib: Any, reference: Any, *, max_drop: f
 
     # The OpenVINO backend's own calibration feed and method -> range-estimator table, so both quantize alike.
     from edgerep.backends.common import calib_settings
-    from edgerep.files.onnx_files import onnx_input
-    from edgerep.backends.openvino.quantize import _ESTIMATORS, _Samples
     from edgerep.backends.openvino.adapter import _METHODS
+    from edgerep.backends.openvino.quantize import _ESTIMATORS, _Samples
     from edgerep.backends.openvino.runner import OpenVINORunner
+    from edgerep.files.onnx_files import onnx_input
     from edgerep.quant.precision import ov_float_layers
 
     t0 = time.perf_counter()

@@ -23,8 +23,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgerep.errors import UserError
 from edgerep.data.detections import Detections
+from edgerep.errors import UserError
 
 LAYOUTS = ("ultralytics", "yolov5")
 # Score thresholds: what a person would call "a detection" (Ultralytics' predict default), and the

@@ -119,8 +119,8 @@ def detection_pictures(
     len(reference_outputs)). Every column is decoded the same way (tasks.detect.decode at the detect score
     threshold, the family's NMS), its boxes mapped back through the letterbox onto the original image; a
     "labels" column comes first when the source has labels."""
-    from edgerep.tasks.detect import DETECT_SCORE, NMS_IOU, decode
     from edgerep.data.detections import Detections
+    from edgerep.tasks.detect import DETECT_SCORE, NMS_IOU, decode
 
     reference_outputs = np.asarray(reference_outputs, dtype=np.float32)
     indices = list(range(len(reference_outputs))) if indices is None else list(indices)

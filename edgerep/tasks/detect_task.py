@@ -7,9 +7,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgerep.tasks.base import UNTRAINED_HINT, Task, gate_value, near_constant, tensor_gate_problems, verdict
-from edgerep.tasks.detect import DETECT_SCORE, LAYOUTS, MAP_SCORE, MAX_DET, NMS_IOU, agreement, decode, detection_map, resolve_layout
 from edgerep.data.detections import Detections
+from edgerep.tasks.base import UNTRAINED_HINT, Task, gate_value, near_constant, tensor_gate_problems, verdict
+from edgerep.tasks.detect import (
+    DETECT_SCORE,
+    LAYOUTS,
+    MAP_SCORE,
+    MAX_DET,
+    NMS_IOU,
+    agreement,
+    decode,
+    detection_map,
+    resolve_layout,
+)
 from edgerep.tasks.tensors import tensor_metrics
 
 DECODE_BATCH = 64  # images decoded per call (NMS runs per image; this only bounds the tensor made at once)

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 from edgerep.errors import UserError
+
 # Accuracy is the tasks' (edgerep.tasks); re-exported here, where callers found these before the tasks existed.
 from edgerep.tasks.base import NEAR_CONSTANT_ABS, NEAR_CONSTANT_REL, UNTRAINED_HINT  # noqa: F401
 from edgerep.tasks.base import gate_value as _gate_value
 from edgerep.tasks.classify import MIN_SAMPLES_FOR_TOP1_CHECK, accuracy_metrics, degenerate_reference  # noqa: F401
 from edgerep.validate.latency import runner_latencies
-
 
 # --- latency ---------------------------------------------------------------------------------------
 

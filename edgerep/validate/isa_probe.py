@@ -17,8 +17,8 @@ import numpy as np
 
 def main(argv: list[str]) -> int:
     engine, inputs, output, batch = Path(argv[0]), Path(argv[1]), Path(argv[2]), int(argv[3])
-    from edgerep.files.artifacts import load_artifact
     from edgerep.backends import get_backend
+    from edgerep.files.artifacts import load_artifact
 
     artifact = load_artifact(engine)
     runner = get_backend(artifact.backend).load(artifact)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import time
 from typing import Any, Callable
+
 import numpy as np
+
 from edgerep.tasks.base import NEAR_CONSTANT_ABS, NEAR_CONSTANT_REL, UNTRAINED_HINT  # noqa: F401
 from edgerep.tasks.classify import MIN_SAMPLES_FOR_TOP1_CHECK, accuracy_metrics, degenerate_reference  # noqa: F401
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
-from edgerep.zoo.common import ReparamBlock, ConvBN, IntOr2, TinyRepResNet, pad_kernel, pair, same_padding
+from edgerep.zoo.common import ConvBN, IntOr2, ReparamBlock, TinyRepResNet, pad_kernel, pair, same_padding
 from edgerep.zoo.registry import register_model
 
 

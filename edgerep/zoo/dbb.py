@@ -11,7 +11,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from edgerep.zoo.common import ReparamBlock, ConvBN, IntOr2, TinyRepResNet, avg_pool_kernel, bn_zero_response, compose_1x1_kxk, const_pad, conv_kernel_bias, fold_bn, pad_kernel, pair, same_padding
+from edgerep.zoo.common import (
+    ConvBN,
+    IntOr2,
+    ReparamBlock,
+    TinyRepResNet,
+    avg_pool_kernel,
+    bn_zero_response,
+    compose_1x1_kxk,
+    const_pad,
+    conv_kernel_bias,
+    fold_bn,
+    pad_kernel,
+    pair,
+    same_padding,
+)
 from edgerep.zoo.registry import register_model
 
 

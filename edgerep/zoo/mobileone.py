@@ -10,7 +10,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from edgerep.zoo.common import ReparamBlock, ClassifierHead, ConvBN, IntOr2, fold_bn, identity_kernel, pad_kernel, pair, same_padding
+from edgerep.zoo.common import (
+    ClassifierHead,
+    ConvBN,
+    IntOr2,
+    ReparamBlock,
+    fold_bn,
+    identity_kernel,
+    pad_kernel,
+    pair,
+    same_padding,
+)
 from edgerep.zoo.registry import register_model
 
 

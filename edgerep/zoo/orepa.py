@@ -12,7 +12,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from edgerep.zoo.common import ReparamBlock, IntOr2, TinyRepResNet, avg_pool_kernel, compose_1x1_kxk, conv_kernel_bias, crop_and_pad, fold_bn, pad_kernel, pair, same_padding
+from edgerep.zoo.common import (
+    IntOr2,
+    ReparamBlock,
+    TinyRepResNet,
+    avg_pool_kernel,
+    compose_1x1_kxk,
+    conv_kernel_bias,
+    crop_and_pad,
+    fold_bn,
+    pad_kernel,
+    pair,
+    same_padding,
+)
 from edgerep.zoo.registry import register_model
 
 _SCALE_INIT = {"scale_kxk": 1.0, "scale_1x1": 0.5, "scale_1x1_kxk": 1.0, "scale_avg": 0.5}

@@ -10,16 +10,22 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-
-from edgerep.files.artifacts import Artifact, atomic_files, companion_files, write_sidecar
+from edgerep.backends.common import (
+    COMMON_OPTIONS,
+    calib_settings,
+    check_options,
+    engine_info,
+    require_available,
+    require_calib,
+    require_precision,
+)
+from edgerep.backends.onnxruntime.isa_policy import weight_format_for
+from edgerep.backends.onnxruntime.quantize import int16_saturation_check, quantize_qdq
+from edgerep.backends.onnxruntime.runner import OrtRunner
 from edgerep.cpu.isa import target_isa
 from edgerep.errors import UserError
+from edgerep.files.artifacts import Artifact, atomic_files, companion_files, write_sidecar
 from edgerep.targets import BACKEND_CAPABILITIES
-from edgerep.backends.common import COMMON_OPTIONS, calib_settings, check_options, engine_info, require_available, require_calib, require_precision
-from edgerep.backends.onnxruntime.runner import OrtRunner
-from edgerep.backends.onnxruntime.quantize import int16_saturation_check
-from edgerep.backends.onnxruntime.quantize import quantize_qdq
-from edgerep.backends.onnxruntime.isa_policy import weight_format_for
 
 # activation_type: "uint8" (default) or "int8"; per_channel: weights per output channel (default) or per tensor;
 # int8_weights: how weights are stored for the target CPU (WEIGHT_FORMATS; default from the target's ISA).

@@ -1,9 +1,9 @@
 """Which INT8 weight format a target ISA can run without int16 saturation (full-range s8 needs VNNI)."""
 from __future__ import annotations
 
+from edgerep.backends.onnxruntime.quantize import WEIGHT_FORMATS
 from edgerep.cpu.isa import int16_saturation_risk
 from edgerep.errors import UserError
-from edgerep.backends.onnxruntime.quantize import WEIGHT_FORMATS
 
 
 def weight_format_for(isa: str, requested: str | None = None) -> str:

@@ -8,14 +8,15 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
 import numpy as np
-from edgerep.files.artifacts import atomic_files, companion_files
-from edgerep.errors import UserError
-from edgerep.files.onnx_files import detect_head_float_nodes, ort_pre_process, quiet_root_logger
-from edgerep.targets import BACKEND_CAPABILITIES
+
 from edgerep.backends.common import check_ignored_nodes
 from edgerep.data.sources import calib_batch_count, sample_batches
-from edgerep.files.onnx_files import onnx_input
+from edgerep.errors import UserError
+from edgerep.files.artifacts import atomic_files, companion_files
+from edgerep.files.onnx_files import detect_head_float_nodes, onnx_input, ort_pre_process, quiet_root_logger
+from edgerep.targets import BACKEND_CAPABILITIES
 
 _METHODS = BACKEND_CAPABILITIES["onnxruntime"].calib_methods
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
-from edgerep.errors import UserError
-from edgerep.cpu.threads import runtime_threads
+
 from edgerep.backends.common import time_calls
+from edgerep.cpu.threads import runtime_threads
+from edgerep.errors import UserError
 
 
 class OrtRunner:

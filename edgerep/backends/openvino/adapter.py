@@ -11,16 +11,20 @@ import errno
 from pathlib import Path
 from typing import Any
 
-
+from edgerep.backends.common import (
+    COMMON_OPTIONS,
+    check_options,
+    engine_info,
+    require_available,
+    require_calib,
+    require_precision,
+)
+from edgerep.backends.openvino.quantize import _quantize
+from edgerep.backends.openvino.runner import OpenVINORunner, _inference_precision
+from edgerep.errors import UserError, first_line
 from edgerep.files.artifacts import Artifact, atomic_files, write_sidecar
-from edgerep.errors import UserError
 from edgerep.files.onnx_files import onnx_output_names
 from edgerep.targets import BACKEND_CAPABILITIES
-from edgerep.backends.common import COMMON_OPTIONS, check_options, engine_info, require_available, require_calib, require_precision
-from edgerep.backends.openvino.runner import OpenVINORunner
-from edgerep.backends.openvino.runner import _inference_precision
-from edgerep.backends.openvino.quantize import _quantize
-from edgerep.errors import first_line
 
 # preset: "mixed" (default) or "performance"; bias_correction: NNCF's "fast" (default) or "full" (slower, can be
 # more accurate on models with wide activation ranges).

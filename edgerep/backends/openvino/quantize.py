@@ -7,15 +7,15 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any, Iterator
+
 import numpy as np
-from edgerep.cpu.isa import int16_saturation_risk, target_isa
-from edgerep.errors import UserError
-from edgerep.files.onnx_files import detect_head_float_nodes
-from edgerep.targets import BACKEND_CAPABILITIES
+
 from edgerep.backends.common import calib_settings, check_ignored_nodes
-from edgerep.files.onnx_files import onnx_input
+from edgerep.cpu.isa import int16_saturation_risk, target_isa
 from edgerep.data.sources import sample_batches
-from edgerep.errors import first_line
+from edgerep.errors import UserError, first_line
+from edgerep.files.onnx_files import detect_head_float_nodes, onnx_input
+from edgerep.targets import BACKEND_CAPABILITIES
 
 _METHODS = BACKEND_CAPABILITIES["openvino"].calib_methods
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
 import numpy as np
-from edgerep.errors import UserError
-from edgerep.cpu.threads import runtime_threads
+
 from edgerep.backends.common import time_calls
-from edgerep.errors import first_line
+from edgerep.cpu.threads import runtime_threads
+from edgerep.errors import UserError, first_line
 
 
 def _inference_precision(precision: str) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgerep.files.artifacts import Artifact
 from edgerep.errors import UserError
+from edgerep.files.artifacts import Artifact
 from edgerep.files.onnx_files import onnx_output_names
 from edgerep.targets import BACKEND_CAPABILITIES
 

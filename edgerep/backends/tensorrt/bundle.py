@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from edgerep.errors import UserError
 from edgerep.backends.tensorrt.trtexec import ONNX_FP16, ONNX_FP32, ONNX_QDQ, engine_name, engine_source, trtexec_args
 from edgerep.backends.tensorrt.versions import Version, api_features, cache_header, parse_version, version_code, version_str
+from edgerep.errors import UserError
 
 BUNDLE_FORMAT = "edgerep-tensorrt-bundle"
 # 2: every model output carried (reference.outputs, output_names); 1 (one output, "ref") still reads

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from edgerep.files.artifacts import Artifact
 from edgerep.errors import UserError
+from edgerep.files.artifacts import Artifact
 
 
 def build_engine(onnx_path: Path, precision: str, *, out_dir: Path, profile: Any, calib: Any,
@@ -30,9 +30,9 @@ def build_engine(onnx_path: Path, precision: str, *, out_dir: Path, profile: Any
     """Build `out_dir/model.<precision>.engine` and its sidecar (TensorRT version, GPU, hashes, DLA/GPU split)."""
     import tensorrt as trt
 
-    from edgerep.targets import trt_version_matches
     from edgerep.backends.tensorrt.gpu import cuda_driver, running_environment, trt_version
     from edgerep.backends.tensorrt.versions import api_features
+    from edgerep.targets import trt_version_matches
 
     if not trt_version_matches(profile.tensorrt.version, trt.__version__):
         raise UserError(f"--target {profile.name}: made for TensorRT {profile.tensorrt.version}, this machine has "
@@ -76,13 +76,13 @@ def _build_in_context(onnx_path: Path, precision: str, *, out_dir: Path, profile
                       env: dict[str, Any]) -> Artifact:
     import tensorrt as trt
 
-    from edgerep.files.artifacts import atomic_path, write_sidecar
-    from edgerep.files.onnx_files import onnx_sha256
     from edgerep.backends.tensorrt.calibrate import model_input
     from edgerep.backends.tensorrt.gpu import layer_split, make_logger, trt_version
     from edgerep.backends.tensorrt.guard import engine_sidecar
     from edgerep.backends.tensorrt.trtexec import check_dla_int8
     from edgerep.backends.tensorrt.versions import dla_support
+    from edgerep.files.artifacts import atomic_path, write_sidecar
+    from edgerep.files.onnx_files import onnx_sha256
 
     source = onnx_path
     if precision == "int8" and int8_mode == "qdq":
@@ -191,10 +191,10 @@ def _build_in_context(onnx_path: Path, precision: str, *, out_dir: Path, profile
 def _cache_calibrator(trt: Any, int8: dict[str, Any], env: dict[str, Any], calib: Any, input_name: str,
                       dims: list[Any], dynamic: tuple[int, int, int] | None) -> Any:
     """The calibrator for the host cache after the cache guard (use / retag for this release / refuse)."""
-    from edgerep.files.artifacts import read_sidecar
     from edgerep.backends.tensorrt import calib_cache
     from edgerep.backends.tensorrt.gpu import trt_version
     from edgerep.backends.tensorrt.guard import cache_action
+    from edgerep.files.artifacts import read_sidecar
 
     contents = calib_cache.read_cache(Path(int8["cache"]))
     action, why = cache_action(read_sidecar(Path(int8["cache"])), env, onnx_sha256=int8["onnx_sha256"],

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgerep.errors import UserError
 from edgerep.backends.tensorrt.versions import Version, parse_version, version_str
+from edgerep.errors import UserError
 
 SIDECAR_KIND_ENGINE = "tensorrt-engine"
 SIDECAR_KIND_CACHE = "tensorrt-calibration-cache"

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from edgerep.backends.tensorrt.versions import Version, parse_version, version_str
 from edgerep.errors import UserError
 from edgerep.files.onnx_files import onnx_output_names
-from edgerep.backends.tensorrt.versions import Version, parse_version, version_str
 
 # recommend.py travels into the bundle as a file (check_engine.py imports it on the device, without edgerep).
 _RECOMMEND_SOURCE = Path(__file__).resolve().parents[2] / "pipeline" / "recommend.py"
@@ -69,9 +69,9 @@ def prepare_int8(onnx_path: Path, profile: Any, calib: Any, work_dir: Path, *, m
     """Calibrate on the CPU and write, in `work_dir`: calib_ranges.json, calib.cache (+ sidecar) for the
     profile's TensorRT version, and model.qdq.onnx (+ sidecar). Reused when nothing they depend on changed.
     Returns {"ranges", "cache", "qdq", "key", "method", "num_samples", "data_sha256", ...}."""
-    from edgerep.files.artifacts import read_sidecar, write_json_atomic, write_sidecar
     from edgerep.backends.tensorrt import calib_cache, guard, qdq
     from edgerep.backends.tensorrt.calibrate import ENTROPY_BINS, calibrate
+    from edgerep.files.artifacts import read_sidecar, write_json_atomic, write_sidecar
 
     version = profile_version(profile)
     work_dir = Path(work_dir)
@@ -109,8 +109,8 @@ def prepare_int8(onnx_path: Path, profile: Any, calib: Any, work_dir: Path, *, m
 
 def prepare_fp16(onnx_path: Path, work_dir: Path) -> Path:
     """model.fp16.onnx in `work_dir` (TensorRT 11 builds FP16 from the graph's types); reused by hash."""
-    from edgerep.files.artifacts import read_sidecar, write_sidecar
     from edgerep.backends.tensorrt.qdq import make_fp16
+    from edgerep.files.artifacts import read_sidecar, write_sidecar
 
     onnx_sha, opset = _onnx_meta(onnx_path)
     path = Path(work_dir) / "model.fp16.onnx"

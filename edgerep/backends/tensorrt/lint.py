@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgerep.errors import UserError
 from edgerep.backends.tensorrt.versions import OpsTable, Version, int8_modes, ops_table, parse_version, version_str
+from edgerep.errors import UserError
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 _SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}

@@ -118,8 +118,8 @@ def _overrides(ranges: Any) -> dict[str, list[dict[str, Any]]]:
 
 def _dummy_reader(onnx_path: Path, input_name: str) -> Any:
     """One zero batch: quantize_static wants a reader even when every range comes from the overrides."""
-    from edgerep.data.sources import batches_reader
     from edgerep.backends.tensorrt.calibrate import model_input
+    from edgerep.data.sources import batches_reader
 
     _, dims = model_input(onnx_path)
     return batches_reader(input_name, [np.zeros([d if d is not None else 1 for d in dims], dtype=np.float32)])
@@ -158,10 +158,9 @@ def make_fp16(onnx_path: Path, out_path: Path) -> Path:
     """Cast the model's float tensors to float16, keeping float32 inputs and outputs (atomic write)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     from edgerep.files.artifacts import atomic_path
-
-    from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = onnx.load(str(onnx_path))
     half = OnnxModel(convert_float_to_float16(model, keep_io_types=True))

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edgerep.errors import UserError
 from edgerep.backends.tensorrt.gpu import cuda_driver, make_logger, trt_version
+from edgerep.errors import UserError
 
 
 class TensorRTRunner:

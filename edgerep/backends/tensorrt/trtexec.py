@@ -13,8 +13,8 @@ Per version:
 """
 from __future__ import annotations
 
-from edgerep.errors import UserError
 from edgerep.backends.tensorrt.versions import Version, api_features, dla_support, version_str
+from edgerep.errors import UserError
 
 # The ONNX file of the bundle each engine is built from.
 ONNX_FP32, ONNX_FP16, ONNX_QDQ = "model.onnx", "model.fp16.onnx", "model.qdq.onnx"
