@@ -24,24 +24,6 @@ DEFAULT_TARGET = "openvino-cpu"
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("entropy", "minmax", "percentile")
 INT8_MODES = ("calibrate", "qdq")
-# Calibration method when a profile gives none: what each runtime's own tools use by default
-# (TensorRT's IInt8EntropyCalibrator2; ONNX Runtime's quantize_static and NNCF use min/max ranges).
-_DEFAULT_METHOD = {"tensorrt": "entropy", "onnxruntime": "minmax", "openvino": "minmax"}
-
-
-@dataclass(frozen=True)
-class BackendCapabilities:
-    precisions: tuple[str, ...]
-    calib_methods: tuple[str, ...]
-
-
-# What each backend builds and which calibration methods it takes. The backend modules read theirs from
-# here, so a profile is checked without importing the backend (the ground floor imports nothing above).
-BACKEND_CAPABILITIES = {
-    "openvino": BackendCapabilities(("fp32", "fp16", "int8"), ("minmax", "percentile", "entropy")),
-    "onnxruntime": BackendCapabilities(("fp32", "int8"), ("minmax", "entropy", "percentile")),
-    "tensorrt": BackendCapabilities(("fp32", "fp16", "int8"), ("entropy", "minmax", "percentile")),
-}
 # The opsets the TorchScript ONNX exporter can write (export.py uses it).
 MIN_OPSET, MAX_OPSET = 9, 20
 
@@ -77,15 +59,41 @@ class DetectGate:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-# Detect gates for a profile that has no [gates.detect] table (a custom profile written before detectors):
-# fp32 differs from PyTorch by rounding only, so its boxes agree almost exactly; fp16 moves boxes by a fraction
-# of a pixel (the 0.5:0.95 IoU ladder sees it); INT8 is held to the usual PTQ budget of 1 point of labelled mAP.
-DEFAULT_DETECT_GATES: dict[str, DetectGate] = {
-    "fp32": DetectGate(min_map_agreement=0.99, min_map50_agreement=0.99),
-    "fp16": DetectGate(min_map_agreement=0.95, min_map50_agreement=0.97),
-    "int8": DetectGate(min_map_agreement=0.85, min_map50_agreement=0.90, max_labelled_map_drop=1.0),
+@dataclass(frozen=True)
+class GateSchema:
+    """How one gate table of a profile reads: its type, the limits' ranges, and the gates a profile without the
+    table gets (None: the table is required for every listed precision)."""
+
+    cls: type
+    empty: str  # the hint when a table sets nothing
+    ranges: dict[str, tuple[float, float, str]]
+    non_negative: tuple[str, ...]
+    defaults: dict[str, Any] | None = None
+
+
+# [gates.<precision>]: what classify reads, and raw its tensor limits.
+COMMON_GATES = GateSchema(Gate, "set at least min_cosine or min_top1_agreement",
+                          {"min_cosine": (-1.0, 1.0, ""), "min_top1_agreement": (0.0, 100.0, "a percentage, ")},
+                          ("max_abs_err", "max_top1_drop"))
+# [gates.<task>.<precision>]: the tables of tasks with gates of their own (Task.gate_table names its entry).
+# Detect, for a profile without the table (a custom profile written before detectors): fp32 differs from PyTorch
+# by rounding only, so its boxes agree almost exactly; fp16 moves boxes by a fraction of a pixel (the 0.5:0.95
+# IoU ladder sees it); INT8 is held to the usual PTQ budget of 1 point of labelled mAP.
+TASK_GATES: dict[str, GateSchema] = {
+    "detect": GateSchema(
+        DetectGate, "set at least min_map_agreement",
+        {"min_map_agreement": (0.0, 1.0, "an mAP, "), "min_map50_agreement": (0.0, 1.0, "an mAP, "),
+         "min_cosine": (-1.0, 1.0, "")},
+        ("max_labelled_map_drop", "max_box_count_diff", "max_abs_err"),
+        defaults={"fp32": DetectGate(min_map_agreement=0.99, min_map50_agreement=0.99),
+                  "fp16": DetectGate(min_map_agreement=0.95, min_map50_agreement=0.97),
+                  "int8": DetectGate(min_map_agreement=0.85, min_map50_agreement=0.90, max_labelled_map_drop=1.0)}),
 }
-TASK_GATES = ("detect",)  # tasks with gate tables of their own; classify and raw use [gates.<precision>]
+
+
+def task_gate_defaults(table: str) -> dict[str, Any]:
+    """The gates per precision a profile without `[gates.<table>]` gets."""
+    return dict(TASK_GATES[table].defaults or {})
 
 
 @dataclass
@@ -98,7 +106,7 @@ class LatencySettings:
 
 @dataclass
 class TensorRTSettings:
-    version: str  # a version prefix: "8.5" matches 8.5.x, "10" any 10.x (see trt_version_matches)
+    version: str  # a version prefix: "8.5" matches 8.5.x, "10" any 10.x (backends.tensorrt.versions.version_matches)
     jetpack: str | None = None
     workspace_mb: int = 1024
     int8_mode: str = "qdq"  # "calibrate" (calibrator + cache, TRT 8.x-10.x) or "qdq" (Q/DQ ONNX from the host)
@@ -110,7 +118,7 @@ class TensorRTSettings:
 
 @dataclass
 class CalibrationSettings:
-    method: str = "minmax"
+    method: str | None = None  # None: the backend's default (backends.backend_for fills it in)
     num_samples: int = 300
 
 
@@ -123,8 +131,8 @@ class TargetProfile:
     opset: int
     dynamic_batch: bool = False
     latency: LatencySettings = field(default_factory=LatencySettings)
-    gates: dict[str, Gate] = field(default_factory=dict)
-    detect_gates: dict[str, DetectGate] = field(default_factory=dict)  # [gates.detect.<precision>]
+    gates: dict[str, Gate] = field(default_factory=dict)  # [gates.<precision>]
+    task_gates: dict[str, dict[str, Any]] = field(default_factory=dict)  # [gates.<task>.<precision>], per TASK_GATES
     tensorrt: TensorRTSettings | None = None
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     # The CPU instruction set the engine must hold on (CPU backends): "auto" (the machine running edgerep)
@@ -132,12 +140,13 @@ class TargetProfile:
     isa: str = "auto"
     source: Path | None = None
 
-    def gate(self, precision: str, task: str | None = None) -> Gate | DetectGate:
-        """The gate of `precision` for `task`: detect has its own table ([gates.detect.<precision>], or
-        DEFAULT_DETECT_GATES); classify and raw use [gates.<precision>] (raw applies its tensor limits only)."""
-        if task == "detect":
-            return self.detect_gates.get(precision) or DEFAULT_DETECT_GATES.get(precision, DetectGate())
-        return self.gates.get(precision, Gate())
+    def gate(self, precision: str, table: str | None = None) -> Any:
+        """The gate of `precision` in a task's own table (`table`, a key of TASK_GATES: [gates.<table>.*] or its
+        defaults), else in [gates.<precision>]."""
+        if table is None:
+            return self.gates.get(precision, Gate())
+        own = self.task_gates.get(table, {}).get(precision)
+        return own or task_gate_defaults(table).get(precision) or TASK_GATES[table].cls()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for reports and sidecars."""
@@ -146,7 +155,7 @@ class TargetProfile:
             "precisions": list(self.precisions), "opset": self.opset, "dynamic_batch": self.dynamic_batch,
             "latency": vars(self.latency).copy(),
             "gates": {k: g.to_dict() for k, g in self.gates.items()},
-            "detect_gates": {k: g.to_dict() for k, g in self.detect_gates.items()},
+            **{f"{t}_gates": {k: g.to_dict() for k, g in tables.items()} for t, tables in self.task_gates.items()},
             "calibration": vars(self.calibration).copy(),
             "isa": self.isa,
             "source": str(self.source) if self.source else None,
@@ -208,12 +217,6 @@ def _find_target(text: str) -> TargetProfile:
         raise UserError(f"--target {text}: no such target (known: {known}); `edgerep targets` lists them, or pass a .toml path")
     return _load_file(files[text])
 
-
-def trt_version_matches(profile_version: str, installed: str) -> bool:
-    """True when the installed TensorRT version falls under the profile's prefix ("8.5" ~ "8.5.2.2")."""
-    want = [p for p in str(profile_version).split(".") if p]
-    have = str(installed).split(".")
-    return have[: len(want)] == want
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -289,16 +292,13 @@ def parse_profile(data: dict, path: Path) -> TargetProfile:
     if name != path.stem:
         raise c.fail("name", f"{name!r} differs from the file name {path.stem!r}; make them equal")
     description = c.get(data, "description", str, required=True)
-    backend = c.get(data, "backend", str, required=True)
-    backend_precisions, backend_methods = _backend_capabilities(backend, c)
+    backend = c.get(data, "backend", str, required=True)  # checked against the backend by backends.backend_for
 
     precisions = c.get(data, "precisions", list, required=True)
     if not precisions:
         raise c.fail("precisions", "empty; list at least one of " + ", ".join(PRECISIONS))
     for p in precisions:
         c.choice(p, PRECISIONS, "precisions")
-        if p not in backend_precisions:
-            raise c.fail("precisions", f"backend {backend!r} cannot build {p!r} (it builds {', '.join(backend_precisions)})")
     if len(set(precisions)) != len(precisions):
         raise c.fail("precisions", f"listed twice in {precisions!r}")
 
@@ -325,9 +325,14 @@ def parse_profile(data: dict, path: Path) -> TargetProfile:
 
     gate_data = dict(c.table(data.get("gates", {}), "gates"))
     task_tables = {t: c.table(gate_data.pop(t), f"gates.{t}") for t in TASK_GATES if t in gate_data}
-    gates = _parse_gates(c, gate_data, precisions)
-    detect_gates = _parse_detect_gates(c, task_tables["detect"], precisions) if "detect" in task_tables else {
-        p: DEFAULT_DETECT_GATES[p] for p in precisions}
+    unknown = f"unknown precision or task (use {', '.join(PRECISIONS)}, or {', '.join(TASK_GATES)} for a task's own gates)"
+    gates = _gate_tables(c, gate_data, precisions, "gates", COMMON_GATES, unknown=unknown,
+                         missing="every listed precision needs its accuracy gate")
+    task_gates = {t: (_gate_tables(c, task_tables[t], precisions, f"gates.{t}", schema,
+                                   unknown=f"unknown precision (use {', '.join(PRECISIONS)})",
+                                   missing=f"every listed precision needs its {t} gate")
+                      if t in task_tables else {p: g for p, g in (schema.defaults or {}).items() if p in precisions})
+                  for t, schema in TASK_GATES.items()}
 
     trt = None
     if "tensorrt" in data:
@@ -339,10 +344,9 @@ def parse_profile(data: dict, path: Path) -> TargetProfile:
 
     cal_data = c.table(data.get("calibration", {}), "calibration")
     c.no_unknown(cal_data, {"method", "num_samples"}, "calibration.")
-    method = c.get(cal_data, "method", str, "calibration.", default=_DEFAULT_METHOD.get(backend, "minmax"))
-    c.choice(method, CALIB_METHODS, "calibration.method")
-    if backend_methods is not None and method not in backend_methods:
-        raise c.fail("calibration.method", f"backend {backend!r} supports {', '.join(backend_methods)}, not {method!r}")
+    method = c.get(cal_data, "method", str, "calibration.")
+    if method is not None:
+        c.choice(method, CALIB_METHODS, "calibration.method")
     num_samples = c.get(cal_data, "num_samples", int, "calibration.", default=300)
     if num_samples < 1:
         raise c.fail("calibration.num_samples", "must be >= 1")
@@ -354,42 +358,21 @@ def parse_profile(data: dict, path: Path) -> TargetProfile:
 
     return TargetProfile(name=name, description=description, backend=backend, precisions=list(precisions),
                          opset=opset, dynamic_batch=dynamic_batch, latency=latency, gates=gates,
-                         detect_gates=detect_gates, tensorrt=trt,
+                         task_gates=task_gates, tensorrt=trt,
                          calibration=CalibrationSettings(method=method, num_samples=num_samples), isa=isa,
                          source=path)
 
 
-def _backend_capabilities(backend: str, c: _Checker) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
-    """The precisions and calibration methods of a backend, from BACKEND_CAPABILITIES."""
-    if backend not in BACKEND_CAPABILITIES:
-        raise c.fail("backend", f"unknown backend {backend!r} (known: {', '.join(BACKEND_CAPABILITIES)})")
-    caps = BACKEND_CAPABILITIES[backend]
-    return caps.precisions, caps.calib_methods
 
 
-def _parse_gates(c: _Checker, data: dict, precisions: list[str]) -> dict[str, Gate]:
-    """[gates.<precision>]: the classify gates (and raw's tensor limits)."""
-    unknown = f"unknown precision or task (use {', '.join(PRECISIONS)}, or {', '.join(TASK_GATES)} for a task's own gates)"
-    return _gate_tables(c, data, precisions, "gates", Gate, unknown=unknown,
-                        missing="every listed precision needs its accuracy gate",
-                        empty="set at least min_cosine or min_top1_agreement",
-                        ranges={"min_cosine": (-1.0, 1.0, ""), "min_top1_agreement": (0.0, 100.0, "a percentage, ")},
-                        non_negative=("max_abs_err", "max_top1_drop"))
 
 
-def _parse_detect_gates(c: _Checker, data: dict, precisions: list[str]) -> dict[str, DetectGate]:
-    """[gates.detect.<precision>]: every listed precision needs one, as for [gates.<precision>]."""
-    return _gate_tables(c, data, precisions, "gates.detect", DetectGate,
-                        unknown=f"unknown precision (use {', '.join(PRECISIONS)})",
-                        missing="every listed precision needs its detect gate", empty="set at least min_map_agreement",
-                        ranges={"min_map_agreement": (0.0, 1.0, "an mAP, "), "min_map50_agreement": (0.0, 1.0, "an mAP, "),
-                                "min_cosine": (-1.0, 1.0, "")},
-                        non_negative=("max_labelled_map_drop", "max_box_count_diff", "max_abs_err"))
 
 
-def _gate_tables(c: _Checker, data: dict, precisions: list[str], where: str, cls: type, *, unknown: str, missing: str,
-                 empty: str, ranges: dict[str, tuple[float, float, str]], non_negative: tuple[str, ...]) -> dict[str, Any]:
+def _gate_tables(c: _Checker, data: dict[str, Any], precisions: list[str], where: str, schema: GateSchema, *,
+                 unknown: str, missing: str) -> dict[str, Any]:
     """One gate table per listed precision (`where`.<precision>), each field a float checked against its range."""
+    cls, empty, ranges, non_negative = schema.cls, schema.empty, schema.ranges, schema.non_negative
     for key in data:
         if key not in PRECISIONS:
             raise c.fail(f"{where}.{key}", unknown)

@@ -83,10 +83,18 @@ def test_gates_against_a_degenerate_reference_are_not_a_verdict(tmp_path):
     pytest.importorskip("torchvision")
     info, ref = reference_of("torchvision.models:mobilenet_v3_small")
 
-    class TorchRunner:
+    class TorchRunner:  # the PyTorch model itself behind the runner contract
         def run(self, batch):
             with torch.no_grad():
                 return info.module(torch.from_numpy(batch)).numpy()
+
+        def run_all(self, batch):
+            return [self.run(batch)]
+
+        def latency(self, batch, warmup, iterations):
+            from edgerep.backends.common import time_calls
+
+            return time_calls(lambda: self.run(batch), warmup, iterations)
 
     result = validate_runner(TorchRunner(), ref, engine_batch=4, gate={"min_cosine": 0.98, "min_top1_agreement": 95},
                              latency_batches=[1], warmup=0, iterations=2, dynamic_batch=True)

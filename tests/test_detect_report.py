@@ -17,9 +17,10 @@ from edgerep.data.detect_source import DetectionSource
 from edgerep.data.detections import Detections
 from edgerep.data.sources import open_data, preprocess_for
 from edgerep.models.specs import ModelInfo
-from edgerep.pipeline.report import DETECT_ACCURACY_KEYS, engine_entry, latency_accuracy_figure, normalize, write_report
+from edgerep.pipeline.report import engine_entry, latency_accuracy_figure, normalize, write_report
 from edgerep.tasks.detect import agreement, detection_map
 from edgerep.tasks.detect_pictures import COLUMN_COLOURS, detection_pictures
+from edgerep.tasks.detect_task import DETECT_ACCURACY_KEYS
 
 
 def _val_source(tmp_path: Path, n: int = 6) -> DetectionSource:

@@ -234,7 +234,10 @@ def test_search_on_openvino_compares_with_nncf_accuracy_control(setup, tmp_path)
     result = search(backend=get_backend("openvino"), onnx_path=setup["onnx"]["blown"],
                     profile=load_target("openvino-cpu"), calib=setup["calib"], reference=setup["reference"],
                     max_drop=0.3, work_dir=tmp_path / "search",
-                    base_options={"calib_method": "minmax", "num_samples": CALIB_N}, module_names=setup["names"])
+                    # NNCF's fast bias correction pinned: on CPUs without VNNI its full bias correction alone meets
+                    # this budget (0.28 pt), and this test is about the float-layer search and NNCF's answer to it
+                    base_options={"calib_method": "minmax", "num_samples": CALIB_N, "bias_correction": "fast"},
+                    module_names=setup["names"])
     assert result.chosen.meets(0.3)
     assert result.chosen.float_layers == [B] == result.chosen.engine_float_layers
     assert result.nncf is not None and "float_layers" in result.nncf  # NNCF's answer, read from its own model

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from edgerep.backends import backend_for
+from edgerep.backends.tensorrt.versions import version_matches as trt_version_matches
 from edgerep.errors import UserError
-from edgerep.targets import DEFAULT_TARGET, list_targets, load_target, targets_dirs, trt_version_matches
+from edgerep.targets import DEFAULT_TARGET, list_targets, load_target, targets_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = {"openvino-cpu", "onnxruntime-cpu", "openvino-avx2", "onnxruntime-avx2", "tensorrt", "jetson-nano",
@@ -87,7 +89,8 @@ BAD = [
     ('opset = 17', 'opset = 5', "opset: 5 is outside"),
     ('opset = 17\n', '', "opset: missing required field"),
     ('description = "a test profile"\n', '', "description: missing required field"),
-    ('["fp32", "int8"]', '["fp32", "fp16", "int8"]', "precisions: backend 'onnxruntime' cannot build 'fp16'"),
+    ('["fp32", "int8"]\nopset = 17\n[gates.fp32]', '["fp32", "fp16", "int8"]\nopset = 17\n[gates.fp16]\nmin_cosine = 0.99\n[gates.fp32]',
+     "precisions: backend 'onnxruntime' cannot build 'fp16'"),
     ('["fp32", "int8"]', '["fp64"]', "precisions: 'fp64' is not one of"),
     ('[gates.int8]\nmin_cosine = 0.98', '', "gates.int8: missing"),
     ('min_cosine = 0.98', 'min_cosine = 0.98\nmin_top1_agreement = 120', "gates.int8.min_top1_agreement"),
@@ -110,7 +113,7 @@ def test_bad_profiles_name_file_and_field(tmp_path, old, new, expected):
     path = tmp_path / "mine.toml"
     path.write_text(text.replace(old, new, 1))
     with pytest.raises(UserError) as err:
-        load_target(str(path))
+        backend_for(load_target(str(path)))  # the schema on load; what its backend can do when they meet
     message = err.value.message
     assert str(path) in message and expected in message
     assert "\n" not in message
@@ -120,6 +123,8 @@ def test_good_custom_profile_and_name_mismatch(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text(GOOD.format(name="mine"))
     prof = load_target(str(path))
+    assert prof.calibration.method is None  # no method given: the backend's default, filled in by backend_for
+    assert backend_for(prof).name == "onnxruntime"
     assert prof.name == "mine" and prof.calibration.method == "minmax" and prof.calibration.num_samples == 300
     assert prof.latency.batch_sizes == [1] and prof.dynamic_batch is False
     other = tmp_path / "other.toml"

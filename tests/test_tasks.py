@@ -17,7 +17,9 @@ from edgerep.data.detections import Detections  # noqa: E402
 from edgerep.errors import UserError  # noqa: E402
 from edgerep.models.specs import ModelInfo  # noqa: E402
 from edgerep.quant.evaluate import drop_of, drop_unit, score, subset_view, value_of  # noqa: E402
-from edgerep.targets import DEFAULT_DETECT_GATES, DetectGate, load_target, parse_profile  # noqa: E402
+from edgerep.targets import DetectGate, load_target, parse_profile, task_gate_defaults  # noqa: E402
+
+DEFAULT_DETECT_GATES = task_gate_defaults("detect")
 from edgerep.tasks import choose_task, get_task, infer_task  # noqa: E402
 from edgerep.validate.engine import Reference, compute_reference, score_outputs  # noqa: E402
 
@@ -204,7 +206,7 @@ def test_compute_reference_keeps_every_output_and_per_sample_labels():
 
 def _profile(tmp_path: Path, extra: str) -> str:
     base = (Path(__file__).resolve().parents[1] / "targets" / "onnxruntime-cpu.toml").read_text()
-    base = base[:base.index("# Detectors (task detect)")]
+    base = base[:base.index("[gates.detect")]
     return base + extra
 
 
@@ -230,7 +232,7 @@ def test_every_shipped_profile_has_detect_gates_and_old_profiles_get_defaults(tm
 
     for name in ("openvino-cpu", "onnxruntime-cpu", "tensorrt", "jetson-orin-nano", "jetson-nano"):
         prof = load_target(name)
-        assert set(prof.detect_gates) == set(prof.precisions), name
+        assert set(prof.task_gates["detect"]) == set(prof.precisions), name
         assert prof.gate(prof.precisions[0], "detect").min_map_agreement >= 0.95
         assert prof.gate(prof.precisions[0]).min_cosine is not None  # classify gates unchanged
     assert load_target("openvino-cpu").gate("int8", "detect").max_labelled_map_drop == 1.0

@@ -6,10 +6,14 @@ never breaks the CLI for the others.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from edgerep.backends.base import Backend, Runner
+from edgerep.backends.base import Backend, Capabilities, Runner
 from edgerep.errors import UserError
 from edgerep.files.artifacts import Artifact
+
+if TYPE_CHECKING:
+    from edgerep.targets import TargetProfile
 
 # name -> the module whose `BACKEND` object implements the contract. The one list of backends.
 REGISTRY: dict[str, str] = {
@@ -32,4 +36,31 @@ def get_backend(name: str) -> Backend:
     return backend
 
 
-__all__ = ["REGISTRY", "Artifact", "Backend", "Runner", "backend_names", "get_backend"]
+def backends_taking(option: str) -> list[Backend]:
+    """The registered backends whose build takes `option`."""
+    return [b for b in map(get_backend, REGISTRY) if option in b.capabilities.options]
+
+
+def backend_for(profile: TargetProfile) -> Backend:
+    """The backend of a target profile, with the profile checked against what that backend can do (a profile is
+    plain data and knows no backend): its precisions and calibration method. A profile that names no method gets
+    the backend's default (what the runtime's own tools use). Errors name the profile file and the field."""
+    where = profile.source or profile.name
+    if profile.backend not in REGISTRY:
+        raise UserError(f"{where}: backend: unknown backend {profile.backend!r} (known: {', '.join(REGISTRY)}); "
+                        f"fix the profile")
+    backend = get_backend(profile.backend)
+    caps = backend.capabilities
+    for p in profile.precisions:
+        if p not in caps.precisions:
+            raise UserError(f"{where}: precisions: backend {backend.name!r} cannot build {p!r} (it builds "
+                            f"{', '.join(caps.precisions)}); fix the profile")
+    if profile.calibration.method is None:
+        profile.calibration.method = caps.default_calib_method
+    elif profile.calibration.method not in caps.calib_methods:
+        raise UserError(f"{where}: calibration.method: backend {backend.name!r} supports "
+                        f"{', '.join(caps.calib_methods)}, not {profile.calibration.method!r}; fix the profile")
+    return backend
+
+
+__all__ = ["REGISTRY", "Artifact", "Backend", "Capabilities", "Runner", "backend_for", "backend_names", "get_backend"]

@@ -1,25 +1,49 @@
-"""The contract every backend keeps.
+"""The contract every backend keeps: the whole interface is here, so nothing looks members up by reflection.
 
-A backend module `edgerep/backends/<name>.py` defines `BACKEND`, an object with:
-  name: str                         e.g. "openvino"
-  precisions: tuple[str, ...]       what it can build, from ("fp32", "fp16", "int8")
-  available() -> str | None         None when usable, else the reason (e.g. "openvino is not installed;
-                                    pip install 'edgerep[openvino]'"). Must not raise.
+A backend is an object registered in backends/__init__.py's REGISTRY (its adapter module's `BACKEND`) with:
+  name            e.g. "openvino"
+  capabilities    what it builds and takes (Capabilities below): precisions, calibration methods, build
+                  options, whether it builds without its runtime (TensorRT: a device bundle), the packages whose
+                  versions key its engines, and the Q/DQ placement that predicts its INT8 engine
+  available()     None when usable, else the reason ("openvino is not installed; pip install ..."); never raises
   build(onnx_path, precision, *, out_dir, profile, calib=None, options=None) -> Artifact
-                                    builds one engine from the simplified ONNX; writes it atomically
-                                    (temporary name, then rename) with a sidecar JSON beside it.
-  load(artifact) -> Runner          an object that runs the engine on NCHW float32 numpy batches: `run` (the
-                                    first output), `run_all` (every output, ONNX order), `output_names`.
+                  one engine from the simplified ONNX, written atomically with a sidecar JSON beside it
+  load(artifact) -> Runner
+                  a context manager that runs the engine on NCHW float32 numpy batches
 Heavy imports (openvino, onnxruntime, tensorrt, nncf) happen inside these methods, never at import.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from edgerep.files.artifacts import Artifact  # noqa: F401 (part of the contract)
+from edgerep.files.artifacts import Artifact
+
+if TYPE_CHECKING:
+    from edgerep.targets import TargetProfile
+
+# Options every CPU backend's build takes; each backend lists its own on top in its Capabilities.
+COMMON_OPTIONS = frozenset({"ignored_nodes", "calib_method", "num_samples"})
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    title: str  # the runtime's name in messages ("ONNX Runtime")
+    precisions: tuple[str, ...]  # what it can build, from targets.PRECISIONS
+    calib_methods: tuple[str, ...]  # INT8 calibration methods, the default first
+    options: frozenset[str]  # the build options it accepts
+    packages: tuple[str, ...]  # distributions whose versions are part of its engines' cache key
+    qdq_style: str  # the Q/DQ placement (quant.qdq.STYLES) whose ONNX Runtime run predicts its INT8 engine
+    install: str  # what to install when its runtime is missing
+    offline_build: bool = False  # build() works without the runtime (it prepares what the device builds)
+
+    @property
+    def default_calib_method(self) -> str:
+        return self.calib_methods[0]
 
 
 @runtime_checkable
@@ -33,16 +57,36 @@ class Runner(Protocol):
     def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one NCHW float32 batch; returns every output as float32, in `output_names` order."""
 
+    def latency(self, batch: np.ndarray, warmup: int, iterations: int) -> list[float]:
+        """Milliseconds per inference of `batch`, after `warmup` untimed ones, by the runtime's best clock."""
+
     def close(self) -> None: ...
+
+    def __enter__(self) -> Runner: ...
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None: ...
+
+
+class RunnerBase:
+    """What every runner shares: `with backend.load(artifact) as runner:` closes it on the way out."""
+
+    def close(self) -> None:  # pragma: no cover - each runner frees its own session
+        raise NotImplementedError
+
+    def __enter__(self) -> RunnerBase:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
 
 class Backend(Protocol):
     name: str
-    precisions: tuple[str, ...]
+    capabilities: Capabilities
 
     def available(self) -> str | None: ...
 
-    def build(self, onnx_path: Path, precision: str, *, out_dir: Path, profile: Any, calib: Any = None,
+    def build(self, onnx_path: Path, precision: str, *, out_dir: Path, profile: TargetProfile, calib: Any = None,
               options: dict[str, Any] | None = None) -> Artifact: ...
 
     def load(self, artifact: Artifact) -> Runner: ...

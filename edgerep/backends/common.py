@@ -8,33 +8,33 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from edgerep.backends.base import Backend
 from edgerep.cpu.isa import target_isa
-from edgerep.data.sources import batches_reader, calib_batch_count, sample_batches  # noqa: F401 (re-exported)
 from edgerep.errors import UserError
 from edgerep.files.artifacts import companion_files, package_versions, sha256_files
-from edgerep.files.onnx_files import onnx_input, onnx_node_names  # noqa: F401 (re-exported)
-
-# Options every CPU backend takes; each backend module adds its own in its KNOWN_OPTIONS.
-COMMON_OPTIONS = {"ignored_nodes", "calib_method", "num_samples"}
+from edgerep.files.onnx_files import onnx_input, onnx_node_names
 
 
-def require_precision(backend: Any, precision: str) -> None:
-    if precision not in backend.precisions:
-        raise UserError(f"--precision {precision}: the {backend.name} backend builds {', '.join(backend.precisions)}; "
+def require_precision(backend: Backend, precision: str) -> None:
+    built = backend.capabilities.precisions
+    if precision not in built:
+        raise UserError(f"--precision {precision}: the {backend.name} backend builds {', '.join(built)}; "
                         f"pick one of those or a target whose backend builds {precision}")
 
 
-def require_available(backend: Any) -> None:
+def require_available(backend: Backend) -> None:
     reason = backend.available()
     if reason is not None:
         raise UserError(reason)
 
 
-def check_options(options: dict | None, backend_name: str, known: set[str]) -> dict:
+def check_options(options: dict[str, Any] | None, backend: Backend) -> dict[str, Any]:
+    """The build options, each one the backend takes (Capabilities.options)."""
     options = dict(options or {})
+    known = backend.capabilities.options
     unknown = sorted(set(options) - known)
     if unknown:
-        raise UserError(f"{backend_name} build options: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        raise UserError(f"{backend.name} build options: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     return options
 
 
@@ -57,10 +57,11 @@ def check_ignored_nodes(onnx_path: Path, names: list[str] | None) -> list[str]:
     return names
 
 
-def calib_settings(profile: Any, options: dict, default_method: str, methods: tuple[str, ...]) -> tuple[str, int]:
+def calib_settings(profile: Any, options: dict[str, Any], backend: Backend) -> tuple[str, int]:
     """(method, number of samples): options override the profile, which overrides the backend default."""
     cal = getattr(profile, "calibration", None)
-    method = options.get("calib_method") or (cal.method if cal is not None else default_method)
+    methods = backend.capabilities.calib_methods
+    method = options.get("calib_method") or (cal.method if cal is not None else None) or methods[0]
     if method not in methods:
         raise UserError(f"--calib-method {method}: not one of {', '.join(methods)}")
     num = options.get("num_samples") or (cal.num_samples if cal is not None else 300)

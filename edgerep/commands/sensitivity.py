@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerep.errors import UserError
+from edgerep.tasks import task_named
 
 
 def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str | None = None,
@@ -25,6 +26,7 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
     """Run the analysis; returns the exit code (0)."""
     import torch
 
+    from edgerep.backends import backend_for
     from edgerep.export.pipeline import export_pipeline
     from edgerep.files.artifacts import write_json_atomic
     from edgerep.fuse import fuse
@@ -32,7 +34,7 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
     from edgerep.quant.evaluate import drop_unit
     from edgerep.quant.layers import module_names_of
     from edgerep.quant.plot import plot_sensitivity
-    from edgerep.quant.qdq import METHODS, style_for_backend, weights_for
+    from edgerep.quant.qdq import METHODS, weights_for
     from edgerep.quant.ranges import range_stats
     from edgerep.quant.sensitivity import calibration_study, layer_sensitivity
     from edgerep.targets import load_target
@@ -41,10 +43,11 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
 
     t0 = time.perf_counter()
     profile = load_target(target, isa=isa)
-    method = calib_method or getattr(profile.calibration, "method", "minmax")
+    style = backend_for(profile).capabilities.qdq_style
+    method = calib_method or profile.calibration.method or "minmax"
     if method not in METHODS:
         raise UserError(f"--calib-method {method}: not one of {', '.join(METHODS)}")
-    num = calib_samples or getattr(profile.calibration, "num_samples", 300)
+    num = calib_samples or profile.calibration.num_samples
     if num < 1:
         raise UserError(f"--calib-samples {num}: must be a positive integer")
     if top < 1:
@@ -65,10 +68,9 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
     onnx_path = Path(exported.sim_path)
     names = module_names_of(fused.model) | module_names_of(info.module)
     reference = compute_reference(info.module, val_source, limit=val_samples, task=scorer)
-    if reference.task == "raw":
-        _say(console, f"task raw ({reference.scorer.note or 'tensor metrics only'}): sensitivity is reported as "
-                      f"output noise only")
-    style = style_for_backend(profile.backend)
+    if not reference.scorer.can_budget(reference):
+        _say(console, f"task {reference.task} ({reference.scorer.note or 'tensor metrics only'}): sensitivity is "
+                      f"reported as output noise only")
     work = output / ".work"
     try:
         _say(console, f"measuring each layer ({style} Q/DQ placement, {method} calibration, {num} samples)")
@@ -150,8 +152,7 @@ def _print_tables(out: Any, result: dict[str, Any], top: int) -> None:
     sens = result["sensitivity"]
     a = sens["all_int8"]
     ref = result["reference"]
-    ref_text = (f"reference labelled mAP {_fmt(ref.get('labelled_map'), '.4f')}" if result.get("task") == "detect"
-                else f"reference top-1 {_fmt(ref.get('top1'), '.2f')}%")
+    ref_text = task_named(result.get("task")).reference_text(ref)
     out.print(f"all layers INT8: NSR {a['nsr']:.2e}, cosine {a['cosine']:.5f}, drop {_fmt(a['drop'], '.2f')} "
               f"({result.get('drop_unit')}); {ref_text}", highlight=False)
     table = Table(title=f"most sensitive layers (top {top})", box=box.SIMPLE_HEAD)

@@ -5,8 +5,6 @@ from pathlib import Path
 from typing import Any
 
 from edgerep.errors import UserError
-from edgerep.tasks.base import NEAR_CONSTANT_ABS, NEAR_CONSTANT_REL, UNTRAINED_HINT  # noqa: F401
-from edgerep.tasks.classify import MIN_SAMPLES_FOR_TOP1_CHECK, accuracy_metrics, degenerate_reference  # noqa: F401
 from edgerep.validate.engine import check_on_target_isa, compute_reference, gate_to_dict, isa_warnings, task_gate, validate_runner
 
 
@@ -75,13 +73,10 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     gate = task_gate(profile, artifact.precision, reference)
     dynamic = bool(engine_shape) and engine_shape[0] is None
     engine_batch = val_batch if dynamic else int((engine_shape or shape)[0] or 1)
-    runner = backend.load(artifact)
-    try:
+    with backend.load(artifact) as runner:
         result = validate_runner(runner, reference, engine_batch=engine_batch, gate=gate,
                                  latency_batches=list(profile.latency.batch_sizes), warmup=profile.latency.warmup,
                                  iterations=profile.latency.iterations, dynamic_batch=dynamic)
-    finally:
-        runner.close()
     if target_isa_name is not None:
         check_on_target_isa(result, artifact, reference, target=target_isa_name, engine_batch=engine_batch,
                             gate=gate)

@@ -10,6 +10,7 @@ from typing import Any
 
 from edgerep.backends.tensorrt.host import engine_precision
 from edgerep.errors import UserError
+from edgerep.tasks import task_named
 
 
 def load_engine_runner(engine: Path, bundle: Any) -> tuple[Any, dict[str, Any] | None, str]:
@@ -89,7 +90,7 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
     if not engine.is_file() and not engine.is_absolute() and (b.path / engine).is_file():
         engine = b.path / engine  # `--bundle DIR --engine model.onnx`: the engine's name inside the bundle
     runner, side, runtime = load_engine_runner(engine, b)
-    try:
+    with runner:
         require_outputs(runner, names, engine)
         prec = precision or engine_precision(b, Path(engine), side)
         task = (b.manifest.get("reference") or {}).get("task")
@@ -106,8 +107,6 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
                                       latency_batches=[engine_batch], warmup=int(lat.get("warmup", 10)),
                                       iterations=int(lat.get("iterations", 50)),
                                       dynamic_batch=bool(b.manifest["profile"].get("dynamic_batch"))))
-    finally:
-        runner.close()
     if side:
         record["sidecar"] = {k: side.get(k) for k in ("trt_version", "gpu_name", "compute_capability", "precision",
                                                        "dla_layers", "gpu_fallback_layers") if k in side}
@@ -120,14 +119,8 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
         acc, latency = record["accuracy"], record["latency_ms"]
         out.print(f"{engine} ({runtime}, {prec}) vs the bundle reference ({ref.shape[0]} samples, unfused PyTorch):",
                   highlight=False)
-        if acc.get("task") == "detect":
-            out.print(f"  agreement mAP@0.5:0.95 {acc['map_agreement']:.4f} (@0.5 {acc['map50_agreement']:.4f}), "
-                      f"boxes {acc.get('boxes_engine')}/{acc.get('boxes_ref')}, max abs err {acc['max_abs_err']:.3g}",
-                      highlight=False)
-        else:
-            out.print(f"  max abs err {acc['max_abs_err']:.3g}, cosine {acc['cosine']:.6f}, top-1 agreement "
-                      f"{_pct(acc.get('top1_agreement'))}" + (f", top-1 {_pct(acc.get('top1'))} (reference "
-                      f"{_pct(acc.get('ref_top1'))})" if acc.get("top1") is not None else ""), highlight=False)
+        for line in task_named(acc.get("task")).console_lines(acc):
+            out.print(line, highlight=False)
         for item in acc.get("outputs") or []:
             if len(acc["outputs"]) > 1:
                 out.print(f"  output {item['name']} {item.get('shape')}: max abs err {item['max_abs_err']:.3g}, "
@@ -144,13 +137,8 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
 
 
 def _task_gates(profile: dict[str, Any], task: str | None) -> dict[str, Any]:
-    """The profile's gates for the bundle's task: a detector's `[gates.detect.*]` (the shipped defaults where the
-    profile has none), else the classify/tensor gates."""
-    if task == "detect":
-        from edgerep.targets import DEFAULT_DETECT_GATES
-
-        return profile.get("detect_gates") or {k: g.to_dict() for k, g in DEFAULT_DETECT_GATES.items()}
-    return profile.get("gates") or {}
+    """The bundle profile's gates for the bundle's task (Task.bundle_gates)."""
+    return task_named(task).bundle_gates(profile)
 
 
 def _reference(cls: Any, ref: Any, refs: list[Any], names: list[str], labels: Any, source: Any,
@@ -178,7 +166,3 @@ def require_outputs(runner: Any, names: list[str], engine: Path) -> None:
                             f"build it from this bundle's ONNX")
         raise UserError(f"--engine {engine}: its outputs {have} come in another order than the bundle "
                         f"reference's {names}; build it from this bundle's ONNX")
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{value:.2f}%"

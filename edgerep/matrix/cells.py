@@ -98,8 +98,8 @@ class Matrix:
 
 def load_matrix(path: Path | str) -> Matrix:
     """Parse and validate a matrix file; every problem is one UserError naming the file and the key."""
-    from edgerep.pipeline.stages import VALID_PRECISIONS
-    from edgerep.targets import BACKEND_CAPABILITIES, load_target
+    from edgerep.backends import backend_for
+    from edgerep.targets import PRECISIONS, load_target
 
     path = Path(path)
     if not path.is_file() and path.parent.name == "examples" and _shipped_example(path.name) is not None:
@@ -126,8 +126,8 @@ def load_matrix(path: Path | str) -> Matrix:
         if not isinstance(asked, list) or not asked or not all(isinstance(p, str) for p in asked):
             raise fail("precisions", 'a list like ["fp32", "int8"]')
         for i, p in enumerate(asked):
-            if p.lower() not in VALID_PRECISIONS:
-                raise fail(f"precisions[{i}]", f"{p!r} is not a precision; use {', '.join(VALID_PRECISIONS)}")
+            if p.lower() not in PRECISIONS:
+                raise fail(f"precisions[{i}]", f"{p!r} is not a precision; use {', '.join(PRECISIONS)}")
         asked = list(dict.fromkeys(p.lower() for p in asked))
     ray = data.get("ray", {})
     if not isinstance(ray, dict):
@@ -174,14 +174,14 @@ def load_matrix(path: Path | str) -> Matrix:
     cells = []
     for name, options in models:
         for arg, profile in profiles:
-            can = [p for p in profile.precisions if p in BACKEND_CAPABILITIES[profile.backend].precisions]
+            can = [p for p in profile.precisions if p in backend_for(profile).capabilities.precisions]
             chosen = [p for p in (asked or can) if p in can]
             cells.append(Cell(model=name, target=profile.name, target_arg=arg, backend=profile.backend,
                               precisions=chosen, unsupported=[p for p in (asked or []) if p not in can],
                               options=options))
     if asked and not any(c.precisions for c in cells):
         raise fail("precisions", f"none of the targets builds {', '.join(asked)}")
-    union = [p for p in VALID_PRECISIONS if any(p in c.precisions or p in c.unsupported for c in cells)]
+    union = [p for p in PRECISIONS if any(p in c.precisions or p in c.unsupported for c in cells)]
     return Matrix(path=path, models=[n for n, _ in models], targets=names, precisions=union, cells=cells,
                   ray={k: float(v) for k, v in ray.items()})
 

@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgerep.tasks import task_named
+
 SCHEMA_VERSION = 1
 ACCURACY_KEYS = ("cosine", "top1_agreement", "top1", "top1_drop", "max_abs_err", "task", "map_agreement",
                  "labelled_map", "labelled_map_drop")
@@ -25,17 +27,8 @@ FAILED_STATUSES = ("failed", "error", "crashed")
 
 
 def key_metric(accuracy: dict[str, Any]) -> dict[str, Any]:
-    if accuracy.get("labelled_map_drop") is not None:  # detectors: points of mAP@0.5:0.95
-        return {"name": "labelled_map_drop", "value": accuracy["labelled_map_drop"], "unit": "pp"}
-    if accuracy.get("map_agreement") is not None:
-        return {"name": "map_disagreement", "value": 100.0 * (1.0 - accuracy["map_agreement"]), "unit": "pp"}
-    if accuracy.get("top1_drop") is not None:
-        return {"name": "top1_drop", "value": accuracy["top1_drop"], "unit": "pp"}
-    if accuracy.get("top1_agreement") is not None:
-        return {"name": "top1_disagreement", "value": 100.0 - accuracy["top1_agreement"], "unit": "pp"}
-    if accuracy.get("cosine") is not None:
-        return {"name": "cosine_loss", "value": 100.0 * (1.0 - accuracy["cosine"]), "unit": "pp"}
-    return {"name": None, "value": None, "unit": "pp"}
+    """The heat map's figure of one engine, as its task reads it (tasks.base.Task.key_metric)."""
+    return task_named(accuracy.get("task")).key_metric(accuracy)
 
 
 def cell_records(cell: Any, outcome: dict[str, Any], out_dir: Path, cell_dir: Path) -> list[dict[str, Any]]:

@@ -94,7 +94,7 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
     info = loaded.info
     task = stages.task_stage(log, info, task=opts.task, score_threshold=opts.score_threshold,
                              iou_threshold=opts.iou_threshold)
-    if opts.max_drop is not None and task.name == "raw" and "int8" in precisions:
+    if opts.max_drop is not None and not task.has_accuracy and "int8" in precisions:
         raise UserError(f"--max-drop {opts.max_drop:g}: {info.spec} is validated as raw tensors ({task.note or 'no task'}), "
                         f"so there is no accuracy to budget; pass --task classify|detect or drop --max-drop")
     data = stages.data_stage(log, info, calib=opts.calib, val=opts.val, need_calib="int8" in precisions,
@@ -138,7 +138,7 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
 
     for precision in precisions:
         artifact, record = artifacts[precision], engine_records[precision]
-        record["gate"] = gate_to_dict(profile.gate(precision, reference.task))
+        record["gate"] = gate_to_dict(reference.scorer.gate(profile, precision))
         if artifact.status != "ok":
             continue
         stages.validate_stage(log, backend, artifact, record, reference, profile, precision,
@@ -153,7 +153,7 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
     # TensorRT adds rows once the reference exists: the INT8 Q/DQ model run in ONNX Runtime as a prediction of
     # the device engine, and the reference written into the device bundle.
     extra_records: list[dict[str, Any]] = []
-    if backend.name == "tensorrt":
+    if backend.capabilities.offline_build:
         from edgerep.pipeline.tensorrt_finish import finish_offline
 
         with log.stage("finish", f"{backend.name}: predictions and device bundle") as st:
@@ -162,7 +162,7 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
                                      for r in extra_records) or "done"
 
     pictures = None
-    if getattr(reference, "task", info.task) == "detect":  # the boxes picture (datarep hook; edgerep.pipeline.pictures)
+    if reference.scorer.draws_pictures:  # a detector's boxes per engine (pipeline.pictures)
         from edgerep.pipeline.pictures import pictures_stage
 
         pictures = pictures_stage(log, backend, artifacts, reference, info, profile, out_dir)

@@ -63,7 +63,8 @@ def _draw(backend: Any, artifacts: Mapping[str, Any], reference: Any, info: Any,
         if getattr(artifact, "status", None) != "ok" or getattr(artifact, "path", None) is None:
             continue  # failed, or built on the device (TensorRT): nothing to run here
         try:
-            engines[f"{backend.name} {precision}"] = _run_each(backend.load(artifact), inputs, static_batch)
+            with backend.load(artifact) as runner:
+                engines[f"{backend.name} {precision}"] = _run_each(runner, inputs, static_batch)
         except Exception:  # an engine that crashes here crashed in validation too, where its record says so
             continue
     if not engines:
@@ -77,11 +78,7 @@ def _draw(backend: Any, artifacts: Mapping[str, Any], reference: Any, info: Any,
 def _run_each(runner: Any, inputs: np.ndarray, static_batch: int) -> np.ndarray:
     """The engine's first output on each input alone (repeated to a fixed-batch engine's batch, then cut)."""
     outs = []
-    try:
-        for x in inputs:
-            xb = np.ascontiguousarray(np.repeat(x[None], static_batch, axis=0), dtype=np.float32)
-            result = runner.run_all(xb) if hasattr(runner, "run_all") else [runner.run(xb)]
-            outs.append(np.asarray(result[0], dtype=np.float32)[:1])
-    finally:
-        runner.close()
+    for x in inputs:
+        xb = np.ascontiguousarray(np.repeat(x[None], static_batch, axis=0), dtype=np.float32)
+        outs.append(np.asarray(runner.run_all(xb)[0], dtype=np.float32)[:1])
     return np.concatenate(outs)

@@ -11,7 +11,7 @@ report.json, schema version 1 (keys below are always present; more may be added,
              TensorRT device bundle), or null in reports written before it existed.
   reference.degenerate: one line when the reference outputs carry no signal (then every engine's passed is
              null, its reason says the gates are not meaningful, and gate_check keeps what they said).
-  detectors (accuracy.task "detect"): accuracy also has DETECT_ACCURACY_KEYS (agreement mAP@0.5 and @0.5:0.95
+  detectors (accuracy.task "detect"): accuracy also has tasks.detect_task.DETECT_ACCURACY_KEYS (agreement mAP@0.5 and @0.5:0.95
              with the reference's detections, 0..1; box counts; with labels labelled mAP and its drop in points)
              and `outputs` (per-output tensor errors); report.md shows them, the plot is agreement mAP vs latency.
   optional: fuse, export, stages, versions, created, pictures ({detections: PNG file name beside report.md,
@@ -25,19 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from edgerep.pipeline.recommend import format_recommendation, p50_at
+from edgerep.tasks import task_named
+from edgerep.tasks.base import Task, engine_verdict, fmt
 
 SCHEMA_VERSION = 1
 ENGINE_KEYS = ("backend", "precision", "path", "status", "accuracy", "latency_ms", "throughput_ips", "passed", "reason")
 ACCURACY_KEYS = ("max_abs_err", "cosine", "top1_agreement", "top1", "top1_drop")
-# A detector's accuracy record (accuracy.task == "detect"; TEAM.md's shared contract) has these too.
-DETECT_ACCURACY_KEYS = ("map50_agreement", "map_agreement", "box_count_diff", "boxes_ref", "boxes_engine",
-                        "labelled_map50", "labelled_map", "ref_labelled_map50", "ref_labelled_map", "labelled_map_drop")
 
 
-def is_detect_report(report: dict[str, Any]) -> bool:
-    """Whether the report is a detector's: its reference or any engine's accuracy says task "detect"."""
-    return (report.get("reference") or {}).get("task") == "detect" or any(
-        (e.get("accuracy") or {}).get("task") == "detect" for e in report.get("engines", []))
+def report_task(report: dict[str, Any]) -> Task:
+    """The task whose view the report takes: its reference's, else an engine's accuracy record's (classify when
+    neither says)."""
+    names = [(report.get("reference") or {}).get("task")] + [(e.get("accuracy") or {}).get("task")
+                                                             for e in report.get("engines", [])]
+    return task_named(next((n for n in names if n), None))
 
 
 def engine_entry(backend: str, precision: str, *, path: str | None = None, status: str = "ok",
@@ -71,8 +72,7 @@ def normalize(report: dict[str, Any]) -> dict[str, Any]:
         full = engine_entry(eng.get("backend", "?"), eng.get("precision", "?"))
         full.update(eng)
         acc = {k: None for k in ACCURACY_KEYS}
-        if (full.get("accuracy") or {}).get("task") == "detect":
-            acc.update({k: None for k in DETECT_ACCURACY_KEYS})
+        acc.update({k: None for k in task_named((full.get("accuracy") or {}).get("task")).accuracy_keys})
         acc.update(full.get("accuracy") or {})
         full["accuracy"] = acc
         lat = {"p50": None, "p90": None, "p99": None}
@@ -117,20 +117,6 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path, Pat
 # --- markdown --------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, spec: str = ".4g", suffix: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:{spec}}{suffix}"
-    return f"{value}{suffix}"
-
-
-def _verdict(eng: dict[str, Any]) -> str:
-    """pass / FAIL / n/a (not judged: a degenerate reference) for an engine that ran, else its status."""
-    if eng["status"] != "ok":
-        return eng["status"]
-    return {True: "pass", False: "FAIL"}.get(eng["passed"], "n/a")
-
 
 def failure_lines(report: dict[str, Any]) -> list[str]:
     """What made the build fail, one line each (rich markup escaped): a degenerate reference is one line
@@ -146,24 +132,9 @@ def failure_lines(report: dict[str, Any]) -> list[str]:
 
 
 def engine_rows(report: dict[str, Any]) -> list[list[str]]:
-    """One row of display strings per engine (shared by report.md and the terminal summary)."""
-    rows = []
-    for eng in report["engines"]:
-        acc, lat = eng["accuracy"], eng["latency_ms"]
-        verdict = _verdict(eng)
-        rows.append([
-            eng["backend"], eng["precision"], verdict,
-            _fmt(acc.get("max_abs_err"), ".3g"), _fmt(acc.get("cosine"), ".6f"), _fmt(acc.get("sqnr_db"), ".1f"),
-            _fmt(acc.get("top1_agreement"), ".2f", "%"), _fmt(acc.get("top1"), ".2f", "%"),
-            _fmt(acc.get("top1_drop"), "+.2f"),
-            _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"), _fmt(eng.get("throughput_ips"), ".1f"),
-            eng.get("reason") or "",
-        ])
-    return rows
-
-
-ROW_HEADERS = ["backend", "precision", "gate", "max abs err", "cosine", "SQNR dB", "top-1 agree", "top-1",
-               "drop pp", "p50 ms", "p99 ms", "inputs/s", "reason"]
+    """One row of display strings per engine, in the report's task's columns (report_task(report).table_headers)."""
+    task = report_task(report)
+    return [task.table_row(eng) for eng in report["engines"]]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -181,23 +152,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"Created {report['created']}.", ""]
     lines.append(f"- model: `{model.get('spec')}` input {model.get('input_shape')}, weights `{model.get('weights')}`")
     lines.append(f"- target: `{target.get('name')}` (backend {target.get('backend')})")
-    detect = is_detect_report(report)
-    ref_top1 = ref.get("top1")
-    if detect:
-        lines.append(detect_reference_line(report))
-    else:
-        lines.append(f"- reference: unfused PyTorch model on `{(ref.get('data') or {}).get('path')}`, "
-                     f"{ref.get('num_samples')} samples" + (f", top-1 {ref_top1:.2f}%" if ref_top1 is not None else ", no labels"))
+    task = report_task(report)
+    lines.append(task.reference_line(report))
     fuse = report.get("fuse")
     if isinstance(fuse, dict) and fuse.get("max_rel_err") is not None:
         lines.append(f"- fuse: max relative error {fuse['max_rel_err']:.3g}")
-    headers, rows = (DETECT_ROW_HEADERS, detect_engine_rows(report)) if detect else (ROW_HEADERS, engine_rows(report))
+    headers, rows = task.table_headers, engine_rows(report)
     lines += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
     lines += ["", "Latency: median (p50) and p99 after warm-up at the first batch size of the profile (the "
               "recommendation compares p50 at the deploy batch size); "
-              + (DETECT_NOTE if detect else "top-1 drop is against the unfused PyTorch model's own labelled top-1."), ""]
+              + task.table_note, ""]
     for eng in report["engines"]:
         if eng.get("path"):
             lines.append(f"- {eng['backend']} {eng['precision']}: `{eng['path']}`")
@@ -209,55 +175,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     if isinstance(stages, list) and stages:
         lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
         for st in stages:
-            lines.append(f"| {st.get('name')} | {st.get('status')} | {_fmt(st.get('seconds'), '.2f')} |")
+            lines.append(f"| {st.get('name')} | {st.get('status')} | {fmt(st.get('seconds'), '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
-DETECT_ROW_HEADERS = ["backend", "precision", "gate", "mAP@0.5 agree", "mAP@0.5:0.95 agree", "boxes ± per image",
-                      "boxes ref / engine", "labelled mAP@0.5", "labelled mAP@0.5:0.95", "drop pts", "max abs err",
-                      "cosine", "p50 ms", "p99 ms", "inputs/s", "reason"]
-DETECT_NOTE = ("agreement is COCO mAP of each engine's detections scored against the unfused PyTorch model's own "
-               "detections taken as ground truth (1 = the same boxes); boxes ± is the mean |engine - reference| "
-               "box count per image at the detect score threshold; labelled mAP and its drop (points of "
-               "mAP@0.5:0.95, PyTorch minus engine) where the data has labels.")
-
-
-def detect_engine_rows(report: dict[str, Any]) -> list[list[str]]:
-    """One row of display strings per engine of a detector's report (report.md)."""
-    rows = []
-    for eng in report["engines"]:
-        acc, lat = eng["accuracy"], eng["latency_ms"]
-        boxes = (f"{acc['boxes_ref']} / {acc['boxes_engine']}"
-                 if acc.get("boxes_ref") is not None and acc.get("boxes_engine") is not None else "-")
-        rows.append([
-            eng["backend"], eng["precision"], _verdict(eng),
-            _fmt(acc.get("map50_agreement"), ".4f"), _fmt(acc.get("map_agreement"), ".4f"),
-            _fmt(acc.get("box_count_diff"), ".3f"), boxes,
-            _fmt(acc.get("labelled_map50"), ".4f"), _fmt(acc.get("labelled_map"), ".4f"),
-            _fmt(acc.get("labelled_map_drop"), "+.2f"),
-            _fmt(acc.get("max_abs_err"), ".3g"), _fmt(acc.get("cosine"), ".6f"),
-            _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"), _fmt(eng.get("throughput_ips"), ".1f"),
-            eng.get("reason") or "",
-        ])
-    return rows
-
-
-def detect_reference_line(report: dict[str, Any]) -> str:
-    """report.md's line on a detector's reference: its data, boxes found and (labels) its own mAP."""
-    ref = report.get("reference") or {}
-    data = ref.get("data") or {}
-    line = f"- reference: unfused PyTorch model on `{data.get('path')}`, {ref.get('num_samples')} images"
-    threshold = (ref.get("detect") or {}).get("score_threshold")
-    if ref.get("boxes") is not None:
-        line += f", {ref['boxes']} boxes" + (f" at score >= {threshold:g}" if threshold is not None else "")
-    map50, map_ = ref.get("labelled_map50"), ref.get("labelled_map")
-    if map_ is None:  # older references: the engines carry the reference's labelled mAP
-        first = next((e["accuracy"] for e in report["engines"] if (e.get("accuracy") or {}).get("ref_labelled_map")
-                      is not None), {})
-        map50, map_ = first.get("ref_labelled_map50"), first.get("ref_labelled_map")
-    if map_ is not None:
-        return line + f", labelled mAP@0.5 {_fmt(map50, '.4f')}, mAP@0.5:0.95 {_fmt(map_, '.4f')}"
-    return line + ", no labels (engines are judged by agreement with it)"
 
 
 def _pictures_lines(report: dict[str, Any]) -> list[str]:
@@ -274,18 +195,18 @@ def _pictures_lines(report: dict[str, Any]) -> list[str]:
 
 def _output_lines(report: dict[str, Any]) -> list[str]:
     """Every output of every engine against the reference's (accuracy.outputs), when there is more than one
-    output or the task is detect (where the table above shows mAP, not tensor errors)."""
+    output or the task asks for them (a detector's table shows mAP, not each output's tensor errors)."""
     rows = [(e, o) for e in report["engines"] for o in (e.get("accuracy") or {}).get("outputs") or []]
-    if not rows or (not is_detect_report(report) and all(len(e["accuracy"].get("outputs") or []) < 2
-                                                          for e in report["engines"])):
+    if not rows or (not report_task(report).lists_outputs and all(len(e["accuracy"].get("outputs") or []) < 2
+                                                                  for e in report["engines"])):
         return []
     lines = ["", "## Outputs", "", "| engine | output | shape | max abs err | mean abs err | cosine | SQNR dB |",
              "|---|---|---|---|---|---|---|"]
     for eng, out in rows:
         shape = "x".join(str(d) for d in out.get("shape") or []) or "-"
         lines.append(f"| {eng['backend']} {eng['precision']} | {out.get('name')} | {shape} | "
-                     f"{_fmt(out.get('max_abs_err'), '.3g')} | {_fmt(out.get('mean_abs_err'), '.3g')} | "
-                     f"{_fmt(out.get('cosine'), '.6f')} | {_fmt(out.get('sqnr_db'), '.1f')} |")
+                     f"{fmt(out.get('max_abs_err'), '.3g')} | {fmt(out.get('mean_abs_err'), '.3g')} | "
+                     f"{fmt(out.get('cosine'), '.6f')} | {fmt(out.get('sqnr_db'), '.1f')} |")
     return lines
 
 
@@ -298,8 +219,8 @@ def _isa_lines(report: dict[str, Any]) -> list[str]:
              "| engine | built for | measured on | on the target's ISA | result there |", "|---|---|---|---|---|"]
     for eng, isa in rows:
         acc = isa.get("accuracy") or {}
-        there = ("-" if not acc else f"cosine {_fmt(acc.get('cosine'), '.4f')}"
-                 + (f", top-1 {_fmt(acc.get('top1'), '.2f')}%" if acc.get("top1") is not None else "")
+        there = ("-" if not acc else f"cosine {fmt(acc.get('cosine'), '.4f')}"
+                 + (f", top-1 {fmt(acc.get('top1'), '.2f')}%" if acc.get("top1") is not None else "")
                  + (", pass" if isa.get("passed") else f", {isa.get('reason')}" if isa.get("passed") is None
                     else f", FAILED: {isa.get('reason')}"))
         lines.append(f"| {eng['backend']} {eng['precision']} | {isa.get('target')} | {isa.get('measured_on')} | "
@@ -366,14 +287,7 @@ def latency_accuracy_figure(report: dict[str, Any]) -> Any:
         return p50_at(eng, batch) if batch is not None else eng["latency_ms"].get("p50")
 
     engines = [e for e in report["engines"] if e["status"] == "ok" and x_of(e) is not None]
-    metric = "top1" if any(e["accuracy"].get("top1") is not None for e in engines) else (
-        "top1_agreement" if any(e["accuracy"].get("top1_agreement") is not None for e in engines) else "cosine")
-    if is_detect_report(report) and any(e["accuracy"].get("map_agreement") is not None for e in engines):
-        metric = "map_agreement"  # a detector: its detections' agreement with the reference's, in percent
-    label = {"top1": "labelled top-1 (%)", "top1_agreement": "top-1 agreement with reference (%)",
-             "cosine": "cosine similarity",
-             "map_agreement": "agreement mAP@0.5:0.95 with reference (%)"}[metric]
-    scale = 100.0 if metric == "map_agreement" else 1.0
+    metric, label, scale = report_task(report).plot_metric([e["accuracy"] for e in engines])
     ref_top1 = (report.get("reference") or {}).get("top1")
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     points = []
@@ -439,19 +353,6 @@ def _place_labels(fig: Any, ax: Any, points: list[tuple[float, float, str]], avo
         placed.append(ann.get_window_extent(renderer))
 
 
-SUMMARY_COLUMNS = ("engine", "gate", "cosine", "agree%", "top-1%", "drop", "p50 ms", "p99 ms", "in/s")
-# Detectors (accuracy task "detect"): mAP@0.5:0.95 of agreement with the reference's detections, the mean box
-# count difference per image, labelled mAP@0.5:0.95 and its drop in points (report.md has mAP@0.5 too).
-DETECT_SUMMARY_COLUMNS = ("engine", "gate", "mAP agr", "boxes±", "mAP", "drop", "p50 ms", "p99 ms", "in/s")
-
-
-def _accuracy_cells(acc: dict[str, Any], detect: bool) -> list[str]:
-    if detect:
-        return [_fmt(acc.get("map_agreement"), ".4f"), _fmt(acc.get("box_count_diff"), ".2f"),
-                _fmt(acc.get("labelled_map"), ".4f"),
-                _fmt(acc.get("labelled_map_drop"), "+.2f")]
-    return [_fmt(acc.get("cosine"), ".5f"), _fmt(acc.get("top1_agreement"), ".2f"), _fmt(acc.get("top1"), ".2f"),
-            _fmt(acc.get("top1_drop"), "+.2f")]
 
 
 def summary_table(report: dict[str, Any]) -> Any:
@@ -463,17 +364,16 @@ def summary_table(report: dict[str, Any]) -> Any:
     report = normalize(report)
     table = Table(title=f"{(report.get('model') or {}).get('spec')} on {(report.get('target') or {}).get('name')}",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    detect = (report.get("reference") or {}).get("task") == "detect" or any(
-        e["accuracy"].get("task") == "detect" for e in report["engines"])
-    for c in DETECT_SUMMARY_COLUMNS if detect else SUMMARY_COLUMNS:
+    task = report_task(report)
+    for c in task.summary_columns:
         table.add_column(c, no_wrap=True, justify="left" if c in ("engine", "gate") else "right")
     for eng in report["engines"]:
         acc, lat = eng["accuracy"], eng["latency_ms"]
-        verdict = _verdict(eng)
+        verdict = engine_verdict(eng)
         style = "green" if verdict == "pass" else ("red" if verdict in ("FAIL", "failed") else None)
-        table.add_row(f"{eng['backend']} {eng['precision']}", verdict, *_accuracy_cells(acc, detect),
-                      _fmt(lat.get("p50"), ".3f"), _fmt(lat.get("p99"), ".3f"),
-                      _fmt(eng.get("throughput_ips"), ".0f"), style=style)
+        table.add_row(f"{eng['backend']} {eng['precision']}", verdict, *task.summary_cells(acc),
+                      fmt(lat.get("p50"), ".3f"), fmt(lat.get("p99"), ".3f"),
+                      fmt(eng.get("throughput_ips"), ".0f"), style=style)
     return table
 
 

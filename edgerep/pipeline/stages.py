@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edgerep.errors import UserError, one_line
+from edgerep.targets import PRECISIONS
 
 DEMO_MODEL = "zoo:repvgg_digits"
 MANIFEST = "stages.json"
 MANIFEST_SCHEMA = 1
-VALID_PRECISIONS = ("fp32", "fp16", "int8")
 LATENCY_SAMPLE = "latency_input.npy"  # the one input the latency stage repeats to each batch size
 
 
@@ -166,10 +166,10 @@ def parse_precisions(value: list[str] | str | None, profile: Any, backend: Any) 
         if not items:
             raise UserError("--precision: empty; use e.g. fp32,fp16,int8")
     for p in items:
-        if p not in VALID_PRECISIONS:
+        if p not in PRECISIONS:
             raise UserError(f"--precision {p}: unknown precision; use fp32, fp16 or int8")
-        if p not in backend.precisions or p not in profile.precisions:
-            can = [q for q in profile.precisions if q in backend.precisions]
+        if p not in backend.capabilities.precisions or p not in profile.precisions:
+            can = [q for q in profile.precisions if q in backend.capabilities.precisions]
             raise UserError(f"--precision {p}: target {profile.name} ({profile.backend}) builds {', '.join(can)}; "
                             f"pick from those or another --target")
     return list(dict.fromkeys(items))
@@ -178,11 +178,11 @@ def parse_precisions(value: list[str] | str | None, profile: Any, backend: Any) 
 def plan_stage(target: str, precisions: list[str] | str | None, *, backend_options: dict[str, Any],
                max_drop: float | None, isa: str | None = None, console: Any = None) -> Plan:
     """Cheap checks first: a bad target, precision or missing runtime fails before any work."""
-    from edgerep.backends import get_backend
+    from edgerep.backends import backend_for, backends_taking
     from edgerep.targets import load_target
 
     profile = load_target(target, isa=isa)
-    backend = get_backend(profile.backend)
+    backend = backend_for(profile)
     chosen = parse_precisions(precisions, profile, backend)
     if max_drop is not None:
         if max_drop < 0:
@@ -190,13 +190,15 @@ def plan_stage(target: str, precisions: list[str] | str | None, *, backend_optio
         if "int8" not in chosen and console is not None:
             console.print(f"[yellow]warning:[/] --max-drop applies to INT8 engines only; "
                           f"{', '.join(chosen)} build without it", highlight=False)
-    tensorrt_only = sorted(k for k in backend_options if k in ("int8_mode", "dla_core"))
-    if tensorrt_only and profile.backend != "tensorrt":
-        flag = "--" + tensorrt_only[0].replace("_", "-")
-        raise UserError(f"{flag}: only for TensorRT targets, not {profile.name} ({profile.backend}); drop it or pick "
-                        f"--target tensorrt / jetson-*")
+    foreign = sorted(k for k in backend_options if k not in backend.capabilities.options)
+    if foreign:
+        flag = "--" + foreign[0].replace("_", "-")
+        takers = backends_taking(foreign[0])
+        where = " or ".join(b.capabilities.title for b in takers) or "no"
+        raise UserError(f"{flag}: only for {where} targets, not {profile.name} ({profile.backend}); drop it or pick "
+                        f"a target whose backend takes it (`edgerep targets` lists them)")
     reason = backend.available()
-    if reason is not None and not getattr(backend, "offline_build", False):  # TensorRT: device bundle instead
+    if reason is not None and not backend.capabilities.offline_build:  # TensorRT: device bundle instead
         raise UserError(reason)
     return Plan(profile=profile, backend=backend, precisions=chosen)
 
@@ -240,16 +242,9 @@ def task_stage(log: StageLog, info: Any, *, task: str | None, score_threshold: f
         from edgerep.tasks import resolve_task
 
         chosen = resolve_task(info, task, score_threshold=score_threshold, iou_threshold=iou_threshold)
-        st["detail"] = task_detail(chosen)
+        st["detail"] = chosen.detail()
     return chosen
 
-
-def task_detail(task: Any) -> str:
-    text = task.name
-    if task.name == "detect":
-        text += (f" ({task.layout} head, {task.num_classes} classes, score >= {task.score_threshold:g}, "
-                 f"NMS IoU {task.iou_threshold:g})")
-    return text + (f"; {task.note}" if task.note else "")
 
 
 # --- stage: data -----------------------------------------------------------------------------------
@@ -458,7 +453,7 @@ def engine_key(onnx: OnnxProduct, backend: Any, precision: str, options: dict[st
     return content_key({
         "onnx_sha256": onnx.sim_sha256, "backend": backend.name, "precision": precision, "options": options,
         "calib_sha256": calib.sha256() if precision == "int8" and calib is not None else None,
-        "profile": build_settings(profile), "versions": versions("edgerep", *runtime_packages(backend.name)),
+        "profile": build_settings(profile), "versions": versions("edgerep", *backend.capabilities.packages),
     })
 
 
@@ -519,11 +514,6 @@ def build_settings(profile: Any) -> dict[str, Any]:
     return {k: d.get(k) for k in ("backend", "opset", "dynamic_batch", "calibration", "tensorrt")}
 
 
-def runtime_packages(backend: str) -> tuple[str, ...]:
-    return {"openvino": ("openvino", "nncf"), "onnxruntime": ("onnxruntime",),
-            "tensorrt": ("tensorrt", "onnxruntime")}.get(backend, ())
-
-
 # --- stage: reference ------------------------------------------------------------------------------
 
 
@@ -540,16 +530,7 @@ def reference_stage(log: StageLog, model: Any, source: Any, *, batch_size: int, 
 
 
 def reference_detail(reference: Any) -> str:
-    info = reference.info
-    text = f"{reference.outputs.shape[0]} samples"
-    if reference.task == "detect":
-        text += f", {info.get('boxes')} boxes"
-        text += (f", labelled mAP {info['labelled_map']:.4f} (@0.5 {info['labelled_map50']:.4f})"
-                 if info.get("labelled_map") is not None else ", no labels")
-    else:
-        text += f", top-1 {reference.top1:.2f}%" if reference.top1 is not None else ", no labels"
-    if reference.scorer.note and reference.task == "raw":
-        text += f"; {reference.scorer.note}"
+    text = f"{reference.outputs.shape[0]} samples" + reference.scorer.reference_detail(reference)
     return text + (f"; {reference.degenerate}" if reference.degenerate else "")
 
 
@@ -569,16 +550,13 @@ def validate_stage(log: StageLog, backend: Any, artifact: Any, record: dict[str,
 
     with log.stage(f"validate {precision}", f"validating the {precision} engine") as st:
         try:
-            runner = backend.load(artifact)
-            try:
+            with backend.load(artifact) as runner:
                 record.update(runner_accuracy(runner, reference, engine_batch=engine_batch,
-                                              gate=profile.gate(precision, reference.task)))
+                                              gate=reference.scorer.gate(profile, precision)))
                 if profile.tensorrt is None:
                     isa_stage(artifact, record, reference, profile, engine_batch)
                 if measure_latency:
                     record.update(_latencies(runner, latency_sample(reference), profile, engine_batch))
-            finally:
-                runner.close()
         except UserError:
             raise
         except Exception as exc:  # the engine ran but crashed: a failed engine, not a failed build
@@ -596,7 +574,7 @@ def isa_stage(artifact: Any, record: dict[str, Any], reference: Any, profile: An
     from edgerep.validate.engine import check_on_target_isa
 
     isa = check_on_target_isa(record, artifact, reference, target=target_isa(profile), engine_batch=engine_batch,
-                              gate=profile.gate(artifact.precision, reference.task))
+                              gate=reference.scorer.gate(profile, artifact.precision))
     update_sidecar(Path(artifact.path), validated={"isa": isa["measured_on"], "target_isa": isa["target"],
                                                    "method": isa["method"], "passed": record.get("passed"),
                                                    "accuracy": record.get("accuracy")})
@@ -611,11 +589,8 @@ def latency_stage(log: StageLog, backend: Any, record: dict[str, Any], sample: A
     if record.get("status") != "ok" or not record.get("path"):
         return
     with log.stage(f"latency {precision}", f"timing the {precision} engine") as st:
-        runner = backend.load(load_artifact(Path(record["path"])))
-        try:
+        with backend.load(load_artifact(Path(record["path"]))) as runner:
             record.update(_latencies(runner, sample, profile, engine_batch))
-        finally:
-            runner.close()
         p50 = record["latency_ms"].get("p50")
         st["detail"] = f"p50 {p50:.3f} ms" if p50 is not None else "not measured"
 

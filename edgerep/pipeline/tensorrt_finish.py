@@ -22,17 +22,14 @@ def qdq_prediction(qdq_path: Path, reference: Any, *, profile: Any, engine_batch
                           prediction_of="tensorrt int8",
                           note="the INT8 Q/DQ model TensorRT builds from, run in ONNX Runtime on the CPU: "
                                "a prediction of the device engine's accuracy (its latency is the CPU's)")
-    gate = profile.gate("int8", reference.task)
+    gate = reference.scorer.gate(profile, "int8")
     record["gate"] = gate_to_dict(gate)
     # Simulated Q/DQ (float ops): the quantization error alone, as a GPU computes it; this CPU's integer
     # kernels could saturate where TensorRT's do not (OrtRunner's simulate_qdq).
-    runner = OrtRunner(Path(qdq_path), simulate_qdq=True)
-    try:
+    with OrtRunner(Path(qdq_path), simulate_qdq=True) as runner:
         record.update(validate_runner(runner, reference, engine_batch=engine_batch, gate=gate,
                                       latency_batches=[engine_batch], warmup=2, iterations=10,
                                       dynamic_batch=profile.dynamic_batch))
-    finally:
-        runner.close()
     return record
 
 

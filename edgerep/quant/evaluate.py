@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from edgerep.tasks import task_named
+from edgerep.tasks.base import Task
+
 DYNAMIC_EVAL_BATCH = 32
 
 
-def _task_of(metrics: dict[str, Any]) -> Any:
-    from edgerep.tasks import get_task
-
-    return get_task(metrics.get("task") or "classify")
+def _task_of(metrics: dict[str, Any]) -> Task:
+    return task_named(metrics.get("task"))
 
 
 def drop_of(metrics: dict[str, Any]) -> float:
@@ -107,11 +108,8 @@ def evaluate_onnx(onnx_path: Path, reference: Any, batch: int | None = None) -> 
     quantization choice, not this machine's integer kernels (see OrtRunner)."""
     from edgerep.backends.onnxruntime.runner import OrtRunner
 
-    runner = OrtRunner(Path(onnx_path), simulate_qdq=True)
-    try:
+    with OrtRunner(Path(onnx_path), simulate_qdq=True) as runner:
         return evaluate_runner(runner, reference, batch or eval_batch(onnx_path))
-    finally:
-        runner.close()
 
 
 def brief(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +117,5 @@ def brief(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("drop", "drop_metric", "nsr", "cosine", "sqnr_db", "top1", "ref_top1", "top1_drop", "top1_agreement",
             "max_abs_err")
     out = {k: metrics.get(k) for k in keys}
-    if metrics.get("task") == "detect":
-        out.update({k: metrics.get(k) for k in ("map_agreement", "map50_agreement", "labelled_map", "ref_labelled_map",
-                                                "labelled_map_drop", "box_count_diff")})
+    out.update({k: metrics.get(k) for k in _task_of(metrics).plan_keys})
     return out

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from edgerep.backends.base import Backend
 from edgerep.errors import UserError
 from edgerep.quant.evaluate import brief, eval_batch, evaluate_onnx, evaluate_runner
 from edgerep.quant.layers import owning_module, quantizable_layers
@@ -125,11 +126,8 @@ class Evaluator:
 
         nodes = [layer.node for layer in quantizable_layers(self.onnx_path)]
         if artifact.status == "ok":
-            runner = self.backend.load(artifact)
-            try:
+            with self.backend.load(artifact) as runner:
                 metrics = evaluate_runner(runner, self.reference, self.batch)
-            finally:
-                runner.close()
             path = Path(artifact.path)
             if path.suffix == ".xml":
                 return metrics, ov_float_layers(path, nodes)
@@ -143,16 +141,9 @@ class Evaluator:
                         f"({artifact.status}: {artifact.reason})")
 
 
-def accepted_options(backend: Any) -> set[str]:
-    """The build options a backend takes (the TensorRT backend has its own list)."""
-    import importlib
-
-    module = importlib.import_module(type(backend).__module__)
-    if hasattr(module, "KNOWN_OPTIONS"):
-        return set(module.KNOWN_OPTIONS)
-    from edgerep.backends.common import COMMON_OPTIONS
-
-    return set(COMMON_OPTIONS)
+def accepted_options(backend: Backend) -> set[str]:
+    """The build options a backend takes."""
+    return set(backend.capabilities.options)
 
 
 def calibration_choices(backend: Any, base: dict[str, Any], profile: Any = None) -> tuple[list[dict[str, Any]], list[str]]:
@@ -163,7 +154,7 @@ def calibration_choices(backend: Any, base: dict[str, Any], profile: Any = None)
     on ONNX Runtime the weight formats that hold on the profile's target ISA (7-bit or uint8 where the CPU has no
     VNNI; full-range int8 too where it has)."""
     accepted = accepted_options(backend)
-    methods = [base["calib_method"]] if base.get("calib_method") else list(getattr(backend, "calib_methods", ("minmax",)))
+    methods = [base["calib_method"]] if base.get("calib_method") else list(backend.capabilities.calib_methods)
     axes: list[tuple[str, list[Any]]] = [("calib_method", methods)]
     notes = []
     if "per_channel" in accepted and "per_channel" not in base:
@@ -175,11 +166,8 @@ def calibration_choices(backend: Any, base: dict[str, Any], profile: Any = None)
         from edgerep.cpu.isa import target_isa
 
         axes.append(("int8_weights", weight_formats_for(target_isa(profile))))
-    if backend.name == "openvino":
-        if "bias_correction" in accepted and "bias_correction" not in base:
-            axes.append(("bias_correction", ["fast", "full"]))
-        elif "bias_correction" not in accepted:
-            notes.append("bias correction: the openvino backend always applies NNCF's fast bias correction")
+    if "bias_correction" in accepted and "bias_correction" not in base:
+        axes.append(("bias_correction", ["fast", "full"]))
     choices: list[dict[str, Any]] = [dict(base)]
     for key, values in axes:
         choices = [{**c, key: v} for c in choices for v in values]
@@ -199,7 +187,7 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
            log: Callable[[str], None] | None = None) -> MixedResult:
     """The accuracy-budgeted search for one backend (see the module docstring)."""
     from edgerep.quant.qdq import METHODS as QDQ_METHODS
-    from edgerep.quant.qdq import style_for_backend, weights_for
+    from edgerep.quant.qdq import weights_for
     from edgerep.quant.sensitivity import layer_sensitivity
 
     if max_drop < 0:
@@ -236,7 +224,7 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
         # 2. rank layers by sensitivity, in this backend's quantizer placement
         method = calib_opts.get("calib_method") if calib_opts.get("calib_method") in QDQ_METHODS else "minmax"
         num = calib_opts.get("num_samples") or getattr(getattr(profile, "calibration", None), "num_samples", 300)
-        style = style_for_backend(backend.name)
+        style = backend.capabilities.qdq_style
         sens = layer_sensitivity(onnx_path, calib, reference, work_dir / "sensitivity",
                                  style=style, method=method, num_samples=num, module_names=module_names,
                                  weights=calib_opts.get("int8_weights") or weights_for(style, profile))
@@ -358,7 +346,7 @@ def plan_int8(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, val: A
     reference = compute_reference(model, val, batch_size=val_batch, limit=val_samples, task=task)
     if reference.degenerate:
         raise UserError(f"--max-drop: {reference.degenerate}; a budget against it means nothing")
-    if reference.task not in ("classify", "detect") or (reference.task == "classify" and reference.outputs.ndim != 2):
+    if not reference.scorer.can_budget(reference):
         raise UserError(f"--max-drop: the model is validated as {reference.task} (tensor metrics only), so there is "
                         f"no accuracy to budget; drop --max-drop or pass --task classify|detect")
     result = search(backend=backend, onnx_path=Path(onnx_path), profile=profile, calib=calib, reference=reference,

@@ -38,19 +38,19 @@ def accuracy_control(onnx_path: Path, calib: Any, reference: Any, *, max_drop: f
 
     # The OpenVINO backend's own calibration feed and method -> range-estimator table, so both quantize alike.
     from edgerep.backends.common import calib_settings
-    from edgerep.backends.openvino.adapter import _METHODS
-    from edgerep.backends.openvino.quantize import _ESTIMATORS, _Samples
+    from edgerep.backends.openvino.adapter import BACKEND
+    from edgerep.backends.openvino.quantize import RANGE_ESTIMATORS, CalibrationSamples
     from edgerep.backends.openvino.runner import OpenVINORunner
     from edgerep.files.onnx_files import onnx_input
     from edgerep.quant.precision import ov_float_layers
 
     t0 = time.perf_counter()
-    method, num = calib_settings(profile, options, "minmax", _METHODS)
+    method, num = calib_settings(profile, options, BACKEND)
     _, shape = onnx_input(Path(onnx_path))
     fixed = shape[0] if shape and shape[0] is not None else None
-    samples = _Samples(calib, num, fixed)
+    samples = CalibrationSamples(calib, num, fixed)
     batch = eval_batch(Path(onnx_path))
-    estimator = _ESTIMATORS[method]
+    estimator = RANGE_ESTIMATORS[method]
     advanced = AdvancedQuantizationParameters(
         activations_range_estimator_params=getattr(RangeEstimatorParametersSet, estimator)) if estimator else None
     items = _validation_items(reference, batch)
@@ -87,11 +87,8 @@ def accuracy_control(onnx_path: Path, calib: Any, reference: Any, *, max_drop: f
     ov.save_model(result, str(ir))
     nodes = [layer.node for layer in quantizable_layers(Path(onnx_path))]
     floats = ov_float_layers(ir, nodes)
-    runner = OpenVINORunner(ir, "f32")
-    try:
+    with OpenVINORunner(ir, "f32") as runner:
         metrics = evaluate_runner(runner, reference, batch)
-    finally:
-        runner.close()
     return {"float_layers": floats, "metrics": brief(metrics), "seconds": time.perf_counter() - t0, "ir": str(ir),
             "settings": {"calib_method": method, "range_estimator": estimator or "nncf default",
                          "preset": "mixed", "calib_samples": len(samples) * (fixed or 1), "max_drop": max_drop,

@@ -31,9 +31,6 @@ METHODS = ("minmax", "entropy", "percentile")
 _DYNAMIC_BATCH = 8
 
 
-def style_for_backend(backend: str) -> str:
-    return backend if backend in STYLES else "onnxruntime"
-
 
 def weights_for(style: str, profile: Any) -> str:
     """The weight format a Q/DQ variant uses: the ONNX Runtime engine's for the profile's target ISA

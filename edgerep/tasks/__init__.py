@@ -1,4 +1,4 @@
-"""What "accuracy" means per task (DESIGN.md "Tasks"): classify (top-1), detect (decode, NMS, mAP vs the
+"""What "accuracy" means per task: classify (top-1), detect (decode, NMS, mAP vs the
 reference and labels), raw (tensor metrics only). A task is a small strategy (base.Task): metrics from
 reference and engine outputs, gates per precision, and the unit of --max-drop.
 
@@ -32,6 +32,11 @@ def get_task(name: str, **options: Any) -> Task:
     if name == "raw":
         return RawTask(explicit=explicit, note=note)
     raise UserError(f"--task {name}: unknown task; use {', '.join(TASKS)}")
+
+
+def task_named(name: str | None) -> Task:
+    """A task with default options, to read records of it (report views, gates): classify when unnamed."""
+    return get_task(name or "classify")
 
 
 def _shape(outputs: Sequence[Any]) -> tuple[int, ...]:

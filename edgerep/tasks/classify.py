@@ -67,6 +67,7 @@ def degenerate_reference(outputs: np.ndarray, labels: np.ndarray | None = None) 
 
 class ClassifyTask(Task):
     name = "classify"
+    has_accuracy = True
     budget_unit = "points of top-1 (labelled where labels exist, else agreement with the reference)"
 
     def prepare(self, reference: Any) -> None:
@@ -87,6 +88,9 @@ class ClassifyTask(Task):
         labels = reference.labels[:n] if reference.labels is not None else None
         metrics = {"task": self.name, **accuracy_metrics(ref, first.reshape(ref.shape), labels)}
         return self.finish(metrics, reference, outputs_all, n)
+
+    def can_budget(self, reference: Any) -> bool:
+        return bool(reference.outputs.ndim == 2)
 
     def drop(self, metrics: dict[str, Any]) -> float:
         """Points lost: labelled top-1 drop where labels exist, else 100 - top-1 agreement with the reference."""

@@ -8,7 +8,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgerep.data.detections import Detections
-from edgerep.tasks.base import UNTRAINED_HINT, Task, gate_value, near_constant, tensor_gate_problems, verdict
+from edgerep.tasks.base import (
+    UNTRAINED_HINT,
+    Task,
+    engine_verdict,
+    fmt,
+    gate_value,
+    near_constant,
+    tensor_gate_problems,
+    verdict,
+)
 from edgerep.tasks.detect import (
     DETECT_SCORE,
     LAYOUTS,
@@ -41,9 +50,21 @@ def clip_scores(head: np.ndarray, layout: str) -> np.ndarray:
     return head
 
 
+# Agreement (COCO mAP of an engine's detections against the reference's) and, with labels, real mAP and its drop.
+DETECT_ACCURACY_KEYS = ("map50_agreement", "map_agreement", "box_count_diff", "boxes_ref", "boxes_engine",
+                        "labelled_map50", "labelled_map", "ref_labelled_map50", "ref_labelled_map", "labelled_map_drop")
+
+
 class DetectTask(Task):
     name = "detect"
     budget_unit = "points of mAP@0.5:0.95 (labelled where labels exist, else agreement with the reference)"
+    gate_table = "detect"
+    has_accuracy = True
+    accuracy_keys = DETECT_ACCURACY_KEYS
+    plan_keys = ("map_agreement", "map50_agreement", "labelled_map", "ref_labelled_map", "labelled_map_drop",
+                 "box_count_diff")
+    draws_pictures = True
+    lists_outputs = True
 
     def __init__(self, *, score_threshold: float | None = None, iou_threshold: float | None = None,
                  layout: str | None = None, num_classes: int | None = None, max_det: int = MAX_DET,
@@ -163,3 +184,84 @@ class DetectTask(Task):
         if metrics.get("labelled_map") is not None:
             text += f", mAP {metrics['labelled_map']:.4f} (drop {metrics['labelled_map_drop']:+.2f} pp)"
         return text
+
+    # --- in words and tables ---
+
+    def detail(self) -> str:
+        text = (f"{self.name} ({self.layout} head, {self.num_classes} classes, score >= {self.score_threshold:g}, "
+                f"NMS IoU {self.iou_threshold:g})")
+        return text + (f"; {self.note}" if self.note else "")
+
+    def can_budget(self, reference: Any) -> bool:
+        return True
+
+    def reference_detail(self, reference: Any) -> str:
+        info = reference.info
+        text = f", {info.get('boxes')} boxes"
+        return text + (f", labelled mAP {info['labelled_map']:.4f} (@0.5 {info['labelled_map50']:.4f})"
+                       if info.get("labelled_map") is not None else ", no labels")
+
+    def reference_line(self, report: dict[str, Any]) -> str:
+        """report.md's line on a detector's reference: its data, boxes found and (labels) its own mAP."""
+        ref = report.get("reference") or {}
+        data = ref.get("data") or {}
+        line = f"- reference: unfused PyTorch model on `{data.get('path')}`, {ref.get('num_samples')} images"
+        threshold = (ref.get("detect") or {}).get("score_threshold")
+        if ref.get("boxes") is not None:
+            line += f", {ref['boxes']} boxes" + (f" at score >= {threshold:g}" if threshold is not None else "")
+        map50, map_ = ref.get("labelled_map50"), ref.get("labelled_map")
+        if map_ is None:  # older references: the engines carry the reference's labelled mAP
+            first = next((e["accuracy"] for e in report["engines"] if (e.get("accuracy") or {}).get("ref_labelled_map")
+                          is not None), {})
+            map50, map_ = first.get("ref_labelled_map50"), first.get("ref_labelled_map")
+        if map_ is not None:
+            return line + f", labelled mAP@0.5 {fmt(map50, '.4f')}, mAP@0.5:0.95 {fmt(map_, '.4f')}"
+        return line + ", no labels (engines are judged by agreement with it)"
+
+    def reference_text(self, reference: dict[str, Any]) -> str:
+        return f"reference labelled mAP {fmt(reference.get('labelled_map'), '.4f')}"
+
+    table_headers = ["backend", "precision", "gate", "mAP@0.5 agree", "mAP@0.5:0.95 agree", "boxes ± per image",
+                     "boxes ref / engine", "labelled mAP@0.5", "labelled mAP@0.5:0.95", "drop pts", "max abs err",
+                     "cosine", "p50 ms", "p99 ms", "inputs/s", "reason"]
+    table_note = ("agreement is COCO mAP of each engine's detections scored against the unfused PyTorch model's own "
+                  "detections taken as ground truth (1 = the same boxes); boxes ± is the mean |engine - reference| "
+                  "box count per image at the detect score threshold; labelled mAP and its drop (points of "
+                  "mAP@0.5:0.95, PyTorch minus engine) where the data has labels.")
+    # mAP@0.5:0.95 of agreement, the mean box count difference per image, labelled mAP@0.5:0.95 and its drop in
+    # points (report.md has mAP@0.5 too).
+    summary_columns = ("engine", "gate", "mAP agr", "boxes±", "mAP", "drop", "p50 ms", "p99 ms", "in/s")
+
+    def table_row(self, eng: dict[str, Any]) -> list[str]:
+        acc, lat = eng["accuracy"], eng["latency_ms"]
+        boxes = (f"{acc['boxes_ref']} / {acc['boxes_engine']}"
+                 if acc.get("boxes_ref") is not None and acc.get("boxes_engine") is not None else "-")
+        return [eng["backend"], eng["precision"], engine_verdict(eng),
+                fmt(acc.get("map50_agreement"), ".4f"), fmt(acc.get("map_agreement"), ".4f"),
+                fmt(acc.get("box_count_diff"), ".3f"), boxes,
+                fmt(acc.get("labelled_map50"), ".4f"), fmt(acc.get("labelled_map"), ".4f"),
+                fmt(acc.get("labelled_map_drop"), "+.2f"),
+                fmt(acc.get("max_abs_err"), ".3g"), fmt(acc.get("cosine"), ".6f"),
+                fmt(lat.get("p50"), ".3f"), fmt(lat.get("p99"), ".3f"), fmt(eng.get("throughput_ips"), ".1f"),
+                eng.get("reason") or ""]
+
+    def summary_cells(self, acc: dict[str, Any]) -> list[str]:
+        return [fmt(acc.get("map_agreement"), ".4f"), fmt(acc.get("box_count_diff"), ".2f"),
+                fmt(acc.get("labelled_map"), ".4f"), fmt(acc.get("labelled_map_drop"), "+.2f")]
+
+    def console_lines(self, acc: dict[str, Any]) -> list[str]:
+        return [f"  agreement mAP@0.5:0.95 {acc['map_agreement']:.4f} (@0.5 {acc['map50_agreement']:.4f}), "
+                f"boxes {acc.get('boxes_engine')}/{acc.get('boxes_ref')}, max abs err {acc['max_abs_err']:.3g}"]
+
+    def plot_metric(self, accuracies: list[dict[str, Any]]) -> tuple[str, str, float]:
+        """A detector's detections' agreement with the reference's, in percent."""
+        if any(a.get("map_agreement") is not None for a in accuracies):
+            return "map_agreement", "agreement mAP@0.5:0.95 with reference (%)", 100.0
+        return super().plot_metric(accuracies)
+
+    def key_metric(self, acc: dict[str, Any]) -> dict[str, Any]:
+        if acc.get("labelled_map_drop") is not None:  # points of mAP@0.5:0.95
+            return {"name": "labelled_map_drop", "value": acc["labelled_map_drop"], "unit": "pp"}
+        if acc.get("map_agreement") is not None:
+            return {"name": "map_disagreement", "value": 100.0 * (1.0 - acc["map_agreement"]), "unit": "pp"}
+        return super().key_metric(acc)

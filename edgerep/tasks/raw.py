@@ -16,6 +16,9 @@ class RawTask(Task):
     name = "raw"
     budget_unit = "none: tensor metrics only (--max-drop needs --task classify or detect)"
 
+    def reference_detail(self, reference: Any) -> str:
+        return super().reference_detail(reference) + (f"; {reference.scorer.note}" if reference.scorer.note else "")
+
     def score(self, reference: Any, outputs_all: Sequence[np.ndarray]) -> dict[str, Any]:
         first = np.asarray(outputs_all[0])
         n = first.shape[0]

@@ -10,12 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from edgerep.backends.base import Runner
 from edgerep.errors import UserError
-
-# Accuracy is the tasks' (edgerep.tasks); re-exported here, where callers found these before the tasks existed.
-from edgerep.tasks.base import NEAR_CONSTANT_ABS, NEAR_CONSTANT_REL, UNTRAINED_HINT  # noqa: F401
 from edgerep.tasks.base import gate_value as _gate_value
-from edgerep.tasks.classify import MIN_SAMPLES_FOR_TOP1_CHECK, accuracy_metrics, degenerate_reference  # noqa: F401
 from edgerep.validate.latency import runner_latencies
 
 # --- latency ---------------------------------------------------------------------------------------
@@ -78,11 +75,9 @@ def engine_outputs(runner: Any, source: Any, batch_size: int, *, limit: int | No
     return engine_outputs_all(runner, source, batch_size, limit=limit, first_only=True)[0]
 
 
-def run_all(runner: Any, x: np.ndarray) -> list[np.ndarray]:
-    """Every output of a runner for one batch (ONNX order); runners without run_all give their first."""
-    if hasattr(runner, "run_all"):
-        return [np.asarray(o) for o in runner.run_all(x)]
-    return [np.asarray(runner.run(x))]
+def run_all(runner: Runner, x: np.ndarray) -> list[np.ndarray]:
+    """Every output of a runner for one batch (ONNX order)."""
+    return [np.asarray(o) for o in runner.run_all(x)]
 
 
 def engine_outputs_all(runner: Any, source: Any, batch_size: int, *, limit: int | None = None,
@@ -236,7 +231,7 @@ def runner_accuracy(runner: Any, reference: Reference, *, engine_batch: int, gat
 
 def task_gate(profile: Any, precision: str, reference: Reference) -> Any:
     """The profile's gate of `precision` for the reference's task."""
-    return profile.gate(precision, reference.task)
+    return reference.scorer.gate(profile, precision)
 
 
 def score_outputs(reference: Reference, out: Any, gate: Any) -> dict[str, Any]:

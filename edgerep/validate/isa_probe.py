@@ -21,16 +21,13 @@ def main(argv: list[str]) -> int:
     from edgerep.files.artifacts import load_artifact
 
     artifact = load_artifact(engine)
-    runner = get_backend(artifact.backend).load(artifact)
     x = np.load(inputs)
     n = x.shape[0]
     pad = (-n) % batch  # a fixed-batch engine takes whole batches only: pad, then drop the padding's outputs
     if pad:
         x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
-    try:
+    with get_backend(artifact.backend).load(artifact) as runner:
         chunks = [runner.run_all(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
-    finally:
-        runner.close()
     outputs = {f"out{k}": np.concatenate([c[k] for c in chunks])[:n] for k in range(len(chunks[0]))}
     tmp = output.with_name(output.name + ".partial.npz")
     with open(tmp, "wb") as f:  # np.savez on a path would append ".npz" to the temporary name

@@ -6,9 +6,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgerep.tasks.base import NEAR_CONSTANT_ABS, NEAR_CONSTANT_REL, UNTRAINED_HINT  # noqa: F401
-from edgerep.tasks.classify import MIN_SAMPLES_FOR_TOP1_CHECK, accuracy_metrics, degenerate_reference  # noqa: F401
-
 
 def measure_latency(run: Callable[[np.ndarray], Any], batch: np.ndarray, *, warmup: int, iterations: int) -> dict[str, Any]:
     """Time `run(batch)` after `warmup` untimed calls: p50/p90/p99 in ms (time.perf_counter_ns, a monotonic
@@ -41,11 +38,9 @@ def latency_stats(times_ms: list[float], *, batch_size: int) -> dict[str, Any]:
 
 
 def runner_latency(runner: Any, batch: np.ndarray, *, warmup: int, iterations: int) -> dict[str, Any]:
-    """Latency of a backend runner: its own timer when it has one (e.g. CUDA events), else wall-clock timing."""
-    if hasattr(runner, "latency"):
-        times = list(runner.latency(batch, warmup, iterations))
-        return latency_stats(times, batch_size=int(batch.shape[0]))
-    return measure_latency(runner.run, batch, warmup=warmup, iterations=iterations)
+    """Latency of a backend runner by its own timer (a monotonic clock on CPUs, CUDA events on TensorRT)."""
+    times = list(runner.latency(batch, warmup, iterations))
+    return latency_stats(times, batch_size=int(batch.shape[0]))
 
 
 def runner_latencies(runner: Any, sample: np.ndarray, *, engine_batch: int, latency_batches: list[int], warmup: int,

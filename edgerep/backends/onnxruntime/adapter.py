@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edgerep.backends.base import COMMON_OPTIONS, Capabilities
 from edgerep.backends.common import (
-    COMMON_OPTIONS,
     calib_settings,
     check_options,
     engine_info,
@@ -25,21 +25,17 @@ from edgerep.backends.onnxruntime.runner import OrtRunner
 from edgerep.cpu.isa import target_isa
 from edgerep.errors import UserError
 from edgerep.files.artifacts import Artifact, atomic_files, companion_files, write_sidecar
-from edgerep.targets import BACKEND_CAPABILITIES
 
-# activation_type: "uint8" (default) or "int8"; per_channel: weights per output channel (default) or per tensor;
-# int8_weights: how weights are stored for the target CPU (WEIGHT_FORMATS; default from the target's ISA).
-KNOWN_OPTIONS = COMMON_OPTIONS | {"activation_type", "per_channel", "int8_weights"}
-
-
-_METHODS = BACKEND_CAPABILITIES["onnxruntime"].calib_methods
 _PACKAGES = ("onnxruntime",)
 
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
-    precisions = BACKEND_CAPABILITIES["onnxruntime"].precisions
-    calib_methods = _METHODS
+    # activation_type: "uint8" (default) or "int8"; per_channel: weights per output channel (default) or per
+    # tensor; int8_weights: how weights are stored for the target CPU (WEIGHT_FORMATS; default from the ISA).
+    capabilities = Capabilities(title="ONNX Runtime", precisions=("fp32", "int8"), calib_methods=("minmax", "entropy", "percentile"),
+                                options=COMMON_OPTIONS | {"activation_type", "per_channel", "int8_weights"},
+                                packages=_PACKAGES, qdq_style="onnxruntime", install="pip install 'edgerep[onnxruntime]'")
 
     def available(self) -> str | None:
         try:
@@ -55,7 +51,7 @@ class OnnxRuntimeBackend:
               options: dict[str, Any] | None = None) -> Artifact:
         require_precision(self, precision)
         require_available(self)
-        options = check_options(options, self.name, KNOWN_OPTIONS)
+        options = check_options(options, self)
         onnx_path = Path(onnx_path)
         path = self.artifact_path(out_dir, precision)
         if precision == "fp32":
@@ -63,7 +59,7 @@ class OnnxRuntimeBackend:
             settings: dict[str, Any] = {"graph_optimization": "ORT_ENABLE_ALL at load"}
         else:
             require_calib(calib, self.name)
-            method, num = calib_settings(profile, options, "minmax", _METHODS)
+            method, num = calib_settings(profile, options, self)
             act = options.get("activation_type", "uint8")
             isa = target_isa(profile)
             weights = weight_format_for(isa, options.get("int8_weights"))

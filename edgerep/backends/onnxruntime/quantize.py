@@ -16,10 +16,6 @@ from edgerep.data.sources import calib_batch_count, sample_batches
 from edgerep.errors import UserError
 from edgerep.files.artifacts import atomic_files, companion_files
 from edgerep.files.onnx_files import detect_head_float_nodes, onnx_input, ort_pre_process, quiet_root_logger
-from edgerep.targets import BACKEND_CAPABILITIES
-
-_METHODS = BACKEND_CAPABILITIES["onnxruntime"].calib_methods
-
 
 # Weight formats of ONNX Runtime's CPU INT8 kernels (ONNX Runtime docs, quantization, "Data type selection" and
 # "When to use reduce-range"): without VNNI, U8S8 uses vpmaddubsw, which adds two u8*s8 products into a
@@ -38,6 +34,7 @@ _SATURATION_FREE = ("s7", "u8")
 # Samples whose intermediate tensors ORT's calibrators hold at once (CalibStridedMinMax): bounds memory,
 # since the histogram calibrators keep every intermediate output of a collect_data call.
 _CALIB_CHUNK_SAMPLES = 8
+_CALIB_METHODS = ("minmax", "entropy", "percentile")  # what quantize_static calibrates with
 
 
 _DYNAMIC_CALIB_BATCH = 8
@@ -106,8 +103,8 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if method not in _METHODS:
-        raise UserError(f"--calib-method {method}: not one of {', '.join(_METHODS)}")
+    if method not in _CALIB_METHODS:
+        raise UserError(f"--calib-method {method}: not one of {', '.join(_CALIB_METHODS)}")
     if weights not in WEIGHT_FORMATS:
         raise UserError(f"int8_weights {weights!r}: use one of {', '.join(WEIGHT_FORMATS)}")
     if activation_type not in ("uint8", "int8"):

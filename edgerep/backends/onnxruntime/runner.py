@@ -5,12 +5,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edgerep.backends.base import RunnerBase
 from edgerep.backends.common import time_calls
 from edgerep.cpu.threads import runtime_threads
 from edgerep.errors import UserError
 
 
-class OrtRunner:
+class OrtRunner(RunnerBase):
     """Runs an ONNX model on ONNX Runtime's CPU execution provider.
 
     `simulate_qdq`: run Q/DQ pairs as float ops (session.disable_quant_qdq) instead of fusing them into

@@ -11,34 +11,31 @@ import errno
 from pathlib import Path
 from typing import Any
 
+from edgerep.backends.base import COMMON_OPTIONS, Capabilities
 from edgerep.backends.common import (
-    COMMON_OPTIONS,
     check_options,
     engine_info,
     require_available,
     require_calib,
     require_precision,
 )
-from edgerep.backends.openvino.quantize import _quantize
-from edgerep.backends.openvino.runner import OpenVINORunner, _inference_precision
+from edgerep.backends.openvino.quantize import quantize_nncf
+from edgerep.backends.openvino.runner import OpenVINORunner, inference_precision
 from edgerep.errors import UserError, first_line
 from edgerep.files.artifacts import Artifact, atomic_files, write_sidecar
 from edgerep.files.onnx_files import onnx_output_names
-from edgerep.targets import BACKEND_CAPABILITIES
 
-# preset: "mixed" (default) or "performance"; bias_correction: NNCF's "fast" (default) or "full" (slower, can be
-# more accurate on models with wide activation ranges).
-KNOWN_OPTIONS = COMMON_OPTIONS | {"preset", "bias_correction"}
-
-_METHODS = BACKEND_CAPABILITIES["openvino"].calib_methods
 _PACKAGES = ("openvino", "nncf")
 _MISSING = "openvino is not installed; pip install 'edgerep[openvino]'"
 
 
 class OpenVINOBackend:
     name = "openvino"
-    precisions = BACKEND_CAPABILITIES["openvino"].precisions
-    calib_methods = _METHODS
+    # preset: "mixed" (default) or "performance"; bias_correction: NNCF's "fast" (default) or "full" (slower, can
+    # be more accurate on models with wide activation ranges). Calibration: min/max first, NNCF's default.
+    capabilities = Capabilities(title="OpenVINO", precisions=("fp32", "fp16", "int8"), calib_methods=("minmax", "percentile", "entropy"),
+                                options=COMMON_OPTIONS | {"preset", "bias_correction"}, packages=_PACKAGES,
+                                qdq_style="openvino", install="pip install 'edgerep[openvino]'")
 
     def available(self) -> str | None:
         try:
@@ -54,7 +51,7 @@ class OpenVINOBackend:
               options: dict[str, Any] | None = None) -> Artifact:
         require_precision(self, precision)
         require_available(self)
-        options = check_options(options, self.name, KNOWN_OPTIONS)
+        options = check_options(options, self)
         import openvino as ov
 
         onnx_path = Path(onnx_path)
@@ -64,12 +61,12 @@ class OpenVINOBackend:
         except Exception as exc:
             raise UserError(f"openvino: cannot convert {onnx_path.name} ({type(exc).__name__}: {first_line(exc)})") from None
         settings: dict[str, Any] = {"compress_to_fp16": precision == "fp16",
-                                    "inference_precision": _inference_precision(precision),
+                                    "inference_precision": inference_precision(precision),
                                     # the ONNX outputs in graph order: the runner returns its ports in this order
                                     "output_names": onnx_output_names(onnx_path)}
         if precision == "int8":
             require_calib(calib, self.name)
-            model, quant = _quantize(model, onnx_path, calib, profile, options)
+            model, quant = quantize_nncf(model, onnx_path, calib, profile, options, self)
             settings.update(quant)
         with atomic_files(path) as tmp:
             try:
@@ -89,7 +86,7 @@ class OpenVINOBackend:
         if artifact.path is None or not Path(artifact.path).is_file():
             raise UserError(f"{artifact.path}: engine file not found; build it first")
         settings = artifact.info.get("settings") or {}
-        hint = settings.get("inference_precision") or _inference_precision(artifact.precision)
+        hint = settings.get("inference_precision") or inference_precision(artifact.precision)
         return OpenVINORunner(Path(artifact.path), hint, output_names=settings.get("output_names"))
 
 

@@ -10,22 +10,19 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from edgerep.backends.base import Backend
 from edgerep.backends.common import calib_settings, check_ignored_nodes
 from edgerep.cpu.isa import int16_saturation_risk, target_isa
 from edgerep.data.sources import sample_batches
 from edgerep.errors import UserError, first_line
 from edgerep.files.onnx_files import detect_head_float_nodes, onnx_input
-from edgerep.targets import BACKEND_CAPABILITIES
-
-_METHODS = BACKEND_CAPABILITIES["openvino"].calib_methods
-
 
 # The NNCF range estimator standing in for each calibration method. NNCF has no KL-divergence
 # calibration: "entropy" maps to its histogram estimator, which also optimizes ranges from a histogram.
-_ESTIMATORS = {"minmax": None, "percentile": "MEAN_QUANTILE", "entropy": "HISTOGRAM"}
+RANGE_ESTIMATORS = {"minmax": None, "percentile": "MEAN_QUANTILE", "entropy": "HISTOGRAM"}
 
 
-class _Samples:
+class CalibrationSamples:
     """A re-iterable view of the calibration data as single samples (NNCF may pass over it more than once,
     and counts subset_size in items, so one item is one sample)."""
 
@@ -42,7 +39,9 @@ class _Samples:
         return min(int(self.calib.num_samples), self.limit) // step
 
 
-def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: dict) -> tuple[Any, dict]:
+def quantize_nncf(model: Any, onnx_path: Path, calib: Any, profile: Any, options: dict[str, Any], backend: Backend
+                  ) -> tuple[Any, dict[str, Any]]:
+    """NNCF post-training INT8 of the OpenVINO model read from `onnx_path`; returns (model, settings)."""
     try:
         # NNCF imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on every CPU-only run.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -52,7 +51,7 @@ def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: di
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    method, num = calib_settings(profile, options, "minmax", _METHODS)
+    method, num = calib_settings(profile, options, backend)
     preset_name = options.get("preset", "mixed")
     bias_correction = options.get("bias_correction", "fast")
     if bias_correction not in ("fast", "full"):
@@ -68,11 +67,11 @@ def _quantize(model: Any, onnx_path: Path, calib: Any, profile: Any, options: di
 
     _, shape = onnx_input(onnx_path)
     fixed_batch = shape[0] if shape and shape[0] is not None else None
-    samples = _Samples(calib, num, fixed_batch)
+    samples = CalibrationSamples(calib, num, fixed_batch)
     count = len(samples)
     if count == 0:
         raise UserError(f"--calib {calib.path}: {calib.num_samples} samples, fewer than the model's batch of {fixed_batch}")
-    estimator = _ESTIMATORS[method]
+    estimator = RANGE_ESTIMATORS[method]
     isa = target_isa(profile)
     overflow_fix = overflow_fix_for(isa)
     advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
@@ -125,3 +124,4 @@ def _ov_names(model: Any, onnx_names: list[str]) -> list[str]:
         matches = [op for op in ops if op == name or op.startswith(name + "/")]
         found.extend(m for m in matches if m not in found)
     return found
+

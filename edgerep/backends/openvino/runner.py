@@ -6,12 +6,13 @@ from typing import Any
 
 import numpy as np
 
+from edgerep.backends.base import RunnerBase
 from edgerep.backends.common import time_calls
 from edgerep.cpu.threads import runtime_threads
 from edgerep.errors import UserError, first_line
 
 
-def _inference_precision(precision: str) -> str:
+def inference_precision(precision: str) -> str:
     if precision != "fp16":
         return "f32"
     import openvino as ov
@@ -20,7 +21,7 @@ def _inference_precision(precision: str) -> str:
     return "f16" if "FP16" in caps else "f32"
 
 
-class OpenVINORunner:
+class OpenVINORunner(RunnerBase):
     """A model compiled for the CPU; `run`, `run_all` and `latency` use synchronous infer requests.
 
     Outputs are found by their tensor names on the compiled model's ports (the ONNX frontend keeps the ONNX

@@ -10,21 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgerep.backends.base import COMMON_OPTIONS, Capabilities
+from edgerep.backends.common import calib_settings, check_options, require_precision
 from edgerep.errors import UserError
 from edgerep.files.artifacts import Artifact
 from edgerep.files.onnx_files import onnx_output_names
-from edgerep.targets import BACKEND_CAPABILITIES
-
-KNOWN_OPTIONS = {"ignored_nodes", "calib_method", "num_samples", "int8_mode", "dla_core", "timing_cache",
-                 "entropy_bins"}
 
 
 class TensorRTBackend:
     name = "tensorrt"
-    precisions = BACKEND_CAPABILITIES["tensorrt"].precisions
-    calib_methods = BACKEND_CAPABILITIES["tensorrt"].calib_methods
-    # build() also works without TensorRT or a GPU: it writes the device bundle and returns skipped engines.
-    offline_build = True
+    # Entropy calibration first: TensorRT's own IInt8EntropyCalibrator2. build() also works without TensorRT or a
+    # GPU (offline_build): it writes the device bundle and returns skipped engines. ONNX Runtime is in the cache
+    # key too: it calibrates on the host and runs the Q/DQ prediction.
+    capabilities = Capabilities(
+        title="TensorRT", precisions=("fp32", "fp16", "int8"), calib_methods=("entropy", "minmax", "percentile"),
+        options=COMMON_OPTIONS | {"int8_mode", "dla_core", "timing_cache", "entropy_bins"},
+        packages=("tensorrt", "onnxruntime"), qdq_style="tensorrt", install="pip install 'edgerep[tensorrt]'",
+        offline_build=True)
 
     def available(self) -> str | None:
         from edgerep.backends.tensorrt.gpu import unavailable_reason
@@ -37,12 +39,8 @@ class TensorRTBackend:
         from edgerep.backends.tensorrt.trtexec import check_dla_int8
         from edgerep.backends.tensorrt.versions import int8_modes, version_str
 
-        if precision not in self.precisions:
-            raise UserError(f"--precision {precision}: the tensorrt backend builds {', '.join(self.precisions)}")
-        options = dict(options or {})
-        unknown = sorted(set(options) - KNOWN_OPTIONS)
-        if unknown:
-            raise UserError(f"tensorrt build options: unknown {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_OPTIONS))})")
+        require_precision(self, precision)
+        options = check_options(options, self)
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
         version = host.profile_version(profile)
         trt_settings = profile.tensorrt
@@ -67,11 +65,7 @@ class TensorRTBackend:
             if calib is None:
                 raise UserError("--calib: TensorRT INT8 needs calibration data (host calibration for the cache and "
                                 "the Q/DQ model); pass --calib")
-            cal = getattr(profile, "calibration", None)
-            method = options.get("calib_method") or (cal.method if cal else "entropy")
-            if method not in self.calib_methods:
-                raise UserError(f"--calib-method {method}: not one of {', '.join(self.calib_methods)}")
-            num = int(options.get("num_samples") or (cal.num_samples if cal else 300))
+            method, num = calib_settings(profile, options, self)
             int8 = host.prepare_int8(onnx_path, profile, calib, host_dir, method=method, num_samples=num,
                                      ignored_nodes=options.get("ignored_nodes"), entropy_bins=options.get("entropy_bins"))
         if precision == "fp16" and version[0] >= 11:

@@ -29,7 +29,15 @@ from typing import Any
 import numpy as np
 
 from edgerep.backends.tensorrt.trtexec import ONNX_FP16, ONNX_FP32, ONNX_QDQ, engine_name, engine_source, trtexec_args
-from edgerep.backends.tensorrt.versions import Version, api_features, cache_header, parse_version, version_code, version_str
+from edgerep.backends.tensorrt.versions import (
+    Version,
+    api_features,
+    cache_header,
+    parse_version,
+    version_code,
+    version_spec,
+    version_str,
+)
 from edgerep.errors import UserError
 
 BUNDLE_FORMAT = "edgerep-tensorrt-bundle"
@@ -242,8 +250,8 @@ def build_script(manifest: dict[str, Any]) -> str:
     NVIDIA/Deep-Learning-Accelerator-SW#26 with a TRT-8600 header on 10.3) instead of recalibrating.
     It writes a sidecar beside each engine."""
     version = parse_version(manifest["trt_version"])
-    spec = str(manifest.get("trt_version_spec") or version_str(version)).split(".")
-    want_major, want_minor = int(spec[0]), (spec[1] if len(spec) > 1 and spec[1].isdigit() else '""')
+    major, minor = version_spec(str(manifest.get("trt_version_spec") or version_str(version)))
+    want_major, want_minor = major, ('""' if minor is None else minor)
     lines = [
         "#!/usr/bin/env bash",
         f"# Builds the TensorRT engines of this bundle on the device (edgerep {manifest.get('edgerep_version')},",

@@ -31,10 +31,9 @@ def build_engine(onnx_path: Path, precision: str, *, out_dir: Path, profile: Any
     import tensorrt as trt
 
     from edgerep.backends.tensorrt.gpu import cuda_driver, running_environment, trt_version
-    from edgerep.backends.tensorrt.versions import api_features
-    from edgerep.targets import trt_version_matches
+    from edgerep.backends.tensorrt.versions import api_features, version_matches
 
-    if not trt_version_matches(profile.tensorrt.version, trt.__version__):
+    if not version_matches(profile.tensorrt.version, trt.__version__):
         raise UserError(f"--target {profile.name}: made for TensorRT {profile.tensorrt.version}, this machine has "
                         f"{trt.__version__}; use the profile of this device (edgerep targets)")
     feats = api_features(trt_version())

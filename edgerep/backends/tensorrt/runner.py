@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from edgerep.backends.base import RunnerBase
 from edgerep.backends.tensorrt.gpu import cuda_driver, make_logger, trt_version
 from edgerep.errors import UserError
 
 
-class TensorRTRunner:
+class TensorRTRunner(RunnerBase):
     """Runs a plan with pycuda: pinned host buffers, one stream, async copies; latency from CUDA events."""
 
     def __init__(self, engine_path: Path, *, dla_core: int | None = None,

@@ -26,18 +26,6 @@ Version = tuple[int, int, int]
 # matters for the calibration-cache header, which TensorRT compares with its own version.
 KNOWN_PATCH: dict[tuple[int, int], int] = {(8, 0): 1, (8, 2): 1, (8, 4): 1, (8, 5): 2, (8, 6): 1, (10, 3): 0}
 
-# JetPack -> (Jetson Linux, TensorRT, CUDA, confirmed in a primary NVIDIA source).
-JETPACK: list[tuple[str, str, str, str, bool]] = [
-    ("4.6", "32.6.1", "8.0.1", "10.2", True),
-    ("4.6.1", "32.7.1", "8.2.1", "10.2", True),
-    ("4.6.2", "32.7.2", "8.2.1", "10.2", False),
-    ("5.0.2", "35.1", "8.4.1", "11.4", True),
-    ("5.1 / 5.1.1 / 5.1.2", "35.2.1 / 35.3.1 / 35.4.1", "8.5.2", "11.4", True),
-    ("6.0", "36.3", "8.6.2", "12.2", False),
-    ("6.1 / 6.2", "36.4", "10.3.0", "12.6", True),
-]
-
-
 def parse_version(text: str | tuple[int, ...], *, what: str = "TensorRT version") -> Version:
     """'8.5' -> (8, 5, p) with the patch the Jetson release ships (else 0); '8.5.2.2' -> (8, 5, 2);
     '10.x' or '10' -> (10, 0, 0), the oldest of that major (the conservative choice for lint)."""
@@ -56,6 +44,24 @@ def parse_version(text: str | tuple[int, ...], *, what: str = "TensorRT version"
     major, minor = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
     patch = int(parts[2]) if len(parts) > 2 else KNOWN_PATCH.get((major, minor), 0)
     return (major, minor, patch)
+
+
+def version_spec(spec: str) -> tuple[int, int | None]:
+    """A profile's version prefix as (major, minor or None): "8.5" -> (8, 5), "10" or "10.x" -> (10, None).
+    The one reading of the rule: Python matching (version_matches) and build.sh's bash test both start here."""
+    parts = [p for p in str(spec).split(".") if p]
+    if not parts or not parts[0].isdigit():
+        raise UserError(f"TensorRT version {spec!r}: expected a version like '8.5' or '10'")
+    minor = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    return int(parts[0]), minor
+
+
+def version_matches(spec: str, installed: str) -> bool:
+    """True when the installed TensorRT falls under the profile's prefix ("8.5" ~ "8.5.2.2", "10" ~ any 10.x);
+    components are compared, not strings ("10.3" does not match "10.30.1")."""
+    major, minor = version_spec(spec)
+    have = [int(p) if p.isdigit() else -1 for p in str(installed).split(".")]
+    return have[:1] == [major] and (minor is None or have[1:2] == [minor])
 
 
 def version_str(v: Version) -> str:
