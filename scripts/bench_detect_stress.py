@@ -116,6 +116,7 @@ def bench_model(spec: str, work: Path, calib: LetterboxedImages, val_items, cons
     from edgerep.export.simplify import simplify_onnx
     from edgerep.fuse import fuse
     from edgerep.models.specs import load_model
+    from edgerep.quant.float_policy import detect_head_float_nodes
     from edgerep.tasks.detect import agreement, detection_map, label_truth
 
     info = load_model(spec)
@@ -140,9 +141,11 @@ def bench_model(spec: str, work: Path, calib: LetterboxedImages, val_items, cons
     # In the work folder: when its symbolic shape inference gives up on this graph (dynamic batch), ORT's
     # pre-processing writes sym_shape_infer_temp.onnx and a <uuid>.data file into the current directory.
     with contextlib.chdir(work):
-        settings = quantize_qdq(fp32_path, engines["int8"], calib, method="minmax", num_samples=300)
+        head = detect_head_float_nodes(fp32_path)  # the product's default, as every INT8 build applies it
+        settings = quantize_qdq(fp32_path, engines["int8"], calib, method="minmax", num_samples=300,
+                                head_float_nodes=head)
         quantize_qdq(fp32_path, engines["int8_tail_float"], calib, method="minmax", num_samples=300,
-                     ignored_nodes=tail)
+                     ignored_nodes=tail, head_float_nodes=head)
     row = {"model": spec, "fuse_max_rel_err": fused.report.max_rel_err,
            "reference": {"labelled_map50": ref_map.map50, "labelled_map": ref_map.map50_95},
            "int8_settings": {k: v for k, v in settings.items() if k != "ignored_nodes"},

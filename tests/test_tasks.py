@@ -277,7 +277,7 @@ def test_max_drop_on_a_raw_model_exits_2_before_writing(tmp_path, monkeypatch, c
 def test_int8_keeps_the_decode_tail_after_the_last_weighted_layer_in_float(tmp_path):
     import onnx
 
-    from edgerep.files.onnx_files import output_tail_nodes
+    from edgerep.quant.float_policy import output_tail_nodes
 
     class Head(nn.Module):
         def __init__(self) -> None:
@@ -306,7 +306,7 @@ def test_int8_keeps_the_decode_tail_after_the_last_weighted_layer_in_float(tmp_p
 
     # INT8 also keeps the prediction conv feeding that tail in float (box regressions the decode amplifies);
     # a classifier still keeps nothing.
-    from edgerep.files.onnx_files import detect_head_float_nodes
+    from edgerep.quant.float_policy import detect_head_float_nodes
 
     float_nodes = detect_head_float_nodes(tmp_path / "head.onnx")
     convs = [n.name for n in head.graph.node if n.op_type == "Conv"]

@@ -26,8 +26,9 @@ from edgerep.files.artifacts import Artifact
 if TYPE_CHECKING:
     from edgerep.targets import TargetProfile
 
-# Options every CPU backend's build takes; each backend lists its own on top in its Capabilities.
-COMMON_OPTIONS = frozenset({"ignored_nodes", "calib_method", "num_samples"})
+# Options every backend's build takes; each backend lists its own on top in its Capabilities. ignored_nodes: the
+# user's float layers; head_float_nodes: those INT8 keeps in float by default (quant.float_policy decides them).
+COMMON_OPTIONS = frozenset({"ignored_nodes", "head_float_nodes", "calib_method", "num_samples"})
 
 
 @dataclass(frozen=True)

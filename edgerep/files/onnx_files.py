@@ -85,52 +85,6 @@ def onnx_node_names(onnx_path: Path) -> list[str]:
     return [n.name for n in model.graph.node]
 
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def output_tail_nodes(onnx_path: Path) -> list[str]:
-    """Names of the nodes after the last weighted layer on every path to the outputs (no Conv/Gemm/MatMul
-    downstream): a detection head's decode (sigmoid, exp, anchor arithmetic, the concat of boxes with scores).
-    INT8 keeps them in float, as Ultralytics' own INT8 export does: one scale shared by box coordinates in pixels
-    and scores in [0, 1] would round every score away. A classifier ending in its Gemm has none."""
-    return [n.name for n in _tail_nodes(_graph_nodes(onnx_path))]
-
-
-def detect_head_float_nodes(onnx_path: Path) -> list[str]:
-    """What INT8 keeps in float by default: the decode tail (output_tail_nodes) and, when there is one, the
-    weighted layers that feed it (a detection head's prediction convs). Their outputs are box regressions
-    that the decode exponentiates or softmaxes (YOLOX-style log sizes, Ultralytics' DFL bins), so an INT8
-    rounding step there becomes a multiplicative box error: on the demo detector, ONNX Runtime INT8 lost 3.0
-    points of labelled mAP@0.5:0.95 with only the tail in float and 0.2-0.9 with the prediction convs too
-    (1x1 convs: a negligible share of the compute). A classifier has no tail, so nothing changes for it."""
-    nodes = _graph_nodes(onnx_path)
-    tail = _tail_nodes(nodes)
-    feeds_tail = {name for node in tail for name in node.input}
-    heads = [n for n in nodes if n.name and n.op_type in WEIGHTED_OPS and any(out in feeds_tail for out in n.output)]
-    return [n.name for n in heads + tail]
-
-
-def _graph_nodes(onnx_path: Path) -> list[Any]:
-    import onnx
-
-    # one Python object per node (protobuf makes new wrappers on each iteration)
-    return list(onnx.load(str(onnx_path), load_external_data=False).graph.node)
-
-
-def _tail_nodes(nodes: list[Any]) -> list[Any]:
-    """The named nodes from which no weighted node is reachable (see output_tail_nodes)."""
-    consumers: dict[str, list[int]] = {}
-    for i, node in enumerate(nodes):
-        for name in node.input:
-            consumers.setdefault(name, []).append(i)
-    reaches = [False] * len(nodes)
-    # Backwards in topological order (ONNX stores nodes topologically sorted): consumers are decided first.
-    for i in range(len(nodes) - 1, -1, -1):
-        reaches[i] = nodes[i].op_type in WEIGHTED_OPS or any(
-            reaches[c] for out in nodes[i].output for c in consumers.get(out, []))
-    return [n for i, n in enumerate(nodes) if n.name and not reaches[i]]
-
-
 @contextlib.contextmanager
 def quiet_root_logger() -> Iterator[None]:
     """ONNX Runtime's quantize_static logs a "consider pre-processing" hint on the root logger on every call."""

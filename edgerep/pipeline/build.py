@@ -109,7 +109,8 @@ def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = Tr
     artifacts: dict[str, Any] = {}
     engine_records: dict[str, dict[str, Any]] = {}
     for precision in precisions:
-        options = stages.engine_options(opts.backend_options, precision, calib_samples=opts.calib_samples,
+        options = stages.engine_options(opts.backend_options, precision, onnx_path=onnx.sim_path,
+                                        calib_samples=opts.calib_samples,
                                         calib_method=opts.calib_method)
         int8_plan = None
         if precision == "int8" and opts.max_drop is not None:

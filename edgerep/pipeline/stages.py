@@ -419,15 +419,19 @@ def _fuse_summary(report: Any) -> dict[str, Any]:
 # --- stage: engine (one per precision) -------------------------------------------------------------
 
 
-def engine_options(backend_options: dict[str, Any], precision: str, *, calib_samples: int | None,
+def engine_options(backend_options: dict[str, Any], precision: str, *, onnx_path: Path, calib_samples: int | None,
                    calib_method: str | None) -> dict[str, Any]:
-    """The backend options of one engine: the shared ones plus (INT8) the calibration overrides."""
+    """The backend options of one engine: the shared ones plus (INT8) the calibration overrides and the nodes
+    INT8 keeps in float by default (quant.float_policy: a detector's head)."""
     options = dict(backend_options)
     if precision == "int8":
+        from edgerep.quant.float_policy import with_float_policy
+
         if calib_samples is not None:
             options["num_samples"] = calib_samples
         if calib_method is not None:
             options["calib_method"] = calib_method
+        options = with_float_policy(onnx_path, options)
     return options
 
 

@@ -82,10 +82,10 @@ class QdqMaker:
         return self._source
 
     def tail(self) -> list[str]:
-        """A detector's prediction convs and decode (onnx_files.detect_head_float_nodes): kept in float, as the
+        """A detector's prediction convs and decode (quant.float_policy): kept in float, as the
         backends keep them. Read from the model once: every variant of a search excludes the same nodes."""
         if self._tail is None:
-            from edgerep.files.onnx_files import detect_head_float_nodes
+            from edgerep.quant.float_policy import detect_head_float_nodes
 
             self._tail = detect_head_float_nodes(self.onnx_path)
         return self._tail

@@ -64,7 +64,8 @@ class OnnxRuntimeBackend:
             isa = target_isa(profile)
             weights = weight_format_for(isa, options.get("int8_weights"))
             settings = quantize_qdq(onnx_path, path, calib, method=method, num_samples=num,
-                                    ignored_nodes=options.get("ignored_nodes"), activation_type=act,
+                                    ignored_nodes=options.get("ignored_nodes"),
+                                    head_float_nodes=options.get("head_float_nodes"), activation_type=act,
                                     per_channel=bool(options.get("per_channel", True)), weights=weights)
             settings["isa"] = isa
             settings["int16_saturation"] = int16_saturation_check(path)

@@ -15,7 +15,7 @@ from edgerep.backends.common import check_ignored_nodes
 from edgerep.data.sources import calib_batch_count, sample_batches
 from edgerep.errors import UserError
 from edgerep.files.artifacts import atomic_files, companion_files
-from edgerep.files.onnx_files import detect_head_float_nodes, onnx_input, ort_pre_process, quiet_root_logger
+from edgerep.files.onnx_files import onnx_input, ort_pre_process, quiet_root_logger
 
 # Weight formats of ONNX Runtime's CPU INT8 kernels (ONNX Runtime docs, quantization, "Data type selection" and
 # "When to use reduce-range"): without VNNI, U8S8 uses vpmaddubsw, which adds two u8*s8 products into a
@@ -91,15 +91,16 @@ def _stride(total: int, batch_size: int) -> int:
 
 
 def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "minmax", num_samples: int = 300,
-                 ignored_nodes: list[str] | None = None, activation_type: str = "uint8",
+                 ignored_nodes: list[str] | None = None, head_float_nodes: list[str] | None = None,
+                 activation_type: str = "uint8",
                  symmetric_activations: bool = False, per_channel: bool = True, weights: str = "s8",
                  extra_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Quantize an ONNX model to INT8 Q/DQ with ONNX Runtime's static quantizer, written atomically.
 
     Weights QInt8 per output channel; activations QUInt8 (ONNX Runtime's fast U8S8 path on x86 CPUs) or
     QInt8 (`activation_type="int8"`, with `symmetric_activations=True` for TensorRT). Calibration streams
-    `num_samples` samples of `calib` (MinMax, Entropy or Percentile). `ignored_nodes` (ONNX node names)
-    stay in float. `weights`: a key of WEIGHT_FORMATS. Returns the settings used, for the sidecar.
+    `num_samples` samples of `calib` (MinMax, Entropy or Percentile). `ignored_nodes` and `head_float_nodes`
+    (ONNX node names: the user's, and the default policy's from quant.float_policy) stay in float. `weights`: a key of WEIGHT_FORMATS. Returns the settings used, for the sidecar.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -111,7 +112,7 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
         raise UserError(f"activation_type {activation_type!r}: use 'uint8' or 'int8'")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     ignored = check_ignored_nodes(onnx_path, ignored_nodes)
-    tail = [n for n in detect_head_float_nodes(onnx_path) if n not in ignored]  # a detector's head and decode stay in float
+    tail = [n for n in check_ignored_nodes(onnx_path, head_float_nodes) if n not in ignored]  # quant.float_policy's
     input_name, shape = onnx_input(onnx_path)
     exact = bool(shape) and shape[0] is not None
     batch = shape[0] if exact else _DYNAMIC_CALIB_BATCH
@@ -154,7 +155,7 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
             "activations": activation_type, "symmetric_activations": symmetric_activations,
             "calib_method": method, "calib_samples": min(int(calib.num_samples), num_samples),
             "calib_batch": batch, "ignored_nodes": ignored,
-            # a detector's prediction convs and decode, kept in float by default (onnx_files.detect_head_float_nodes)
+            # a detector's prediction convs and decode, kept in float by default (quant.float_policy)
             "float_head_nodes": len(tail), "shape_inference": pre_processed}
 
 

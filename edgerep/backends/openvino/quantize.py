@@ -15,7 +15,7 @@ from edgerep.backends.common import calib_settings, check_ignored_nodes
 from edgerep.cpu.isa import int16_saturation_risk, target_isa
 from edgerep.data.sources import sample_batches
 from edgerep.errors import UserError, first_line
-from edgerep.files.onnx_files import detect_head_float_nodes, onnx_input
+from edgerep.files.onnx_files import onnx_input
 
 # The NNCF range estimator standing in for each calibration method. NNCF has no KL-divergence
 # calibration: "entropy" maps to its histogram estimator, which also optimizes ranges from a histogram.
@@ -60,9 +60,9 @@ def quantize_nncf(model: Any, onnx_path: Path, calib: Any, profile: Any, options
     if preset_name not in presets:
         raise UserError(f"openvino preset {preset_name!r}: use 'performance' (symmetric) or 'mixed' (asymmetric activations)")
     ignored = check_ignored_nodes(onnx_path, options.get("ignored_nodes"))
-    # A detector's prediction convs and decode stay in float, as on every backend (onnx_files.detect_head_float_nodes;
-    # the decode's non-weighted ops are left alone by NNCF anyway, the convs are not).
-    head = [n for n in detect_head_float_nodes(onnx_path) if n not in ignored]
+    # A detector's prediction convs and decode stay in float, as on every backend (quant.float_policy; the decode's
+    # non-weighted ops are left alone by NNCF anyway, the convs are not).
+    head = [n for n in check_ignored_nodes(onnx_path, options.get("head_float_nodes")) if n not in ignored]
     ov_ignored = _ov_names(model, ignored + head)
 
     _, shape = onnx_input(onnx_path)

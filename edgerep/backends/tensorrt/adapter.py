@@ -67,7 +67,8 @@ class TensorRTBackend:
                                 "the Q/DQ model); pass --calib")
             method, num = calib_settings(profile, options, self)
             int8 = host.prepare_int8(onnx_path, profile, calib, host_dir, method=method, num_samples=num,
-                                     ignored_nodes=options.get("ignored_nodes"), entropy_bins=options.get("entropy_bins"))
+                                     ignored_nodes=options.get("ignored_nodes"), head_float_nodes=options.get("head_float_nodes"),
+                                     entropy_bins=options.get("entropy_bins"))
         if precision == "fp16" and version[0] >= 11:
             fp16_onnx = host.prepare_fp16(onnx_path, host_dir)
         settings = {"trt_version": version_str(version), "int8_mode": int8_mode if precision == "int8" else None,

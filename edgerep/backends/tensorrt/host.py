@@ -65,7 +65,8 @@ def _onnx_meta(onnx_path: Path) -> tuple[str, int | None]:
 
 
 def prepare_int8(onnx_path: Path, profile: Any, calib: Any, work_dir: Path, *, method: str, num_samples: int,
-                 ignored_nodes: list[str] | None = None, entropy_bins: int | None = None) -> dict[str, Any]:
+                 ignored_nodes: list[str] | None = None, head_float_nodes: list[str] | None = None,
+                 entropy_bins: int | None = None) -> dict[str, Any]:
     """Calibrate on the CPU and write, in `work_dir`: calib_ranges.json, calib.cache (+ sidecar) for the
     profile's TensorRT version, and model.qdq.onnx (+ sidecar). Reused when nothing they depend on changed.
     Returns {"ranges", "cache", "qdq", "key", "method", "num_samples", "data_sha256", ...}."""
@@ -80,7 +81,7 @@ def prepare_int8(onnx_path: Path, profile: Any, calib: Any, work_dir: Path, *, m
     data_sha = calib.sha256()
     bins = entropy_bins or ENTROPY_BINS
     key = _key({"onnx": onnx_sha, "data": data_sha, "method": method, "num_samples": num_samples,
-                "ignored": sorted(ignored_nodes or []), "trt": version_str(version), "bins": bins,
+                "ignored": sorted(ignored_nodes or []), "head_float": sorted(head_float_nodes or []), "trt": version_str(version), "bins": bins,
                 "versions": _versions("edgerep", "onnxruntime", "onnx")})
     ranges_path, cache_path, qdq_path = work_dir / "calib_ranges.json", work_dir / "calib.cache", work_dir / "model.qdq.onnx"
     cache_side, qdq_side = read_sidecar(cache_path), read_sidecar(qdq_path)
@@ -90,7 +91,8 @@ def prepare_int8(onnx_path: Path, profile: Any, calib: Any, work_dir: Path, *, m
                 "onnx_sha256": onnx_sha, "qdq_settings": qdq_side.get("settings")}
     with contextlib.redirect_stdout(io.StringIO()):  # ONNX Runtime's collectors print progress on stdout
         ranges = calibrate(Path(onnx_path), calib, method=method, num_samples=num_samples, entropy_bins=bins)
-        settings = qdq.make_qdq(Path(onnx_path), qdq_path, ranges, nodes_to_exclude=ignored_nodes)
+        settings = qdq.make_qdq(Path(onnx_path), qdq_path, ranges, nodes_to_exclude=ignored_nodes,
+                                head_float_nodes=head_float_nodes)
     write_json_atomic(ranges_path, {**ranges.to_json(), "onnx_sha256": onnx_sha, "data_sha256": data_sha})
     calib_cache.write_cache(cache_path, ranges.amax(), version)
     header = calib_cache.read_cache(cache_path).header

@@ -50,7 +50,8 @@ def _supports_cache_path() -> bool:
 
 
 def make_qdq(onnx_path: Path, out_path: Path, ranges: Any, *, nodes_to_exclude: list[str] | None = None,
-             per_channel: bool = True, use_cache_path: bool | None = None) -> dict[str, Any]:
+             head_float_nodes: list[str] | None = None, per_channel: bool = True,
+             use_cache_path: bool | None = None) -> dict[str, Any]:
     """Write the TensorRT-style Q/DQ model of `onnx_path` to `out_path` (atomically) using `ranges`
     (a calibrate.CalibrationRanges). Returns what was done, for the sidecar.
 
@@ -72,9 +73,10 @@ def make_qdq(onnx_path: Path, out_path: Path, ranges: Any, *, nodes_to_exclude: 
     unknown = [n for n in exclude if n not in node_names]
     if unknown:
         raise UserError(f"ignored nodes {', '.join(unknown[:3])}: not node names of {onnx_path.name}")
-    from edgerep.files.onnx_files import detect_head_float_nodes
-
-    tail = [n for n in detect_head_float_nodes(Path(onnx_path)) if n not in exclude]  # a detector's head and decode stay in float
+    tail = [n for n in head_float_nodes or [] if n not in exclude]  # the default float nodes (quant.float_policy)
+    missing = [n for n in tail if n not in node_names]
+    if missing:
+        raise UserError(f"head float nodes {', '.join(missing[:3])}: not node names of {onnx_path.name}")
     route = ("cache" if _supports_cache_path() else "overrides") if use_cache_path is None else \
         ("cache" if use_cache_path else "overrides")
     with tempfile.TemporaryDirectory(prefix="edgerep-qdq-") as tmp, atomic_path(Path(out_path)) as partial:
