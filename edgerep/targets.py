@@ -136,7 +136,7 @@ class TargetProfile:
     tensorrt: TensorRTSettings | None = None
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     # The CPU instruction set the engine must hold on (CPU backends): "auto" (the machine running edgerep)
-    # or one of edgerep.cpu.isa.ISAS. INT8 choices depend on it (see edgerep/cpu.py).
+    # or one of edgerep.cpu.isa.ISAS. INT8 choices depend on it (see edgerep/cpu/isa.py).
     isa: str = "auto"
     source: Path | None = None
 
@@ -250,8 +250,10 @@ class _Checker:
             return default
         value = data[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python; a profile saying `opset = true` is a mistake, not 1.
-        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        # A float field takes a whole number too (`max_top1_drop = 1`); bool is an int in Python, and a profile
+        # saying `opset = true` is a mistake, not 1.
+        accepted = kinds + ((int,) if float in kinds and int not in kinds else ())
+        ok = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in kinds)
         if not ok:
             names = " or ".join(k.__name__ for k in kinds)
             raise self.fail(where, f"expected {names}, got {type(value).__name__} {value!r}")

@@ -12,7 +12,7 @@ activation, same function in float, see edgerep/quant/stress.py) and each backen
 The target of the issue: drop <= 0.5 point with INT8 at least 1.5x faster than FP32, on both backends.
 Note: the search and the reported top-1 use the same validation data.
 
-Section "isa" (ONNX Runtime's INT8 weight formats, edgerep/cpu.py): for each model, the plain INT8 engine with
+Section "isa" (ONNX Runtime's INT8 weight formats, edgerep/cpu/isa.py): for each model, the plain INT8 engine with
 full-range int8 weights (s8, what a VNNI target gets), 7-bit weights (s7, reduce_range) and uint8 weights (u8):
 top-1 and latency on the running machine and, where qemu-user is installed, top-1 under `qemu-x86_64 -cpu
 Haswell` (AVX2, no VNNI: the kernels an AVX2 box runs; accuracy only, emulated time means nothing). Every run

@@ -119,6 +119,13 @@ def test_bad_profiles_name_file_and_field(tmp_path, old, new, expected):
     assert "\n" not in message
 
 
+def test_a_float_limit_may_be_written_as_a_whole_number(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(GOOD.format(name="mine").replace("[gates.int8]\nmin_cosine = 0.98", "[gates.int8]\nmin_cosine = 0.98\nmax_top1_drop = 1"))
+    gate = load_target(str(path)).gate("int8")
+    assert gate.max_top1_drop == 1.0 and isinstance(gate.max_top1_drop, float)
+
+
 def test_good_custom_profile_and_name_mismatch(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text(GOOD.format(name="mine"))

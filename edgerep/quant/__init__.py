@@ -6,6 +6,7 @@
   ranges.py       weight and activation range statistics per layer, outliers flagged
   mixed.py        the --max-drop search (every candidate a real engine), NNCF accuracy control compared
   precision.py    which layers of a built engine really run in INT8
-  plot.py, command.py  the `edgerep sensitivity` bar plot and command
+  float_policy.py  what INT8 keeps in float by default (a detector's head), handed to every backend
+  plot.py         the `edgerep sensitivity` bar plot (the command is commands/sensitivity.py)
 Nothing heavy is imported here: onnxruntime, openvino and nncf load inside the functions that use them.
 """

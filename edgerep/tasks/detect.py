@@ -10,7 +10,7 @@ Then per image: the best class of each candidate, a score threshold, class-aware
 
 mAP is pycocotools' COCOeval (the reference implementation; we only build its inputs in memory):
 ``detection_map`` against labels, ``agreement`` of an engine's detections with the unfused PyTorch
-model's detections taken as ground truth (DESIGN.md: an engine that agrees at mAP@0.5:0.95 >= 0.95 is a
+model's detections taken as ground truth (an engine that agrees at mAP@0.5:0.95 >= 0.95 is a
 faithful copy whatever the labels say). pycocotools and torchvision are imported inside the functions:
 they are the optional extra ``edgerep[detect]``.
 """

@@ -1,5 +1,5 @@
 """trtexec command lines valid for one TensorRT version (samples/common/sampleOptions.cpp of each
-NVIDIA/TensorRT release branch, summarised in API.md section 9), and which ONNX file each engine starts from.
+NVIDIA/TensorRT release branch, collected in data/trtexec_options.json), and which ONNX file each engine starts from.
 
 Per version:
   --workspace=N (MiB) 8.0-8.3 | --memPoolSize=workspace:N 8.4+ (--workspace removed in 10.0)
