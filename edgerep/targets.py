@@ -231,17 +231,17 @@ class _Checker:
     def fail(self, where: str, what: str) -> UserError:
         return UserError(f"{self.path}: {where}: {what}; fix the profile (see targets/openvino-cpu.toml)")
 
-    def table(self, data: Any, where: str) -> dict:
+    def table(self, data: Any, where: str) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise self.fail(where, f"expected a table, got {type(data).__name__}")
         return data
 
-    def no_unknown(self, data: dict, allowed: set[str], prefix: str) -> None:
+    def no_unknown(self, data: dict[str, Any], allowed: set[str], prefix: str) -> None:
         for key in data:
             if key not in allowed:
                 raise self.fail(f"{prefix}{key}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
 
-    def get(self, data: dict, key: str, kind: type | tuple, prefix: str = "", *, required: bool = False,
+    def get(self, data: dict[str, Any], key: str, kind: type | tuple[type, ...], prefix: str = "", *, required: bool = False,
             default: Any = None) -> Any:
         where = f"{prefix}{key}"
         if key not in data:
@@ -261,7 +261,7 @@ class _Checker:
             value = float(value)
         return value
 
-    def int_list(self, data: dict, key: str, prefix: str, default: list[int]) -> list[int]:
+    def int_list(self, data: dict[str, Any], key: str, prefix: str, default: list[int]) -> list[int]:
         value = self.get(data, key, list, prefix, default=default)
         if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
             raise self.fail(f"{prefix}{key}", f"expected a non-empty list of positive integers, got {value!r}")
@@ -286,7 +286,7 @@ def _load_file(path: Path) -> TargetProfile:
     return parse_profile(data, path)
 
 
-def parse_profile(data: dict, path: Path) -> TargetProfile:
+def parse_profile(data: dict[str, Any], path: Path) -> TargetProfile:
     """Validate a parsed TOML document and build the profile."""
     c = _Checker(path)
     c.no_unknown(data, _TOP, "")
@@ -402,7 +402,7 @@ def _gate_tables(c: _Checker, data: dict[str, Any], precisions: list[str], where
     return gates
 
 
-def _parse_tensorrt(c: _Checker, data: dict) -> TensorRTSettings:
+def _parse_tensorrt(c: _Checker, data: dict[str, Any]) -> TensorRTSettings:
     prefix = "tensorrt."
     c.no_unknown(data, {f.name for f in fields(TensorRTSettings)}, prefix)
     settings = TensorRTSettings(

@@ -137,7 +137,8 @@ def _rows(result: dict[str, Any], top: int) -> list[list[str]]:
     for r in result["sensitivity"]["layers"][:top]:
         f, q = r["float_one"], r["quant_one"]
         rows.append([str(r["rank"]), r.get("module") or "?", r["node"], _fmt(r["score"], ".1e"),
-                     f"{_fmt(f['nsr'], '.1e')} / {_fmt(f['drop'], '+.2f')}", f"{_fmt(q['nsr'], '.1e')} / {_fmt(q['drop'], '+.2f')}",
+                     f"{_fmt(f['nsr'], '.1e')} / {_fmt(f['drop'], '+.2f')}",
+                     f"{_fmt(q['nsr'], '.1e')} / {_fmt(q['drop'], '+.2f')}",
                      "; ".join(flags.get(r["node"], []))])
     return rows
 
@@ -176,7 +177,8 @@ def _write_markdown(path: Path, result: dict[str, Any], top: int) -> None:
 
     sens = result["sensitivity"]
     lines = [f"# INT8 sensitivity: {result['model']['spec']} ({result['target']})", "",
-             f"Settings: {sens['settings']}. Drop in {result.get('drop_unit')} ({sens['drop_metric']}); NSR = output noise / signal "
+             f"Settings: {sens['settings']}. Drop in {result.get('drop_unit')} ({sens['drop_metric']}); "
+             f"NSR = output noise / signal "
              f"against the unfused PyTorch model.", "",
              "| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(result, top)]

@@ -13,11 +13,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgerep.errors import UserError
 from edgerep.pipeline import stages
 from edgerep.pipeline.stages import DEMO_MODEL, StageLog
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
@@ -77,7 +80,7 @@ class BuildResult:
 
 
 
-def build(opts: BuildOptions, *, console: Any = None, measure_latency: bool = True) -> BuildResult:
+def build(opts: BuildOptions, *, console: Console | None = None, measure_latency: bool = True) -> BuildResult:
     """The stage composition behind `edgerep build`; returns the report and the exit code.
 
     measure_latency=False leaves every engine's latency empty (the report's `latency.measured` says so) and

@@ -8,15 +8,23 @@ build: the stage says why and the report goes without it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+
+    from edgerep.backends.base import Backend, Runner
+    from edgerep.models.specs import ModelInfo
+    from edgerep.targets import TargetProfile
+    from edgerep.validate.engine import Reference
 
 PICTURE_IMAGES = 3  # rows of the picture
 _CANDIDATES = 16  # the first samples looked at for images with boxes in them
 
 
-def pictures_stage(log: Any, backend: Any, artifacts: Mapping[str, Any], reference: Any, info: Any, profile: Any,
+def pictures_stage(log: Any, backend: Backend, artifacts: Mapping[str, Any], reference: Reference, info: ModelInfo,
+                   profile: TargetProfile,
                    out_dir: Path, *, k: int = PICTURE_IMAGES) -> dict[str, Any] | None:
     """Draw DIR/detections.png; returns report.json's `pictures` entry ({"detections": file name, "images",
     "columns"}) or None when it could not be drawn (the stage's detail says why)."""
@@ -31,7 +39,7 @@ def pictures_stage(log: Any, backend: Any, artifacts: Mapping[str, Any], referen
     return result
 
 
-def _decode_options(reference: Any, info: Any) -> dict[str, Any]:
+def _decode_options(reference: Reference, info: ModelInfo) -> dict[str, Any]:
     """How validation decoded the head (the reference's task when it has one), else what the model says."""
     scorer = getattr(reference, "scorer", None)
     layout = getattr(scorer, "layout", None) or getattr(info, "head_layout", None) or "auto"
@@ -43,17 +51,19 @@ def _decode_options(reference: Any, info: Any) -> dict[str, Any]:
     return options
 
 
-def _draw(backend: Any, artifacts: Mapping[str, Any], reference: Any, info: Any, profile: Any, out_dir: Path,
+def _draw(backend: Backend, artifacts: Mapping[str, Any], reference: Reference, info: ModelInfo,
+          profile: TargetProfile, out_dir: Path,
           k: int) -> dict[str, Any]:
+    from edgerep.data.detect_source import DetectionSource
     from edgerep.tasks.detect_pictures import detection_pictures, pick_images
 
     source = reference.source
-    if not hasattr(source, "metas"):
+    if not isinstance(source, DetectionSource):
         raise ValueError("the validation data are not letterboxed images (arrays have no image to draw on)")
     options = _decode_options(reference, info)
     head = np.asarray(reference.outputs, dtype=np.float32)
     n = min(len(head), _CANDIDATES)
-    labels = source.labels if getattr(source, "has_labels", False) else None
+    labels = source.labels if source.has_labels else None
     indices = pick_images(head[:n], k, labels=labels, decode_options={
         key: options[key] for key in ("layout", "num_classes", "score_threshold", "iou_threshold") if key in options})
     inputs = next(source.iter_batches(n, limit=n))[0][indices]
@@ -75,7 +85,7 @@ def _draw(backend: Any, artifacts: Mapping[str, Any], reference: Any, info: Any,
             "columns": (["labels"] if labels is not None else []) + ["pytorch (reference)", *engines]}
 
 
-def _run_each(runner: Any, inputs: np.ndarray, static_batch: int) -> np.ndarray:
+def _run_each(runner: Runner, inputs: np.ndarray, static_batch: int) -> np.ndarray:
     """The engine's first output on each input alone (repeated to a fixed-batch engine's batch, then cut)."""
     outs = []
     for x in inputs:

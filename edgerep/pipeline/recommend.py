@@ -40,6 +40,14 @@ def p50_at(engine: Dict[str, Any], batch: int) -> Optional[float]:
     return None
 
 
+def _p50(engine: Dict[str, Any], batch: int) -> float:
+    """p50_at for an engine known to be measured at `batch`."""
+    value = p50_at(engine, batch)
+    if value is None:
+        raise ValueError("{}: no latency at batch {}".format(engine.get("precision"), batch))
+    return value
+
+
 def _rank(engine: Dict[str, Any]) -> int:
     prec = engine.get("precision")
     return PRECISION_ORDER.index(prec) if prec in PRECISION_ORDER else len(PRECISION_ORDER)
@@ -98,14 +106,14 @@ def recommend_engines(engines: List[Dict[str, Any]], *, batch: int, degenerate: 
     choice = candidates[0]
     not_faster: List[Dict[str, Any]] = []
     for e in candidates[1:]:
-        ratio = p50_at(choice, batch) / p50_at(e, batch)
+        ratio = _p50(choice, batch) / _p50(e, batch)
         if ratio >= min_speedup:
             choice = e
         else:
             not_faster.append({"precision": e["precision"], "than": choice["precision"], "speedup": ratio,
-                               "p50_ms": p50_at(e, batch), "than_p50_ms": p50_at(choice, batch)})
-    p50 = p50_at(choice, batch)
-    speedup = p50_at(baseline, batch) / p50 if p50 else None
+                               "p50_ms": _p50(e, batch), "than_p50_ms": _p50(choice, batch)})
+    p50 = _p50(choice, batch)
+    speedup = _p50(baseline, batch) / p50 if p50 > 0 else float("inf")  # inf: null in report.json
     if choice is baseline:
         speed = "p50 {:.3g} ms at batch {}".format(p50, batch)
     else:

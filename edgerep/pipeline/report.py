@@ -80,7 +80,8 @@ def normalize(report: dict[str, Any]) -> dict[str, Any]:
         full["latency_ms"] = lat
         engines.append(full)
     report["engines"] = engines
-    return _finite(report)
+    clean: dict[str, Any] = _finite(report)
+    return clean
 
 
 def _finite(obj: Any) -> Any:
@@ -271,7 +272,8 @@ def plot_latency_accuracy(report: dict[str, Any], path: Path) -> Path:
 
 def latency_accuracy_figure(report: dict[str, Any]) -> Any:
     """Latency p50 at the deploy batch size (x) against accuracy (y: labelled top-1 where labels exist, else top-1
-    agreement, else cosine; a detector's agreement mAP@0.5:0.95 in percent) per engine; the reference top-1 as a dashed line; the recommended engine ringed.
+    agreement, else cosine; a detector's agreement mAP@0.5:0.95 in percent: the task's plot_metric) per engine; the
+    reference top-1 as a dashed line; the recommended engine ringed.
     Every engine label lies inside the axes and over no other label, legend or note."""
     import textwrap
 
@@ -286,16 +288,17 @@ def latency_accuracy_figure(report: dict[str, Any]) -> Any:
     def x_of(eng: dict[str, Any]) -> float | None:  # engines not measured at the deploy batch are left out
         return p50_at(eng, batch) if batch is not None else eng["latency_ms"].get("p50")
 
-    engines = [e for e in report["engines"] if e["status"] == "ok" and x_of(e) is not None]
+    measured = [(e, x) for e in report["engines"] if e["status"] == "ok" and (x := x_of(e)) is not None]
+    engines = [e for e, _ in measured]
     metric, label, scale = report_task(report).plot_metric([e["accuracy"] for e in engines])
     ref_top1 = (report.get("reference") or {}).get("top1")
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
-    points = []
-    for eng in sorted(engines, key=x_of):
+    points: list[tuple[float, float, str]] = []
+    for eng, x in sorted(measured, key=lambda pair: pair[1]):
         y = eng["accuracy"].get(metric)
         if y is None:
             continue
-        y, x = y * scale, x_of(eng)
+        y = y * scale
         chosen = rec.get("precision") == eng["precision"] and rec.get("backend") == eng["backend"]
         points.append((x, y, f"{eng['backend']} {eng['precision']}" + (" (recommended)" if chosen else "")))
         color = {True: "tab:green", False: "tab:red"}.get(eng["passed"], "tab:gray")
@@ -320,7 +323,7 @@ def latency_accuracy_figure(report: dict[str, Any]) -> Any:
     ax.set_title(textwrap.fill(f"{model} on {target}", 70), fontsize=10)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()  # before the labels: they are placed in the final axes
-    avoid = []
+    avoid: list[Any] = []
     if ax.get_legend_handles_labels()[0]:
         avoid.append(ax.legend(loc="best", fontsize=8))
     degenerate = (report.get("reference") or {}).get("degenerate")
@@ -350,7 +353,8 @@ def _place_labels(fig: Any, ax: Any, points: list[tuple[float, float, str]], avo
             fits = (box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0 and box.y1 <= inside.y1)
             if fits and not any(box.overlaps(other) for other in placed):
                 break
-        placed.append(ann.get_window_extent(renderer))
+        if ann is not None:
+            placed.append(ann.get_window_extent(renderer))
 
 
 

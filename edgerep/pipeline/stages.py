@@ -23,10 +23,25 @@ import traceback
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from edgerep.errors import UserError, one_line
 from edgerep.targets import PRECISIONS
+
+if TYPE_CHECKING:
+    import numpy as np
+    from rich.console import Console
+    from torch import nn
+
+    from edgerep.backends.base import Backend, Runner
+    from edgerep.data.protocol import BatchSource
+    from edgerep.data.sources import Preprocess
+    from edgerep.files.artifacts import Artifact
+    from edgerep.fuse import FuseReport
+    from edgerep.models.specs import ModelInfo
+    from edgerep.targets import TargetProfile
+    from edgerep.tasks.base import Task
+    from edgerep.validate.engine import Reference
 
 DEMO_MODEL = "zoo:repvgg_digits"
 MANIFEST = "stages.json"
@@ -41,7 +56,7 @@ class StageLog:
     """Prints one status line per stage on stderr (a spinner while it runs on a terminal) and records
     each stage's name, status (built | reused | done | failed) and wall time for the report."""
 
-    def __init__(self, console: Any) -> None:
+    def __init__(self, console: Console | None) -> None:
         self.console = console
         self.stages: list[dict[str, Any]] = []
 
@@ -49,7 +64,8 @@ class StageLog:
     def stage(self, name: str, doing: str) -> Iterator[dict[str, Any]]:
         record: dict[str, Any] = {"name": name, "status": "done", "detail": ""}
         interactive = self.console is not None and self.console.is_terminal
-        spinner = self.console.status(f"[bold]{name}[/]: {doing}...") if interactive else nullcontext()
+        spinner = (self.console.status(f"[bold]{name}[/]: {doing}...") if interactive and self.console is not None
+                   else nullcontext())
         t0 = time.perf_counter()
         try:
             with spinner:
@@ -71,14 +87,15 @@ class StageLog:
         status = f" [cyan]({record['status']})[/]" if record["status"] in ("reused", "failed") else ""
         from rich.markup import escape
 
-        self.console.print(f"{mark} {record['name']:<15} {escape(str(record['detail']))}{status}  [dim]{record['seconds']:.1f} s[/]",
+        self.console.print(f"{mark} {record['name']:<15} {escape(str(record['detail']))}{status}"
+                           f"  [dim]{record['seconds']:.1f} s[/]",
                            highlight=False, soft_wrap=True)
 
 
 # --- hashing and the manifest ----------------------------------------------------------------------
 
 
-def state_sha256(module: Any) -> str:
+def state_sha256(module: nn.Module) -> str:
     """Hash of every parameter and buffer (name, dtype, shape, bytes): the weights actually loaded."""
     import torch
 
@@ -98,7 +115,7 @@ def content_key(obj: dict[str, Any]) -> str:
 def read_manifest(out_dir: Path) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST
     try:
-        data = json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
         if data.get("schema") == MANIFEST_SCHEMA:
             return data
     except (OSError, ValueError):
@@ -151,12 +168,12 @@ def versions(*names: str) -> dict[str, str | None]:
 class Plan:
     """What to build: the target profile, its backend and the precisions asked for."""
 
-    profile: Any
-    backend: Any
+    profile: TargetProfile
+    backend: Backend
     precisions: list[str]
 
 
-def parse_precisions(value: list[str] | str | None, profile: Any, backend: Any) -> list[str]:
+def parse_precisions(value: list[str] | str | None, profile: TargetProfile, backend: Backend) -> list[str]:
     """The precisions to build, checked against the target profile and its backend."""
     if value is None:
         items = list(profile.precisions)
@@ -176,7 +193,7 @@ def parse_precisions(value: list[str] | str | None, profile: Any, backend: Any) 
 
 
 def plan_stage(target: str, precisions: list[str] | str | None, *, backend_options: dict[str, Any],
-               max_drop: float | None, isa: str | None = None, console: Any = None) -> Plan:
+               max_drop: float | None, isa: str | None = None, console: Console | None = None) -> Plan:
     """Cheap checks first: a bad target, precision or missing runtime fails before any work."""
     from edgerep.backends import backend_for, backends_taking
     from edgerep.targets import load_target
@@ -208,11 +225,12 @@ def plan_stage(target: str, precisions: list[str] | str | None, *, backend_optio
 
 @dataclass
 class Loaded:
-    info: Any  # models.ModelInfo: the unfused module and its input facts
+    info: ModelInfo  # the unfused module and its input facts
     weights_sha256: str  # hash of the weights actually loaded (part of the ONNX key)
 
 
-def load_stage(log: StageLog, spec: str, *, weights: Path | None, input_shape: Any, num_classes: int | None,
+def load_stage(log: StageLog, spec: str, *, weights: Path | None, input_shape: tuple[int, ...] | str | None,
+               num_classes: int | None,
                trust_pickle: bool, seed: int, data_paths: tuple[Path | None, ...] = ()) -> Loaded:
     """Load the model. `data_paths` (--calib, --val): when the spec gives no input shape and one of them is a
     .npy/.npz of preprocessed inputs, the model takes that shape instead of a guess."""
@@ -234,7 +252,7 @@ def load_stage(log: StageLog, spec: str, *, weights: Path | None, input_shape: A
 # --- stage: task ----------------------------------------------------------------------------------
 
 
-def task_stage(log: StageLog, info: Any, *, task: str | None, score_threshold: float | None,
+def task_stage(log: StageLog, info: ModelInfo, *, task: str | None, score_threshold: float | None,
                iou_threshold: float | None) -> Any:
     """What accuracy means for this model (edgerep.tasks): --task, else what the model says, else its output.
     A --task that cannot apply fails here, before anything is written."""
@@ -252,15 +270,18 @@ def task_stage(log: StageLog, info: Any, *, task: str | None, score_threshold: f
 
 @dataclass
 class Data:
-    calib: Any  # DataSource or None
-    val: Any  # DataSource or None (then the calibration data validates too)
+    calib: BatchSource | None
+    val: BatchSource | None  # None: the calibration data validates too
 
     @property
-    def val_source(self) -> Any:
-        return self.val if self.val is not None else self.calib
+    def val_source(self) -> BatchSource:
+        source = self.val if self.val is not None else self.calib
+        if source is None:  # data_stage always opens one of them
+            raise ValueError("no validation data: neither --val nor --calib was opened")
+        return source
 
 
-def data_stage(log: StageLog, info: Any, *, calib: Path | None, val: Path | None, need_calib: bool,
+def data_stage(log: StageLog, info: ModelInfo, *, calib: Path | None, val: Path | None, need_calib: bool,
                preprocess: dict[str, Any]) -> Data:
     """Open the calibration and validation data (before any heavy stage, so bad data fails fast).
     `preprocess`: image preprocessing overrides (mean, std, resize, interpolation, channel_order; None = the model's)."""
@@ -272,14 +293,15 @@ def data_stage(log: StageLog, info: Any, *, calib: Path | None, val: Path | None
     return data
 
 
-def _open_data(info: Any, calib_path: Path | None, val_path: Path | None, *, need_calib: bool,
-               preprocess: dict[str, Any]) -> tuple[Any, Any]:
+def _open_data(info: ModelInfo, calib_path: Path | None, val_path: Path | None, *, need_calib: bool,
+               preprocess: dict[str, Any]) -> tuple[BatchSource | None, BatchSource | None]:
     from edgerep.data.sources import default_data_paths, needs_preprocess, open_data, preprocess_for
 
     shape = tuple(info.input_shape)
 
-    def pre() -> Any:
-        return preprocess_for(info, **preprocess)
+    def pre() -> Preprocess:
+        chosen: Preprocess = preprocess_for(info, **preprocess)
+        return chosen
 
     if calib_path is None and val_path is None:
         # The shipped data: the demo's digits (calib + labelled val), else calib/images for both.
@@ -323,7 +345,7 @@ class OnnxProduct:
     export_info: dict[str, Any] | None
 
 
-def onnx_key(loaded: Loaded, profile: Any, *, fuse_tol: float, export_tol: float, simplifier: str) -> str:
+def onnx_key(loaded: Loaded, profile: TargetProfile, *, fuse_tol: float, export_tol: float, simplifier: str) -> str:
     info = loaded.info
     return content_key({
         "spec": info.spec, "weights_sha256": loaded.weights_sha256, "input_shape": list(info.input_shape),
@@ -333,7 +355,7 @@ def onnx_key(loaded: Loaded, profile: Any, *, fuse_tol: float, export_tol: float
     })
 
 
-def fuse_stage(log: StageLog, info: Any, *, seed: int, tol: float) -> tuple[Any, dict[str, Any]]:
+def fuse_stage(log: StageLog, info: ModelInfo, *, seed: int, tol: float) -> tuple[nn.Module, dict[str, Any]]:
     """Fuse the re-parameterizable blocks; returns the fused module and the fuse summary. FuseFailed when the
     fused model differs from the original by more than `tol`."""
     with log.stage("fuse", "fusing re-parameterizable blocks") as st:
@@ -354,7 +376,8 @@ def fuse_stage(log: StageLog, info: Any, *, seed: int, tol: float) -> tuple[Any,
     return fused.model, fuse_info
 
 
-def export_stage(log: StageLog, info: Any, fused_model: Any, profile: Any, onnx_dir: Path, *, simplifier: str,
+def export_stage(log: StageLog, info: ModelInfo, fused_model: nn.Module, profile: TargetProfile, onnx_dir: Path, *,
+                 simplifier: str,
                  tol: float) -> tuple[Path, dict[str, Any]]:
     """Export the fused model to ONNX at the profile's opset and simplify it; returns (sim path, export info)."""
     with log.stage("export", f"exporting ONNX (opset {profile.opset}) and simplifying") as st:
@@ -369,7 +392,7 @@ def export_stage(log: StageLog, info: Any, fused_model: Any, profile: Any, onnx_
     return sim_path, result.to_dict()
 
 
-def onnx_stage(log: StageLog, loaded: Loaded, profile: Any, out_dir: Path, manifest: dict[str, Any], *,
+def onnx_stage(log: StageLog, loaded: Loaded, profile: TargetProfile, out_dir: Path, manifest: dict[str, Any], *,
                force: bool, seed: int, fuse_tol: float, export_tol: float, simplifier: str) -> OnnxProduct:
     """Fuse + export, reused when the manifest's key matches and the simplified ONNX is intact."""
     from edgerep.files.onnx_files import onnx_sha256
@@ -405,7 +428,7 @@ def _onnx_intact(path: Path, sha: str | None) -> bool:
     return onnx_sha256(path) == sha
 
 
-def _fuse_summary(report: Any) -> dict[str, Any]:
+def _fuse_summary(report: FuseReport) -> dict[str, Any]:
     d = report.to_dict()
     regions = d.pop("regions", [])
     unfused = d.pop("unfused", [])
@@ -435,9 +458,9 @@ def engine_options(backend_options: dict[str, Any], precision: str, *, onnx_path
     return options
 
 
-def int8_plan_stage(log: StageLog, *, backend: Any, onnx: OnnxProduct, profile: Any, data: Data, model: Any,
+def int8_plan_stage(log: StageLog, *, backend: Backend, onnx: OnnxProduct, profile: TargetProfile, data: Data, model: nn.Module,
                     max_drop: float, options: dict[str, Any], work_dir: Path, val_samples: int | None,
-                    val_batch: int, task: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                    val_batch: int, task: Task | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Accuracy-budgeted mixed precision (edgerep.quant): the options that keep the fewest sensitive layers in
     float until the drop is within `max_drop`, and the plan for the report."""
     from edgerep.quant.mixed import plan_int8
@@ -452,8 +475,8 @@ def int8_plan_stage(log: StageLog, *, backend: Any, onnx: OnnxProduct, profile: 
     return plan, int8_plan
 
 
-def engine_key(onnx: OnnxProduct, backend: Any, precision: str, options: dict[str, Any], calib: Any,
-               profile: Any) -> str:
+def engine_key(onnx: OnnxProduct, backend: Backend, precision: str, options: dict[str, Any], calib: BatchSource | None,
+               profile: TargetProfile) -> str:
     return content_key({
         "onnx_sha256": onnx.sim_sha256, "backend": backend.name, "precision": precision, "options": options,
         "calib_sha256": calib.sha256() if precision == "int8" and calib is not None else None,
@@ -461,7 +484,8 @@ def engine_key(onnx: OnnxProduct, backend: Any, precision: str, options: dict[st
     })
 
 
-def engine_stage(log: StageLog, backend: Any, onnx: OnnxProduct, precision: str, profile: Any, calib: Any,
+def engine_stage(log: StageLog, backend: Backend, onnx: OnnxProduct, precision: str, profile: TargetProfile,
+                 calib: BatchSource | None,
                  options: dict[str, Any], out_dir: Path, manifest: dict[str, Any], *, force: bool) -> Any:
     """Build (or reuse) one engine; returns its Artifact (status failed with a reason when the build crashed)."""
     from edgerep.files.artifacts import load_artifact, read_sidecar
@@ -485,7 +509,8 @@ def engine_stage(log: StageLog, backend: Any, onnx: OnnxProduct, precision: str,
     return artifact
 
 
-def _build_engine(backend: Any, onnx_path: Path, precision: str, out_dir: Path, profile: Any, calib: Any,
+def _build_engine(backend: Backend, onnx_path: Path, precision: str, out_dir: Path, profile: TargetProfile,
+                  calib: BatchSource | None,
                   options: dict[str, Any]) -> Any:
     from edgerep.files.artifacts import Artifact
 
@@ -502,7 +527,7 @@ def _build_engine(backend: Any, onnx_path: Path, precision: str, out_dir: Path, 
                         reason=f"build failed: {one_line(exc)}")
 
 
-def engine_record(artifact: Any) -> dict[str, Any]:
+def engine_record(artifact: Artifact) -> dict[str, Any]:
     """The engine's row of report.json before validation (schema keys from report.engine_entry)."""
     from edgerep.pipeline.report import engine_entry
 
@@ -512,7 +537,7 @@ def engine_record(artifact: Any) -> dict[str, Any]:
                         settings=(artifact.info or {}).get("settings"))
 
 
-def build_settings(profile: Any) -> dict[str, Any]:
+def build_settings(profile: TargetProfile) -> dict[str, Any]:
     """The parts of a profile that change an engine (not the gates or the latency settings)."""
     d = profile.to_dict()
     return {k: d.get(k) for k in ("backend", "opset", "dynamic_batch", "calibration", "tensorrt")}
@@ -521,8 +546,8 @@ def build_settings(profile: Any) -> dict[str, Any]:
 # --- stage: reference ------------------------------------------------------------------------------
 
 
-def reference_stage(log: StageLog, model: Any, source: Any, *, batch_size: int, limit: int | None,
-                    task: Any = None) -> Any:
+def reference_stage(log: StageLog, model: nn.Module, source: BatchSource, *, batch_size: int, limit: int | None,
+                    task: Task | None = None) -> Reference:
     """The unfused PyTorch model's outputs on the validation data, and what its task needs from them (for a
     detector, its own detections): validate.Reference. `task`: a tasks.Task (None: inferred from the outputs)."""
     from edgerep.validate.engine import compute_reference
@@ -533,12 +558,12 @@ def reference_stage(log: StageLog, model: Any, source: Any, *, batch_size: int, 
     return reference
 
 
-def reference_detail(reference: Any) -> str:
+def reference_detail(reference: Reference) -> str:
     text = f"{reference.outputs.shape[0]} samples" + reference.scorer.reference_detail(reference)
     return text + (f"; {reference.degenerate}" if reference.degenerate else "")
 
 
-def latency_sample(reference: Any) -> Any:
+def latency_sample(reference: Reference) -> np.ndarray:
     """The one input (batch 1) the latency stage repeats to each batch size: the first validation sample."""
     return next(reference.source.iter_batches(1, limit=1))[0]
 
@@ -546,7 +571,8 @@ def latency_sample(reference: Any) -> Any:
 # --- stage: validate (accuracy, and latency unless it is scheduled apart) --------------------------
 
 
-def validate_stage(log: StageLog, backend: Any, artifact: Any, record: dict[str, Any], reference: Any, profile: Any,
+def validate_stage(log: StageLog, backend: Backend, artifact: Artifact, record: dict[str, Any], reference: Reference,
+                   profile: TargetProfile,
                    precision: str, *, engine_batch: int, out_dir: Path, measure_latency: bool = True) -> None:
     """Run the engine against the reference: accuracy and gate (and latency, when `measure_latency`), into `record`.
     A crash of the engine fails this engine only (status failed, traceback under logs/)."""
@@ -570,7 +596,8 @@ def validate_stage(log: StageLog, backend: Any, artifact: Any, record: dict[str,
         st["detail"] = _validate_detail(record)
 
 
-def isa_stage(artifact: Any, record: dict[str, Any], reference: Any, profile: Any, engine_batch: int) -> None:
+def isa_stage(artifact: Artifact, record: dict[str, Any], reference: Reference, profile: TargetProfile,
+              engine_batch: int) -> None:
     """Where the engine was validated, and a second run on the target's ISA where this machine can give one
     (edgerep.validate.isa_check); a failed gate there fails the engine. The sidecar keeps both ISAs."""
     from edgerep.cpu.isa import target_isa
@@ -579,12 +606,15 @@ def isa_stage(artifact: Any, record: dict[str, Any], reference: Any, profile: An
 
     isa = check_on_target_isa(record, artifact, reference, target=target_isa(profile), engine_batch=engine_batch,
                               gate=reference.scorer.gate(profile, artifact.precision))
+    if artifact.path is None:  # a device-built engine has nothing here to re-check
+        return
     update_sidecar(Path(artifact.path), validated={"isa": isa["measured_on"], "target_isa": isa["target"],
                                                    "method": isa["method"], "passed": record.get("passed"),
                                                    "accuracy": record.get("accuracy")})
 
 
-def latency_stage(log: StageLog, backend: Any, record: dict[str, Any], sample: Any, profile: Any, precision: str, *,
+def latency_stage(log: StageLog, backend: Backend, record: dict[str, Any], sample: np.ndarray,
+                  profile: TargetProfile, precision: str, *,
                   engine_batch: int) -> None:
     """Time one validated engine (`record` of report.json, with its path) on `sample`, into `record`. Run it when
     nothing else competes for the cores: `edgerep matrix` schedules it one cell at a time per machine."""
@@ -599,7 +629,7 @@ def latency_stage(log: StageLog, backend: Any, record: dict[str, Any], sample: A
         st["detail"] = f"p50 {p50:.3f} ms" if p50 is not None else "not measured"
 
 
-def _latencies(runner: Any, sample: Any, profile: Any, engine_batch: int) -> dict[str, Any]:
+def _latencies(runner: Runner, sample: np.ndarray, profile: TargetProfile, engine_batch: int) -> dict[str, Any]:
     from edgerep.validate.latency import runner_latencies
 
     return runner_latencies(runner, sample, engine_batch=engine_batch, latency_batches=list(profile.latency.batch_sizes),
@@ -619,7 +649,7 @@ def _validate_detail(record: dict[str, Any]) -> str:
                else f"; GATE FAILED: {record.get('reason')}"))
 
 
-def engine_batch_for(profile: Any, info: Any, val_batch: int) -> int:
+def engine_batch_for(profile: TargetProfile, info: ModelInfo, val_batch: int) -> int:
     """The batch the engine runs validation at: val_batch when its batch is dynamic, else the model's."""
     return val_batch if profile.dynamic_batch else int(info.input_shape[0])
 
@@ -654,7 +684,10 @@ def rel_path(path: Path, base: Path) -> str:
         return str(Path(path).resolve())
 
 
-def guard_io(call: Any, where: Path) -> Any:
+T = TypeVar("T")
+
+
+def guard_io(call: Callable[[], T], where: Path) -> T:
     """Turn an OS-level write failure (full disk, unwritable folder) into a one-line UserError."""
     try:
         return call()

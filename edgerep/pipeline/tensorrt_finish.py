@@ -7,12 +7,16 @@ bundle gets the reference outputs and those predictions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgerep.backends.tensorrt.host import PREDICTION_BACKEND, bundle_predictions, bundle_reference
 
+if TYPE_CHECKING:
+    from edgerep.targets import TargetProfile
+    from edgerep.validate.engine import Reference
 
-def qdq_prediction(qdq_path: Path, reference: Any, *, profile: Any, engine_batch: int) -> dict[str, Any]:
+
+def qdq_prediction(qdq_path: Path, reference: Reference, *, profile: TargetProfile, engine_batch: int) -> dict[str, Any]:
     """Validate the Q/DQ model in ONNX Runtime on the CPU like any engine: the INT8 engine's predicted accuracy."""
     from edgerep.backends.onnxruntime.runner import OrtRunner
     from edgerep.pipeline.report import engine_entry
@@ -33,7 +37,8 @@ def qdq_prediction(qdq_path: Path, reference: Any, *, profile: Any, engine_batch
     return record
 
 
-def finish_offline(artifacts: dict[str, Any], reference: Any, *, profile: Any, engine_batch: int) -> list[dict[str, Any]]:
+def finish_offline(artifacts: dict[str, Any], reference: Reference, *, profile: TargetProfile,
+                   engine_batch: int) -> list[dict[str, Any]]:
     """After the reference is computed: validate each INT8 Q/DQ model in ONNX Runtime (a report row of its
     own, backend "onnxruntime-qdq"), and complete the device bundle (reference.npz, predictions).
     Returns the extra engine records for report.json."""

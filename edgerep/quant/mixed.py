@@ -207,7 +207,8 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
     choices, notes = calibration_choices(backend, base, profile)
     tried = []
     for opts in choices:
-        label = ", ".join(f"{k}={v}" for k, v in opts.items() if k in ("calib_method", "per_channel", "bias_correction", "int8_weights"))
+        label = ", ".join(f"{k}={v}" for k, v in opts.items()
+                          if k in ("calib_method", "per_channel", "bias_correction", "int8_weights"))
         tried.append(evaluate(f"plain INT8 ({label})", "calibration", {**opts, **_floats(fixed_float)}))
     best_plain = min(tried, key=lambda c: (c.drop, c.metrics.get("nsr") or 0.0))
     calib_opts = {k: v for k, v in best_plain.options.items() if k != "ignored_nodes"}

@@ -72,6 +72,7 @@ def choose_task(model_info: Any, outputs: Sequence[Any], requested: str | None =
     note (never a crash)."""
     from edgerep.tasks.classify import is_class_scores
     from edgerep.tasks.detect import HeadLayoutError
+    from edgerep.tasks.detect_task import DetectTask
 
     spec = getattr(model_info, "spec", "the model")
     shape = _shape(outputs)
@@ -85,7 +86,7 @@ def choose_task(model_info: Any, outputs: Sequence[Any], requested: str | None =
     if name == "classify" and not is_class_scores(shape):
         hint = "raw"
         try:
-            get_task("detect").resolve(shape)
+            DetectTask().resolve(shape)
             hint = "detect"
         except HeadLayoutError:
             pass
@@ -96,8 +97,8 @@ def choose_task(model_info: Any, outputs: Sequence[Any], requested: str | None =
         for flag, value in (("--score-threshold", score_threshold), ("--iou-threshold", iou_threshold)):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise UserError(f"{flag} {value:g}: must be within [0, 1]")
-        task = get_task("detect", score_threshold=score_threshold, iou_threshold=iou_threshold,
-                        layout=getattr(model_info, "head_layout", None), explicit=requested == "detect", note=note)
+        task = DetectTask(score_threshold=score_threshold, iou_threshold=iou_threshold,
+                          layout=getattr(model_info, "head_layout", None), explicit=requested == "detect", note=note)
         try:
             task.resolve(shape)
         except HeadLayoutError as exc:

@@ -167,7 +167,8 @@ class Task:
 
     def console_lines(self, acc: dict[str, Any]) -> list[str]:
         """An engine's accuracy as `edgerep validate --bundle` prints it."""
-        line = f"  max abs err {acc['max_abs_err']:.3g}, cosine {acc['cosine']:.6f}, top-1 agreement {_pct(acc.get('top1_agreement'))}"
+        line = (f"  max abs err {acc['max_abs_err']:.3g}, cosine {acc['cosine']:.6f}, "
+                f"top-1 agreement {_pct(acc.get('top1_agreement'))}")
         if acc.get("top1") is not None:
             line += f", top-1 {_pct(acc.get('top1'))} (reference {_pct(acc.get('ref_top1'))})"
         return [line]

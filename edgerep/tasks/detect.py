@@ -164,7 +164,9 @@ def detection_map(ground_truth: Sequence[Detections], detections: Sequence[Detec
         return MapResult(value, value)
     if n_det == 0:
         return MapResult(0.0, 0.0)
-    images, annotations, results = [], [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     for image_id, (gt, det) in enumerate(zip(ground_truth, detections), start=1):
         images.append({"id": image_id})
         for box, cls in zip(_xywh(gt.boxes), gt.classes):

@@ -126,9 +126,13 @@ def detection_pictures(
     indices = list(range(len(reference_outputs))) if indices is None else list(indices)
     if len(indices) != len(reference_outputs):
         raise ValueError(f"detection_pictures: {len(reference_outputs)} reference outputs for {len(indices)} images")
-    options = dict(layout=layout, num_classes=num_classes,
-                   score_threshold=DETECT_SCORE if score_threshold is None else float(score_threshold),
-                   iou_threshold=NMS_IOU if iou_threshold is None else float(iou_threshold))
+    score = DETECT_SCORE if score_threshold is None else float(score_threshold)
+    iou = NMS_IOU if iou_threshold is None else float(iou_threshold)
+
+    def decoded(head: np.ndarray) -> list[Detections]:
+        return decode(_clip_scores(head, layout, num_classes), layout=layout, num_classes=num_classes,
+                      score_threshold=score, iou_threshold=iou)
+
     metas = [source.metas[i] for i in indices]
 
     def on_image(found: Sequence[Any]) -> list[Any]:
@@ -138,12 +142,11 @@ def detection_pictures(
     labels = getattr(source, "labels", None) if getattr(source, "has_labels", False) else None
     if labels is not None:
         columns["labels"] = on_image([labels[i] for i in indices])
-    columns["pytorch (reference)"] = on_image(decode(_clip_scores(reference_outputs, layout, num_classes), **options))
+    columns["pytorch (reference)"] = on_image(decoded(reference_outputs))
     for column, outputs in engine_outputs.items():
-        outputs = np.asarray(outputs, dtype=np.float32).reshape(reference_outputs.shape)
-        columns[column] = on_image(decode(_clip_scores(outputs, layout, num_classes), **options))
+        columns[column] = on_image(decoded(np.asarray(outputs, dtype=np.float32).reshape(reference_outputs.shape)))
     return draw_detections_grid([source.files[i] for i in indices], columns, Path(out_dir) / name,
-                                class_names=class_names, min_score=options["score_threshold"])
+                                class_names=class_names, min_score=score)
 
 
 def _clip_scores(head: np.ndarray, layout: str, num_classes: int | None) -> np.ndarray:

@@ -81,6 +81,13 @@ class DetectTask(Task):
                 "map_score_threshold": MAP_SCORE, "layout": self.layout, "num_classes": self.num_classes,
                 "max_det": self.max_det}
 
+    @property
+    def classes(self) -> int:
+        """The class count, once the head is resolved (resolve(), prepare())."""
+        if self.num_classes is None:
+            raise ValueError("detect: the head's class count is not known yet; resolve() the head first")
+        return self.num_classes
+
     def resolve(self, shape: Sequence[int]) -> str:
         """Fix the head layout and the class count from the head output's shape (HeadLayoutError if neither fits)."""
         self.layout = resolve_layout(tuple(shape), self.layout or "auto", self.num_classes)
@@ -92,7 +99,7 @@ class DetectTask(Task):
         ground truth take those at or above score_threshold."""
         result: list[Detections] = []
         for start in range(0, len(head), DECODE_BATCH):
-            result += decode(head[start:start + DECODE_BATCH], layout=self.layout, num_classes=self.num_classes,
+            result += decode(head[start:start + DECODE_BATCH], layout=self.layout or "auto", num_classes=self.num_classes,
                              score_threshold=MAP_SCORE, iou_threshold=self.iou_threshold, max_det=self.max_det)
         return result
 
@@ -104,7 +111,7 @@ class DetectTask(Task):
         self.resolve(reference.outputs.shape)
         reference.detections = self.decode_all(reference.outputs)
         if reference.labels is not None:
-            m = detection_map(reference.labels, reference.detections, self.num_classes)
+            m = detection_map(reference.labels, reference.detections, self.classes)
             reference.info.update(labelled_map50=m.map50, labelled_map=m.map50_95)
 
     def degenerate(self, reference: Any) -> str | None:
@@ -130,20 +137,20 @@ class DetectTask(Task):
         ref = reference.outputs[:n]
         first = first.reshape(ref.shape)
         metrics: dict[str, Any] = {"task": self.name, **tensor_metrics(ref, first)}
-        engine = self.decode_all(clip_scores(first, self.layout))
+        engine = self.decode_all(clip_scores(first, self.layout or resolve_layout(tuple(first.shape), "auto", self.num_classes)))
         truth = reference.detections[:n]
-        agree = agreement(truth, engine, self.num_classes, count_threshold=self.score_threshold)
+        agree = agreement(truth, engine, self.classes, count_threshold=self.score_threshold)
         metrics.update(map50_agreement=agree.map50, map_agreement=agree.map50_95,
                        box_count_diff=agree.mean_abs_count_diff, boxes_ref=agree.reference_boxes,
                        boxes_engine=agree.engine_boxes, score_threshold=self.score_threshold,
                        iou_threshold=self.iou_threshold)
         labels = reference.labels[:n] if reference.labels is not None else None
         if labels is not None:
-            eng = detection_map(labels, engine, self.num_classes)
+            eng = detection_map(labels, engine, self.classes)
             if n == len(reference.outputs) and reference.info.get("labelled_map") is not None:
                 ref50, ref_map = reference.info["labelled_map50"], reference.info["labelled_map"]
             else:  # a subset (the target-ISA re-run): the reference on the same images
-                m = detection_map(labels, truth, self.num_classes)
+                m = detection_map(labels, truth, self.classes)
                 ref50, ref_map = m.map50, m.map50_95
             metrics.update(labelled_map50=eng.map50, labelled_map=eng.map50_95, ref_labelled_map50=ref50,
                            ref_labelled_map=ref_map, labelled_map_drop=100.0 * (ref_map - eng.map50_95))
@@ -211,8 +218,8 @@ class DetectTask(Task):
             line += f", {ref['boxes']} boxes" + (f" at score >= {threshold:g}" if threshold is not None else "")
         map50, map_ = ref.get("labelled_map50"), ref.get("labelled_map")
         if map_ is None:  # older references: the engines carry the reference's labelled mAP
-            first = next((e["accuracy"] for e in report["engines"] if (e.get("accuracy") or {}).get("ref_labelled_map")
-                          is not None), {})
+            first: dict[str, Any] = next((e["accuracy"] for e in report["engines"]
+                                          if (e.get("accuracy") or {}).get("ref_labelled_map") is not None), {})
             map50, map_ = first.get("ref_labelled_map50"), first.get("ref_labelled_map")
         if map_ is not None:
             return line + f", labelled mAP@0.5 {fmt(map50, '.4f')}, mAP@0.5:0.95 {fmt(map_, '.4f')}"

@@ -6,7 +6,7 @@ the simplifier or the backend adds shows up here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +14,10 @@ from edgerep.backends.base import Runner
 from edgerep.errors import UserError
 from edgerep.tasks.base import gate_value as _gate_value
 from edgerep.validate.latency import runner_latencies
+
+if TYPE_CHECKING:
+    from edgerep.data.protocol import BatchSource
+    from edgerep.tasks.base import Task
 
 # --- latency ---------------------------------------------------------------------------------------
 
@@ -137,8 +141,8 @@ class Reference:
     `degenerate` (computed) is the one-line reason the outputs carry no signal, else None."""
 
     outputs: np.ndarray
-    labels: Any
-    source: Any
+    labels: Any  # class indices (np.ndarray), a list of Detections per sample (detect), or None
+    source: BatchSource
     limit: int | None = None
     top1: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -146,7 +150,8 @@ class Reference:
     output_names: list[str] | None = None
     task: str | None = None
     detections: list[Any] | None = None
-    scorer: Any = None  # tasks.base.Task
+    # None is only the constructor's "infer it": __post_init__ always sets a Task.
+    scorer: Task = None  # type: ignore[assignment]
     degenerate: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:

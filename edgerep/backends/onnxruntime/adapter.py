@@ -33,7 +33,8 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     # activation_type: "uint8" (default) or "int8"; per_channel: weights per output channel (default) or per
     # tensor; int8_weights: how weights are stored for the target CPU (WEIGHT_FORMATS; default from the ISA).
-    capabilities = Capabilities(title="ONNX Runtime", precisions=("fp32", "int8"), calib_methods=("minmax", "entropy", "percentile"),
+    capabilities = Capabilities(title="ONNX Runtime", precisions=("fp32", "int8"), calib_methods=("minmax",
+                                "entropy", "percentile"),
                                 options=COMMON_OPTIONS | {"activation_type", "per_channel", "int8_weights"},
                                 packages=_PACKAGES, qdq_style="onnxruntime", install="pip install 'edgerep[onnxruntime]'")
 

@@ -100,7 +100,8 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
     Weights QInt8 per output channel; activations QUInt8 (ONNX Runtime's fast U8S8 path on x86 CPUs) or
     QInt8 (`activation_type="int8"`, with `symmetric_activations=True` for TensorRT). Calibration streams
     `num_samples` samples of `calib` (MinMax, Entropy or Percentile). `ignored_nodes` and `head_float_nodes`
-    (ONNX node names: the user's, and the default policy's from quant.float_policy) stay in float. `weights`: a key of WEIGHT_FORMATS. Returns the settings used, for the sidecar.
+    (ONNX node names: the user's, and the default policy's from quant.float_policy) stay in float. `weights`: a
+    key of WEIGHT_FORMATS. Returns the settings used, for the sidecar.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 

@@ -33,7 +33,8 @@ class OpenVINOBackend:
     name = "openvino"
     # preset: "mixed" (default) or "performance"; bias_correction: NNCF's "fast" (default) or "full" (slower, can
     # be more accurate on models with wide activation ranges). Calibration: min/max first, NNCF's default.
-    capabilities = Capabilities(title="OpenVINO", precisions=("fp32", "fp16", "int8"), calib_methods=("minmax", "percentile", "entropy"),
+    capabilities = Capabilities(title="OpenVINO", precisions=("fp32", "fp16", "int8"), calib_methods=("minmax",
+                                "percentile", "entropy"),
                                 options=COMMON_OPTIONS | {"preset", "bias_correction"}, packages=_PACKAGES,
                                 qdq_style="openvino", install="pip install 'edgerep[openvino]'")
 

@@ -94,7 +94,8 @@ def quantize_nncf(model: Any, onnx_path: Path, calib: Any, profile: Any, options
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"openvino INT8: nncf.quantize failed on {onnx_path.name} ({type(exc).__name__}: {first_line(exc)})") from None
+        raise UserError(f"openvino INT8: nncf.quantize failed on {onnx_path.name} "
+                        f"({type(exc).__name__}: {first_line(exc)})") from None
     finally:
         nncf_log.setLevel(level)
     return quantized, {"quantizer": "nncf.quantize", "preset": preset_name, "calib_method": method,

@@ -270,15 +270,18 @@ def build_script(manifest: dict[str, Any]) -> str:
         '  DEVICE_CODE="$(python3 -c \'import tensorrt; print(tensorrt.__version__)\' 2>/dev/null || true)"',
         "fi",
         'if [ -z "$DEVICE_CODE" ] && command -v dpkg-query >/dev/null 2>&1; then',
-        "  DEVICE_CODE=\"$(dpkg-query -W -f='${Version}\\n' 'libnvinfer[0-9]*' 2>/dev/null | grep -o '^[0-9][0-9.]*' | head -n 1 || true)\"",
+        "  DEVICE_CODE=\"$(dpkg-query -W -f='${Version}\\n' 'libnvinfer[0-9]*' 2>/dev/null"
+        " | grep -o '^[0-9][0-9.]*' | head -n 1 || true)\"",
         "fi",
         'if [ -z "$DEVICE_CODE" ]; then',
         '  BANNER="$("$TRTEXEC" --help 2>&1 | grep -o "TensorRT v[0-9.]*" | head -n 1 || true)"',
         '  DEVICE_CODE="${BANNER#TensorRT v}"',
-        '  [ -z "$DEVICE_CODE" ] || echo "warning: TensorRT version taken from trtexec\'s banner ($DEVICE_CODE), its build-time version" >&2',
+        '  [ -z "$DEVICE_CODE" ] || echo "warning: TensorRT version taken from trtexec\'s banner ($DEVICE_CODE), its'
+        ' build-time version" >&2',
         "fi",
         'if [ -z "$DEVICE_CODE" ]; then',
-        '  echo "error: cannot tell the TensorRT version (no tensorrt Python package, no libnvinfer package, no trtexec banner); set DEVICE_CODE=<version, e.g. 8.5.2>" >&2; exit 2',
+        '  echo "error: cannot tell the TensorRT version (no tensorrt Python package, no libnvinfer package, no trtexec'
+        ' banner); set DEVICE_CODE=<version, e.g. 8.5.2>" >&2; exit 2',
         "fi",
         'case "$DEVICE_CODE" in *.*) IFS=. read -r MA MI PA _ <<<"$DEVICE_CODE"; PA="${PA:-0}";',
         '  if [ "$MA" -ge 10 ]; then DEVICE_CODE=$((MA*10000+MI*100+PA)); else DEVICE_CODE=$((MA*1000+MI*100+PA)); fi;; esac',
@@ -441,7 +444,8 @@ def readme(manifest: dict[str, Any]) -> str:
         f"INT8 mode: `{manifest['int8_mode']}`"
         + (" (implicit quantization with `calib.cache`)" if manifest["int8_mode"] == "calibrate"
            else " (explicit Q/DQ in `model.qdq.onnx`; the scales are in the graph)"),
-        "" if feats.calibrators else "TensorRT 11+: no calibrators; FP16 comes from `model.fp16.onnx`, INT8 from `model.qdq.onnx`.",
+        "" if feats.calibrators else ("TensorRT 11+: no calibrators; FP16 comes from `model.fp16.onnx`, INT8 from "
+                                      "`model.qdq.onnx`."),
     ]
     return "\n".join(steps) + "\n"
 

@@ -81,7 +81,8 @@ def prepare_int8(onnx_path: Path, profile: Any, calib: Any, work_dir: Path, *, m
     data_sha = calib.sha256()
     bins = entropy_bins or ENTROPY_BINS
     key = _key({"onnx": onnx_sha, "data": data_sha, "method": method, "num_samples": num_samples,
-                "ignored": sorted(ignored_nodes or []), "head_float": sorted(head_float_nodes or []), "trt": version_str(version), "bins": bins,
+                "ignored": sorted(ignored_nodes or []), "head_float": sorted(head_float_nodes or []),
+                                  "trt": version_str(version), "bins": bins,
                 "versions": _versions("edgerep", "onnxruntime", "onnx")})
     ranges_path, cache_path, qdq_path = work_dir / "calib_ranges.json", work_dir / "calib.cache", work_dir / "model.qdq.onnx"
     cache_side, qdq_side = read_sidecar(cache_path), read_sidecar(qdq_path)

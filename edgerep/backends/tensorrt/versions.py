@@ -109,7 +109,8 @@ def parse_cache_header(line: str) -> tuple[int, list[Version], str]:
 
 @dataclass(frozen=True)
 class ApiFeatures:
-    """Which builder/runtime calls the installed TensorRT has (the API matrix per release, from the py@X bindings: data/names-*.json)."""
+    """Which builder/runtime calls the installed TensorRT has (the API matrix per release, from the py@X bindings:
+    data/names-*.json)."""
 
     version: Version
     explicit_batch_flag: bool  # NetworkDefinitionCreationFlag.EXPLICIT_BATCH needed (8.x); ignored in 10, gone in 11
