@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -68,13 +68,16 @@ class Runner(Protocol):
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None: ...
 
 
+_R = TypeVar("_R", bound="RunnerBase")
+
+
 class RunnerBase:
     """What every runner shares: `with backend.load(artifact) as runner:` closes it on the way out."""
 
     def close(self) -> None:  # pragma: no cover - each runner frees its own session
         raise NotImplementedError
 
-    def __enter__(self) -> RunnerBase:
+    def __enter__(self: _R) -> _R:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

@@ -74,14 +74,14 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
     work = output / ".work"
     try:
         _say(console, f"measuring each layer ({style} Q/DQ placement, {method} calibration, {num} samples)")
-        weights = weights_for(style, profile)
+        weight_format = weights_for(style, profile)
         sens = layer_sensitivity(onnx_path, calib_source, reference, work / "layers", style=style, method=method,
-                                 num_samples=num, module_names=names, weights=weights,
+                                 num_samples=num, module_names=names, weights=weight_format,
                                  progress=(lambda m: _say(console, m, dim=True)) if console is not None else None)
         _say(console, "range statistics")
         ranges = range_stats(onnx_path, calib_source, num_samples=min(num, 128), module_names=names)
         studied = calibration_study(onnx_path, calib_source, reference, work / "study", style=style,
-                                    num_samples=num, weights=weights) if study else []
+                                    num_samples=num, weights=weight_format) if study else []
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {

@@ -43,9 +43,10 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     elif artifact.info.get("target"):
         profile = load_target(artifact.info["target"])
     else:
-        profile = next((p for p in list_targets() if p.backend == artifact.backend), None)
-        if profile is None:
+        found = next((p for p in list_targets() if p.backend == artifact.backend), None)
+        if found is None:
             raise UserError(f"--engine {engine}: no target profile for backend {artifact.backend}; pass --target")
+        profile = found
     if profile.backend != artifact.backend:
         raise UserError(f"--target {profile.name}: its backend is {profile.backend} but {Path(engine).name} is a "
                         f"{artifact.backend} engine; pick a {artifact.backend} target")

@@ -31,7 +31,7 @@ def load_engine_runner(engine: Path, bundle: Any) -> tuple[Any, dict[str, Any] |
         return OrtRunner(engine, simulate_qdq=True), read_sidecar(engine), "onnxruntime"
     if engine.suffix not in (".engine", ".plan", ".trt"):
         raise UserError(f"--engine {engine}: expected a TensorRT plan (.engine, .plan, .trt) or an .onnx stand-in")
-    TRT = get_backend("tensorrt")
+    from edgerep.backends.tensorrt.adapter import BACKEND as TRT  # load_checked: the device guard, TensorRT's own
 
     reason = TRT.available()
     if reason is not None:

@@ -102,8 +102,9 @@ def load_matrix(path: Path | str) -> Matrix:
     from edgerep.targets import PRECISIONS, load_target
 
     path = Path(path)
-    if not path.is_file() and path.parent.name == "examples" and _shipped_example(path.name) is not None:
-        path = _shipped_example(path.name)  # run from another folder than the checkout
+    shipped = _shipped_example(path.name) if not path.is_file() and path.parent.name == "examples" else None
+    if shipped is not None:
+        path = shipped  # run from another folder than the checkout
     if not path.is_file():
         raise UserError(f"{path}: matrix file not found; pass a .toml like examples/matrix.toml")
     try:
@@ -204,7 +205,7 @@ def _check_options(table: dict[str, Any], where: str, fail: Any, *, allow: set[s
         if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise fail(f"{where}.{key}", f"{value!r}: expected {names}")
-        if key in ("mean", "std") and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if key in ("mean", "std") and isinstance(value, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise fail(f"{where}.{key}", f"{value!r}: expected a list of numbers like [0.485, 0.456, 0.406]")
 
 

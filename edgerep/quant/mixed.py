@@ -223,8 +223,9 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
     nncf_info = None
     if not best_plain.meets(max_drop):
         # 2. rank layers by sensitivity, in this backend's quantizer placement
-        method = calib_opts.get("calib_method") if calib_opts.get("calib_method") in QDQ_METHODS else "minmax"
-        num = calib_opts.get("num_samples") or getattr(getattr(profile, "calibration", None), "num_samples", 300)
+        chosen_method = calib_opts.get("calib_method")
+        method = str(chosen_method) if chosen_method in QDQ_METHODS else "minmax"
+        num = int(calib_opts.get("num_samples") or profile.calibration.num_samples)
         style = backend.capabilities.qdq_style
         sens = layer_sensitivity(onnx_path, calib, reference, work_dir / "sensitivity",
                                  style=style, method=method, num_samples=num, module_names=module_names,

@@ -181,7 +181,7 @@ class Reference:
     def report_fields(self) -> dict[str, Any]:
         """What report.json's `reference` says about the task (besides kind, data, num_samples, top1, degenerate)."""
         out = {"task": self.task, "task_note": self.scorer.note, "outputs": [
-            {"name": n, "shape": list(o.shape)} for n, o in zip(self.output_names, self.outputs_all)]}
+            {"name": n, "shape": list(o.shape)} for n, o in zip(self.output_names or [], self.outputs_all or [])]}
         out.update({k: v for k, v in self.scorer.reference_info(self).items() if k != "top1"})
         return out
 
@@ -248,10 +248,11 @@ def score_outputs(reference: Reference, out: Any, gate: Any) -> dict[str, Any]:
     metrics = reference.scorer.score(reference, outs)
     passed, reason = reference.scorer.check_gate(metrics, gate, reference.labels is not None and n > 0)
     gate_check = None
+    verdict: bool | None = passed
     if reference.degenerate:  # the gates compared against noise: not a verdict on the engine either way
         gate_check = {"passed": passed, "reason": reason}
-        passed, reason = None, f"accuracy gates not meaningful: {reference.degenerate}"
-    return {"accuracy": metrics, "passed": passed, "reason": reason,
+        verdict, reason = None, f"accuracy gates not meaningful: {reference.degenerate}"
+    return {"accuracy": metrics, "passed": verdict, "reason": reason,
             **({"gate_check": gate_check} if gate_check else {})}
 
 

@@ -7,7 +7,7 @@ import io
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class _StreamingReader:
     def __init__(self, calib: Any, input_name: str, batch_size: int, limit: int, exact: bool) -> None:
         self.calib, self.input_name, self.batch_size, self.limit, self.exact = calib, input_name, batch_size, limit, exact
         self.total = calib_batch_count(calib, batch_size, limit, exact=exact)
-        self._stream = None
+        self._stream: Iterator[np.ndarray] | None = None
         self._pos = 0
         self._end = self.total
 
@@ -64,7 +64,7 @@ class _StreamingReader:
     def set_range(self, start_index: int, end_index: int) -> None:
         if self._stream is None or start_index < self._pos:
             self._restart()
-        while self._pos < start_index:  # skip forward (not used by ORT's in-order loop)
+        while self._stream is not None and self._pos < start_index:  # skip forward (not used by ORT's in-order loop)
             next(self._stream, None)
             self._pos += 1
         self._end = end_index
@@ -72,7 +72,7 @@ class _StreamingReader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._stream is None:
             self._restart()
-        if self._pos >= self._end:
+        if self._stream is None or self._pos >= self._end:
             return None
         batch = next(self._stream, None)
         if batch is None:
@@ -115,8 +115,9 @@ def quantize_qdq(onnx_path: Path, out_path: Path, calib: Any, *, method: str = "
     ignored = check_ignored_nodes(onnx_path, ignored_nodes)
     tail = [n for n in check_ignored_nodes(onnx_path, head_float_nodes) if n not in ignored]  # quant.float_policy's
     input_name, shape = onnx_input(onnx_path)
-    exact = bool(shape) and shape[0] is not None
-    batch = shape[0] if exact else _DYNAMIC_CALIB_BATCH
+    fixed = shape[0] if shape else None
+    exact = fixed is not None
+    batch = fixed if fixed is not None else _DYNAMIC_CALIB_BATCH
     reader = _StreamingReader(calib, input_name, batch, num_samples, exact)
     if len(reader) == 0:
         raise UserError(f"--calib {calib.path}: {calib.num_samples} samples, fewer than the model's batch of {batch}")

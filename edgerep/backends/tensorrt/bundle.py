@@ -105,7 +105,7 @@ def write_reference(bundle_dir: Path, x: np.ndarray, ref: np.ndarray | list[np.n
     dst = Path(bundle_dir) / REFERENCE
     with atomic_path(dst) as tmp:
         with open(tmp, "wb") as f:  # np.savez on a path would append ".npz" to the temporary name
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **kwds as allow_pickle
     return file_hash(dst)
 
 
@@ -136,7 +136,7 @@ def reference_limit(sample_shape: tuple[int, ...], available: int) -> int:
 
 
 def engine_plan(profile: Any, version: Version, precisions: list[str], *, input_name: str,
-                input_shape: list[int]) -> list[dict[str, Any]]:
+                input_shape: list[int | None]) -> list[dict[str, Any]]:
     """One entry per engine to build on the device: its source ONNX, engine file and trtexec arguments."""
     trt = profile.tensorrt
     dynamic = None
