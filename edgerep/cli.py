@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -16,9 +16,28 @@ from rich.console import Console
 from edgerep.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Re-parameterize, export, build and validate edge engines.",
-                  epilog="--debug on any command (anywhere on the line), or EDGEREP_DEBUG=1, shows the traceback behind an error.")
+                  epilog="--debug on any command (anywhere on the line), or EDGEREP_DEBUG=1, shows the traceback behind "
+                         "an error.")
 console = Console(stderr=True)
 out = Console()
+
+# help texts several commands share
+_MODEL_HELP = "zoo:NAME, timm:NAME, ultralytics:CFG.yaml, best.pt, file.pt2 or package.module:factory"
+_TRUST_PICKLE_HELP = "allow a full pickle in --weights or an Ultralytics checkpoint (only files you trust)"
+_ISA_HELP = (
+    "CPU targets: the instruction set the engine must hold on: auto (this CPU), avx2, avx_vnni, avx512, avx512_vnni, amx or "
+    "arm64 (default: the profile's)"
+)
+_TASK_HELP = (
+    "what accuracy means: classify (top-1), detect (mAP of decoded boxes) or raw (tensor errors); default: what the model "
+    "says, else inferred from its output"
+)
+_SCORE_HELP = "detect: the score a box needs to count as a detection (default 0.25)"
+_IOU_HELP = "detect: the NMS IoU threshold (default 0.7)"
+_DETECT_VAL_HELP = (
+    "detectors: a YOLO-format split (DIR with images/ + labels/), a COCO .json (images in images/ beside it) or an image "
+    "folder (agreement only)"
+)
 
 
 def _print_version(value: bool) -> None:
@@ -47,11 +66,11 @@ def models_cmd() -> None:
 
 @app.command("fuse")
 def fuse_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, ultralytics:CFG.yaml, best.pt, file.pt2 or package.module:factory"),
+    model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights or an Ultralytics checkpoint (only files you trust)"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=_TRUST_PICKLE_HELP),
     output: Path = typer.Option(Path("fused"), "-o", "--output", help="output folder"),
     tol: float = typer.Option(1e-4, "--tol", help="max relative error allowed between fused and original (FP32)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as one JSON object on stdout"),
@@ -66,17 +85,22 @@ def fuse_cmd(
 
 @app.command("build")
 def build_cmd(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="zoo:NAME, timm:NAME, ultralytics:CFG.yaml, best.pt, file.pt2 or package.module:factory (default: the demo zoo:repvgg_digits)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=_MODEL_HELP + " (default: the demo zoo:repvgg_digits)"),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights or an Ultralytics checkpoint (only files you trust)"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=_TRUST_PICKLE_HELP),
     target: str = typer.Option("openvino-cpu", "--target", "-t", help="a profile name (`edgerep targets`) or a .toml file"),
-    precision: Optional[str] = typer.Option(None, "--precision", "-p", help="comma list, e.g. fp32,int8 (default: every precision of the target)"),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data: image folder, ImageFolder tree, .npy or .npz (x, NCHW float32); detectors: images letterboxed (a YOLO split's images/ too)"),
-    val: Optional[Path] = typer.Option(None, "--val", help="validation data, same kinds; labels (ImageFolder classes or npz y) give top-1; detectors: a YOLO-format split (DIR with images/ + labels/), a COCO .json (images in images/ beside it) or an image folder (agreement only)"),
+    precision: Optional[str] = typer.Option(None, "--precision", "-p", help="comma list, e.g. fp32,int8 (default: every "
+                                                                            "precision of the target)"),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data: image folder, ImageFolder tree, .npy or .npz "
+                                                               "(x, NCHW float32); detectors: images letterboxed (a YOLO "
+                                                               "split's images/ too)"),
+    val: Optional[Path] = typer.Option(None, "--val", help="validation data, same kinds; labels (ImageFolder classes or npz y) "
+                                                           "give top-1; " + _DETECT_VAL_HELP),
     calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="calibration samples (default: the profile's)"),
-    calib_method: Optional[str] = typer.Option(None, "--calib-method", help="minmax, entropy or percentile (default: the profile's)"),
+    calib_method: Optional[str] = typer.Option(None, "--calib-method", help="minmax, entropy or percentile (default: the "
+                                                                            "profile's)"),
     val_samples: Optional[int] = typer.Option(None, "--val-samples", help="validate on the first N samples (default: all)"),
     mean: Optional[str] = typer.Option(None, "--mean", help="image preprocessing mean per channel, e.g. 0.485,0.456,0.406"),
     std: Optional[str] = typer.Option(None, "--std", help="image preprocessing std per channel"),
@@ -86,13 +110,18 @@ def build_cmd(
     simplifier: str = typer.Option("onnxsim", "--simplifier", help="onnxsim (onnxslim as fallback), onnxslim or none"),
     force: bool = typer.Option(False, "--force", help="rebuild every stage, even those whose inputs did not change"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="output folder (default: runs/<model-name>-<target>)"),
-    int8_mode: Optional[str] = typer.Option(None, "--int8-mode", help="TensorRT INT8: calibrate (cache) or qdq (Q/DQ ONNX); default: the profile's"),
-    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="TensorRT: build FP16/INT8 for this DLA core, GPU fallback (default: the profile's)"),
-    isa: Optional[str] = typer.Option(None, "--isa", help="CPU targets: the instruction set the engine must hold on: auto (this CPU), avx2, avx_vnni, avx512, avx512_vnni, amx or arm64 (default: the profile's)"),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="INT8: keep the fewest, most sensitive layers in float until the drop is within this many points of the task's metric: top-1 (agreement without labels), or for detect mAP@0.5:0.95 (agreement without labels)"),
-    task: Optional[str] = typer.Option(None, "--task", help="what accuracy means: classify (top-1), detect (mAP of decoded boxes) or raw (tensor errors); default: what the model says, else inferred from its output"),
-    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help="detect: the score a box needs to count as a detection (default 0.25)"),
-    iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help="detect: the NMS IoU threshold (default 0.7)"),
+    int8_mode: Optional[str] = typer.Option(None, "--int8-mode", help="TensorRT INT8: calibrate (cache) or qdq (Q/DQ ONNX); "
+                                                                      "default: the profile's"),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="TensorRT: build FP16/INT8 for this DLA core, GPU fallback "
+                                                                    "(default: the profile's)"),
+    isa: Optional[str] = typer.Option(None, "--isa", help=_ISA_HELP),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="INT8: keep the fewest, most sensitive layers in float "
+                                                                      "until the drop is within this many points of the task's "
+                                                                      "metric: top-1 (agreement without labels), or for detect "
+                                                                      "mAP@0.5:0.95 (agreement without labels)"),
+    task: Optional[str] = typer.Option(None, "--task", help=_TASK_HELP),
+    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help=_SCORE_HELP),
+    iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help=_IOU_HELP),
 ) -> None:
     """Fuse, export, build and validate engines for a target; writes report.json, report.md and a plot.
 
@@ -114,10 +143,14 @@ def build_cmd(
 @app.command("matrix")
 def matrix_cmd(
     matrix_file: Path = typer.Argument(..., help="the matrix: models, targets, precisions (see examples/matrix.toml)"),
-    ray_address: Optional[str] = typer.Argument(None, metavar="[ADDRESS]", help="with --ray: auto (the cluster running here), host:port or ray://host:port"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output folder (default: runs/matrix-<file name>); on Ray, a path every node reaches"),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="local worker processes (default: the cores, up to 4); runtime threads per worker = cores // workers"),
-    ray: bool = typer.Option(False, "--ray", help="run the cells as Ray tasks: --ray alone starts a local cluster, --ray ADDRESS joins one (pip install 'edgerep[ray]')"),
+    ray_address: Optional[str] = typer.Argument(None, metavar="[ADDRESS]", help="with --ray: auto (the cluster running here), "
+                                                                                "host:port or ray://host:port"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="output folder (default: runs/matrix-<file name>); on "
+                                                                       "Ray, a path every node reaches"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="local worker processes (default: the cores, up to 4); "
+                                                                        "runtime threads per worker = cores // workers"),
+    ray: bool = typer.Option(False, "--ray", help="run the cells as Ray tasks: --ray alone starts a local cluster, --ray "
+                                                  "ADDRESS joins one (pip install 'edgerep[ray]')"),
     force: bool = typer.Option(False, "--force", help="rebuild every cell and stage, even unchanged ones"),
 ) -> None:
     """Build and validate every model on every target at every precision; one report (matrix.json, matrix.md,
@@ -131,21 +164,26 @@ def matrix_cmd(
 
 @app.command("validate")
 def validate_cmd(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="the model the engine was built from (the unfused reference)"),
-    engine: list[Path] = typer.Option(..., "--engine", "-e", help="a built engine file (its sidecar JSON names the backend); with --bundle, repeat it to validate several and get the one to ship"),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="a TensorRT device bundle: validate against its reference, no PyTorch"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="the model the engine was built from (the unfused "
+                                                                    "reference)"),
+    engine: list[Path] = typer.Option(..., "--engine", "-e", help="a built engine file (its sidecar JSON names the backend); "
+                                                                  "with --bundle, repeat it to validate several and get the "
+                                                                  "one to ship"),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="a TensorRT device bundle: validate against its reference, no "
+                                                                 "PyTorch"),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="profile whose gates apply (default: the engine's)"),
-    val: Optional[Path] = typer.Option(None, "--val", help="validation data: image folder, ImageFolder tree, .npy or .npz; detectors: a YOLO-format split (DIR with images/ + labels/), a COCO .json (images in images/ beside it) or an image folder (agreement only)"),
+    val: Optional[Path] = typer.Option(None, "--val", help="validation data: image folder, ImageFolder tree, .npy or .npz; "
+                                                           + _DETECT_VAL_HELP),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle"),
     val_samples: Optional[int] = typer.Option(None, "--val-samples", help="validate on the first N samples"),
-    isa: Optional[str] = typer.Option(None, "--isa", help="CPU targets: the instruction set the engine must hold on: auto (this CPU), avx2, avx_vnni, avx512, avx512_vnni, amx or arm64 (default: the profile's)"),
+    isa: Optional[str] = typer.Option(None, "--isa", help=_ISA_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
-    task: Optional[str] = typer.Option(None, "--task", help="what accuracy means: classify (top-1), detect (mAP of decoded boxes) or raw (tensor errors); default: what the model says, else inferred from its output"),
-    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help="detect: the score a box needs to count as a detection (default 0.25)"),
-    iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help="detect: the NMS IoU threshold (default 0.7)"),
+    task: Optional[str] = typer.Option(None, "--task", help=_TASK_HELP),
+    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help=_SCORE_HELP),
+    iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help=_IOU_HELP),
 ) -> None:
     """Validate a built engine against the unfused PyTorch model: accuracy, latency and the target's gates."""
     if bundle is not None:  # on the device: the bundle carries the reference; TensorRT (or ONNX Runtime for .onnx) only
@@ -167,11 +205,11 @@ def validate_cmd(
 
 @app.command("export")
 def export_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, ultralytics:CFG.yaml, best.pt, file.pt2 or package.module:factory"),
+    model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights or an Ultralytics checkpoint (only files you trust)"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=_TRUST_PICKLE_HELP),
     target: str = typer.Option("openvino-cpu", "--target", "-t", help="target profile name or .toml (sets the opset)"),
     dynamic_batch: Optional[bool] = typer.Option(None, "--dynamic-batch/--static-batch", help="default: the target's setting"),
     simplifier: str = typer.Option("onnxsim", "--simplifier", help="onnxsim (onnxslim as fallback), onnxslim or none"),
@@ -190,25 +228,29 @@ def export_cmd(
 
 @app.command("sensitivity")
 def sensitivity_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="zoo:NAME, timm:NAME, ultralytics:CFG.yaml, best.pt, file.pt2 or package.module:factory"),
+    model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a full pickle in --weights or an Ultralytics checkpoint (only files you trust)"),
-    target: str = typer.Option("openvino-cpu", "--target", "-t", help="profile whose backend's quantizer placement, opset and calibration apply"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=_TRUST_PICKLE_HELP),
+    target: str = typer.Option("openvino-cpu", "--target", "-t", help="profile whose backend's quantizer placement, opset and "
+                                                                      "calibration apply"),
     calib: Optional[Path] = typer.Option(None, "--calib", help="calibration data (default: the model's shipped data)"),
-    val: Optional[Path] = typer.Option(None, "--val", help="validation data; labels give top-1 (default: the shipped data); detectors: a YOLO-format split (DIR with images/ + labels/), a COCO .json (images in images/ beside it) or an image folder (agreement only)"),
+    val: Optional[Path] = typer.Option(None, "--val", help="validation data; labels give top-1 (default: the shipped data); "
+                                                           + _DETECT_VAL_HELP),
     calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="calibration samples (default: the profile's)"),
-    calib_method: Optional[str] = typer.Option(None, "--calib-method", help="minmax, entropy or percentile (default: the profile's)"),
+    calib_method: Optional[str] = typer.Option(None, "--calib-method", help="minmax, entropy or percentile (default: the "
+                                                                            "profile's)"),
     val_samples: Optional[int] = typer.Option(None, "--val-samples", help="use the first N validation samples"),
     top: int = typer.Option(10, "--top", help="rows in the table of the most sensitive layers"),
-    isa: Optional[str] = typer.Option(None, "--isa", help="CPU targets: the instruction set the engine must hold on: auto (this CPU), avx2, avx_vnni, avx512, avx512_vnni, amx or arm64 (default: the profile's)"),
-    study: bool = typer.Option(True, "--study/--no-study", help="also compare calibration methods and per-channel/per-tensor weights"),
+    isa: Optional[str] = typer.Option(None, "--isa", help=_ISA_HELP),
+    study: bool = typer.Option(True, "--study/--no-study", help="also compare calibration methods and per-channel/per-tensor "
+                                                                "weights"),
     output: Path = typer.Option(Path("sensitivity"), "-o", "--output", help="output folder"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object on stdout"),
-    task: Optional[str] = typer.Option(None, "--task", help="what accuracy means: classify (top-1), detect (mAP of decoded boxes) or raw (tensor errors); default: what the model says, else inferred from its output"),
-    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help="detect: the score a box needs to count as a detection (default 0.25)"),
-    iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help="detect: the NMS IoU threshold (default 0.7)"),
+    task: Optional[str] = typer.Option(None, "--task", help=_TASK_HELP),
+    score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help=_SCORE_HELP),
+    iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help=_IOU_HELP),
 ) -> None:
     """INT8 sensitivity per layer (ONNX node and PyTorch module), weight/activation range outliers, and a
     calibration study; writes sensitivity.json, sensitivity.md and sensitivity.png."""
@@ -264,7 +306,8 @@ def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="print everyth
 @app.command("check")
 def check_cmd(
     target: str = typer.Option(..., "--target", "-t", help="a TensorRT profile: tensorrt or jetson-*"),
-    model: str = typer.Option(..., "--model", "-m", help="file.onnx, or a model spec (zoo:NAME, timm:NAME, ...) exported as build would"),
+    model: str = typer.Option(..., "--model", "-m", help="file.onnx, or a model spec (zoo:NAME, timm:NAME, ...) exported as "
+                                                         "build would"),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors or a .pt/.pth state dict"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1x3x224x224"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes"),
@@ -280,12 +323,13 @@ def check_cmd(
     raise typer.Exit(code)
 
 
-def _click_exception_types() -> dict[str, tuple[type, ...]]:
-    """Usage-error and abort classes of click and of the copy of click newer typer releases vendor."""
+def _click_exception_types() -> dict[str, tuple[type[Any], ...]]:
+    """Usage-error and abort classes of click and of the copy of click newer typer releases vendor (imported
+    by name: no one static type covers both copies)."""
     import importlib
 
-    usage: list[type] = []
-    abort: list[type] = []
+    usage: list[type[Any]] = []
+    abort: list[type[Any]] = []
     for name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
         try:
             module = importlib.import_module(name)

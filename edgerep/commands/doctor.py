@@ -105,13 +105,15 @@ def _pycuda_detail() -> tuple[str, str | None]:
 def _torch_detail() -> tuple[str, str | None]:
     """torch's CUDA build from torch/version.py, read as text: importing torch takes seconds."""
     spec = importlib.util.find_spec("torch")
-    folder = (spec.submodule_search_locations or [None])[0] if spec else None
+    locations = spec.submodule_search_locations if spec else None
+    folder = locations[0] if locations else None
     values: dict[str, Any] = {}
     if folder and (Path(folder) / "version.py").is_file():
         for node in ast.parse((Path(folder) / "version.py").read_text()).body:
             target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
-            if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Constant):
-                values[target.id] = node.value.value
+            value = getattr(node, "value", None)
+            if isinstance(target, ast.Name) and isinstance(value, ast.Constant):
+                values[target.id] = value.value
     build = (f"CUDA {values['cuda']} build" if values.get("cuda") else
              f"ROCm {values['hip']} build" if values.get("hip") else "CPU-only build")
     return f"{build} (not imported)", None

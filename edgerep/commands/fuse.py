@@ -99,7 +99,8 @@ def run_fuse(*, model: str, weights: Path | None, input_shape: str | None, num_c
             out.print(f"wrote {paths['weights']} and {paths['program']}", highlight=False)
     if not passed:
         console.print(f"[bold red]error:[/] the fused model differs from the original by {result.report.max_rel_err:.3g} "
-                      f"(relative), over --tol {tol:g} {result.report.failure(tol)}; nothing is wrong with your input: please report this model",
+                      f"(relative), over --tol {tol:g} {result.report.failure(tol)}; nothing is wrong with your input: "
+                      f"please report this model",
                       soft_wrap=True, highlight=False)
         return 1
     return 0

@@ -87,7 +87,7 @@ class Letterbox:
     def load(self, path: Path) -> tuple[np.ndarray, LetterboxMeta]:
         """One image file -> (3, h, w) float32 model input and where the image landed in it."""
         boxed, meta = letterbox(load_rgb(path), self.size, pad_value=int(self.pad_value), scale_up=self.scale_up)
-        arr = boxed.astype(np.float32) / 255.0
+        arr: np.ndarray = boxed.astype(np.float32) / 255.0
         if self.channel_order == "BGR":
             arr = arr[:, :, ::-1]
         arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)

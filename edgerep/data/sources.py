@@ -143,7 +143,7 @@ def load_image(path: Path, pre: Preprocess) -> np.ndarray:
         img = img.resize((new_w, new_h), resample=_PIL_FILTERS[pre.interpolation])
         top, left = int(round((new_h - pre.size[0]) / 2.0)), int(round((new_w - pre.size[1]) / 2.0))
         img = img.crop((left, top, left + pre.size[1], top + pre.size[0]))
-        arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr: np.ndarray = np.asarray(img, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if pre.channel_order == "BGR":
@@ -222,7 +222,8 @@ class ImageSource(DataSource):
             return load_image(f, self.pre)
         except Exception as exc:  # PIL raises many types for a bad file; each one means "skip this image"
             self.bad.add(f)
-            log.warning("warning: %s: unreadable image, skipped (%s)", f, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning("warning: %s: unreadable image, skipped (%s)", f,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return None
 
     def iter_batches(self, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:

@@ -27,11 +27,16 @@ def simplify_onnx(in_path: Path, out_path: Path, *, method: str = "onnxsim",
     in_path, out_path = Path(in_path), Path(out_path)
     order = ["onnxsim", "onnxslim"] if method == "onnxsim" else [method]
     failures: list[str] = []
+
+    def check(tmp: Path) -> None:
+        _check_model(tmp, "simplify")
+        if verify:
+            verify(tmp)
+
     for name in order:
         try:
             proto = _SIMPLIFY[name](in_path)
-            save_onnx(proto, out_path, external_data_threshold=external_data_threshold,
-                      verify=lambda tmp: (_check_model(tmp, "simplify"), verify(tmp) if verify else None))
+            save_onnx(proto, out_path, external_data_threshold=external_data_threshold, verify=check)
         except _SimplifierMissing as exc:
             failures.append(str(exc))
             continue

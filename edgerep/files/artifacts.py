@@ -200,7 +200,7 @@ def read_sidecar(artifact_path: Path) -> dict | None:
     return body
 
 
-def load_artifact(artifact_path: Path):
+def load_artifact(artifact_path: Path) -> Artifact:
     """Rebuild an Artifact (backend, precision, info) from an engine file and its sidecar."""
 
     artifact_path = Path(artifact_path)

@@ -188,10 +188,10 @@ def _fuse_modules(model: nn.Module, example: torch.Tensor, notes: list[str]
                                        f"({one_line(exc)})"))
                 visit(child, path + ".")
                 continue
-            for item in outcome.regions:
-                item.name = f"{path}.{item.name}"
-            for item in outcome.unfused:
-                item.node = f"{path}.{item.node}"
+            for region in outcome.regions:
+                region.name = f"{path}.{region.name}"
+            for note in outcome.unfused:
+                note.node = f"{path}.{note.node}"
             regions.extend(outcome.regions)
             unfused.extend(outcome.unfused)
             if not _become_plain_conv(child, outcome.module):
@@ -219,9 +219,11 @@ def _become_plain_conv(module: nn.Module, gm: fx.GraphModule) -> bool:
     if type(conv) is not nn.Conv2d or any(getattr(conv, g) != getattr(module, g) for g in geometry) or \
             module.padding_mode != "zeros":
         return False
+    assert conv.bias is not None  # fuse_graph's convs (_make_conv) have one
     module.weight = nn.Parameter(conv.weight.detach().clone())
     module.bias = nn.Parameter(conv.bias.detach().clone())
-    module.forward = types.MethodType(nn.Conv2d.forward, module)
+    # an instance attribute, as `module.forward = ...` sets it (nn.Module stores a plain value in __dict__)
+    vars(module)["forward"] = types.MethodType(nn.Conv2d.forward, module)
     return True
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 Pad = tuple[int, int, int, int]  # top, bottom, left, right
+Size2 = int | Sequence[int]  # a size as torch takes it: one int, or one per dimension (a single one applies to both)
 
 
 class NotExact(Exception):
@@ -67,14 +69,15 @@ def identity(channels: int) -> ConvRep:
                    (1, 1), (0, 0, 0, 0), channels)
 
 
-def _pair(v) -> tuple[int, int]:
+def _pair(v: Size2) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
-    v = tuple(int(x) for x in v)
-    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+    t = tuple(int(x) for x in v)
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
 
 
-def conv(weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation, groups: int) -> ConvRep:
+def conv(weight: torch.Tensor, bias: torch.Tensor | None, stride: Size2, padding: Size2 | str, dilation: Size2,
+         groups: int) -> ConvRep:
     """A Conv2d with zero padding. Dilation is spread into a dense (sparse-valued) kernel."""
     w = weight.detach().to(torch.float64)
     dh, dw = _pair(dilation)
@@ -101,8 +104,8 @@ def conv(weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilat
     return ConvRep(w, b, _pair(stride), pad, int(groups))
 
 
-def avg_pool(channels: int, kernel_size, stride, padding, ceil_mode: bool, count_include_pad: bool,
-             divisor_override=None) -> ConvRep:
+def avg_pool(channels: int, kernel_size: Size2, stride: Size2 | None, padding: Size2, ceil_mode: bool,
+             count_include_pad: bool, divisor_override: int | None = None) -> ConvRep:
     """Average pooling as a depthwise conv with 1/(kh*kw) entries: exact only when padded zeros count."""
     if ceil_mode:
         raise NotExact("avg-pool with ceil_mode=True")
@@ -112,9 +115,9 @@ def avg_pool(channels: int, kernel_size, stride, padding, ceil_mode: bool, count
     ph, pw = _pair(padding)
     if (ph or pw) and not count_include_pad:
         raise NotExact("avg-pool with padding and count_include_pad=False divides border pixels differently")
-    stride = _pair(stride if stride else kernel_size)
+    step = _pair(stride if stride else kernel_size)
     w = torch.full((channels, 1, kh, kw), 1.0 / (kh * kw), dtype=torch.float64)
-    return ConvRep(w, torch.zeros(channels, dtype=torch.float64), stride, (ph, ph, pw, pw), channels)
+    return ConvRep(w, torch.zeros(channels, dtype=torch.float64), step, (ph, ph, pw, pw), channels)
 
 
 def lattice(weight: torch.Tensor) -> tuple[int, int]:
@@ -204,7 +207,8 @@ def affine(rep: ConvRep, scale: torch.Tensor | float, shift: torch.Tensor | floa
     return replace(rep, weight=rep.weight * s.view(-1, 1, 1, 1), bias=rep.bias * s + t)
 
 
-def batch_norm(rep: ConvRep, mean, var, weight, bias, eps: float) -> ConvRep:
+def batch_norm(rep: ConvRep, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None,
+               bias: torch.Tensor | None, eps: float) -> ConvRep:
     """Fold an eval-mode BN (running statistics) that follows rep."""
     mean = torch.as_tensor(mean, dtype=torch.float64)
     std = torch.sqrt(torch.as_tensor(var, dtype=torch.float64) + eps)
@@ -281,8 +285,8 @@ def compose(outer: ConvRep, inner: ConvRep) -> ConvRep:
 def _offsets(rep: ConvRep) -> tuple[int, int, int, int]:
     """Kernel extent relative to y*stride: rows [-top, kh-1-top], cols [-left, kw-1-left]."""
     kh, kw = rep.kernel
-    t, _, l, _ = rep.pad
-    return -t, kh - 1 - t, -l, kw - 1 - l
+    top, _, left, _ = rep.pad
+    return -top, kh - 1 - top, -left, kw - 1 - left
 
 
 def _align(reps: list[ConvRep]) -> tuple[list[ConvRep], int]:
@@ -353,24 +357,24 @@ def zero_pad(rep: ConvRep, pads: tuple[int, int, int, int], fill: float | torch.
     scale = max(1.0, rep.weight.abs().max().item(), rep.bias.abs().max().item(), fill_t.abs().max().item())
     if (rep.bias - fill_t).abs().max().item() > 1e-5 * scale:
         raise NotExact("padding with a value that differs from the bias before it")
-    t, b, l, r = rep.pad
-    return replace(rep, pad=(t + top, b + bottom, l + left, r + right))
+    pad_top, pad_bottom, pad_left, pad_right = rep.pad
+    return replace(rep, pad=(pad_top + top, pad_bottom + bottom, pad_left + left, pad_right + right))
 
 
 def trim_zero_border(rep: ConvRep) -> ConvRep:
     """Drop all-zero kernel rows/columns at the edges where padding allows it (keeps 1x1 a 1x1)."""
-    w, (t, b, l, r) = rep.weight, rep.pad
-    while w.shape[2] > 1 and t > 0 and b > 0 and not w[:, :, 0].any() and not w[:, :, -1].any():
-        w, t, b = w[:, :, 1:-1], t - 1, b - 1
-    while w.shape[3] > 1 and l > 0 and r > 0 and not w[:, :, :, 0].any() and not w[:, :, :, -1].any():
-        w, l, r = w[:, :, :, 1:-1], l - 1, r - 1
+    w, (top, bottom, left, right) = rep.weight, rep.pad
+    while w.shape[2] > 1 and top > 0 and bottom > 0 and not w[:, :, 0].any() and not w[:, :, -1].any():
+        w, top, bottom = w[:, :, 1:-1], top - 1, bottom - 1
+    while w.shape[3] > 1 and left > 0 and right > 0 and not w[:, :, :, 0].any() and not w[:, :, :, -1].any():
+        w, left, right = w[:, :, :, 1:-1], left - 1, right - 1
     if w is rep.weight:
         return rep
-    return replace(rep, weight=w.contiguous(), pad=(t, b, l, r))
+    return replace(rep, weight=w.contiguous(), pad=(top, bottom, left, right))
 
 
 def apply(rep: ConvRep, x: torch.Tensor) -> torch.Tensor:
     """Run the rep (float64) on x: for tests and checks."""
-    t, b, l, r = rep.pad
-    y = F.pad(x.to(torch.float64), (l, r, t, b))
+    top, bottom, left, right = rep.pad
+    y = F.pad(x.to(torch.float64), (left, right, top, bottom))
     return F.conv2d(y, rep.weight, rep.bias, rep.stride, 0, 1, rep.groups)

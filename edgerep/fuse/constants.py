@@ -43,7 +43,7 @@ def fold_parameter_computations(gm: fx.GraphModule) -> list[str]:
             values[node] = fetch_attr(gm, str(node.target))
         elif _is_pure(node) and node.all_input_nodes and all(n in values for n in node.all_input_nodes):
             try:
-                values[node] = evaluate(node, lambda arg: fx.node.map_arg(arg, lambda n: values[n]))
+                values[node] = evaluate(node, lambda arg: fx.node.map_arg(arg, lambda ref: values[ref]))
             except Exception:  # not evaluable on its own (it needs what tracing could not give): leave it
                 continue
     folded: list[str] = []
@@ -79,6 +79,7 @@ def evaluate(node: fx.Node, lookup: Callable[[Any], Any]) -> Any:
     kwargs = {k: lookup(v) for k, v in node.kwargs.items()}
     with torch.no_grad():
         if node.op == "call_function":
+            assert not isinstance(node.target, str)  # a call_function's target is the function itself
             return node.target(*args, **kwargs)
         return getattr(args[0], str(node.target))(*args[1:], **kwargs)
 

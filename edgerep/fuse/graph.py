@@ -147,9 +147,10 @@ class _RegionFinder:
             except NotExact as exc:
                 self._note(node, str(exc))
                 self._mark_needed(node.all_input_nodes)
-                region = self._retry_from_materialized(node)
-                if region is None:
+                retried = self._retry_from_materialized(node)
+                if retried is None:
                     continue
+                region = retried
             self.regions[node] = region
 
     def _retry_from_materialized(self, node: fx.Node) -> Region | None:
@@ -179,6 +180,7 @@ class _RegionFinder:
             mod = self.modules[node.target]
             return self._module(node, mod)
         if node.op == "call_function":
+            assert not isinstance(node.target, str)  # a call_function's target is the function itself
             return self._function(node, node.target, node.args, node.kwargs)
         if node.op == "call_method":
             return self._method(node)
@@ -192,10 +194,11 @@ class _RegionFinder:
             rep = algebra.conv(mod.weight, mod.bias, mod.stride, mod.padding, mod.dilation, mod.groups)
             return self._compose(node, node.args[0], rep, name)
         if isinstance(mod, _BN_TYPES):
-            if mod.training or not mod.track_running_stats or mod.running_mean is None:
+            mean, var = mod.running_mean, mod.running_var
+            if mod.training or not mod.track_running_stats or mean is None or var is None:
                 raise NotExact("batch norm in training mode normalizes with batch statistics")
             return self._per_channel(node, node.args[0], name, lambda r: algebra.batch_norm(
-                r, mod.running_mean, mod.running_var, _opt(mod.weight), _opt(mod.bias), mod.eps))
+                r, mean, var, _opt(mod.weight), _opt(mod.bias), mod.eps))
         if isinstance(mod, _IDENTITY_MODULES):
             if isinstance(mod, (nn.Dropout, nn.Dropout2d)) and mod.training:
                 raise NotLinear("dropout in training mode")
@@ -301,10 +304,11 @@ class _RegionFinder:
         return Region(inner.src, fn(inner.rep), inner.cost + n * c * hw, inner.modules + (owner,), inner.convs,
                       inner.conv_owner)
 
-    def _pad(self, node: fx.Node, arg: Any, pads: tuple, value: Any, owner: str) -> Region:
+    def _pad(self, node: fx.Node, arg: Any, pads: tuple[Any, ...], value: Any, owner: str) -> Region:
         inner = self.region_of(arg)
         n, c, hw = _numel_hw(node)
-        rep = algebra.zero_pad(inner.rep, tuple(int(p) for p in pads), value)
+        left, right, top, bottom = (int(p) for p in pads)
+        rep = algebra.zero_pad(inner.rep, (left, right, top, bottom), value)
         return Region(inner.src, rep, inner.cost + n * c * hw, inner.modules + (owner,), inner.convs,
                       inner.conv_owner)
 
@@ -500,18 +504,20 @@ def _delete_unused_tensors(gm: fx.GraphModule) -> None:
 
 def _make_conv(rep: ConvRep, dtype: torch.dtype) -> nn.Module:
     rep = algebra.compact_groups(algebra.trim_zero_border(rep))
-    t, b, l, r = rep.pad
-    symmetric = t == b and l == r
+    top, bottom, left, right = rep.pad
+    symmetric = top == bottom and left == right
     dh, dw = algebra.lattice(rep.weight)
     weight = rep.weight[:, :, ::dh, ::dw]
-    conv = nn.Conv2d(rep.in_channels, rep.out_channels, tuple(weight.shape[2:]), rep.stride,
-                     padding=(t, l) if symmetric else 0, dilation=(dh, dw), groups=rep.groups, bias=True)
+    kh, kw = weight.shape[2:]
+    conv = nn.Conv2d(rep.in_channels, rep.out_channels, (kh, kw), rep.stride,
+                     padding=(top, left) if symmetric else 0, dilation=(dh, dw), groups=rep.groups, bias=True)
+    assert conv.bias is not None  # bias=True
     with torch.no_grad():
         conv.weight.copy_(weight.to(dtype))
         conv.bias.copy_(rep.bias.to(dtype))
     if symmetric:
         return conv
-    return nn.Sequential(nn.ZeroPad2d((l, r, t, b)), conv)
+    return nn.Sequential(nn.ZeroPad2d((left, right, top, bottom)), conv)
 
 
 _PURE_SCALAR_OPS = {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.not_,
@@ -645,14 +651,14 @@ def fuse_graph(gm: fx.GraphModule, example: torch.Tensor, original: nn.Module | 
     _delete_unused_tensors(gm)
     # Now that the replaced modules are gone, give each fused conv the name of what it replaced, so a
     # fused checkpoint's keys read like the model's own (and load into the zoo's deploy forms).
-    for (node, temp), region in zip(placed, outcome.regions):
+    for (node, temp), fused in zip(placed, outcome.regions):
         if temp not in dict(gm.named_modules()):
             continue  # its value turned out unused
-        name = _unique_name(gm, region.name)
+        name = _unique_name(gm, fused.name)
         gm.add_submodule(name, gm.get_submodule(temp))
         gm.delete_submodule(temp)
         node.target = name
-        region.name = name
+        fused.name = name
     gm.graph.lint()
     gm.recompile()
     return outcome

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import operator
+from typing import Any, Callable, TypeGuard
 
 import torch
 import torch.fx as fx
@@ -66,11 +67,12 @@ def _match(bn_node: fx.Node, modules: dict[str, nn.Module]) -> tuple[list[fx.Nod
     y = bn_node.args[0] if bn_node.args else None
     if not isinstance(y, fx.Node) or len(y.users) != 1:
         return None
-    out, context, reads = y, None, {y}
+    out, context = y, None
+    reads: set[object] = {y}
     if _is(y, _ADD) and len(y.args) == 2:
         for u, e in (y.args, y.args[::-1]):
             ctx = _context_of(e, u, modules)
-            if ctx is not None:
+            if ctx is not None and isinstance(u, fx.Node) and isinstance(e, fx.Node):  # _context_of checked both
                 out, context = u, ctx
                 reads = {y, ctx.args[0], e}  # the sum, the global pool, and the expand (expand_as reads out)
                 break
@@ -123,11 +125,11 @@ def _is_one_minus(node: object, s: object) -> bool:
     if not _is(node, _SUB):
         return False
     if node.target is torch.rsub:
-        return node.args[0] is s and node.args[1] == 1
-    return node.args[0] == 1 and node.args[1] is s and not isinstance(node.args[0], fx.Node)
+        return node.args[0] is s and bool(node.args[1] == 1)
+    return bool(node.args[0] == 1) and node.args[1] is s and not isinstance(node.args[0], fx.Node)
 
 
-def _is_conv(node: object, modules: dict[str, nn.Module]) -> bool:
+def _is_conv(node: object, modules: dict[str, nn.Module]) -> TypeGuard[fx.Node]:
     if not isinstance(node, fx.Node) or len(node.users) != 1:
         return False
     if node.op == "call_module":
@@ -140,26 +142,28 @@ def _is_conv(node: object, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
-def _is_const(arg: object) -> bool:
+def _is_const(arg: object) -> TypeGuard[fx.Node]:
     return isinstance(arg, fx.Node) and arg.op == "get_attr"
 
 
-def _is(node: object, targets: tuple) -> bool:
+def _is(node: object, targets: tuple[Callable[..., Any], ...]) -> TypeGuard[fx.Node]:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
 
 
 def _scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    std = torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    mean, var = bn.running_mean, bn.running_var
+    assert mean is not None and var is not None  # fold_bn_through_switches skips BNs without running statistics
+    std = torch.sqrt(var.detach().double() + bn.eps)
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(std)
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(std)
     a = gamma / std
-    return a, beta - bn.running_mean.detach().double() * a
+    return a, beta - mean.detach().double() * a
 
 
 def _scale_conv(gm: fx.GraphModule, node: fx.Node, a: torch.Tensor, c: torch.Tensor) -> None:
     """Kernel * a per output channel, bias -> a*b + c; as a new module or new constants."""
     if node.op == "call_module":
-        conv = copy.deepcopy(gm.get_submodule(str(node.target)))
+        conv = _conv_copy(gm, node)
         weight, bias = conv.weight.detach(), conv.bias.detach() if conv.bias is not None else None
         new_w, new_b = _scaled(weight, bias, a, c)
         conv.weight = nn.Parameter(new_w)
@@ -167,8 +171,11 @@ def _scale_conv(gm: fx.GraphModule, node: fx.Node, a: torch.Tensor, c: torch.Ten
         gm.add_submodule(str(node.target), conv)  # gm's own copy of the path: the original module is untouched
         return
     args = list(node.args) + [None] * (3 - len(node.args))
-    weight = fetch_attr(gm, str(args[1].target))
-    bias = fetch_attr(gm, str(args[2].target)) if args[2] is not None else None
+    weight_node, bias_node = args[1], args[2]
+    # _is_conv: a functional conv here takes its weight (and bias, if any) positionally, as get_attr constants
+    assert isinstance(weight_node, fx.Node) and (bias_node is None or isinstance(bias_node, fx.Node))
+    weight = fetch_attr(gm, str(weight_node.target))
+    bias = fetch_attr(gm, str(bias_node.target)) if bias_node is not None else None
     new_w, new_b = _scaled(weight, bias, a, c)
     with gm.graph.inserting_before(node):
         args[1] = _constant(gm, f"{node.name}_weight", new_w)
@@ -185,7 +192,7 @@ def _scaled(weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor, c:
 
 def _rescale_context(gm: fx.GraphModule, node: fx.Node, a: torch.Tensor, c: torch.Tensor) -> None:
     """P' = diag(a) P diag(1/a), p' = a*p - P'c (see the module docstring)."""
-    conv = copy.deepcopy(gm.get_submodule(str(node.target)))
+    conv = _conv_copy(gm, node)
     dtype = conv.weight.dtype
     p = conv.weight.detach().double()[:, :, 0, 0]
     new_p = a.reshape(-1, 1) * p / a.reshape(1, -1)
@@ -193,6 +200,13 @@ def _rescale_context(gm: fx.GraphModule, node: fx.Node, a: torch.Tensor, c: torc
     conv.weight = nn.Parameter(new_p.reshape(conv.weight.shape).to(dtype))
     conv.bias = nn.Parameter((a * bias - new_p @ c).to(dtype))
     gm.add_submodule(str(node.target), conv)
+
+
+def _conv_copy(gm: fx.GraphModule, node: fx.Node) -> nn.Conv2d:
+    """A copy of the Conv2d a call_module node runs (_is_conv and _context_of matched only those)."""
+    conv = gm.get_submodule(str(node.target))
+    assert isinstance(conv, nn.Conv2d)
+    return copy.deepcopy(conv)
 
 
 def _constant(gm: fx.GraphModule, wanted: str, value: torch.Tensor) -> fx.Node:

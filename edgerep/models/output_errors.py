@@ -19,8 +19,8 @@ def output_errors(refs: list[np.ndarray], outs: list[np.ndarray], names: list[st
                   where: str) -> list[dict[str, Any]]:
     """[{name, shape, max_abs_err, max_rel_err}] for outputs `outs` against `refs` (same order as `names`).
 
-    `where` starts the UserError raised when the counts or a shape differ (e.g. "stage export: ONNX"), so the message names the stage and the output. A NaN/Inf output gives a NaN/Inf error, which
-    fails every tolerance."""
+    `where` starts the UserError raised when the counts or a shape differ (e.g. "stage export: ONNX"), so the
+    message names the stage and the output. A NaN/Inf output gives a NaN/Inf error, which fails every tolerance."""
     if len(outs) != len(refs):
         raise UserError(f"{where} gives {len(outs)} output(s) where the reference gives {len(refs)} "
                         f"({', '.join(names)}): outputs were lost or added on the way")

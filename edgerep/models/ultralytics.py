@@ -106,7 +106,8 @@ def _load_checkpoint(spec: str, path: Path, trust_pickle: bool) -> tuple[nn.Modu
     import_ultralytics(spec)
     from ultralytics.nn import tasks
 
-    load = getattr(tasks, "load_checkpoint", None) or getattr(tasks, "attempt_load_one_weight")  # 8.4 / older
+    # 8.4 / older (mypy reads the installed Ultralytics, which may have only one of them)
+    load = getattr(tasks, "load_checkpoint", None) or tasks.attempt_load_one_weight  # type: ignore[attr-defined]
     try:
         model, ckpt = load(str(path))  # float32, eval mode, as Ultralytics loads it for predict and export
     except Exception as exc:  # not a checkpoint, a truncated file, classes this Ultralytics lacks
@@ -137,9 +138,10 @@ def _export_form(model: Any) -> None:  # an Ultralytics BaseModel (untyped)
         model.end2end = False  # the exporter's default (nms=None): the one-to-many head, NMS outside the graph
     for m in model.modules():
         if isinstance(m, Classify):
-            m.export, m.format = True, "onnx"  # softmax probabilities, one tensor
+            # ultralytics declares these class attributes untyped (`format = None`), so mypy takes them for None
+            m.export, m.format = True, "onnx"  # type: ignore[assignment]  # softmax probabilities, one tensor
         elif isinstance(m, Detect):  # and its subclasses (Segment, Pose, OBB, v10Detect)
-            m.export, m.format, m.dynamic = True, "onnx", False
+            m.export, m.format, m.dynamic = True, "onnx", False  # type: ignore[assignment]  # (as above)
             m.xyxy = False  # cx, cy, w, h boxes: the layout tasks.detect decodes
             m.shape = None  # recompute the anchors for the input size
     model.eval()

@@ -83,8 +83,9 @@ def activation_stats(onnx_path: Path, tensors: list[str], calib: Any, *, num_sam
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     input_name, shape = onnx_input(Path(onnx_path))
-    exact = bool(shape) and shape[0] is not None
-    batch = shape[0] if exact else 8
+    first = shape[0] if shape else None
+    exact = first is not None
+    batch = first if first is not None else 8
     acc: dict[str, dict[str, Any]] = {}
     for x in sample_batches(calib, batch, num_samples, exact=exact):
         values = session.run(tensors, {input_name: x})

@@ -35,8 +35,8 @@ class LayerSensitivity:
     rank: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "order": self.order, "node": self.layer.node, "module": self.layer.module, "op_type": self.layer.op_type,
-                "score": self.score, "gain_drop": self.gain_top1, "float_one": self.float_one,
+        return {"rank": self.rank, "order": self.order, "node": self.layer.node, "module": self.layer.module,
+                "op_type": self.layer.op_type, "score": self.score, "gain_drop": self.gain_top1, "float_one": self.float_one,
                 "quant_one": self.quant_one, "mapped_by": self.layer.mapped_by}
 
 

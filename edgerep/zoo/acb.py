@@ -5,6 +5,8 @@ them (PyTorch's Conv2d padding is (H, W), F.pad's is (W..., H...)). Deploy form:
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn as nn
 from torch import Tensor
 
@@ -43,9 +45,11 @@ class ACBlock(ReparamBlock):
     def forward(self, x: Tensor) -> Tensor:
         if self.reparam is not None:
             return self.reparam(x)
+        assert self.square is not None and self.hor is not None and self.ver is not None  # the training form
         return self.square(x) + self.hor(x) + self.ver(x)
 
     def fused_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        assert self.square is not None and self.hor is not None and self.ver is not None  # the training form
         k, b = self.square.fused_kernel_bias()
         kh, kw = k.shape[2:]
         for branch in (self.hor, self.ver):
@@ -60,6 +64,6 @@ def _acb(in_ch: int, out_ch: int, *, stride: int, groups: int, deploy: bool) -> 
 
 
 @register_model(input_shape=(1, 3, 64, 64), num_classes=10)
-def acb_resnet_tiny(*, num_classes: int = 10, deploy: bool = False, groups: int = 1, **kw) -> TinyRepResNet:
+def acb_resnet_tiny(*, num_classes: int = 10, deploy: bool = False, groups: int = 1, **kw: Any) -> TinyRepResNet:
     """A tiny ResNet (16-32-64, 3 basic blocks) whose 3x3 convs are ACNet blocks."""
     return TinyRepResNet(_acb, groups=groups, num_classes=num_classes, deploy=deploy, **kw)

@@ -22,7 +22,7 @@ from torch import Tensor
 IntOr2 = int | tuple[int, int]
 
 
-def pair(v: IntOr2) -> tuple[int, int]:
+def pair(v: int | Sequence[int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
@@ -114,6 +114,8 @@ def compose_1x1_kxk(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, groups: int)
 
 def bn_zero_response(bn: nn.BatchNorm2d) -> Tensor:
     """What an eval-mode BN outputs for a zero input, shaped (1, C, 1, 1); traceable (used in forward)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise RuntimeError("a BatchNorm without running statistics (track_running_stats=False) has no fixed zero response")
     out = -bn.running_mean / torch.sqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         out = out * bn.weight
@@ -135,6 +137,7 @@ def new_reparam_conv(
     out_ch, in_per_group, kh, kw = kernel.shape
     conv = nn.Conv2d(in_per_group * groups, out_ch, (kh, kw), stride=stride, padding=padding,
                      dilation=dilation, groups=groups, bias=True, device=like.device, dtype=like.dtype)
+    assert conv.bias is not None  # bias=True
     with torch.no_grad():
         conv.weight.copy_(kernel.to(like.dtype))
         conv.bias.copy_(bias.to(like.dtype))
@@ -150,6 +153,11 @@ class ReparamBlock(nn.Module):
 
     branches: tuple[str, ...] = ()
     reparam: nn.Conv2d | None
+    # the fused conv's geometry, set by each subclass
+    stride: IntOr2
+    padding: IntOr2
+    dilation: IntOr2
+    groups: int
 
     def fused_kernel_bias(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -208,8 +216,9 @@ class ConvBN(nn.Module):
             return
         k, b = self.fused_kernel_bias()
         c = self.conv
-        self.conv = new_reparam_conv(k, b, stride=c.stride, padding=c.padding, dilation=c.dilation,
-                                     groups=c.groups, like=c.weight)
+        assert not isinstance(c.padding, str)  # built with numbers (crop_and_pad)
+        self.conv = new_reparam_conv(k, b, stride=pair(c.stride), padding=pair(c.padding),
+                                     dilation=pair(c.dilation), groups=c.groups, like=c.weight)
         self.bn = None
 
 

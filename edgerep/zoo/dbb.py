@@ -7,6 +7,8 @@ Deploy form: one `reparam` conv.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -110,15 +112,21 @@ class DiverseBranchBlock(ReparamBlock):
     def forward(self, x: Tensor) -> Tensor:
         if self.reparam is not None:
             return self.reparam(x)
+        # the training form has its branches
+        assert self.dbb_origin is not None and self.dbb_1x1 is not None and self.dbb_1x1_kxk is not None
         out = self.dbb_origin(x) + self.dbb_1x1(x) + self.dbb_1x1_kxk(x)
         if self.dbb_avg is not None:
             out = out + self.dbb_avg(x)
         return out
 
     def fused_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        # the training form has its branches
+        assert self.dbb_origin is not None and self.dbb_1x1 is not None and self.dbb_1x1_kxk is not None
         k, b = self.dbb_origin.fused_kernel_bias()
         kh, kw = k.shape[2:]
-        branches = [self.dbb_1x1, self.dbb_1x1_kxk] + ([self.dbb_avg] if self.dbb_avg is not None else [])
+        branches: list[ConvBN | OneByOneKxK | OneByOneAvg] = [self.dbb_1x1, self.dbb_1x1_kxk]
+        if self.dbb_avg is not None:
+            branches.append(self.dbb_avg)
         for branch in branches:
             kb, bb = branch.fused_kernel_bias()
             k, b = k + pad_kernel(kb, kh, kw), b + bb
@@ -131,6 +139,6 @@ def _dbb(in_ch: int, out_ch: int, *, stride: int, groups: int, deploy: bool) -> 
 
 
 @register_model(input_shape=(1, 3, 64, 64), num_classes=10)
-def dbb_resnet_tiny(*, num_classes: int = 10, deploy: bool = False, groups: int = 1, **kw) -> TinyRepResNet:
+def dbb_resnet_tiny(*, num_classes: int = 10, deploy: bool = False, groups: int = 1, **kw: Any) -> TinyRepResNet:
     """A tiny ResNet (16-32-64, 3 basic blocks) whose 3x3 convs are Diverse Branch Blocks."""
     return TinyRepResNet(_dbb, groups=groups, num_classes=num_classes, deploy=deploy, **kw)

@@ -7,7 +7,7 @@ the shipped calib/digits/*.npz files, the tests and the benchmarks, so they all 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -96,14 +96,14 @@ class DigitsRepVGG(nn.Module):
     input_shape=DIGITS_SHAPE, mean=DIGITS_MEAN, std=DIGITS_STD, num_classes=10,
     default_weights="repvgg_digits.safetensors",
 )
-def repvgg_digits(*, num_classes: int = 10, deploy: bool = False, **kw) -> DigitsRepVGG:
+def repvgg_digits(*, num_classes: int = 10, deploy: bool = False, **kw: Any) -> DigitsRepVGG:
     """Demo RepVGG for 1x32x32 digits: stem 16 (stride 2), stages 16-32-64-128 x 1-2-3-2 (9 blocks); ships trained weights."""
     return DigitsRepVGG((1, 2, 3, 2), (16, 32, 64, 128), 16, stem_stride=2, stage_strides=(1, 2, 2, 2),
                         num_classes=num_classes, deploy=deploy, **kw)
 
 
 @register_model(input_shape=DIGITS_SHAPE, mean=DIGITS_MEAN, std=DIGITS_STD, num_classes=10)
-def repvgg_a0_digits(*, num_classes: int = 10, deploy: bool = False, **kw) -> DigitsRepVGG:
+def repvgg_a0_digits(*, num_classes: int = 10, deploy: bool = False, **kw: Any) -> DigitsRepVGG:
     """RepVGG-A0 (a=0.75, b=2.5, depths 1-2-4-14-1) for 1x32x32 digits: stem stride 1, four stride-2 stages; no weights."""
     a, b = 0.75, 2.5
     widths = (int(64 * a), int(128 * a), int(256 * a), int(512 * b))

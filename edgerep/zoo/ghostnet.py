@@ -7,6 +7,7 @@ depthwise cheap one it replaces) and SE stays as is (its gate depends on the inp
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -148,12 +149,12 @@ class GhostNet(nn.Module):
 
 
 @register_model()
-def ghostnet_100(*, num_classes: int = 1000, deploy: bool = False, width: float = 1.0, **kw) -> GhostNet:
+def ghostnet_100(*, num_classes: int = 1000, deploy: bool = False, width: float = 1.0, **kw: Any) -> GhostNet:
     """GhostNet 1.0x (paper configuration, ~5.2M parameters)."""
     return GhostNet(GHOSTNET_CFG, width, 1280, num_classes, deploy=deploy, **kw)
 
 
 @register_model(input_shape=(1, 3, 64, 64), num_classes=10)
-def ghostnet_tiny(*, num_classes: int = 10, deploy: bool = False, width: float = 0.5, **kw) -> GhostNet:
+def ghostnet_tiny(*, num_classes: int = 10, deploy: bool = False, width: float = 0.5, **kw: Any) -> GhostNet:
     """A 5-bottleneck GhostNet at width 0.5 (with SE, stride-2 and identity shortcuts) for tests."""
     return GhostNet(TINY_CFG, width, 256, num_classes, deploy=deploy, **kw)

@@ -6,6 +6,8 @@ Deploy form: one `reparam` conv + `act`.
 """
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -59,6 +61,7 @@ class MobileOneBlock(ReparamBlock):
     def forward(self, x: Tensor) -> Tensor:
         if self.reparam is not None:
             return self.act(self.reparam(x))
+        assert self.conv_kxk is not None  # the training form has its branches
         out = self.conv_kxk[0](x)
         for branch in self.conv_kxk[1:]:
             out = out + branch(x)
@@ -69,9 +72,11 @@ class MobileOneBlock(ReparamBlock):
         return self.act(out)
 
     def fused_kernel_bias(self) -> tuple[Tensor, Tensor]:
-        k, b = self.conv_kxk[0].fused_kernel_bias()
+        assert self.conv_kxk is not None  # the training form has its branches
+        kxk = [cast(ConvBN, m) for m in self.conv_kxk]  # a ModuleList of ConvBNs (__init__)
+        k, b = kxk[0].fused_kernel_bias()
         kh, kw = k.shape[2:]
-        for branch in self.conv_kxk[1:]:
+        for branch in kxk[1:]:
             kb, bb = branch.fused_kernel_bias()
             k, b = k + kb, b + bb
         if self.conv_scale is not None:
@@ -115,6 +120,6 @@ class MobileOneNet(nn.Module):
 
 
 @register_model(input_shape=(1, 3, 64, 64), num_classes=10)
-def mobileone_tiny(*, num_classes: int = 10, deploy: bool = False, num_branches: int = 3, **kw) -> MobileOneNet:
+def mobileone_tiny(*, num_classes: int = 10, deploy: bool = False, num_branches: int = 3, **kw: Any) -> MobileOneNet:
     """A tiny MobileOne-style net: stem 16, dw+pw units 16 / 32 (s2) x2 / 64 (s2), 3 branches each."""
     return MobileOneNet(16, ((16, 1, 1), (32, 2, 2), (64, 1, 2)), num_branches, num_classes, deploy, **kw)

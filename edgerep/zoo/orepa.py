@@ -7,6 +7,8 @@ our own deploy code and a graph fuser have something to fuse. Deploy form: one `
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,6 +39,11 @@ class OREPABlock(ReparamBlock):
     """
 
     branches = ("conv_kxk", "conv_1x1", "conv_1x1_kxk_a", "conv_1x1_kxk_b", "conv_avg", "bn", *_SCALE_INIT)
+    # the training form's branch scales (set by name from _SCALE_INIT; no scale_avg without the avg branch)
+    scale_kxk: nn.Parameter
+    scale_1x1: nn.Parameter
+    scale_1x1_kxk: nn.Parameter
+    scale_avg: nn.Parameter | None
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: IntOr2 = 1,
@@ -83,6 +90,7 @@ class OREPABlock(ReparamBlock):
         out = self.scale_kxk * self.conv_kxk(x) + self.scale_1x1 * self.conv_1x1(x1)
         out = out + self.scale_1x1_kxk * self.conv_1x1_kxk_b(self.conv_1x1_kxk_a(x))
         if self.conv_avg is not None:
+            assert self.scale_avg is not None  # set with conv_avg
             y = self.conv_avg(x)
             if self.avg_prepad is None:
                 y = F.avg_pool2d(y, self.kernel_size, self.stride, self.padding, count_include_pad=True)
@@ -102,6 +110,7 @@ class OREPABlock(ReparamBlock):
         a, b = conv_kernel_bias(self.conv_1x1_kxk_a), conv_kernel_bias(self.conv_1x1_kxk_b)
         k = k + scale(self.scale_1x1_kxk) * compose_1x1_kxk(*a, *b, self.groups)[0]
         if self.conv_avg is not None:
+            assert self.scale_avg is not None  # set with conv_avg
             w1, b1 = conv_kernel_bias(self.conv_avg)
             pool = avg_pool_kernel(w1.shape[0], self.groups, self.kernel_size, self.kernel_size)
             k = k + scale(self.scale_avg) * compose_1x1_kxk(w1, b1, pool, torch.zeros_like(b1), self.groups)[0]
@@ -114,6 +123,6 @@ def _orepa(in_ch: int, out_ch: int, *, stride: int, groups: int, deploy: bool) -
 
 
 @register_model(input_shape=(1, 3, 64, 64), num_classes=10)
-def orepa_resnet_tiny(*, num_classes: int = 10, deploy: bool = False, groups: int = 1, **kw) -> TinyRepResNet:
+def orepa_resnet_tiny(*, num_classes: int = 10, deploy: bool = False, groups: int = 1, **kw: Any) -> TinyRepResNet:
     """A tiny ResNet (16-32-64, 3 basic blocks) whose 3x3 convs are OREPA-style blocks."""
     return TinyRepResNet(_orepa, groups=groups, num_classes=num_classes, deploy=deploy, **kw)

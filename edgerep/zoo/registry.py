@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -49,6 +49,7 @@ def register_model(
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a factory `fn(*, num_classes=..., deploy=False, **kw) -> nn.Module`.
 
+    Its description is `description`, else fn's docstring on one line (`edgerep models` prints one a line).
     `tags` say what the model is for beyond classifying (e.g. "detect" for the zoo's detectors);
     `post_load(module)` runs in place after the weights (shipped or --weights) are loaded.
     """
@@ -58,7 +59,7 @@ def register_model(
         if key in _REGISTRY:
             raise RuntimeError(f"zoo model {key!r} registered twice")
         _REGISTRY[key] = ZooEntry(
-            key, fn, input_shape, mean, std, num_classes, default_weights, description or (fn.__doc__ or "").strip(),
+            key, fn, input_shape, mean, std, num_classes, default_weights, description or " ".join((fn.__doc__ or "").split()),
             tuple(tags), post_load,
         )
         return fn
@@ -81,6 +82,6 @@ def get_entry(name: str) -> ZooEntry:
         ) from None
 
 
-def create_model(name: str, *, num_classes: int | None = None, deploy: bool = False, **kwargs) -> nn.Module:
+def create_model(name: str, *, num_classes: int | None = None, deploy: bool = False, **kwargs: Any) -> nn.Module:
     entry = get_entry(name)
     return entry.factory(num_classes=num_classes or entry.num_classes, deploy=deploy, **kwargs)

@@ -5,6 +5,8 @@ B variants are registered, plus `repvgg_tiny` for tests.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -63,12 +65,14 @@ class RepVGGBlock(ReparamBlock):
     def forward(self, x: Tensor) -> Tensor:
         if self.reparam is not None:
             return self.act(self.reparam(x))
+        assert self.conv_kxk is not None and self.conv_1x1 is not None  # the training form has its branches
         out = self.conv_kxk(x) + self.conv_1x1(x)
         if self.identity is not None:
             out = out + self.identity(x if self.id_pad is None else F.pad(x, self.id_pad))
         return self.act(out)
 
     def fused_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        assert self.conv_kxk is not None and self.conv_1x1 is not None  # the training form has its branches
         k, b = self.conv_kxk.fused_kernel_bias()
         kh, kw = k.shape[2:]
         k1, b1 = self.conv_1x1.fused_kernel_bias()
@@ -99,19 +103,24 @@ def scale_block_channel(producer: RepVGGBlock, consumer: RepVGGBlock, *, channel
         raise ValueError(f"producer has {producer.out_channels} outputs, consumer takes {consumer.in_channels} "
                          f"(groups {consumer.groups}); expected equal, ungrouped")
     if producer.reparam is not None:
+        assert producer.reparam.bias is not None  # deploy convs have one
         producer.reparam.weight[channel] *= factor
         producer.reparam.bias[channel] *= factor
     else:
+        assert producer.conv_kxk is not None and producer.conv_1x1 is not None  # the training form
         bns = [producer.conv_kxk.bn, producer.conv_1x1.bn] + ([producer.identity] if producer.identity else [])
         for bn in bns:
+            assert bn is not None, "producer: a branch's ConvBN was re-parameterized on its own"
             bn.weight[channel] *= factor
             bn.bias[channel] *= factor
     if consumer.reparam is not None:
         consumer.reparam.weight[:, channel] /= factor
         return
+    assert consumer.conv_kxk is not None and consumer.conv_1x1 is not None  # the training form
     for branch in (consumer.conv_kxk, consumer.conv_1x1):
         branch.conv.weight[:, channel] /= factor
     if consumer.identity is not None:
+        assert consumer.identity.running_mean is not None, "consumer: its identity BN has no running statistics"
         consumer.identity.running_mean[channel] *= factor
         consumer.identity.weight[channel] /= factor
 
@@ -148,14 +157,14 @@ _DEPTHS = {"a": (2, 4, 14, 1), "b": (4, 6, 16, 1)}
 _ODD_LAYERS = tuple(range(2, 27, 2))  # the paper's optional grouped layers
 
 
-def _repvgg(kind: str, a: float, b: float, groups: int, num_classes: int, deploy: bool, **kw) -> RepVGG:
+def _repvgg(kind: str, a: float, b: float, groups: int, num_classes: int, deploy: bool, **kw: Any) -> RepVGG:
     widths = (int(64 * a), int(128 * a), int(256 * a), int(512 * b))
     return RepVGG(_DEPTHS[kind], widths, min(64, int(64 * a)), num_classes, groups,
                   _ODD_LAYERS if groups > 1 else (), deploy, **kw)
 
 
 def _define(name: str, kind: str, a: float, b: float, groups: int = 1) -> None:
-    def factory(*, num_classes: int = 1000, deploy: bool = False, **kw) -> RepVGG:
+    def factory(*, num_classes: int = 1000, deploy: bool = False, **kw: Any) -> RepVGG:
         return _repvgg(kind, a, b, groups, num_classes, deploy, **kw)
 
     factory.__name__ = name
@@ -174,7 +183,7 @@ for _name, _kind, _a, _b, _g in [
 
 
 @register_model(input_shape=(1, 3, 64, 64), num_classes=10)
-def repvgg_tiny(*, num_classes: int = 10, deploy: bool = False, **kw) -> RepVGG:
+def repvgg_tiny(*, num_classes: int = 10, deploy: bool = False, **kw: Any) -> RepVGG:
     """A narrow RepVGG (stem 16, stages 16-32-64-64, depths 1-2-2-1, groups 2 on layers 2 and 4) for tests."""
     return RepVGG((1, 2, 2, 1), (16, 32, 64, 64), 16, num_classes, groups=2, group_layers=(2, 4),
                   deploy=deploy, **kw)

@@ -24,7 +24,7 @@ so a box can be centred off its anchor and is never degenerate.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -146,9 +146,11 @@ class DecoupledHead(nn.Module):
         self.cls_convs = nn.ModuleList(ConvBNAct(c, c, 3, deploy=deploy, act="silu") for c in in_ch)
         self.reg_convs = nn.ModuleList(ConvBNAct(c, c, 3, deploy=deploy, act="silu") for c in in_ch)
         self.cls_preds = nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in in_ch)
-        self.reg_preds = nn.ModuleList(nn.Conv2d(c, 5, 1) for c in in_ch)  # 4 box + 1 objectness
+        reg_preds = [nn.Conv2d(c, 5, 1) for c in in_ch]  # 4 box + 1 objectness
+        self.reg_preds = nn.ModuleList(reg_preds)
         prior = 0.01  # start every objectness near 1% (RetinaNet's prior), so early losses are tame
-        for conv in self.reg_preds:
+        for conv in reg_preds:
+            assert conv.bias is not None  # nn.Conv2d's default bias=True
             nn.init.zeros_(conv.bias)
             nn.init.constant_(conv.bias[4], -math.log((1 - prior) / prior))
 
@@ -225,7 +227,7 @@ STRESS_PAIR = ("backbone.stages.1.0", "backbone.stages.1.1.0")
 STRESS_CHANNEL, STRESS_FACTOR = 0, 100.0
 
 
-def _digits_det(num_classes: int, deploy: bool, **kw) -> RepYOLO:
+def _digits_det(num_classes: int, deploy: bool, **kw: Any) -> RepYOLO:
     return RepYOLO((16, 32, 64, 96, 128), (1, 2, 2, 1), (48, 64, 96), num_classes=num_classes, deploy=deploy, **kw)
 
 
@@ -233,17 +235,21 @@ def _digits_det(num_classes: int, deploy: bool, **kw) -> RepYOLO:
     input_shape=(1, 3, DIGITS_DET_SIZE, DIGITS_DET_SIZE), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=10,
     default_weights=DIGITS_DET_WEIGHTS, tags=DETECTOR_TAGS,
 )
-def repyolo_digits(*, num_classes: int = 10, deploy: bool = False, **kw) -> RepYOLO:
-    """Demo YOLOv6-n-style detector (RepVGG backbone + Rep-PAN neck) for calib/digits_det at 3x128x128 (RGB/255, letterboxed); ships trained weights."""
+def repyolo_digits(*, num_classes: int = 10, deploy: bool = False, **kw: Any) -> RepYOLO:
+    """Demo YOLOv6-n-style detector (RepVGG backbone + Rep-PAN neck) for calib/digits_det at 3x128x128
+    (RGB/255, letterboxed); ships trained weights."""
     return _digits_det(num_classes, deploy, **kw)
 
 
 def stress_digits_detector(model: nn.Module) -> None:
     """The stress of repyolo_digits_stress, in place: STRESS_PAIR's activation channel x STRESS_FACTOR,
     same float function (zoo.repvgg.scale_block_channel; works on the training and the deploy form)."""
-    from edgerep.zoo.repvgg import scale_block_channel
+    from edgerep.zoo.repvgg import RepVGGBlock, scale_block_channel
 
     producer, consumer = (model.get_submodule(name) for name in STRESS_PAIR)
+    if not isinstance(producer, RepVGGBlock) or not isinstance(consumer, RepVGGBlock):
+        raise TypeError(f"{STRESS_PAIR}: expected two RepVGG blocks, got {type(producer).__name__} and "
+                        f"{type(consumer).__name__}")
     scale_block_channel(producer, consumer, channel=STRESS_CHANNEL, factor=STRESS_FACTOR)
 
 
@@ -251,14 +257,15 @@ def stress_digits_detector(model: nn.Module) -> None:
     input_shape=(1, 3, DIGITS_DET_SIZE, DIGITS_DET_SIZE), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=10,
     default_weights=DIGITS_DET_WEIGHTS, tags=DETECTOR_TAGS, post_load=stress_digits_detector,
 )
-def repyolo_digits_stress(*, num_classes: int = 10, deploy: bool = False, **kw) -> RepYOLO:
-    """repyolo_digits with one activation channel blown up x100 (same float function), for INT8 tests: per-tensor INT8 breaks on that layer."""
+def repyolo_digits_stress(*, num_classes: int = 10, deploy: bool = False, **kw: Any) -> RepYOLO:
+    """repyolo_digits with one activation channel blown up x100 (same float function), for INT8 tests:
+    per-tensor INT8 breaks on that layer."""
     return _digits_det(num_classes, deploy, **kw)
 
 
 @register_model(input_shape=(1, 3, 640, 640), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_classes=80,
                 tags=DETECTOR_TAGS)
-def repyolo_n(*, num_classes: int = 80, deploy: bool = False, **kw) -> RepYOLO:
+def repyolo_n(*, num_classes: int = 80, deploy: bool = False, **kw: Any) -> RepYOLO:
     """YOLOv6-n's widths and depths (backbone 16-32-64-128-256, repeats 2-4-6-2, neck 32-64-128 x 4) at 3x640x640; no weights."""
     return RepYOLO((16, 32, 64, 128, 256), (2, 4, 6, 2), (32, 64, 128), num_classes=num_classes, neck_repeats=4,
                    deploy=deploy, **kw)

@@ -13,6 +13,8 @@ generic fuser gives them, so its fused checkpoints load here.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,6 +39,13 @@ class SAConv2d(nn.Module):
     """SAConv2d; the deploy form holds `reparam`, `reparam_1` (convs with bias) + `switch`, `pre_context`,
     `post_context`."""
 
+    # the deploy form has the two convs, the training form the (standardized) weights
+    reparam: nn.Conv2d | None
+    reparam_1: nn.Conv2d | None
+    weight: nn.Parameter | None
+    weight_diff: nn.Parameter | None
+    bias: nn.Parameter | None
+
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int | None = None,
         dilation: int = 1, groups: int = 1, bias: bool = False, sigmoid_switch: bool = False, deploy: bool = False,
@@ -60,9 +69,11 @@ class SAConv2d(nn.Module):
             return
         self.switch = nn.Conv2d(in_channels, 1, 1, stride=stride, bias=True)
         # mmdet's init: switch starts at 1 (small dilation only), contexts at 0.
+        assert self.switch.bias is not None  # bias=True, as for the contexts
         nn.init.zeros_(self.switch.weight)
         nn.init.ones_(self.switch.bias)
         for m in (self.pre_context, self.post_context):
+            assert m.bias is not None
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
         self.reparam = self.reparam_1 = None
@@ -81,8 +92,10 @@ class SAConv2d(nn.Module):
         if self.sigmoid_switch:
             switch = torch.sigmoid(switch)
         if self.reparam is not None:
+            assert self.reparam_1 is not None  # the deploy form has both
             out_s, out_l = self.reparam(x), self.reparam_1(x)
         else:
+            assert self.weight is not None and self.weight_diff is not None  # the training form
             w_s = standardize_weight(self.weight)
             w_l = w_s + self.weight_diff
             out_s = F.conv2d(x, w_s, self.bias, self.stride, self.padding, self.dilation, self.groups)
@@ -95,6 +108,7 @@ class SAConv2d(nn.Module):
         """Fold weight standardization into two constant convs and the avg-pool into the switch (idempotent)."""
         if self.reparam is not None:
             return
+        assert self.weight is not None and self.weight_diff is not None  # the training form
         like = self.weight
         w_s = standardize_weight(like.detach().double())
         w_l = w_s + self.weight_diff.detach().double()
@@ -104,12 +118,14 @@ class SAConv2d(nn.Module):
 
         def conv(weight: Tensor, padding: tuple[int, int], dilation: tuple[int, int]) -> nn.Conv2d:
             c = nn.Conv2d(in_ch, out_ch, k, self.stride, padding, dilation, self.groups, bias=True)
+            assert c.bias is not None  # bias=True
             c.weight.copy_(weight.to(like.dtype))
             c.bias.copy_(bias.to(like.dtype))
             return c
 
         old = self.switch
-        switch = nn.Conv2d(in_ch, 1, SWITCH_POOL, stride=old.stride, bias=True)
+        switch = nn.Conv2d(in_ch, 1, SWITCH_POOL, stride=pair(old.stride), bias=True)
+        assert switch.bias is not None and old.bias is not None  # both built with bias=True
         switch.weight.copy_((old.weight.double() / SWITCH_POOL ** 2).expand_as(switch.weight).to(like.dtype))
         switch.bias.copy_(old.bias)
         self.reparam = conv(w_s, self.padding, self.dilation)
@@ -125,16 +141,18 @@ class SAConv2d(nn.Module):
         post-context must see mean(sac')/a: W'[o, i] = a[o] * W[o, i] / a[i], and b' = a*b + c.
         Needs every a != 0 (a BN with a zero gamma cannot be folded through the context; it raises).
         """
-        if self.reparam is None:
+        if self.reparam is None or self.reparam_1 is None:
             raise RuntimeError("fold_following_bn needs the deploy form; call reparameterize() first")
         a, c = bn_scale_shift(bn)
         if bool((a.abs() < 1e-12).any()):
             raise ValueError("BN with a zero scale cannot be folded through SAConv's post-context")
         col = a.reshape(-1, 1, 1, 1)
         for conv in (self.reparam, self.reparam_1):
+            assert conv.bias is not None  # the deploy convs have one, as the post-context has
             dtype = conv.weight.dtype
             conv.weight.copy_((conv.weight.double() * col).to(dtype))
             conv.bias.copy_((conv.bias.double() * a).to(dtype))
+        assert self.post_context.bias is not None
         dtype = self.post_context.weight.dtype
         pw = self.post_context.weight.double()
         self.post_context.weight.copy_((pw * col / a.reshape(1, -1, 1, 1)).to(dtype))
@@ -190,6 +208,6 @@ class SACResNet(nn.Module):
 
 
 @register_model(input_shape=(1, 3, 64, 64), num_classes=10)
-def saconv_resnet_tiny(*, num_classes: int = 10, deploy: bool = False, **kw) -> SACResNet:
+def saconv_resnet_tiny(*, num_classes: int = 10, deploy: bool = False, **kw: Any) -> SACResNet:
     """A tiny ResNet (16-32-64, 4 basic blocks) whose first conv in each block is SAConv."""
     return SACResNet(num_classes=num_classes, deploy=deploy, **kw)

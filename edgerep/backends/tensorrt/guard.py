@@ -2,9 +2,10 @@
 
 An engine is tied to the TensorRT version and the GPU that built it, a calibration cache to the TensorRT
 version (TensorRT rejects a cache whose header names another version: the API then recalibrates with the
-calibrator's data, trtexec fails the build; an engine from another version fails with a tag error). Each engine and cache gets a sidecar JSON beside it (the plan file itself stays
-plain, so trtexec and other tools load it unchanged), and these pure functions compare a sidecar with the
-running environment: use, retag (host-made caches), rebuild/recalibrate, or a clear UserError.
+calibrator's data, trtexec fails the build; an engine from another version fails with a tag error). Each engine
+and cache gets a sidecar JSON beside it (the plan file itself stays plain, so trtexec and other tools load it
+unchanged), and these pure functions compare a sidecar with the running environment: use, retag (host-made
+caches), rebuild/recalibrate, or a clear UserError.
 
 `env` is a dict: trt_version ("10.3.0.26"), gpu_name, compute_capability ("8.7"); None where unknown.
 """
