@@ -55,7 +55,7 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     info = load_model(model, weights=weights, input_shape=input_shape, num_classes=num_classes, trust_pickle=trust_pickle)
     scorer = resolve_task(info, task, score_threshold=score_threshold, iou_threshold=iou_threshold)
     shape = tuple(info.input_shape)
-    engine_shape = artifact.info.get("input_shape")
+    engine_shape: list[int | None] | None = artifact.info.get("input_shape")
     if engine_shape and len(engine_shape) == len(shape) and any(
             e is not None and e != m for e, m in zip(engine_shape[1:], shape[1:])):
         raise UserError(f"--engine {engine}: takes input {engine_shape} but the model takes {list(shape)}; "
@@ -72,8 +72,8 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
 
         console.print(f"[yellow]note:[/] {escape(reference.scorer.note)}", highlight=False, soft_wrap=True)
     gate = task_gate(profile, artifact.precision, reference)
-    dynamic = bool(engine_shape) and engine_shape[0] is None
-    engine_batch = val_batch if dynamic else int((engine_shape or shape)[0] or 1)
+    dynamic = engine_shape is not None and len(engine_shape) > 0 and engine_shape[0] is None
+    engine_batch = val_batch if dynamic else int((engine_shape or list(shape))[0] or 1)
     with backend.load(artifact) as runner:
         result = validate_runner(runner, reference, engine_batch=engine_batch, gate=gate,
                                  latency_batches=list(profile.latency.batch_sizes), warmup=profile.latency.warmup,

@@ -205,7 +205,8 @@ def _check_options(table: dict[str, Any], where: str, fail: Any, *, allow: set[s
         if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise fail(f"{where}.{key}", f"{value!r}: expected {names}")
-        if key in ("mean", "std") and isinstance(value, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        numbers = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if key in ("mean", "std") and not numbers:
             raise fail(f"{where}.{key}", f"{value!r}: expected a list of numbers like [0.485, 0.456, 0.406]")
 
 
