@@ -57,11 +57,9 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 @app.command("models")
 def models_cmd() -> None:
     """List the zoo models (use them as --model zoo:NAME)."""
-    from edgerep import zoo
+    from edgerep.commands.listing import run_models
 
-    for name in zoo.model_names():
-        entry = zoo.get_entry(name)
-        out.print(f"zoo:{name}\t{'x'.join(map(str, entry.input_shape))}\t{entry.description}")
+    raise typer.Exit(run_models(out=out))
 
 
 @app.command("fuse")
@@ -150,7 +148,7 @@ def matrix_cmd(
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="local worker processes (default: the cores, up to 4); "
                                                                         "runtime threads per worker = cores // workers"),
     ray: bool = typer.Option(False, "--ray", help="run the cells as Ray tasks: --ray alone starts a local cluster, --ray "
-                                                  "ADDRESS joins one (pip install 'edgerep[ray]')"),
+                                                  "ADDRESS joins one (pip install 'edgerep\\[ray]')"),
     force: bool = typer.Option(False, "--force", help="rebuild every cell and stage, even unchanged ones"),
 ) -> None:
     """Build and validate every model on every target at every precision; one report (matrix.json, matrix.md,
@@ -267,32 +265,9 @@ def sensitivity_cmd(
 @app.command("targets")
 def targets_cmd() -> None:
     """List the target profiles (use them as --target NAME)."""
-    from rich import box
-    from rich.table import Table
+    from edgerep.commands.listing import run_targets
 
-    from edgerep.targets import DEFAULT_TARGET, list_targets
-
-    table = Table(title="edgerep targets (* default)", box=box.SIMPLE_HEAD)
-    wide = out.width >= 140  # descriptions only fit a wide terminal
-    from edgerep.cpu.isa import host_cpu
-
-    here = host_cpu().isa or "x86-64"
-    profiles = list_targets()
-    for column in ("name", "backend", "precisions", "opset", "batch", "device"):
-        table.add_column(column, no_wrap=column != "device", overflow="fold" if column == "device" else "ellipsis",
-                         min_width=max(len(p.name) for p in profiles) + 1 if column == "name" else None)
-    if wide:
-        table.add_column("description", overflow="fold", ratio=1)
-    for prof in profiles:
-        trt = prof.tensorrt
-        isa = f"auto={here}" if prof.isa == "auto" else prof.isa
-        device = f"CPU {isa}" if trt is None else (f"TRT {trt.version}" + (f" JetPack {trt.jetpack}" if trt.jetpack else "")
-                                            + (f" DLA{trt.dla_core}" if trt.dla_core is not None else ""))
-        name = prof.name + ("*" if prof.name == DEFAULT_TARGET else "")
-        cells = [name, prof.backend, ",".join(prof.precisions), str(prof.opset),
-                 "dynamic" if prof.dynamic_batch else "static", device]
-        table.add_row(*cells, *([prof.description] if wide else []))
-    out.print(table)
+    raise typer.Exit(run_targets(out=out))
 
 
 @app.command("doctor")
