@@ -11,7 +11,7 @@ from typing import Any, Callable
 from edgerep.backends.base import Backend
 from edgerep.cpu.isa import target_isa
 from edgerep.errors import UserError
-from edgerep.files.artifacts import companion_files, package_versions, sha256_files
+from edgerep.files.artifacts import Artifact, companion_files, package_versions, sha256_files
 from edgerep.files.onnx_files import onnx_input, onnx_node_names
 
 
@@ -20,6 +20,31 @@ def require_precision(backend: Backend, precision: str) -> None:
     if precision not in built:
         raise UserError(f"--precision {precision}: the {backend.name} backend builds {', '.join(built)}; "
                         f"pick one of those or a target whose backend builds {precision}")
+
+
+def runtime_missing(module: str, backend: Backend) -> str | None:
+    """None when the runtime's Python package imports, else the line that says how to install it."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return f"{module} is not installed; {backend.capabilities.install}"
+    return None
+
+
+def start_build(backend: Backend, precision: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """What every build checks first: the precision, the runtime, the options; returns the options."""
+    require_precision(backend, precision)
+    require_available(backend)
+    return check_options(options, backend)
+
+
+def engine_file(artifact: Artifact) -> Path:
+    """The engine file of an artifact, which must exist."""
+    if artifact.path is None or not Path(artifact.path).is_file():
+        raise UserError(f"{artifact.path}: engine file not found; build it first")
+    return Path(artifact.path)
 
 
 def require_available(backend: Backend) -> None:

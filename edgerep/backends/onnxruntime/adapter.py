@@ -13,17 +13,17 @@ from typing import Any
 from edgerep.backends.base import COMMON_OPTIONS, Capabilities
 from edgerep.backends.common import (
     calib_settings,
-    check_options,
+    engine_file,
     engine_info,
     require_available,
     require_calib,
-    require_precision,
+    runtime_missing,
+    start_build,
 )
 from edgerep.backends.onnxruntime.isa_policy import weight_format_for
 from edgerep.backends.onnxruntime.quantize import int16_saturation_check, quantize_qdq
 from edgerep.backends.onnxruntime.runner import OrtRunner
 from edgerep.cpu.isa import target_isa
-from edgerep.errors import UserError
 from edgerep.files.artifacts import Artifact, atomic_files, companion_files, write_sidecar
 
 _PACKAGES = ("onnxruntime",)
@@ -39,20 +39,14 @@ class OnnxRuntimeBackend:
                                 packages=_PACKAGES, qdq_style="onnxruntime", install="pip install 'edgerep[onnxruntime]'")
 
     def available(self) -> str | None:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return "onnxruntime is not installed; pip install 'edgerep[onnxruntime]'"
-        return None
+        return runtime_missing("onnxruntime", self)
 
     def artifact_path(self, out_dir: Path, precision: str) -> Path:
         return Path(out_dir) / f"model.{precision}.onnx"
 
     def build(self, onnx_path: Path, precision: str, *, out_dir: Path, profile: Any = None, calib: Any = None,
               options: dict[str, Any] | None = None) -> Artifact:
-        require_precision(self, precision)
-        require_available(self)
-        options = check_options(options, self)
+        options = start_build(self, precision, options)
         onnx_path = Path(onnx_path)
         path = self.artifact_path(out_dir, precision)
         if precision == "fp32":
@@ -71,17 +65,14 @@ class OnnxRuntimeBackend:
             settings["isa"] = isa
             settings["int16_saturation"] = int16_saturation_check(path)
         info = engine_info(backend=self.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
-                           settings=settings, packages=_PACKAGES)
+                           settings=settings, packages=self.capabilities.packages)
         sidecar = write_sidecar(path, info)
         return Artifact(backend=self.name, precision=precision, path=path, sidecar=sidecar, info=info)
 
     def load(self, artifact: Artifact) -> "OrtRunner":
         require_available(self)
-        if artifact.path is None or not Path(artifact.path).is_file():
-            raise UserError(f"{artifact.path}: engine file not found; build it first")
-        return OrtRunner(Path(artifact.path))
-
-
+        path = engine_file(artifact)
+        return OrtRunner(path)
 
 
 def _copy_onnx(src: Path, dst: Path) -> None:
@@ -99,20 +90,6 @@ def _copy_onnx(src: Path, dst: Path) -> None:
 
 
 # --- INT8 Q/DQ -------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 BACKEND = OnnxRuntimeBackend()

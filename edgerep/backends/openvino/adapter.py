@@ -13,11 +13,12 @@ from typing import Any
 
 from edgerep.backends.base import COMMON_OPTIONS, Capabilities
 from edgerep.backends.common import (
-    check_options,
+    engine_file,
     engine_info,
     require_available,
     require_calib,
-    require_precision,
+    runtime_missing,
+    start_build,
 )
 from edgerep.backends.openvino.quantize import quantize_nncf
 from edgerep.backends.openvino.runner import OpenVINORunner, inference_precision
@@ -26,7 +27,6 @@ from edgerep.files.artifacts import Artifact, atomic_files, write_sidecar
 from edgerep.files.onnx_files import onnx_output_names
 
 _PACKAGES = ("openvino", "nncf")
-_MISSING = "openvino is not installed; pip install 'edgerep[openvino]'"
 
 
 class OpenVINOBackend:
@@ -39,20 +39,14 @@ class OpenVINOBackend:
                                 qdq_style="openvino", install="pip install 'edgerep[openvino]'")
 
     def available(self) -> str | None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return _MISSING
-        return None
+        return runtime_missing("openvino", self)
 
     def artifact_path(self, out_dir: Path, precision: str) -> Path:
         return Path(out_dir) / f"model.{precision}.xml"
 
     def build(self, onnx_path: Path, precision: str, *, out_dir: Path, profile: Any = None, calib: Any = None,
               options: dict[str, Any] | None = None) -> Artifact:
-        require_precision(self, precision)
-        require_available(self)
-        options = check_options(options, self)
+        options = start_build(self, precision, options)
         import openvino as ov
 
         onnx_path = Path(onnx_path)
@@ -78,29 +72,19 @@ class OpenVINOBackend:
                 raise OSError(errno.EIO, "OpenVINO could not write the IR: disk full or folder not writable",
                               str(path)) from None
         info = engine_info(backend=self.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
-                           settings=settings, packages=_PACKAGES)
+                           settings=settings, packages=self.capabilities.packages)
         sidecar = write_sidecar(path, info)
         return Artifact(backend=self.name, precision=precision, path=path, sidecar=sidecar, info=info)
 
     def load(self, artifact: Artifact) -> "OpenVINORunner":
         require_available(self)
-        if artifact.path is None or not Path(artifact.path).is_file():
-            raise UserError(f"{artifact.path}: engine file not found; build it first")
+        path = engine_file(artifact)
         settings = artifact.info.get("settings") or {}
         hint = settings.get("inference_precision") or inference_precision(artifact.precision)
-        return OpenVINORunner(Path(artifact.path), hint, output_names=settings.get("output_names"))
-
+        return OpenVINORunner(path, hint, output_names=settings.get("output_names"))
 
 
 # --- INT8 through NNCF -----------------------------------------------------------------------------
-
-
-
-
-
-
-
-
 
 
 BACKEND = OpenVINOBackend()
