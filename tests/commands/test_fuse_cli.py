@@ -18,9 +18,10 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from edgerep import zoo
-from edgerep.cli import main
 from edgerep.models.specs import load_model
-from tests.reparam_helpers import one_thread  # noqa: F401 (one_thread: autouse fixture)
+from tests.cli_helpers import edgerep_process, exit_code, limited_file_size
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 MODEL = "zoo:repvgg_tiny"
 
@@ -38,14 +39,6 @@ def randomized_state(name: str = "repvgg_tiny", seed: int = 0) -> dict[str, torc
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
     return {k: v.clone().contiguous() for k, v in model.state_dict().items()}
-
-
-def call_main(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def run_cli(*args: str) -> subprocess.Popen:
@@ -66,7 +59,7 @@ def weights(tmp_path_factory) -> Path:
 
 def test_fuse_writes_weights_program_and_report(tmp_path, weights, capsys):
     out_dir = tmp_path / "out"
-    code = call_main(["fuse", "--model", MODEL, "--weights", str(weights), "-o", str(out_dir)])
+    code = exit_code(["fuse", "--model", MODEL, "--weights", str(weights), "-o", str(out_dir)])
     printed = capsys.readouterr().out
     assert code == 0
     assert sorted(p.name for p in out_dir.iterdir()) == ["fuse_report.json", "fused.pt2", "fused.safetensors"]
@@ -104,7 +97,7 @@ def test_json_output_is_one_object_on_stdout(tmp_path, weights):
 
 def test_over_tolerance_exits_1_and_writes_no_weights(tmp_path, weights, capsys):
     out_dir = tmp_path / "strict"
-    code = call_main(["fuse", "--model", MODEL, "--weights", str(weights), "-o", str(out_dir), "--tol", "1e-12"])
+    code = exit_code(["fuse", "--model", MODEL, "--weights", str(weights), "-o", str(out_dir), "--tol", "1e-12"])
     captured = capsys.readouterr()
     assert code == 1
     lines = captured.err.strip().splitlines()
@@ -165,7 +158,7 @@ def _argv(case: str, files: dict[str, Path], out_dir: Path) -> tuple[list[str], 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_in_process(case, bad_files, tmp_path, capsys):
     argv, expected = _argv(case, bad_files, tmp_path / "out")
-    code = call_main(argv)
+    code = exit_code(argv)
     captured = capsys.readouterr()
     assert code == 2
     lines = captured.err.strip().splitlines()
@@ -191,7 +184,7 @@ def test_bad_input_as_a_process(cases, bad_files, tmp_path):
 
 
 def test_pickle_accepted_with_trust_pickle(bad_files, tmp_path, capsys):
-    code = call_main(["fuse", "--model", MODEL, "--weights", str(bad_files["pickled"]), "--trust-pickle",
+    code = exit_code(["fuse", "--model", MODEL, "--weights", str(bad_files["pickled"]), "--trust-pickle",
                       "-o", str(tmp_path / "out"), "--json"])
     payload = json.loads(capsys.readouterr().out)
     assert code == 0 and payload["passed"] and (tmp_path / "out" / "fused.safetensors").is_file()
@@ -203,15 +196,12 @@ def test_pickle_accepted_with_trust_pickle(bad_files, tmp_path, capsys):
 def test_unwritable_output_is_one_line_exit_2(tmp_path):
     """-o under a file, and a write that fails part-way (RLIMIT_FSIZE, as on a full disk: torch.export.save
     used to abort the process from C++): exit 2, one line naming -o, no file that looks finished."""
-    import resource
-
     (tmp_path / "a_file").write_text("x")
     cases = {"under a file": (tmp_path / "a_file" / "out", None), "full": (tmp_path / "full", 200_000)}
     for case, (out_dir, limit) in cases.items():
-        pre = (lambda lim=limit: resource.setrlimit(resource.RLIMIT_FSIZE, (lim, lim))) if limit else None
-        proc = subprocess.run([sys.executable, "-m", "edgerep.cli", "fuse", "--model", MODEL, "--input-shape",
-                               "1x3x32x32", "-o", str(out_dir)], capture_output=True, text=True, timeout=300,
-                              preexec_fn=pre, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300"})
+        proc = edgerep_process("fuse", "--model", MODEL, "--input-shape", "1x3x32x32", "-o", str(out_dir),
+                               preexec_fn=limited_file_size(limit) if limit else None,
+                               env={"OMP_NUM_THREADS": "1", "COLUMNS": "300"})
         assert proc.returncode == 2, (case, proc.stderr)
         assert proc.stderr.startswith(f"error: -o {out_dir}: cannot write the fused model"), (case, proc.stderr)
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (case, proc.stderr)

@@ -19,11 +19,11 @@ from edgerep.cpu import isa as cpu
 from edgerep.backends import get_backend
 from edgerep.backends.onnxruntime.quantize import int16_saturation_check
 from edgerep.backends.onnxruntime.isa_policy import weight_format_for, weight_formats_for
-from edgerep.data.sources import calib_root, open_data
 from edgerep.errors import UserError
 from edgerep.targets import load_target, parse_profile
 
-from tests.pipeline.test_build import cli, error_line
+from tests.cli_helpers import cli, error_line
+from tests.digits_demo import DIGITS, digits_data, export_demo
 
 QEMU = shutil.which("qemu-x86_64")
 X86 = cpu.host_cpu().arch in ("x86_64", "amd64")
@@ -116,16 +116,9 @@ def test_weight_formats_follow_the_target_isa():
 
 @pytest.fixture(scope="module")
 def demo_onnx(tmp_path_factory):
-    from edgerep.export.pipeline import export_pipeline
-    from edgerep.fuse import fuse
-    from edgerep.models.specs import load_model
-
-    import torch
-
-    info = load_model("zoo:repvgg_digits")
-    fused = fuse(info.module, torch.randn(*info.input_shape)).model
     out = tmp_path_factory.mktemp("isa")
-    return info, Path(export_pipeline(info, fused, out / "onnx", opset=17, dynamic_batch=True).sim_path), out
+    info, _, sim = export_demo(out / "onnx", opset=17, dynamic_batch=True)
+    return info, sim, out
 
 
 def _dq_int_weights(path: Path) -> list[np.ndarray]:
@@ -147,8 +140,8 @@ def test_avx2_engine_has_7bit_weights_and_holds_here(demo_onnx):
     from edgerep.validate.engine import compute_reference
 
     info, onnx_path, out = demo_onnx
-    calib = open_data(calib_root() / "digits" / "calib.npz", None, role="calib")
-    val = open_data(calib_root() / "digits" / "val.npz", None, role="val")
+    calib = digits_data("calib")
+    val = digits_data("val")
     ort = get_backend("onnxruntime")
     art = ort.build(onnx_path, "int8", out_dir=out / "avx2", profile=load_target("onnxruntime-avx2"), calib=calib)
     settings = art.info["settings"]
@@ -166,7 +159,7 @@ def test_avx2_engine_has_7bit_weights_and_holds_here(demo_onnx):
 
 def test_full_range_weights_are_flagged_by_the_int16_bound(demo_onnx):
     info, onnx_path, out = demo_onnx
-    calib = open_data(calib_root() / "digits" / "calib.npz", None, role="calib")
+    calib = digits_data("calib")
     ort = get_backend("onnxruntime")
     vnni = load_target("onnxruntime-cpu", isa="avx512_vnni")
     s8 = ort.build(onnx_path, "int8", out_dir=out / "s8", profile=vnni, calib=calib)
@@ -194,8 +187,8 @@ def test_qemu_runs_the_avx2_kernels(demo_onnx):
     from edgerep.validate import isa_check
 
     info, onnx_path, out = demo_onnx
-    calib = open_data(calib_root() / "digits" / "calib.npz", None, role="calib")
-    x = np.load(calib_root() / "digits" / "val.npz")["x"][:64].astype(np.float32)
+    calib = digits_data("calib")
+    x = np.load(DIGITS / "val.npz")["x"][:64].astype(np.float32)
     ort = get_backend("onnxruntime")
     how = isa_check.plan("onnxruntime", "int8", "avx2", {}, host="avx512_vnni")
     assert how["method"] == "qemu"
@@ -222,7 +215,7 @@ def test_openvino_honours_the_onednn_isa_cap(demo_onnx, tmp_path):
     if not X86:
         pytest.skip("oneDNN ISA caps are x86 names")
     info, onnx_path, out = demo_onnx
-    calib = open_data(calib_root() / "digits" / "calib.npz", None, role="calib")
+    calib = digits_data("calib")
     art = get_backend("openvino").build(onnx_path, "int8", out_dir=out / "ov", profile=load_target("openvino-avx2"),
                                         calib=calib)
     assert art.info["settings"]["overflow_fix"] == "enable" and art.info["settings"]["isa"] == "avx2"

@@ -10,6 +10,7 @@ import pytest
 
 from edgerep.data.detect_labels import PAD_VALUE, check_letterbox_size, letterbox, letterboxed_batches, read_coco_labels, read_yolo_labels
 from edgerep.errors import UserError
+from tests.detect_helpers import copy_split
 from tests.paths import DIGITS_DET
 
 VAL = DIGITS_DET / "val"
@@ -72,17 +73,8 @@ def test_reads_the_shipped_yolo_split() -> None:
     assert x[0, 0, 0, 0] == pytest.approx(PAD_VALUE / 255) or first.width == first.height
 
 
-def _copy_split(tmp_path: Path, n: int = 4) -> Path:
-    root = tmp_path / "split"
-    for sub, ext in (("images", "png"), ("labels", "txt")):
-        (root / sub).mkdir(parents=True)
-        for i in range(n):
-            shutil.copy(VAL / sub / f"val_{i:04d}.{ext}", root / sub)
-    return root
-
-
 def test_labels_that_do_not_match_the_images_name_the_first_file(tmp_path: Path) -> None:
-    root = _copy_split(tmp_path)
+    root = copy_split(tmp_path)
     assert len(read_yolo_labels(root)) == 4
     (root / "labels" / "val_0001.txt").unlink()
     with pytest.raises(UserError, match=r"images/val_0001.png: no label file .*val_0001.txt; write an empty one"):
@@ -118,7 +110,7 @@ def _to_coco(items, category_ids: list[int]) -> dict:
 
 
 def test_coco_json_reads_the_same_boxes_as_yolo_labels(tmp_path: Path) -> None:
-    root = _copy_split(tmp_path)
+    root = copy_split(tmp_path)
     items = read_yolo_labels(root)
     category_ids = [2 * c + 1 for c in range(10)]  # non-contiguous ids map to classes 0..9 in order
     path = tmp_path / "instances.json"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from edgerep.data.detect_labels import PAD_VALUE, read_yolo_labels
 from edgerep.data.detect_source import DetectionSource, Letterbox
 from edgerep.errors import UserError
 from edgerep.models.specs import ModelInfo, load_model
-from tests.data.test_detect_labels import _copy_split
+from tests.cli_helpers import edgerep_process
+from tests.detect_helpers import copy_split
 from tests.paths import DIGITS_DET, REPO
 
 DET = DIGITS_DET
@@ -26,10 +26,6 @@ DET = DIGITS_DET
 def _detector(spec: str = "zoo:some_detector", size: int = 128, nc: int | None = 10, **kw) -> ModelInfo:
     return ModelInfo(module=nn.Identity(), spec=spec, input_shape=(1, 3, size, size), mean=(0.0,) * 3,
                      std=(1.0,) * 3, num_classes=nc, task="detect", letterbox=True, stride=32, **kw)
-
-
-def _split(tmp_path: Path, n: int = 4) -> Path:
-    return _copy_split(tmp_path, n)  # tmp_path/split: the first n images and labels of calib/digits_det/val
 
 
 def _val(path: Path, info: ModelInfo | None = None):
@@ -82,7 +78,7 @@ def test_any_other_detector_calibrates_and_validates_on_the_photos() -> None:
 
 
 def test_mean_std_and_channel_order_apply_after_the_letterbox(tmp_path: Path) -> None:
-    root = _split(tmp_path, 2)
+    root = copy_split(tmp_path, 2)
     plain = open_data(root / "images", Letterbox((128, 128)), role="calib")
     normed = open_data(root / "images", Letterbox((128, 128), mean=(0.5, 0.4, 0.3), std=(0.5, 0.25, 0.2),
                                                   channel_order="BGR"), role="calib")
@@ -94,7 +90,7 @@ def test_mean_std_and_channel_order_apply_after_the_letterbox(tmp_path: Path) ->
 
 
 def test_label_layouts_yolo_split_images_dir_and_coco_json(tmp_path: Path) -> None:
-    root = _split(tmp_path)
+    root = copy_split(tmp_path)
     by_root, by_images = _val(root), _val(root / "images")
     assert by_root.kind == by_images.kind == "yolo" and by_root.has_labels and by_images.has_labels
     # The same split as a COCO json: beside images/ in the split, or passed itself.
@@ -117,7 +113,7 @@ def test_label_layouts_yolo_split_images_dir_and_coco_json(tmp_path: Path) -> No
     (root / "instances.json").unlink()
     assert not _val(root / "images").has_labels
     # The content hash follows the labels: one changed box, another hash (stages cache on it).
-    root2 = _split(tmp_path / "b")
+    root2 = copy_split(tmp_path / "b")
     first = _val(root2).sha256()
     (root2 / "labels" / "val_0000.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     assert _val(root2).sha256() != first and _val(root2).sha256() == _val(root2).sha256()
@@ -132,7 +128,7 @@ def test_label_layouts_yolo_split_images_dir_and_coco_json(tmp_path: Path) -> No
     (lambda r: shutil.rmtree(r / "labels"), r"images/ but no labels/ folder and no COCO .json; add labels"),
 ])
 def test_labels_that_do_not_match_are_one_line_naming_the_flag_and_first_file(tmp_path, breakage, says) -> None:
-    root = _split(tmp_path)
+    root = copy_split(tmp_path)
     breakage(root)
     with pytest.raises(UserError, match=says) as err:
         _val(root)
@@ -171,11 +167,10 @@ def test_a_letterbox_size_off_the_stride_is_refused_naming_the_flag() -> None:
 
 
 def test_cli_build_refuses_broken_labels_before_any_work(tmp_path: Path) -> None:
-    root = _split(tmp_path)
+    root = copy_split(tmp_path)
     (root / "labels" / "val_0000.txt").write_text("12 0.5 0.5 0.1 0.1\n")
-    proc = subprocess.run([sys.executable, "-m", "edgerep.cli", "build", "--model", "zoo:repyolo_digits",
-                           "--precision", "fp32", "--val", str(root), "-o", str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = edgerep_process("build", "--model", "zoo:repyolo_digits", "--precision", "fp32", "--val", str(root),
+                           "-o", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "val_0000.txt:1: class 12 is outside the model's 10 classes" in " ".join(proc.stderr.split())
     assert not (tmp_path / "out").exists()

@@ -16,6 +16,8 @@ from edgerep.export.onnx_export import export_onnx
 from edgerep.export.pipeline import export_pipeline
 from edgerep.export.simplify import simplify_onnx
 from edgerep.models.specs import load_model
+from tests.cli_helpers import edgerep_process, limited_file_size
+from tests.reparam_helpers import randomize_bn
 
 SHAPE = (1, 3, 64, 64)
 
@@ -25,17 +27,8 @@ def tiny():
     """zoo:repvgg_tiny in its training (multi-branch) form, random weights, eval mode."""
     torch.manual_seed(0)
     info = load_model("zoo:repvgg_tiny", input_shape=SHAPE)
-    _randomize_bn(info.module)
+    randomize_bn(info.module)  # non-trivial BN statistics: a wrong fold or graph shows in the numbers
     return info
-
-
-def _randomize_bn(module: torch.nn.Module) -> None:
-    # Non-trivial BN statistics, so a wrong fold or a wrong graph would show in the numbers.
-    gen = torch.Generator().manual_seed(1)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
 
 
 def _module_path(node_name: str, modules: set[str]) -> str:
@@ -191,16 +184,7 @@ def test_export_cli_bad_target_exits_2(tmp_path, capsys):
     assert not (tmp_path / "e").exists()
 
 
-def _limited_file_size(limit: int):
-    """preexec_fn: a real write limit (RLIMIT_FSIZE; writes past it fail with EFBIG, as on a full disk)."""
-    import resource
-
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-
 def test_export_cli_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
-    import subprocess
-
     from edgerep.cli import main
 
     (tmp_path / "a_file").write_text("x")
@@ -210,9 +194,8 @@ def test_export_cli_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
     assert exc.value.code == 2 and len(err.splitlines()) == 1 and "cannot create the output folder" in err, err
     # A write that fails part-way (full disk): named as the output folder, not as an export-unfriendly model.
     out_dir = tmp_path / "full"
-    proc = subprocess.run([sys.executable, "-m", "edgerep.cli", "export", "-m", "zoo:repvgg_tiny", "--input-shape",
-                           "1x3x32x32", "-o", str(out_dir)], capture_output=True, text=True, timeout=300,
-                          preexec_fn=_limited_file_size(200_000), env={**__import__("os").environ, "COLUMNS": "300"})
+    proc = edgerep_process("export", "-m", "zoo:repvgg_tiny", "--input-shape", "1x3x32x32", "-o", str(out_dir),
+                           preexec_fn=limited_file_size(200_000), env={"COLUMNS": "300"})
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"-o {out_dir}: cannot write the ONNX files (File too large)" in proc.stderr

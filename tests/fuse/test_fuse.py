@@ -24,22 +24,15 @@ from edgerep.zoo.dbb import DiverseBranchBlock
 from edgerep.zoo.ghostnet import GhostModule
 from edgerep.zoo.mobileone import MobileOneBlock
 from edgerep.zoo.repvgg import RepVGGBlock
-from tests.reparam_helpers import one_thread, randomize, rel_err  # noqa: F401 (one_thread: autouse fixture)
+from tests.reparam_helpers import inputs, randomize, rel_err, run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 TOL = 1e-5  # relative to the output's largest magnitude, FP32
 ZOO = ["repvgg_tiny", "acb_resnet_tiny", "dbb_resnet_tiny", "orepa_resnet_tiny", "mobileone_tiny", "ghostnet_tiny",
        "saconv_resnet_tiny"]
 X64 = (1, 3, 64, 64)
 ODD = (2, 3, 37, 45)
-
-
-def inputs(shape, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x)
 
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -17,18 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgerep import fuse
-from tests.reparam_helpers import one_thread, randomize, rel_err  # noqa: F401 (one_thread: autouse fixture)
+from tests.reparam_helpers import inputs, randomize, rel_err, run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 TOL = 1e-5
-
-
-def inputs(shape, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def run(model: nn.Module, x: torch.Tensor):
-    with torch.no_grad():
-        return model(x)
 
 
 def conv_count(model: nn.Module) -> int:

@@ -14,34 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from edgerep.data.sources import calib_root
-from tests.pipeline.test_build import cli, cli_without, error_line
+from tests.cli_helpers import cli, cli_process, error_line
+from tests.digits_demo import DEMO_WEIGHTS, needs_demo
+from tests.matrix.matrix_files import local_ray, matrix_toml
 from tests.paths import REPO
 
-SHIPPED = REPO / "edgerep" / "zoo" / "weights" / "repvgg_digits.safetensors"
-
-pytestmark = pytest.mark.skipif(not SHIPPED.exists() or not (calib_root() / "digits" / "val.npz").exists(),
-                                reason="the demo's weights and digits data are not built yet")
+pytestmark = needs_demo
 
 # Model "a" is the shipped demo; model "b" is the same network with its weights perturbed (a second trained model,
 # written by the test, so it can be changed). Few samples keep the test short.
-MATRIX = """
-targets = ["openvino-cpu", "onnxruntime-cpu"]
-precisions = ["fp32", "int8"]
-
-[defaults]
-calib_samples = 32
-val_samples = 100
-
-[[models]]
-name = "a"
-spec = "zoo:repvgg_digits"
-
-[[models]]
-name = "b"
-spec = "zoo:repvgg_digits"
-weights = "b.safetensors"
-"""
+MATRIX = matrix_toml([{"name": "a", "spec": "zoo:repvgg_digits"},
+                      {"name": "b", "spec": "zoo:repvgg_digits", "weights": "b.safetensors"}],
+                     ["openvino-cpu", "onnxruntime-cpu"], ["fp32", "int8"], calib_samples=32, val_samples=100)
 CELLS = ["a--openvino-cpu", "a--onnxruntime-cpu", "b--openvino-cpu", "b--onnxruntime-cpu"]
 FAILING = "b--onnxruntime-cpu"
 
@@ -51,7 +35,7 @@ def write_weights(path: Path, seed: int) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    state = load_file(str(SHIPPED))
+    state = load_file(str(DEMO_WEIGHTS))
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, t in state.items():
@@ -205,15 +189,12 @@ def test_matrix_md_and_heatmap(local):
 
 
 def test_same_matrix_on_a_local_ray_cluster(tmp_path):
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'edgerep[ray]')")
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'edgerep[ray]')")
     toml = make_matrix(tmp_path / "spec")
     out = tmp_path / "out"
     block_one_cell(out)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
+    with local_ray(num_cpus=2):
         code, _, err = cli(["matrix", str(toml), "-o", str(out), "--ray"])
-    finally:
-        ray.shutdown()
     doc = check_first_run(out, code, err)
     assert doc["run"]["mode"] == "ray" and doc["run"]["cpus"] == 2
     assert "Ray task holding all of that node's CPUs" in doc["latency"]["how"]
@@ -223,8 +204,8 @@ def test_same_matrix_on_a_local_ray_cluster(tmp_path):
 
 
 def test_killed_driver_then_rerun_completes(tmp_path):
-    (tmp_path / "m.toml").write_text('targets = ["onnxruntime-cpu", "openvino-cpu"]\nprecisions = ["fp32"]\n'
-                                     '[defaults]\nval_samples = 50\n[[models]]\nspec = "zoo:repvgg_digits"\n')
+    (tmp_path / "m.toml").write_text(matrix_toml([{"spec": "zoo:repvgg_digits"}], ["onnxruntime-cpu", "openvino-cpu"],
+                                                 ["fp32"], val_samples=50))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "edgerep.cli", "matrix", str(tmp_path / "m.toml"), "-o", str(out),
@@ -281,9 +262,9 @@ def test_bad_matrix_file_is_one_line_exit_2(tmp_path, text, expect):
 
 
 def test_model_that_fails_to_load_fails_its_cells_only(tmp_path):
-    (tmp_path / "m.toml").write_text('targets = ["onnxruntime-cpu"]\nprecisions = ["fp32"]\n[defaults]\nval_samples = 20\n'
-                                     '[[models]]\nname = "good"\nspec = "zoo:repvgg_digits"\n'
-                                     '[[models]]\nname = "nope"\nspec = "zoo:no_such_model"\n')
+    (tmp_path / "m.toml").write_text(matrix_toml([{"name": "good", "spec": "zoo:repvgg_digits"},
+                                                  {"name": "nope", "spec": "zoo:no_such_model"}],
+                                                 ["onnxruntime-cpu"], ["fp32"], val_samples=20))
     code, _, err = cli(["matrix", str(tmp_path / "m.toml"), "-o", str(tmp_path / "out"), "--workers", "2"])
     assert code == 1 and "Traceback" not in err
     recs = records(load(tmp_path / "out"))
@@ -293,7 +274,8 @@ def test_model_that_fails_to_load_fails_its_cells_only(tmp_path):
 
 
 def test_ray_flag_without_the_extra_names_it(tmp_path):
-    proc = cli_without("ray", ["matrix", str(REPO / "examples" / "matrix.toml"), "-o", str(tmp_path / "o"), "--ray"])
+    proc = cli_process(["matrix", str(REPO / "examples" / "matrix.toml"), "-o", str(tmp_path / "o"), "--ray"],
+                       without="ray")
     assert proc.returncode == 2
     assert "--ray: ray is not installed; pip install 'edgerep[ray]'" in error_line(proc.stderr)
 

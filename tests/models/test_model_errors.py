@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -11,7 +10,7 @@ import pytest
 
 from edgerep.errors import UserError
 from edgerep.models.specs import load_model
-from tests.commands.test_fuse_cli import call_main
+from tests.cli_helpers import edgerep_process, exit_code
 
 USER_PACKAGE = textwrap.dedent('''
     import torch.nn as nn
@@ -59,7 +58,7 @@ def test_a_failing_model_is_one_line_naming_the_spec(spec, user_package, capsys,
     with pytest.raises(UserError) as err:
         load_model(spec)
     assert err.value.message.startswith(CASES[spec]) and "\n" not in err.value.message
-    code = call_main(["fuse", "-m", spec, "-o", str(tmp_path / "out")])
+    code = exit_code(["fuse", "-m", spec, "-o", str(tmp_path / "out")])
     stderr = capsys.readouterr().err
     assert code == 2 and "Traceback" not in stderr
     assert CASES[spec] in " ".join(stderr.split())  # rich may wrap the line on a narrow terminal
@@ -67,26 +66,26 @@ def test_a_failing_model_is_one_line_naming_the_spec(spec, user_package, capsys,
 
 
 def test_debug_anywhere_shows_the_traceback_behind_the_error(user_package, capsys, tmp_path):
-    code = call_main(["fuse", "-m", "userpkg:raises", "--debug", "-o", str(tmp_path / "out")])
+    code = exit_code(["fuse", "-m", "userpkg:raises", "--debug", "-o", str(tmp_path / "out")])
     stderr = capsys.readouterr().err
     assert code == 2 and "Traceback" in stderr and 'raise RuntimeError("weights folder missing")' in stderr
     assert "the factory raised RuntimeError" in stderr  # and the one line, last
-    code = call_main(["--debug", "export", "-m", "userpkg:bad_forward", "-o", str(tmp_path / "out")])
+    code = exit_code(["--debug", "export", "-m", "userpkg:bad_forward", "-o", str(tmp_path / "out")])
     stderr = capsys.readouterr().err
     assert code == 2 and "Traceback" in stderr and "x.view(5, -1, 7)" in stderr
 
 
 def test_a_good_factory_model_still_loads_and_fuses(user_package, capsys, tmp_path):
-    code = call_main(["fuse", "-m", "userpkg:fine", "-o", str(tmp_path / "out")])
+    code = exit_code(["fuse", "-m", "userpkg:fine", "-o", str(tmp_path / "out")])
     assert code == 0 and (tmp_path / "out" / "fused.safetensors").is_file()
 
 
 def test_as_a_real_process_exit_2_without_traceback_and_debug_by_env(user_package):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(user_package), os.environ.get("PYTHONPATH", "")]),
+    env = {"PYTHONPATH": os.pathsep.join([str(user_package), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
-    args = [sys.executable, "-m", "edgerep.cli", "build", "-m", "userpkg:raises", "-o", str(user_package / "o")]
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    args = ["build", "-m", "userpkg:raises", "-o", str(user_package / "o")]
+    proc = edgerep_process(*args, env=env, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"error: {CASES['userpkg:raises']}"  # after build's stage line
-    proc = subprocess.run(args, capture_output=True, text=True, env={**env, "EDGEREP_DEBUG": "1"}, timeout=300)
+    proc = edgerep_process(*args, env={**env, "EDGEREP_DEBUG": "1"}, timeout=300)
     assert proc.returncode == 2 and "Traceback" in proc.stderr

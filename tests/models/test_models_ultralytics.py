@@ -11,6 +11,7 @@ import torch
 
 from edgerep.errors import UserError
 from edgerep.models.specs import load_model
+from tests.cli_helpers import cli_process, error_line
 
 # As edgerep.models.ultralytics sets them before its import: no network probe, no auto-install, quiet.
 for _key, _value in {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "YOLO_VERBOSE": "false"}.items():
@@ -19,18 +20,6 @@ pytest.importorskip("ultralytics", reason="ultralytics is not installed (the opt
 
 SIZE = 128  # small inputs keep these fast; 128 is a multiple of YOLOv8's stride 32
 ANCHORS = sum((SIZE // s) ** 2 for s in (8, 16, 32))  # one row per grid cell of the three detection levels
-
-
-def _cli(argv: list[str]) -> subprocess.CompletedProcess:
-    code = f"from edgerep.cli import main; main({argv!r})"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-
-
-def _error_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _trained_looking(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
@@ -124,9 +113,9 @@ def checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
 
 def test_checkpoint_refused_without_trust_pickle(checkpoint):
     path, _ = checkpoint
-    proc = _cli(["fuse", "--model", str(path), "-o", str(path.parent / "out")])
+    proc = cli_process(["fuse", "--model", str(path), "-o", str(path.parent / "out")], timeout=300)
     assert proc.returncode == 2
-    line = _error_line(proc.stderr)
+    line = error_line(proc.stderr)
     assert "full pickle" in line and "runs code" in line and "--trust-pickle" in line
     assert not (path.parent / "out").exists()
     with pytest.raises(UserError, match="full pickle"):
@@ -165,11 +154,10 @@ def test_not_a_checkpoint_is_one_line(tmp_path):
 
 
 def test_missing_ultralytics_names_the_extra(tmp_path):
-    code = ("import sys; sys.modules['ultralytics'] = None; from edgerep.cli import main; "
-            f"main(['fuse', '--model', 'ultralytics:yolov8n.yaml', '-o', {str(tmp_path / 'o')!r}])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = cli_process(["fuse", "--model", "ultralytics:yolov8n.yaml", "-o", str(tmp_path / "o")],
+                       without="ultralytics")
     assert proc.returncode == 2
-    assert "pip install 'edgerep[ultralytics]'" in _error_line(proc.stderr)
+    assert "pip install 'edgerep[ultralytics]'" in error_line(proc.stderr)
 
 
 def test_fuser_folds_every_bn_of_the_export_form():

@@ -22,6 +22,7 @@ from edgerep.models.specs import ModelInfo, check_outputs
 from edgerep.models.outputs import to_numpy_list
 from edgerep.backends.tensorrt.bundle import load_bundle
 from edgerep.zoo.repvgg import RepVGGBlock
+from tests.reparam_helpers import randomize_bn
 
 SHAPE = (1, 3, 32, 32)
 
@@ -56,13 +57,7 @@ class Nested(TwoHeads):
 
 
 def _randomize_bn(module: nn.Module, seed: int = 1) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return module.eval()
+    return randomize_bn(module, seed, affine=True).eval()
 
 
 def _info(module: nn.Module) -> ModelInfo:

@@ -13,41 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgerep.cli import main
 from edgerep.data.sources import calib_root
+from tests.cli_helpers import cli, cli_process, error_line
+from tests.digits_demo import needs_demo
 from tests.paths import REPO
 
 DEMO_DIR = Path("runs") / "repvgg_digits-openvino-cpu"
 PHOTOS = sorted((calib_root() / "images").glob("*.jpg"))
 
-pytestmark = pytest.mark.skipif(
-    not (REPO / "edgerep" / "zoo" / "weights" / "repvgg_digits.safetensors").exists()
-    or not (calib_root() / "digits" / "val.npz").exists(),
-    reason="the demo's weights and digits data are not built yet",
-)
-
-
-def cli(argv: list[str]) -> tuple[int, str, str]:
-    """Run the real CLI entry point (edgerep.cli.main) in this process; returns (exit code, stdout, stderr)."""
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
-
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            main(argv)
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, out.getvalue(), err.getvalue()
-
-
-def error_line(err: str) -> str:
-    """The CLI's error: exactly one line starting with 'error:', and no traceback anywhere."""
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+pytestmark = needs_demo
 
 
 def stage_status(report: dict) -> dict[str, str]:
@@ -236,14 +210,8 @@ def test_precision_the_backend_lacks():
     assert code == 2 and "--precision fp8: unknown precision" in error_line(err)
 
 
-def cli_without(module: str, argv: list[str]) -> subprocess.CompletedProcess:
-    """The CLI in a fresh interpreter in which `import <module>` fails, as on a machine without the package."""
-    code = f"import sys; sys.modules[{module!r}] = None; from edgerep.cli import main; main({argv!r})"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-
-
 def test_backend_package_missing_names_the_extra(tmp_path):
-    proc = cli_without("openvino", ["build", "-o", str(tmp_path / "o")])
+    proc = cli_process(["build", "-o", str(tmp_path / "o")], without="openvino")
     assert proc.returncode == 2
     assert "openvino is not installed; pip install 'edgerep[openvino]'" in error_line(proc.stderr)
     assert not (tmp_path / "o").exists()  # refused before any work

@@ -19,12 +19,12 @@ from edgerep.models.specs import ModelInfo
 from edgerep.pipeline.report import DETECT_ACCURACY_KEYS, engine_entry, latency_accuracy_figure, normalize, write_report
 from edgerep.data.detections import Detections
 from edgerep.tasks.detect import agreement, detection_map
-from tests.data.test_detect_labels import _copy_split
+from tests.detect_helpers import copy_split, ultralytics_head
 
 
 
 def _val_source(tmp_path: Path, n: int = 6) -> DetectionSource:
-    root = _copy_split(tmp_path, n)
+    root = copy_split(tmp_path, n)
     info = ModelInfo(module=nn.Identity(), spec="zoo:x", input_shape=(1, 3, 128, 128), num_classes=10, task="detect",
                      letterbox=True, stride=32)
     return open_data(root, preprocess_for(info), role="val")
@@ -32,13 +32,7 @@ def _val_source(tmp_path: Path, n: int = 6) -> DetectionSource:
 
 def _head_from(dets: list[Detections], nc: int = 10, anchors: int = 64) -> np.ndarray:
     """An Ultralytics-layout head (B, 4+nc, N) whose decode gives back `dets` (xyxy in input pixels)."""
-    head = np.zeros((len(dets), 4 + nc, anchors), np.float32)
-    for b, d in enumerate(dets):
-        for j, (box, score, cls) in enumerate(zip(d.boxes, d.scores, d.classes)):
-            x1, y1, x2, y2 = box
-            head[b, :4, j] = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
-            head[b, 4 + int(cls), j] = min(float(score), 0.95)
-    return head
+    return ultralytics_head(dets, nc, anchors, max_score=0.95)
 
 
 # --- the boxes picture -----------------------------------------------------------------------------------------

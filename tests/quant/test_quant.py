@@ -19,7 +19,6 @@ import torch
 pytest.importorskip("onnxruntime", reason="ONNX Runtime runs the Q/DQ models")
 
 from edgerep.backends import get_backend  # noqa: E402
-from edgerep.data.sources import calib_root, open_data  # noqa: E402
 from edgerep.export.pipeline import export_pipeline  # noqa: E402
 from edgerep.fuse import fuse  # noqa: E402
 from edgerep.models.specs import load_model  # noqa: E402
@@ -32,6 +31,7 @@ from edgerep.quant.sensitivity import layer_sensitivity  # noqa: E402
 from edgerep.quant.stress import scale_channel_pair  # noqa: E402
 from edgerep.targets import load_target  # noqa: E402
 from edgerep.validate.engine import compute_reference  # noqa: E402
+from tests.digits_demo import digits_data  # noqa: E402
 
 PRODUCER, CONSUMER = "stages.1.0.reparam", "stages.1.1.reparam"
 A, B = f"/{PRODUCER}/Conv", f"/{CONSUMER}/Conv"
@@ -52,8 +52,8 @@ def setup(tmp_path_factory):
     _blow(blown)
     onnx = {name: Path(export_pipeline(info, m, root / name, opset=17, dynamic_batch=True).sim_path)
             for name, m in (("normal", normal), ("blown", blown))}
-    calib = open_data(calib_root() / "digits" / "calib.npz", None, role="calib")
-    val = open_data(calib_root() / "digits" / "val.npz", None, role="val")
+    calib = digits_data("calib")
+    val = digits_data("val")
     reference = compute_reference(info.module, val)  # the unfused PyTorch model, all 360 labelled digits
     return {"root": root, "info": info, "normal": normal, "blown": blown, "onnx": onnx, "calib": calib,
             "reference": reference, "names": module_names_of(normal)}

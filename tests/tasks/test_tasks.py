@@ -20,6 +20,7 @@ from edgerep.targets import DEFAULT_DETECT_GATES, DetectGate, load_target, parse
 from edgerep.tasks import choose_task, get_task, infer_task  # noqa: E402
 from edgerep.data.detections import Detections  # noqa: E402
 from edgerep.validate.engine import Reference, compute_reference, score_outputs  # noqa: E402
+from tests.detect_helpers import random_scenes, ultralytics_head  # noqa: E402
 from tests.paths import REPO  # noqa: E402
 
 NC = 3
@@ -78,25 +79,13 @@ def test_an_inferred_detector_with_an_undecodable_head_falls_back_to_raw():
 
 
 def _scenes(seed: int = 0, images: int = 6, per_image: int = 4) -> list[Detections]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(images):
-        boxes = []
-        for row in range(per_image):
-            x, s = rng.uniform(0, 140), rng.uniform(20, 36)
-            boxes.append([x, row * 45.0, x + s, row * 45.0 + s])
-        out.append(Detections(np.array(boxes), rng.uniform(0.5, 0.95, per_image), rng.integers(0, NC, per_image)))
-    return out
+    return random_scenes(seed, images, per_image, num_classes=NC, x_max=140, pitch=45.0, size=(20, 36),
+                         score=(0.5, 0.95))
 
 
 def _head(dets: list[Detections], anchors: int = 32, shift: float = 0.0) -> np.ndarray:
     """An Ultralytics-layout head (B, 4+nc, N) holding `dets` (box i on anchor i), boxes moved by `shift` px."""
-    out = np.zeros((len(dets), 4 + NC, anchors), np.float32)
-    for b, d in enumerate(dets):
-        for i, ((x1, y1, x2, y2), s, c) in enumerate(zip(d.boxes, d.scores, d.classes)):
-            out[b, :4, i] = [(x1 + x2) / 2 + shift, (y1 + y2) / 2 + shift, x2 - x1, y2 - y1]
-            out[b, 4 + c, i] = s
-    return out
+    return ultralytics_head(dets, NC, anchors, shift=shift)
 
 
 def _reference(head: np.ndarray, labels=None, **options) -> Reference:

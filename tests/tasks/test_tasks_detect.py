@@ -12,6 +12,7 @@ from torchvision.ops import box_iou  # noqa: E402
 from edgerep.errors import UserError  # noqa: E402
 from edgerep.data.detections import Detections
 from edgerep.tasks.detect import HeadLayoutError, agreement, decode, detection_map, resolve_layout
+from tests.detect_helpers import random_scenes, ultralytics_head
 
 NC = 3
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -19,26 +20,13 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
 def _scene(seed: int = 0, images: int = 4, per_image: int = 5) -> list[Detections]:
     """Non-overlapping 20x20 .. 40x40 boxes on a 200x200 canvas, random classes and scores."""
-    rng = np.random.default_rng(seed)
-    scenes = []
-    for _ in range(images):
-        boxes = []
-        for row in range(per_image):
-            x, y = rng.uniform(0, 150), row * 40.0
-            s = rng.uniform(20, 38)
-            boxes.append([x, y, x + s, y + s])
-        scenes.append(Detections(np.array(boxes), rng.uniform(0.5, 0.99, per_image), rng.integers(0, NC, per_image)))
-    return scenes
+    return random_scenes(seed, images, per_image, num_classes=NC, x_max=150, pitch=40.0, size=(20, 38),
+                         score=(0.5, 0.99))
 
 
 def _ultralytics_head(dets: list[Detections], anchors: int = 64) -> torch.Tensor:
     """Encode detections as an Ultralytics head (B, 4+nc, N): box i on anchor i, the rest empty."""
-    out = torch.zeros(len(dets), 4 + NC, anchors)
-    for b, d in enumerate(dets):
-        for i, ((x1, y1, x2, y2), s, c) in enumerate(zip(d.boxes, d.scores, d.classes)):
-            out[b, :4, i] = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
-            out[b, 4 + c, i] = float(s)
-    return out
+    return torch.from_numpy(ultralytics_head(dets, NC, anchors))
 
 
 def _yolov5_head(dets: list[Detections], objectness: float, anchors: int = 64) -> torch.Tensor:

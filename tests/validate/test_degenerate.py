@@ -98,7 +98,7 @@ def test_gates_against_a_degenerate_reference_are_not_a_verdict(tmp_path):
 def test_build_of_an_untrained_model_exits_1_with_one_line(tmp_path):
     """The issue's case through the real CLI: `-t onnxruntime-cpu -p fp32` on torchvision's untrained MobileNetV3."""
     pytest.importorskip("torchvision")
-    from tests.pipeline.test_build import cli
+    from tests.cli_helpers import cli
 
     out_dir = tmp_path / "mnv3"
     code, out, err = cli(["build", "-m", "torchvision.models:mobilenet_v3_small", "-t", "onnxruntime-cpu",

@@ -3,7 +3,6 @@ the training loop, and `edgerep models` listing it."""
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,8 +17,11 @@ from edgerep import zoo  # noqa: E402
 from edgerep.fuse import fuse  # noqa: E402
 from edgerep.tasks.detect import decode, resolve_layout  # noqa: E402
 from edgerep.zoo.common import reparameterize_model  # noqa: E402
-from tests.reparam_helpers import one_thread, randomize  # noqa: E402,F401 (one_thread: autouse fixture)
+from tests.reparam_helpers import randomize  # noqa: E402
+from tests.cli_helpers import edgerep_process  # noqa: E402
 from tests.paths import REPO  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 NC = 10
 
@@ -178,7 +180,7 @@ def test_training_loop_learns_a_fixed_batch() -> None:
 
 
 def test_edgerep_models_lists_the_detectors() -> None:
-    proc = subprocess.run([sys.executable, "-m", "edgerep.cli", "models"], capture_output=True, text=True, timeout=120)
+    proc = edgerep_process("models", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"zoo:repyolo_digits\s+1x3x128x128", proc.stdout), proc.stdout
     assert re.search(r"zoo:repyolo_n\s+1x3x640x640", proc.stdout), proc.stdout

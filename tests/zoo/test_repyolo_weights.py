@@ -21,8 +21,9 @@ from edgerep.fuse import fuse  # noqa: E402
 from edgerep.models.specs import load_model  # noqa: E402
 from edgerep.tasks.detect import agreement, detect_images, detection_map, label_truth  # noqa: E402
 from edgerep.zoo.repyolo import STRESS_CHANNEL, STRESS_FACTOR, STRESS_PAIR  # noqa: E402
-from tests.reparam_helpers import one_thread  # noqa: E402,F401 (autouse fixture)
 from tests.paths import DIGITS_DET  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 VAL = DIGITS_DET / "val"
 NC, SIZE = 10, (128, 128)

@@ -21,7 +21,9 @@ from edgerep.zoo.mobileone import MobileOneBlock
 from edgerep.zoo.orepa import OREPABlock
 from edgerep.zoo.repvgg import RepVGGBlock
 from edgerep.zoo.saconv import SACBasicBlock, SAConv2d
-from tests.reparam_helpers import one_thread, randomize, rel_err  # noqa: F401 (one_thread: autouse fixture)
+from tests.reparam_helpers import randomize, rel_err
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 REL_TOL = 1e-4
 TINY = ["repvgg_tiny", "acb_resnet_tiny", "dbb_resnet_tiny", "orepa_resnet_tiny", "mobileone_tiny",

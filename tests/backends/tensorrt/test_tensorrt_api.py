@@ -128,19 +128,12 @@ def fake_pycuda() -> dict[str, types.ModuleType]:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The demo RepVGG exported and simplified, host INT8 artifacts for it, and its calibration data."""
-    import torch
-
-    from edgerep.data.sources import calib_root, open_data
-    from edgerep.export.pipeline import export_pipeline
-    from edgerep.fuse import fuse
-    from edgerep.models.specs import load_model
     from edgerep.backends.tensorrt.host import prepare_int8
+    from tests.digits_demo import digits_data, export_demo
 
     root = tmp_path_factory.mktemp("trt-api")
-    info = load_model("zoo:repvgg_digits")
-    fused = fuse(info.module, torch.randn(*info.input_shape)).model
-    sim = Path(export_pipeline(info, fused, root / "onnx", opset=13, dynamic_batch=False).sim_path)
-    calib = open_data(calib_root() / "digits" / "calib.npz", None, role="calib")
+    _, _, sim = export_demo(root / "onnx", opset=13, dynamic_batch=False)
+    calib = digits_data("calib")
     int8 = {v: prepare_int8(sim, replace(load_target("jetson-xavier-nx"),
                                          tensorrt=replace(load_target("jetson-xavier-nx").tensorrt, version=v)),
                             calib, root / f"host-{v}", method="entropy", num_samples=32)

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from edgerep.backends import get_backend
-from edgerep.data.sources import calib_root, open_data
 from edgerep.errors import UserError
 
 from tests.backends.tensorrt.trt_gpu_profiles import gpu_int8_modes, write_gpu_profile
+from tests.digits_demo import DIGITS, digits_data, export_demo
 
 pytestmark = pytest.mark.tensorrt
 BACKEND = get_backend("tensorrt")
@@ -31,7 +31,6 @@ if REASON is not None:
 
 import tensorrt as trt  # noqa: E402
 
-DIGITS = calib_root() / "digits"
 MODES = gpu_int8_modes(trt.__version__)
 
 
@@ -43,17 +42,9 @@ def _profile(tmp: Path, int8_mode: str, dynamic: bool = False):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    from edgerep.export.pipeline import export_pipeline
-    from edgerep.fuse import fuse
-    from edgerep.models.specs import load_model
-
-    import torch
-
     root = tmp_path_factory.mktemp("trt-gpu")
-    info = load_model("zoo:repvgg_digits")
-    fused = fuse(info.module, torch.randn(*info.input_shape)).model
-    result = export_pipeline(info, fused, root / "onnx", opset=17, dynamic_batch=False)
-    return root, Path(result.sim_path)
+    _, _, sim = export_demo(root / "onnx", opset=17, dynamic_batch=False)
+    return root, sim
 
 
 def _ort(onnx_path: Path, x: np.ndarray) -> np.ndarray:
@@ -77,7 +68,7 @@ def _val(n: int = 64) -> np.ndarray:
 def test_fp16_and_int8_engines_match_onnxruntime(export, int8_mode):
     root, sim = export
     profile = _profile(root, int8_mode)
-    calib = open_data(DIGITS / "calib.npz", None, role="calib")
+    calib = digits_data("calib")
     x = _val()
     ref = _ort(sim, x)
     out_dir = root / f"engines-{int8_mode}"
@@ -145,7 +136,7 @@ def test_rejected_calibration_cache_calibrates_on_real_batches(export, tmp_path)
 
     root, sim = export
     profile = _profile(root, "calibrate")
-    calib = open_data(DIGITS / "calib.npz", None, role="calib")
+    calib = digits_data("calib")
     out_dir = tmp_path / "engines"
     cal = profile.calibration
     int8 = host.prepare_int8(sim, profile, calib, out_dir / host.HOST_DIR, method=cal.method,
@@ -169,15 +160,7 @@ def test_rejected_calibration_cache_calibrates_on_real_batches(export, tmp_path)
 
 
 def test_dynamic_batch_engine(export, tmp_path):
-    from edgerep.export.pipeline import export_pipeline
-    from edgerep.fuse import fuse
-    from edgerep.models.specs import load_model
-
-    import torch
-
-    info = load_model("zoo:repvgg_digits")
-    fused = fuse(info.module, torch.randn(*info.input_shape)).model
-    sim = Path(export_pipeline(info, fused, tmp_path / "onnx", opset=17, dynamic_batch=True).sim_path)
+    _, _, sim = export_demo(tmp_path / "onnx", opset=17, dynamic_batch=True)
     profile = _profile(tmp_path, MODES[-1], dynamic=True)
     art = BACKEND.build(sim, "fp16", out_dir=tmp_path / "engines", profile=profile)
     runner = BACKEND.load(art)
@@ -197,7 +180,7 @@ def test_validate_bundle_and_check_engine_with_a_real_engine(export, tmp_path):
     profile = _profile(root, MODES[-1])
     art = BACKEND.build(sim, "fp16", out_dir=tmp_path / "engines", profile=profile)
     bdir = update_bundle(tmp_path / "bundle", onnx_path=sim, profile=profile, precisions=["fp16"])
-    val = open_data(DIGITS / "val.npz", None, role="val")
+    val = digits_data("val")
     with np.load(DIGITS / "val.npz") as data:
         ref = _ort(sim, data["x"])
     bundle_reference(bdir, Reference(outputs=ref, labels=val.labels, source=val))

@@ -24,7 +24,6 @@ from edgerep.files.artifacts import file_sha256, read_sidecar
 from edgerep.commands.check import run_check
 from edgerep.commands.validate_bundle import run_validate_bundle
 from edgerep.backends.tensorrt.host import PREDICTION_BACKEND, lint_for_profile
-from edgerep.data.sources import calib_root, open_data
 from edgerep.errors import UserError
 from edgerep.targets import load_target
 from edgerep.backends.tensorrt import calib_cache, guard, qdq
@@ -34,7 +33,7 @@ from edgerep.backends.tensorrt.lint import lint_onnx
 from edgerep.backends.tensorrt.trtexec import engine_source, trtexec_args
 from edgerep.backends.tensorrt.versions import api_features, cache_header, ops_table, parse_cache_header, parse_version, version_code
 
-DIGITS = calib_root() / "digits"
+from tests.digits_demo import DIGITS, digits_data
 
 
 def _export(model: nn.Module, path: Path, *, opset: int, shape=(1, 3, 8, 8), dynamic: bool = False) -> Path:
@@ -393,7 +392,7 @@ def test_cache_format_parses_back_to_onnxruntime_ranges(built, tmp_path):
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     sim = built.out_dir / "onnx" / "model.sim.onnx"
-    src = open_data(DIGITS / "calib.npz", None, role="calib")
+    src = digits_data("calib")
     ranges = calibrate(sim, src, method="minmax", num_samples=64)
     # ONNX Runtime's MinMax calibrator, run here directly, is the reference for the ranges
     calibrator = create_calibrator(sim, None, str(tmp_path / "aug.onnx"), CalibrationMethod.MinMax)
@@ -428,7 +427,7 @@ def test_calib_method_option_gives_that_calibrators_ranges(built, tmp_path):
     from edgerep.backends.tensorrt.calibrate import CHUNK_SAMPLES, PERCENTILE, PERCENTILE_BINS
 
     sim = built.out_dir / "onnx" / "model.sim.onnx"
-    src = open_data(DIGITS / "calib.npz", None, role="calib")
+    src = digits_data("calib")
     xavier = load_target("jetson-xavier-nx")
     caches = {}
     for method in ("percentile", "minmax"):
@@ -495,7 +494,7 @@ def test_qdq_model_follows_tensorrt_conventions_and_cache(built, tmp_path):
     scales = qdq.activation_scales(model)
     assert scales and all(scales[k] == cache.scales[k] for k in scales)
     # the route without calibration_cache_path (older ONNX Runtime) gives the same graph scales
-    src = open_data(DIGITS / "calib.npz", None, role="calib")
+    src = digits_data("calib")
     ranges = calibrate(sim, src, method="percentile", num_samples=32)
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     qdq.make_qdq(sim, a, ranges, use_cache_path=True)
@@ -643,7 +642,7 @@ def test_int8_mode_and_dla_flags_override_the_profile(built, tmp_path):
 
     backend = get_backend("tensorrt")
     sim = built.out_dir / "onnx" / "model.sim.onnx"
-    calib = open_data(DIGITS / "calib.npz", None, role="calib")
+    calib = digits_data("calib")
     xavier = load_target("jetson-xavier-nx")  # int8_mode calibrate, dla_core 0 in the profile
     art = backend.build(sim, "int8", out_dir=tmp_path / "dla1", profile=xavier, calib=calib,
                         options={"dla_core": 1, "num_samples": 16})
