@@ -193,6 +193,7 @@ def test_pickle_accepted_with_trust_pickle(bad_files, tmp_path, capsys):
     assert torch.equal(fused["head.fc.weight"], randomized_state()["head.fc.weight"])
 
 
+@pytest.mark.slow
 def test_unwritable_output_is_one_line_exit_2(tmp_path):
     """-o under a file, and a write that fails part-way (RLIMIT_FSIZE, as on a full disk: torch.export.save
     used to abort the process from C++): exit 2, one line naming -o, no file that looks finished."""

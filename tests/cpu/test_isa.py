@@ -230,6 +230,7 @@ def test_openvino_honours_the_onednn_isa_cap(demo_onnx, tmp_path):
     assert all("avx512" not in k and "amx" not in k for k in kernels) and any("avx2" in k for k in kernels)
 
 
+@pytest.mark.slow
 def test_build_records_where_each_engine_was_validated(tmp_path):
     code, _, err = cli(["build", "-t", "onnxruntime-avx2", "-p", "int8", "-o", str(tmp_path / "b")])
     assert code == 0, err
@@ -247,6 +248,7 @@ def test_build_records_where_each_engine_was_validated(tmp_path):
     assert "## CPU instruction set" in md and f"| onnxruntime int8 | avx2 | {host} |" in md
 
 
+@pytest.mark.slow
 def test_validate_warns_when_the_cpu_differs(tmp_path, host_isa):
     """An engine built for a VNNI CPU, validated on an AVX2 one: a warning naming both ISAs and the risk,
     not a crash (the exit code is the gate's, which depends on the real CPU's kernels)."""

@@ -109,6 +109,7 @@ def check_first_run(out: Path, code: int, err: str) -> dict:
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
+    """Four runs of the 8-engine matrix (first, repaired, unchanged, one model changed): its tests are marked slow."""
     root = tmp_path_factory.mktemp("matrix")
     toml = make_matrix(root / "spec")
     out = root / "out"
@@ -130,6 +131,7 @@ def local(tmp_path_factory):
     return {"out": out, "toml": toml, "first_out": root / "first", **runs}
 
 
+@pytest.mark.slow
 def test_local_pool_one_cell_fails_the_others_pass(local):
     code, stdout, err = local["first"]
     doc = check_first_run(local["first_out"], code, err)
@@ -139,6 +141,7 @@ def test_local_pool_one_cell_fails_the_others_pass(local):
     assert [name for name, c in cells(doc).items() if c["status"] == "ok"] == [n for n in CELLS if n != FAILING]
 
 
+@pytest.mark.slow
 def test_repaired_rerun_builds_only_the_failed_cell(local):
     code, _, err = local["repaired"]
     assert code == 0, err
@@ -151,6 +154,7 @@ def test_repaired_rerun_builds_only_the_failed_cell(local):
     assert status["export"] == "reused" and status["build fp32"] == "reused" and status["build int8"] == "built"
 
 
+@pytest.mark.slow
 def test_unchanged_rerun_does_no_work(local):
     code, _, err = local["unchanged"]
     assert code == 0, err
@@ -161,6 +165,7 @@ def test_unchanged_rerun_does_no_work(local):
     assert all(r["passed"] is True and r["latency_ms"]["p50"] > 0 for r in doc["records"])
 
 
+@pytest.mark.slow
 def test_changing_one_model_rebuilds_only_its_cells(local):
     code, _, err = local["changed"]
     assert code == 0, err
@@ -174,6 +179,7 @@ def test_changing_one_model_rebuilds_only_its_cells(local):
     assert {s["name"]: s["status"] for s in report["stages"]}["export"] == "built"
 
 
+@pytest.mark.slow
 def test_matrix_md_and_heatmap(local):
     md = (local["out"] / "matrix.md").read_text()
     assert "| model | openvino-cpu fp32 | openvino-cpu int8 | onnxruntime-cpu fp32 | onnxruntime-cpu int8 |" in md
@@ -188,6 +194,7 @@ def test_matrix_md_and_heatmap(local):
 # --- Ray ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_matrix_on_a_local_ray_cluster(tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'edgerep[ray]')")
     toml = make_matrix(tmp_path / "spec")
@@ -203,6 +210,7 @@ def test_same_matrix_on_a_local_ray_cluster(tmp_path):
 # --- a kill mid-matrix, then a re-run -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_driver_then_rerun_completes(tmp_path):
     (tmp_path / "m.toml").write_text(matrix_toml([{"spec": "zoo:repvgg_digits"}], ["onnxruntime-cpu", "openvino-cpu"],
                                                  ["fp32"], val_samples=50))
@@ -261,6 +269,7 @@ def test_bad_matrix_file_is_one_line_exit_2(tmp_path, text, expect):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_model_that_fails_to_load_fails_its_cells_only(tmp_path):
     (tmp_path / "m.toml").write_text(matrix_toml([{"name": "good", "spec": "zoo:repvgg_digits"},
                                                   {"name": "nope", "spec": "zoo:no_such_model"}],

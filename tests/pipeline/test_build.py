@@ -36,7 +36,8 @@ def demo(tmp_path_factory):
     """`edgerep build` with no arguments (in a fresh folder, so the default output dir is used).
 
     Run 1 is interrupted after the FP32 engine: the FP16 engine's path is taken by a folder, so writing
-    it fails like a full disk would. Run 2 resumes; run 3 reuses everything."""
+    it fails like a full disk would. Run 2 resumes; run 3 reuses everything. Every test that takes this fixture
+    is marked slow."""
     root = tmp_path_factory.mktemp("demo")
     old = os.getcwd()
     os.chdir(root)
@@ -63,6 +64,7 @@ def demo(tmp_path_factory):
             "leftovers": leftovers}
 
 
+@pytest.mark.slow
 def test_interrupted_build_leaves_nothing_that_looks_finished(demo):
     code, _, err = demo["runs"][0]
     assert code == 2
@@ -73,6 +75,7 @@ def test_interrupted_build_leaves_nothing_that_looks_finished(demo):
     assert not [p for p in engines.parent.rglob("*partial*")]
 
 
+@pytest.mark.slow
 def test_resumed_build_reuses_finished_stages_and_passes(demo):
     code, out, err = demo["runs"][1]
     assert code == 0, err
@@ -83,6 +86,7 @@ def test_resumed_build_reuses_finished_stages_and_passes(demo):
     assert "openvino int8" in out and "pass" in out  # the summary table
 
 
+@pytest.mark.slow
 def test_demo_report_schema_and_gates(demo):
     rep = demo["reused"]
     assert rep["model"]["spec"] == "zoo:repvgg_digits" and rep["target"]["name"] == "openvino-cpu"
@@ -105,6 +109,7 @@ def test_demo_report_schema_and_gates(demo):
         assert (demo["out_dir"] / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_demo_recommends_a_passing_engine_at_the_deploy_batch(demo):
     rep, (_, out, _) = demo["reused"], demo["runs"][2]
     rec = rep["recommended"]
@@ -121,6 +126,7 @@ def test_demo_recommends_a_passing_engine_at_the_deploy_batch(demo):
     assert md[2] == f"**recommended: openvino {rec['precision']} ({rec['reason']})**"
 
 
+@pytest.mark.slow
 def test_unchanged_rerun_reuses_every_stage_and_drops_a_killed_runs_temporaries(demo):
     code, _, err = demo["runs"][2]
     assert code == 0, err
@@ -129,6 +135,7 @@ def test_unchanged_rerun_reuses_every_stage_and_drops_a_killed_runs_temporaries(
     assert all(st[s] == "reused" for s in ("fuse", "export", "build fp32", "build fp16", "build int8"))
 
 
+@pytest.mark.slow
 def test_validate_command_on_a_built_engine(demo):
     engine = demo["out_dir"] / "engines" / "model.int8.xml"
     code, out, err = cli(["validate", "--model", "zoo:repvgg_digits", "--engine", str(engine), "--json"])
@@ -138,6 +145,7 @@ def test_validate_command_on_a_built_engine(demo):
     assert eng["accuracy"]["top1"] >= 97.0 and eng["latency_ms"]["p50"] > 0
 
 
+@pytest.mark.slow
 def test_validate_refuses_an_engine_without_its_sidecar(demo, tmp_path):
     lone = tmp_path / "model.xml"
     shutil.copy(demo["out_dir"] / "engines" / "model.fp32.xml", lone)
@@ -145,6 +153,7 @@ def test_validate_refuses_an_engine_without_its_sidecar(demo, tmp_path):
     assert code == 2 and "sidecar model.xml.json is missing" in error_line(err)
 
 
+@pytest.mark.slow
 def test_gate_failure_exits_1_and_says_which_and_why(demo, tmp_path):
     # A copy of openvino-cpu whose INT8 gate nobody can meet: the engines are reused (same build settings).
     text = (REPO / "targets" / "openvino-cpu.toml").read_text().replace('name = "openvino-cpu"', 'name = "strict"')
@@ -161,6 +170,7 @@ def test_gate_failure_exits_1_and_says_which_and_why(demo, tmp_path):
 # --- ONNX Runtime on the demo, --force, and a timm model ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_demo_on_onnxruntime_every_precision_then_force(tmp_path):
     out_dir = tmp_path / "ort"
     code, out, err = cli(["build", "-t", "onnxruntime-cpu", "-o", str(out_dir)])
@@ -176,6 +186,7 @@ def test_demo_on_onnxruntime_every_precision_then_force(tmp_path):
     assert st["export"] == "built" and st["build fp32"] == "built" and "build int8" not in st
 
 
+@pytest.mark.slow
 def test_timm_model_small_input(tmp_path):
     pytest.importorskip("timm")
     out_dir = tmp_path / "timm"

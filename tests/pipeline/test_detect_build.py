@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test is a whole `edgerep build`
+
 pytest.importorskip("onnxruntime", reason="the ONNX Runtime backend")
 pytest.importorskip("pycocotools", reason="mAP needs pycocotools (pip install edgerep[detect])")
 

@@ -242,6 +242,7 @@ def test_search_on_openvino_compares_with_nncf_accuracy_control(setup, tmp_path)
     assert len(nncf_rows) == 1 and nncf_rows[0].float_layers == result.nncf["float_layers"]
 
 
+@pytest.mark.slow
 def test_build_max_drop_end_to_end(setup, tmp_path):
     """`edgerep build --max-drop` on the blown weights (a fused checkpoint loads into the deploy form)."""
     from safetensors.torch import save_file

@@ -95,6 +95,7 @@ def test_gates_against_a_degenerate_reference_are_not_a_verdict(tmp_path):
     assert result["gate_check"]["passed"] is True  # what the gate said, kept for the record
 
 
+@pytest.mark.slow
 def test_build_of_an_untrained_model_exits_1_with_one_line(tmp_path):
     """The issue's case through the real CLI: `-t onnxruntime-cpu -p fp32` on torchvision's untrained MobileNetV3."""
     pytest.importorskip("torchvision")

@@ -144,6 +144,7 @@ def test_block_stress_keeps_the_function_in_both_forms(model: nn.Module, x: torc
 # --- the training loop (scripts/train_detector.py) -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_loop_learns_a_fixed_batch() -> None:
     """Assigner, loss, decoding and COCO mAP wired together: 16 train images, a hundred steps, and the model
     finds their digits (mAP@0.5 against their labels, from about 0 at the start)."""

@@ -71,7 +71,8 @@ class _LayerNorm(nn.Module):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """`edgerep build --target jetson-xavier-nx` on this machine (no TensorRT): engines skipped, a device
-    bundle, the Q/DQ prediction. TensorRT 8.5 with int8_mode calibrate and DLA core 0."""
+    bundle, the Q/DQ prediction. TensorRT 8.5 with int8_mode calibrate and DLA core 0. A whole build: every test
+    that takes this fixture is marked slow."""
     from edgerep.pipeline.build import BuildOptions, build
 
     out = tmp_path_factory.mktemp("trt-build") / "run"
@@ -79,6 +80,7 @@ def built(tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_build_without_tensorrt_writes_bundle_and_prediction(built):
     assert built.exit_code == 0
     engines = built.report["engines"]
@@ -105,6 +107,7 @@ def test_build_without_tensorrt_writes_bundle_and_prediction(built):
     assert subprocess.run(["bash", "-n", str(bundle.path / "build.sh")]).returncode == 0
 
 
+@pytest.mark.slow
 def test_validate_bundle_with_onnxruntime_standing_in(built):
     bdir = built.out_dir / "engines" / "device-bundle"
     # model.onnx through ONNX Runtime reproduces the unfused PyTorch reference carried in the bundle
@@ -125,6 +128,7 @@ def test_validate_bundle_with_onnxruntime_standing_in(built):
     assert q["precision"] == "int8" and q["accuracy"]["cosine"] == pytest.approx(pred["accuracy"]["cosine"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_validate_bundle_finds_engine_by_its_name_inside_the_bundle(built, tmp_path, monkeypatch):
     """`edgerep validate --bundle DIR --engine model.onnx` from outside DIR: the name is looked up in the bundle."""
     bdir = (built.out_dir / "engines" / "device-bundle").resolve()
@@ -134,6 +138,7 @@ def test_validate_bundle_finds_engine_by_its_name_inside_the_bundle(built, tmp_p
         run_validate_bundle(bundle=bdir, engine=Path("nope.engine"))
 
 
+@pytest.mark.slow
 def test_validate_bundle_refuses_tampered_or_foreign_input(built, tmp_path):
     src = built.out_dir / "engines" / "device-bundle"
     copy = tmp_path / "bundle"
@@ -149,6 +154,7 @@ def test_validate_bundle_refuses_tampered_or_foreign_input(built, tmp_path):
         run_validate_bundle(bundle=src, engine=src / "calib.cache")
 
 
+@pytest.mark.slow
 def test_validate_bundle_cli_imports_no_torch(built):
     bdir = built.out_dir / "engines" / "device-bundle"
     code = ("import sys\nfrom edgerep.cli import app\n"
@@ -177,6 +183,7 @@ def _fake_trtexec(bin_dir: Path, banner: str, placement: list[str] = PLACEMENT_8
     return path
 
 
+@pytest.mark.slow
 def test_build_sh_heads_the_cache_for_the_loaded_library_and_reads_verbose_placement(built, tmp_path):
     """The cache header names the TensorRT library Python loads, not trtexec's compile-time banner
     (samples/common/logging.h prints NV_TENSORRT_VERSION); DLA placement logged at VERBOSE (10.x) is read; with a DLA
@@ -212,6 +219,7 @@ def test_build_sh_heads_the_cache_for_the_loaded_library_and_reads_verbose_place
     assert (bdir / "calib.device.cache").read_text().splitlines()[0] == "TRT-8502-EntropyCalibration2"
 
 
+@pytest.mark.slow
 def test_build_sh_guards_version_and_writes_sidecars(built, tmp_path):
     bdir = tmp_path / "bundle"
     shutil.copytree(built.out_dir / "engines" / "device-bundle", bdir)
@@ -302,6 +310,7 @@ def test_lint_attributes_int64_dynamic_custom():
     assert not [f for f in lint_onnx(model, "10.3").findings if f.code.startswith("int64")]
 
 
+@pytest.mark.slow
 def test_lint_profile_settings_and_clean_model(built):
     sim = built.out_dir / "onnx" / "model.sim.onnx"
     for name in ("tensorrt", "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"):
@@ -315,6 +324,7 @@ def test_lint_profile_settings_and_clean_model(built):
         run_check(target="openvino-cpu", model=str(sim))
 
 
+@pytest.mark.slow
 def test_lint_flags_qdq_on_dla_and_int8_without_native_support(built):
     sim = built.out_dir / "onnx" / "model.sim.onnx"
     qdq_dla = lint_onnx(sim, "10.3", int8_mode="qdq", precisions=["fp16", "int8"], dla_core=0)
@@ -388,6 +398,7 @@ def test_entropy_threshold_equals_onnxruntime():
         assert (max(lo, hist[2]), min(hi, hist[3])) == (lo_ref, hi_ref)
 
 
+@pytest.mark.slow
 def test_cache_format_parses_back_to_onnxruntime_ranges(built, tmp_path):
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
@@ -417,6 +428,7 @@ def test_cache_format_parses_back_to_onnxruntime_ranges(built, tmp_path):
     assert calib_cache.hex_scale("3c010a14") == pytest.approx(1.0002 / 127, rel=1e-4)  # NVIDIA sampleINT8 README
 
 
+@pytest.mark.slow
 def test_calib_method_option_gives_that_calibrators_ranges(built, tmp_path):
     """`calib_method` changes the scales TensorRT gets: the percentile build's cache holds exactly the ranges of
     ONNX Runtime's PercentileCalibrater (run here directly on the same samples, in the same chunks), not the
@@ -471,6 +483,7 @@ def test_cache_headers_per_version_and_retag():
 # --- Q/DQ ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_qdq_model_follows_tensorrt_conventions_and_cache(built, tmp_path):
     sim = built.out_dir / "onnx" / "model.sim.onnx"
     host = built.out_dir / "engines" / "tensorrt-host"
@@ -503,6 +516,7 @@ def test_qdq_model_follows_tensorrt_conventions_and_cache(built, tmp_path):
     assert sa.keys() == sb.keys() and all(sa[k] == pytest.approx(sb[k], rel=1e-6) for k in sa)
 
 
+@pytest.mark.slow
 def test_qdq_accuracy_close_to_fp32_on_digits(built):
     import onnxruntime as ort
 
@@ -521,6 +535,7 @@ def test_qdq_accuracy_close_to_fp32_on_digits(built):
     assert cos.mean() > 0.97
 
 
+@pytest.mark.slow
 def test_fp16_onnx_for_trt11(built, tmp_path):
     import onnxruntime as ort
 
@@ -616,6 +631,7 @@ def test_engine_guard():
         guard.guard_engine(Path("e.engine"), None, here)
 
 
+@pytest.mark.slow
 def test_cache_guard(built):
     cache = built.out_dir / "engines" / "tensorrt-host" / "calib.cache"
     side = read_sidecar(cache)
@@ -630,6 +646,7 @@ def test_cache_guard(built):
     assert guard.cache_action(None, {"trt_version": "8.5.2"})[0] == "recalibrate"
 
 
+@pytest.mark.slow
 def test_bundle_manifest_lists_every_file_hash(built):
     bdir = built.out_dir / "engines" / "device-bundle"
     manifest = json.loads((bdir / MANIFEST).read_text())
@@ -637,6 +654,7 @@ def test_bundle_manifest_lists_every_file_hash(built):
     assert not [p for p in bdir.iterdir() if ".partial-" in p.name]
 
 
+@pytest.mark.slow
 def test_int8_mode_and_dla_flags_override_the_profile(built, tmp_path):
     from edgerep.backends import get_backend
 
@@ -685,6 +703,7 @@ def test_check_rejected_input_shape_is_a_user_error():
         run_check(target="jetson-nano", model="zoo:repvgg_tiny", input_shape="1x3")
 
 
+@pytest.mark.slow
 def test_standalone_check_script_for_old_jetpacks(built):
     """check_engine.py (for JetPack 4/5, whose Python is older than edgerep's) is Python 3.6 syntax, needs no
     edgerep or torch, and reproduces the reference on the bundle's ONNX models."""
@@ -723,6 +742,7 @@ def test_standalone_check_script_for_old_jetpacks(built):
     assert proc.stderr.strip().splitlines()[-1].startswith("recommended: onnxruntime ")
 
 
+@pytest.mark.slow
 def test_validate_bundle_recommends_an_engine_on_the_device(built):
     """Several engines of a bundle validated on the device: each gets its record, then the one to ship (the
     host deferred that choice). ONNX Runtime stands in for TensorRT here: model.onnx (float) and the Q/DQ model."""
