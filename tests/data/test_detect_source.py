@@ -1,5 +1,5 @@
-"""Detection data as the pipeline opens it (edgerep/detect_source.py through edgerep.data.sources.open_data): letterboxed
-images, YOLO-format / COCO labels in the model input's pixels, the shipped defaults, and bad input."""
+"""Detection data as the pipeline opens it (edgerep.data.detect_source through edgerep.data.sources.open_data):
+letterboxed images, YOLO-format / COCO labels in the model input's pixels, the shipped defaults, and bad input."""
 from __future__ import annotations
 
 import json

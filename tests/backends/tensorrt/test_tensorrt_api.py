@@ -263,7 +263,8 @@ follow_imports = silent
 [mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*]
 ignore_errors = True
 """
-TYPED = ["edgerep/backends/tensorrt/engine_build.py", "edgerep/backends/tensorrt/runner.py", "edgerep/backends/tensorrt/gpu.py", "edgerep/backends/tensorrt.py"]
+TYPED = ["edgerep/backends/tensorrt/engine_build.py", "edgerep/backends/tensorrt/runner.py",
+         "edgerep/backends/tensorrt/gpu.py", "edgerep/backends/tensorrt/adapter.py"]
 
 
 def test_tensorrt_code_type_checks_against_the_stubs(tmp_path):
