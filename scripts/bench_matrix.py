@@ -19,30 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-MATRIX = """
-targets = ["openvino-cpu", "onnxruntime-cpu"]
-precisions = ["fp32", "int8"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.matrix.matrix_files
+from tests.matrix.matrix_files import local_ray, matrix_toml  # noqa: E402 (written as tests/matrix writes its own)
 
-[defaults]
-calib_samples = 100
-val_samples = 200
-
-[[models]]
-name = "repvgg_digits"
-spec = "zoo:repvgg_digits"
-
-[[models]]
-name = "repvgg_a0_digits"
-spec = "zoo:repvgg_a0_digits"
-
-[[models]]
-name = "acb_resnet_tiny"
-spec = "zoo:acb_resnet_tiny"
-
-[[models]]
-name = "mobileone_tiny"
-spec = "zoo:mobileone_tiny"
-"""
+MODELS = ("repvgg_digits", "repvgg_a0_digits", "acb_resnet_tiny", "mobileone_tiny")
+MATRIX = matrix_toml([{"name": name, "spec": f"zoo:{name}"} for name in MODELS], ["openvino-cpu", "onnxruntime-cpu"],
+                     ["fp32", "int8"], calib_samples=100, val_samples=200)
 MODES = ("serial", "local-2", "ray-local")
 
 
@@ -52,13 +34,8 @@ def run_mode(mode: str, toml: Path, work: Path) -> dict:
     out = work / mode
     t0 = time.perf_counter()
     if mode == "ray-local":
-        import ray
-
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        try:
+        with local_ray(num_cpus=2):
             code = run_matrix(matrix_file=toml, output=out, ray=True, force=True)
-        finally:
-            ray.shutdown()
     else:
         code = run_matrix(matrix_file=toml, output=out, workers=1 if mode == "serial" else 2, force=True)
     wall = time.perf_counter() - t0

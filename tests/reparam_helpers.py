@@ -1,19 +1,9 @@
-"""Helpers shared by the fusion and zoo tests: randomized statistics so every branch matters."""
+"""Helpers shared by the fusion, zoo, export and model tests: randomized statistics so every branch matters.
+(The `one_thread` fixture most of them use is in tests/conftest.py.)"""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn as nn
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP's spin-waiting
-    made each forward ~100x slower (2 s instead of 12 ms). Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -40,6 +30,30 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def inputs(shape, seed: int = 1) -> torch.Tensor:
+    """A seeded random input of `shape`."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def run(model: nn.Module, x: torch.Tensor):
+    """model(x) without autograd."""
+    with torch.no_grad():
+        return model(x)
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """Max abs error relative to the reference's largest magnitude, in float64."""
     return ((out.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-12)).item()
+
+
+def randomize_bn(module: nn.Module, seed: int = 1, *, affine: bool = False) -> nn.Module:
+    """Non-trivial BatchNorm2d statistics (with `affine`, scales too), so a wrong fold or a wrong graph shows in the
+    numbers; returns `module`, its mode unchanged."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            if affine:
+                m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return module

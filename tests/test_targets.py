@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,8 @@ from edgerep.backends import backend_for
 from edgerep.backends.tensorrt.versions import version_matches as trt_version_matches
 from edgerep.errors import UserError
 from edgerep.targets import DEFAULT_TARGET, list_targets, load_target, targets_dirs
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED = {"openvino-cpu", "onnxruntime-cpu", "openvino-avx2", "onnxruntime-avx2", "tensorrt", "jetson-nano",
            "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"}
 
@@ -223,7 +222,7 @@ def test_profiles_found_in_a_non_editable_install(tmp_path):
 
 
 def test_source_checkout_dir_is_found():
-    assert REPO / "targets" in targets_dirs() or Path(__file__).resolve().parents[1].joinpath("edgerep", "targets") in targets_dirs()
+    assert REPO / "targets" in targets_dirs() or REPO / "edgerep" / "targets" in targets_dirs()
 
 
 def test_deploy_batch_defaults_to_the_first_batch_size(tmp_path):
