@@ -4,7 +4,7 @@ How each runtime can be held to a lower ISA on a stronger CPU:
 - OpenVINO: its CPU plugin is built on oneDNN, which caps its JIT kernels at ONEDNN_MAX_CPU_ISA (oneDNN docs,
   "CPU Dispatcher Controls"); the variable is read once, when the plugin loads, so the engine runs in a child
   process. Checked here on OpenVINO 2026.4: with ONEDNN_MAX_CPU_ISA=AVX2 the runtime model's INT8 convolutions
-  report `jit_avx2_I8` instead of `brgconv_avx512_I8` (tests/test_isa.py asserts it). OV_CPU_MAX_ISA is not
+  report `jit_avx2_I8` instead of `brgconv_avx512_I8` (tests/cpu/test_isa.py asserts it). OV_CPU_MAX_ISA is not
   honoured by that release.
 - ONNX Runtime: none. MLAS picks its kernels from CPUID when the library loads (onnxruntime/core/mlas/lib/
   platform.cpp) and exposes no switch. Two things stand in for it:

@@ -69,7 +69,7 @@ class TensorRTRunner(RunnerBase):
 
     def _legacy_engine(self) -> Any:
         """The engine for the 8.0 - 8.4 bindings API. Typed Any: the 10.x stubs do not describe those calls;
-        tests/test_tensorrt_names.py checks them against the names tensorrt-bindings 8.6.1 binds."""
+        tests/backends/tensorrt/test_tensorrt_api.py checks them against the names NVIDIA's bindings bind."""
         return self.engine
 
     def _legacy_context(self) -> Any:
