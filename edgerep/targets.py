@@ -100,8 +100,9 @@ def task_gate_defaults(table: str) -> dict[str, Any]:
 class LatencySettings:
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     warmup: int = 10
-    iterations: int = 50
+    iterations: int = 50  # timed calls per engine and batch size, spread over the rounds (at least 10 a round)
     deploy_batch: int | None = None  # the batch the engine ships at (the recommendation's); None: batch_sizes[0]
+    rounds: int = 5  # interleaved rounds: the engines take turns, so a ratio's interval sees the machine's drift
 
 
 @dataclass
@@ -310,18 +311,19 @@ def parse_profile(data: dict[str, Any], path: Path) -> TargetProfile:
     dynamic_batch = c.get(data, "dynamic_batch", bool, default=False)
 
     lat_data = c.table(data.get("latency", {}), "latency")
-    c.no_unknown(lat_data, {"batch_sizes", "warmup", "iterations", "deploy_batch"}, "latency.")
+    c.no_unknown(lat_data, {"batch_sizes", "warmup", "iterations", "deploy_batch", "rounds"}, "latency.")
     latency = LatencySettings(
         batch_sizes=c.int_list(lat_data, "batch_sizes", "latency.", [1]),
         warmup=c.get(lat_data, "warmup", int, "latency.", default=10),
         iterations=c.get(lat_data, "iterations", int, "latency.", default=50),
         deploy_batch=c.get(lat_data, "deploy_batch", int, "latency."),
+        rounds=c.get(lat_data, "rounds", int, "latency.", default=5),
     )
     if latency.deploy_batch is not None and latency.deploy_batch not in latency.batch_sizes:
         raise c.fail("latency.deploy_batch", f"{latency.deploy_batch} is not among batch_sizes "
                                              f"{latency.batch_sizes}, so its latency would not be measured; add it there")
-    if latency.warmup < 0 or latency.iterations < 1:
-        raise c.fail("latency", "warmup must be >= 0 and iterations >= 1")
+    if latency.warmup < 0 or latency.iterations < 1 or latency.rounds < 2:
+        raise c.fail("latency", "warmup must be >= 0, iterations >= 1 and rounds >= 2 (an interval needs two rounds)")
     if not dynamic_batch and any(b != 1 for b in latency.batch_sizes):
         raise c.fail("latency.batch_sizes", "batch sizes other than 1 need dynamic_batch = true")
 

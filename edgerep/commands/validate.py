@@ -5,7 +5,15 @@ from pathlib import Path
 from typing import Any
 
 from edgerep.errors import UserError
-from edgerep.validate.engine import check_on_target_isa, compute_reference, gate_to_dict, isa_warnings, task_gate, validate_runner
+from edgerep.validate.engine import (
+    check_on_target_isa,
+    compute_reference,
+    gate_to_dict,
+    isa_warnings,
+    runner_accuracy,
+    task_gate,
+)
+from edgerep.validate.timing import time_engines
 
 
 def run_validate(*, model: str, engine: Path, target: str | None = None, val: Path | None = None,
@@ -27,6 +35,7 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     from edgerep.files.artifacts import load_artifact
     from edgerep.models.specs import load_model
     from edgerep.pipeline.report import engine_entry, normalize, summary_table
+    from edgerep.pipeline.stages import latency_sample
     from edgerep.targets import list_targets, load_target
     from edgerep.tasks import resolve_task
 
@@ -75,9 +84,12 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     dynamic = engine_shape is not None and len(engine_shape) > 0 and engine_shape[0] is None
     engine_batch = val_batch if dynamic else int((engine_shape or list(shape))[0] or 1)
     with backend.load(artifact) as runner:
-        result = validate_runner(runner, reference, engine_batch=engine_batch, gate=gate,
-                                 latency_batches=list(profile.latency.batch_sizes), warmup=profile.latency.warmup,
-                                 iterations=profile.latency.iterations, dynamic_batch=dynamic)
+        result = runner_accuracy(runner, reference, engine_batch=engine_batch, gate=gate)
+    # latency as a build measures it: in rounds, in a fresh process, once the accuracy run is over
+    lat = profile.latency
+    result.update(time_engines({artifact.precision: engine}, latency_sample(reference),
+                               batch_sizes=list(lat.batch_sizes), engine_batch=engine_batch, dynamic_batch=dynamic,
+                               rounds=lat.rounds, warmup=lat.warmup, iterations=lat.iterations)[artifact.precision])
     if target_isa_name is not None:
         check_on_target_isa(result, artifact, reference, target=target_isa_name, engine_batch=engine_batch,
                             gate=gate)

@@ -385,11 +385,10 @@ def _build_cell(job: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
 
 
 def time_cell(job: dict[str, Any]) -> dict[str, Any]:
-    """Time every built engine of one cell (stages.latency_stage). Run with the machine to itself: no thread
+    """Time every built engine of one cell side by side (stages.latency_stage). Run with the machine to itself: no thread
     cap, one cell at a time. Returns {"latency": {precision: fields}, "stages": [...], "node", "reason"}."""
     import numpy as np
 
-    from edgerep.backends import get_backend
     from edgerep.errors import one_line
     from edgerep.pipeline.stages import LATENCY_SAMPLE, StageLog, latency_stage
     from edgerep.targets import load_target
@@ -400,13 +399,14 @@ def time_cell(job: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"cell": job["cell"], "latency": {}, "stages": [], "node": _node_name(), "reason": None}
     try:
         profile = load_target(job["target_arg"])
-        backend = get_backend(profile.backend)
         sample = np.load(cell_dir / LATENCY_SAMPLE)
-        for eng in job["engines"]:
-            record = dict(eng)
-            latency_stage(log, backend, record, sample, profile, record["precision"], engine_batch=job["engine_batch"])
+        records = [dict(eng) for eng in job["engines"]]
+        latency_stage(log, records, sample, profile, engine_batch=job["engine_batch"])
+        for record in records:
             if "latency_by_batch" in record:
                 result["latency"][record["precision"]] = {k: record.get(k) for k in fields}
+            elif record.get("latency_note"):
+                result["reason"] = record["latency_note"]
     except Exception as exc:  # timing failed: the accuracy results stand, the latency stays empty
         result["reason"] = f"latency not measured: {one_line(exc)}"
     result["stages"] = log.stages

@@ -146,14 +146,17 @@ def build(opts: BuildOptions, *, console: Console | None = None, measure_latency
         if artifact.status != "ok":
             continue
         stages.validate_stage(log, backend, artifact, record, reference, profile, precision,
-                              engine_batch=engine_batch, out_dir=out_dir, measure_latency=measure_latency)
-    if not measure_latency:
-        import numpy as np
+                              engine_batch=engine_batch, out_dir=out_dir)
+    import numpy as np
 
-        from edgerep.files.artifacts import atomic_path
+    from edgerep.files.artifacts import atomic_path
 
+    sample = stages.latency_sample(reference)
+    if measure_latency:  # every engine side by side, after all of them are validated
+        stages.latency_stage(log, [engine_records[p] for p in precisions], sample, profile, engine_batch=engine_batch)
+    else:  # edgerep matrix times the cell later, with the machine to itself
         with atomic_path(out_dir / stages.LATENCY_SAMPLE) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, stages.latency_sample(reference))
+            np.save(fh, sample)
     # TensorRT adds rows once the reference exists: the INT8 Q/DQ model run in ONNX Runtime as a prediction of
     # the device engine, and the reference written into the device bundle.
     extra_records: list[dict[str, Any]] = []

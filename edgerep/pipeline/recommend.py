@@ -8,17 +8,55 @@ The rule:
 2. Candidates are the engines that ran (status ok), passed their gates, are not predictions (the TensorRT
    host's Q/DQ-in-ONNX-Runtime row) and have a p50 latency measured at the deploy batch size.
 3. Going from the highest precision down (fp32, fp16, int8), a lower precision replaces the current choice only
-   when it is at least MIN_SPEEDUP times faster at the deploy batch; otherwise the report says it is not faster
-   and the higher precision (same speed, fewer rounding errors) stays recommended.
+   when it is measurably at least MIN_SPEEDUP times faster at the deploy batch: where both engines were timed in
+   interleaved rounds (validate.timing: `round_p50` at that batch), the lower end of the speed-up's interval
+   (speedup_interval) must reach MIN_SPEEDUP; for records without rounds, the ratio of the p50s. Otherwise the
+   report says it is not (measurably) faster and the higher precision (fewer rounding errors) stays recommended.
 4. With a degenerate reference (nothing could be checked) nothing is recommended; with only engines skipped
    on the host (a TensorRT device bundle) the choice is deferred to the device.
 """
-from typing import Any, Dict, List, Optional
+import random
+import statistics
+from typing import Any, Dict, List, Optional, Tuple
 
 PRECISION_ORDER = ("fp32", "fp16", "int8")  # highest precision first
 # A lower precision must beat a higher one by 5% to be preferred: below that, the difference is within what
 # repeated runs on a shared machine move by, and the higher precision is the safer engine.
 MIN_SPEEDUP = 1.05
+INTERVAL_LEVEL = 0.95  # the speed-up interval: a bootstrap over rounds of this coverage
+_BOOTSTRAP_DRAWS = 2000
+
+
+def speedup_interval(slow_rounds: List[float], fast_rounds: List[float], *, level: float = INTERVAL_LEVEL,
+                     draws: int = _BOOTSTRAP_DRAWS, seed: int = 0) -> Optional[Tuple[float, float, float]]:
+    """(median, low, high) of how many times faster `fast` is than `slow`, from their interleaved rounds: round r
+    of each was measured at the same minute, so the ratio of the two round medians cancels the machine's drift;
+    the interval is the bootstrap (rounds drawn with replacement, `draws` times, seeded) of the median ratio.
+    None with fewer than two paired rounds."""
+    ratios = [s / f for s, f in zip(slow_rounds, fast_rounds) if f > 0]
+    if len(ratios) < 2:
+        return None
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
+    tail = (1.0 - level) / 2.0
+    low, high = medians[int(tail * draws)], medians[min(draws - 1, int((1.0 - tail) * draws))]
+    return statistics.median(ratios), low, high
+
+
+def rounds_at(engine: Dict[str, Any], batch: int) -> Optional[List[float]]:
+    """The engine's per-round medians (ms) at `batch` (interleaved timing), or None."""
+    for lat in engine.get("latency_by_batch") or []:
+        if lat.get("batch_size") == batch and lat.get("round_p50"):
+            return [float(v) for v in lat["round_p50"]]
+    return None
+
+
+def _speedup(slow: Dict[str, Any], fast: Dict[str, Any], batch: int) -> Tuple[float, Optional[List[float]]]:
+    """The ratio of p50s (slow / fast) and, where both have rounds, its interval [low, high]."""
+    ratio = _p50(slow, batch) / _p50(fast, batch)
+    a, b = rounds_at(slow, batch), rounds_at(fast, batch)
+    interval = speedup_interval(a, b) if a and b and len(a) == len(b) else None
+    return ratio, ([interval[1], interval[2]] if interval else None)
 
 
 def deploy_batch(profile: Optional[Dict[str, Any]]) -> int:
@@ -106,27 +144,38 @@ def recommend_engines(engines: List[Dict[str, Any]], *, batch: int, degenerate: 
     choice = candidates[0]
     not_faster: List[Dict[str, Any]] = []
     for e in candidates[1:]:
-        ratio = _p50(choice, batch) / _p50(e, batch)
-        if ratio >= min_speedup:
+        ratio, interval = _speedup(choice, e, batch)
+        if (interval[0] if interval else ratio) >= min_speedup:
             choice = e
-        else:
+        else:  # `measurable`: False when the ratio alone would pass but its interval reaches below the threshold
             not_faster.append({"precision": e["precision"], "than": choice["precision"], "speedup": ratio,
+                               "interval": interval, "measurable": ratio < min_speedup,
                                "p50_ms": _p50(e, batch), "than_p50_ms": _p50(choice, batch)})
     p50 = _p50(choice, batch)
     speedup = _p50(baseline, batch) / p50 if p50 > 0 else float("inf")  # inf: null in report.json
+    interval = None if choice is baseline else _speedup(baseline, choice, batch)[1]
     if choice is baseline:
         speed = "p50 {:.3g} ms at batch {}".format(p50, batch)
     else:
         speed = "{:.1f}x {} at batch {}".format(speedup, baseline["precision"], batch)
+        if interval:
+            speed += " ({:.0%} interval {:.2f}-{:.2f}x)".format(INTERVAL_LEVEL, interval[0], interval[1])
     reason = "{}: {}, {}".format(choice["precision"], speed, _accuracy_text(choice))
     # The one line names the lower precisions the chosen engine was kept over; the rest stay in not_faster.
-    kept_over = ["{} {:.2f}x".format(n["precision"], n["speedup"]) for n in not_faster
-                 if n["than"] == choice["precision"]]
+    kept_over = [_not_faster_text(n) for n in not_faster if n["than"] == choice["precision"]]
     if kept_over:
-        reason += "; not faster here: {}".format(", ".join(kept_over))
+        reason += "; not measurably faster here: {}".format(", ".join(kept_over))
     return {"backend": choice.get("backend"), "precision": choice.get("precision"), "path": choice.get("path"),
-            "batch_size": batch, "p50_ms": p50, "speedup": speedup, "baseline": baseline.get("precision"),
+            "batch_size": batch, "p50_ms": p50, "speedup": speedup, "speedup_interval": interval,
+            "baseline": baseline.get("precision"),
             "reason": reason, "notes": notes, "not_faster": not_faster, "deferred": None}
+
+
+def _not_faster_text(entry: Dict[str, Any]) -> str:
+    text = "{} {:.2f}x".format(entry["precision"], entry["speedup"])
+    if entry.get("interval"):
+        text += " ({:.2f}-{:.2f}x)".format(entry["interval"][0], entry["interval"][1])
+    return text
 
 
 def recommend(report: Dict[str, Any], profile: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

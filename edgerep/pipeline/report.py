@@ -143,8 +143,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# edgerep build: {model.get('spec', '?')} on {target.get('name', '?')}", ""]
     lines += [f"**{format_recommendation(report.get('recommended'))}**", ""]
     rec = report.get("recommended") or {}
-    detail = [f"- {n['precision']} is not faster than {n['than']} on this machine: p50 {n['p50_ms']:.3g} vs "
-              f"{n['than_p50_ms']:.3g} ms at batch {rec.get('batch_size')} ({n['speedup']:.2f}x)"
+    detail = [f"- {n['precision']} is not {'measurably ' if n.get('interval') else ''}faster than {n['than']} on "
+              f"this machine: p50 {n['p50_ms']:.3g} vs {n['than_p50_ms']:.3g} ms at batch {rec.get('batch_size')} "
+              f"({n['speedup']:.2f}x" + (f", interval {n['interval'][0]:.2f}-{n['interval'][1]:.2f}x over interleaved "
+                                         f"rounds)" if n.get("interval") else ")")
               for n in rec.get("not_faster") or []] + [f"- {note}" for note in rec.get("notes") or []]
     lines += detail + ([""] if detail else [])
     if ref.get("degenerate"):
@@ -162,8 +164,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
-    lines += ["", "Latency: median (p50) and p99 after warm-up at the first batch size of the profile (the "
-              "recommendation compares p50 at the deploy batch size); "
+    lines += ["", "Latency: every engine timed side by side after validation, in interleaved rounds in a fresh process; "
+              "p50 is the median of the round medians (their range in brackets), p99 pooled, at the first batch size "
+              "of the profile (the recommendation compares p50 at the deploy batch size, a lower precision only when "
+              "its speed-up interval clears the threshold); "
               + task.table_note, ""]
     for eng in report["engines"]:
         if eng.get("path"):
@@ -302,6 +306,10 @@ def latency_accuracy_figure(report: dict[str, Any]) -> Any:
         chosen = rec.get("precision") == eng["precision"] and rec.get("backend") == eng["backend"]
         points.append((x, y, f"{eng['backend']} {eng['precision']}" + (" (recommended)" if chosen else "")))
         color = {True: "tab:green", False: "tab:red"}.get(eng["passed"], "tab:gray")
+        spread = _spread_at(eng, batch)
+        if spread is not None:  # the range of the round medians: how far this machine moved the engine
+            ax.errorbar([x], [y], xerr=[[x - spread[0]], [spread[1] - x]], fmt="none", ecolor=color, capsize=3,
+                        zorder=2)
         ax.scatter([x], [y], s=60, color=color, zorder=3)
         if chosen:
             ax.scatter([x], [y], s=260, facecolors="none", edgecolors="tab:blue", linewidths=2, zorder=4,
@@ -333,6 +341,13 @@ def latency_accuracy_figure(report: dict[str, Any]) -> Any:
                              color="tab:red" if degenerate else "black"))
     _place_labels(fig, ax, points, avoid=avoid)
     return fig
+
+
+def _spread_at(eng: dict[str, Any], batch: int | None) -> tuple[float, float] | None:
+    for lat in eng.get("latency_by_batch") or []:
+        if (batch is None or lat.get("batch_size") == batch) and lat.get("spread"):
+            return float(lat["spread"][0]), float(lat["spread"][1])
+    return None
 
 
 def _place_labels(fig: Any, ax: Any, points: list[tuple[float, float, str]], avoid: list[Any]) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import time
 import traceback
 from contextlib import contextmanager, nullcontext
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from torch import nn
 
-    from edgerep.backends.base import Backend, Runner
+    from edgerep.backends.base import Backend
     from edgerep.data.protocol import BatchSource
     from edgerep.data.sources import Preprocess
     from edgerep.files.artifacts import Artifact
@@ -573,9 +574,10 @@ def latency_sample(reference: Reference) -> np.ndarray:
 
 def validate_stage(log: StageLog, backend: Backend, artifact: Artifact, record: dict[str, Any], reference: Reference,
                    profile: TargetProfile,
-                   precision: str, *, engine_batch: int, out_dir: Path, measure_latency: bool = True) -> None:
-    """Run the engine against the reference: accuracy and gate (and latency, when `measure_latency`), into `record`.
-    A crash of the engine fails this engine only (status failed, traceback under logs/)."""
+                   precision: str, *, engine_batch: int, out_dir: Path) -> None:
+    """Run the engine against the reference: accuracy and gate, into `record` (latency comes later, every engine
+    side by side: latency_stage). A crash of the engine fails this engine only (status failed, traceback under
+    logs/)."""
     from edgerep.validate.engine import runner_accuracy
 
     with log.stage(f"validate {precision}", f"validating the {precision} engine") as st:
@@ -585,8 +587,6 @@ def validate_stage(log: StageLog, backend: Backend, artifact: Artifact, record: 
                                               gate=reference.scorer.gate(profile, precision)))
                 if profile.tensorrt is None:
                     isa_stage(artifact, record, reference, profile, engine_batch)
-                if measure_latency:
-                    record.update(_latencies(runner, latency_sample(reference), profile, engine_batch))
         except UserError:
             raise
         except Exception as exc:  # the engine ran but crashed: a failed engine, not a failed build
@@ -613,28 +613,40 @@ def isa_stage(artifact: Artifact, record: dict[str, Any], reference: Reference, 
                                                    "accuracy": record.get("accuracy")})
 
 
-def latency_stage(log: StageLog, backend: Backend, record: dict[str, Any], sample: np.ndarray,
-                  profile: TargetProfile, precision: str, *,
+def latency_stage(log: StageLog, records: list[dict[str, Any]], sample: np.ndarray, profile: TargetProfile, *,
                   engine_batch: int) -> None:
-    """Time one validated engine (`record` of report.json, with its path) on `sample`, into `record`. Run it when
-    nothing else competes for the cores: `edgerep matrix` schedules it one cell at a time per machine."""
-    from edgerep.files.artifacts import load_artifact
+    """Time every built engine (`records` of report.json, with their paths) side by side on `sample`, into each
+    record: interleaved rounds in a fresh process, after every engine is validated (validate.timing). A timing
+    that fails leaves the accuracy results as they are and says why in each record's `latency_note`."""
+    from edgerep.validate.timing import time_engines
 
-    if record.get("status") != "ok" or not record.get("path"):
+    timed = {r["precision"]: Path(r["path"]) for r in records if r.get("status") == "ok" and r.get("path")}
+    if not timed:
         return
-    with log.stage(f"latency {precision}", f"timing the {precision} engine") as st:
-        with backend.load(load_artifact(Path(record["path"]))) as runner:
-            record.update(_latencies(runner, sample, profile, engine_batch))
-        p50 = record["latency_ms"].get("p50")
-        st["detail"] = f"p50 {p50:.3f} ms" if p50 is not None else "not measured"
+    lat = profile.latency
+    with log.stage("latency", f"timing {', '.join(timed)} side by side ({lat.rounds} interleaved rounds)") as st:
+        try:
+            fields = time_engines(timed, sample, batch_sizes=list(lat.batch_sizes), engine_batch=engine_batch,
+                                  dynamic_batch=profile.dynamic_batch, rounds=lat.rounds, warmup=lat.warmup,
+                                  iterations=lat.iterations)
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+            for r in records:
+                if r.get("precision") in timed:
+                    r["latency_note"] = f"latency not measured: {one_line(exc)}"
+            st["status"], st["detail"] = "failed", f"latency not measured: {one_line(exc)}"
+            return
+        for r in records:
+            if r.get("precision") in fields:
+                r.update(fields[r["precision"]])
+        st["detail"] = ", ".join(_latency_detail(p, fields[p]) for p in fields)
 
 
-def _latencies(runner: Runner, sample: np.ndarray, profile: TargetProfile, engine_batch: int) -> dict[str, Any]:
-    from edgerep.validate.latency import runner_latencies
-
-    return runner_latencies(runner, sample, engine_batch=engine_batch, latency_batches=list(profile.latency.batch_sizes),
-                            warmup=profile.latency.warmup, iterations=profile.latency.iterations,
-                            dynamic_batch=profile.dynamic_batch)
+def _latency_detail(precision: str, fields: dict[str, Any]) -> str:
+    lat = fields["latency_ms"]
+    if lat.get("p50") is None:
+        return f"{precision} not measured"
+    low, high = lat.get("spread") or (lat["p50"], lat["p50"])
+    return f"{precision} p50 {lat['p50']:.3f} ms ({low:.3f}-{high:.3f})"
 
 
 def _validate_detail(record: dict[str, Any]) -> str:

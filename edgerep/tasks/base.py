@@ -51,6 +51,13 @@ def fmt(value: Any, spec: str = ".4g", suffix: str = "") -> str:
     return f"{value}{suffix}"
 
 
+def latency_cell(lat: dict[str, Any]) -> str:
+    """p50 in ms and, when the engines were timed in rounds, the range of the round medians."""
+    spread = lat.get("spread")
+    text = fmt(lat.get("p50"), ".3f")
+    return text + (f" ({spread[0]:.3f}-{spread[1]:.3f})" if spread and lat.get("p50") is not None else "")
+
+
 def engine_verdict(eng: dict[str, Any]) -> str:
     """An engine's gate column: pass / FAIL / n/a (gates could not judge), or its status when not built."""
     if eng["status"] != "ok":
@@ -146,7 +153,7 @@ class Task:
     # --- engines, in tables ---
 
     table_headers = ["backend", "precision", "gate", "max abs err", "cosine", "SQNR dB", "top-1 agree", "top-1",
-                     "drop pp", "p50 ms", "p99 ms", "inputs/s", "reason"]
+                     "drop pp", "p50 ms (rounds)", "p99 ms", "inputs/s", "reason"]
     table_note = "top-1 drop is against the unfused PyTorch model's own labelled top-1."
     summary_columns = ("engine", "gate", "cosine", "agree%", "top-1%", "drop", "p50 ms", "p99 ms", "in/s")
 
@@ -157,7 +164,7 @@ class Task:
                 fmt(acc.get("max_abs_err"), ".3g"), fmt(acc.get("cosine"), ".6f"), fmt(acc.get("sqnr_db"), ".1f"),
                 fmt(acc.get("top1_agreement"), ".2f", "%"), fmt(acc.get("top1"), ".2f", "%"),
                 fmt(acc.get("top1_drop"), "+.2f"),
-                fmt(lat.get("p50"), ".3f"), fmt(lat.get("p99"), ".3f"), fmt(eng.get("throughput_ips"), ".1f"),
+                latency_cell(lat), fmt(lat.get("p99"), ".3f"), fmt(eng.get("throughput_ips"), ".1f"),
                 eng.get("reason") or ""]
 
     def summary_cells(self, acc: dict[str, Any]) -> list[str]:

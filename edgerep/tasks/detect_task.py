@@ -14,6 +14,7 @@ from edgerep.tasks.base import (
     engine_verdict,
     fmt,
     gate_value,
+    latency_cell,
     near_constant,
     tensor_gate_problems,
     verdict,
@@ -230,7 +231,7 @@ class DetectTask(Task):
 
     table_headers = ["backend", "precision", "gate", "mAP@0.5 agree", "mAP@0.5:0.95 agree", "boxes ± per image",
                      "boxes ref / engine", "labelled mAP@0.5", "labelled mAP@0.5:0.95", "drop pts", "max abs err",
-                     "cosine", "p50 ms", "p99 ms", "inputs/s", "reason"]
+                     "cosine", "p50 ms (rounds)", "p99 ms", "inputs/s", "reason"]
     table_note = ("agreement is COCO mAP of each engine's detections scored against the unfused PyTorch model's own "
                   "detections taken as ground truth (1 = the same boxes); boxes ± is the mean |engine - reference| "
                   "box count per image at the detect score threshold; labelled mAP and its drop (points of "
@@ -249,7 +250,7 @@ class DetectTask(Task):
                 fmt(acc.get("labelled_map50"), ".4f"), fmt(acc.get("labelled_map"), ".4f"),
                 fmt(acc.get("labelled_map_drop"), "+.2f"),
                 fmt(acc.get("max_abs_err"), ".3g"), fmt(acc.get("cosine"), ".6f"),
-                fmt(lat.get("p50"), ".3f"), fmt(lat.get("p99"), ".3f"), fmt(eng.get("throughput_ips"), ".1f"),
+                latency_cell(lat), fmt(lat.get("p99"), ".3f"), fmt(eng.get("throughput_ips"), ".1f"),
                 eng.get("reason") or ""]
 
     def summary_cells(self, acc: dict[str, Any]) -> list[str]:

@@ -103,6 +103,10 @@ def test_demo_report_schema_and_gates(demo):
         assert acc["top1_drop"] == pytest.approx(rep["reference"]["top1"] - acc["top1"])
         assert 0 < eng["latency_ms"]["p50"] <= eng["latency_ms"]["p90"] <= eng["latency_ms"]["p99"]
         assert eng["throughput_ips"] > 0
+        # timed side by side in interleaved rounds: each batch size keeps its round medians and their range
+        lat = eng["latency_by_batch"][0]
+        assert lat["batch_size"] == 1 and len(lat["round_p50"]) == lat["rounds"] == 5
+        assert lat["spread"] == [min(lat["round_p50"]), max(lat["round_p50"])] == eng["latency_ms"]["spread"]
     fp32 = rep["engines"][0]["accuracy"]
     assert fp32["max_abs_err"] < 1e-3 and fp32["cosine"] > 0.9999
     for name in ("report.json", "report.md", "latency_accuracy.png"):
@@ -117,7 +121,7 @@ def test_demo_recommends_a_passing_engine_at_the_deploy_batch(demo):
     assert rec["backend"] == "openvino" and rec["precision"] in passing and rec["batch_size"] == 1
     # the fastest passing engine at batch 1, unless it is under 1.05x faster than a higher precision (then named)
     slower_kept = {n["precision"] for n in rec["not_faster"]}
-    assert all(n["speedup"] < 1.05 for n in rec["not_faster"])
+    assert all(n["speedup"] < 1.05 or n["interval"][0] < 1.05 for n in rec["not_faster"])  # slower, or in the noise
     for prec, eng in passing.items():
         p50 = next(lat["p50"] for lat in eng["latency_by_batch"] if lat["batch_size"] == 1)
         assert p50 >= rec["p50_ms"] or prec in slower_kept

@@ -40,7 +40,7 @@ def test_a_slower_int8_is_named_and_fp32_recommended():
     assert rec["precision"] == "fp32"
     assert rec["not_faster"][0]["precision"] == "int8" and rec["not_faster"][0]["than"] == "fp32"
     assert rec["not_faster"][0]["speedup"] == pytest.approx(105.5 / 112.6)
-    assert "not faster here: int8 0.94x" in rec["reason"] and rec["reason"].startswith("fp32: p50 106 ms at batch 1")
+    assert "not measurably faster here: int8 0.94x" in rec["reason"] and rec["reason"].startswith("fp32: p50 106 ms at batch 1")
 
 
 def test_within_the_noise_margin_the_higher_precision_stays():
@@ -50,11 +50,52 @@ def test_within_the_noise_margin_the_higher_precision_stays():
     # fp16 is 2x fp32, and int8 is not 1.05x fp16: fp16.
     assert rec["precision"] == "fp16" and rec["speedup"] == pytest.approx(2.0)
     assert [(n["precision"], n["than"]) for n in rec["not_faster"]] == [("int8", "fp16")]
-    assert rec["reason"] == "fp16: 2.0x fp32 at batch 1, top-1 drop 0.0 pp; not faster here: int8 1.03x"
+    assert rec["reason"] == "fp16: 2.0x fp32 at batch 1, top-1 drop 0.0 pp; not measurably faster here: int8 1.03x"
     # fp16 not faster than fp32 while int8 is: the one line is about int8, fp16 stays in not_faster.
     rec = recommend_engines([engine("fp32", {1: 1.0}), engine("fp16", {1: 1.01}), engine("int8", {1: 0.5})], batch=1)
     assert rec["reason"] == "int8: 2.0x fp32 at batch 1, top-1 drop 0.0 pp"
     assert [(n["precision"], n["than"]) for n in rec["not_faster"]] == [("fp16", "fp32")]
+
+
+def timed(precision: str, rounds: list[float], **extra):
+    """An engine record timed in interleaved rounds (validate.timing.summarize), at batch 1."""
+    from edgerep.validate.timing import summarize
+
+    lat = summarize([t for r in rounds for t in (r, r, r)], rounds, batch_size=1)
+    return engine_entry("onnxruntime", precision, path=f"engines/model.{precision}.onnx", status="ok",
+                        accuracy={"cosine": 0.999, "top1_agreement": 99.5, "top1_drop": 0.0},
+                        latency_ms={k: lat[k] for k in ("p50", "p90", "p99", "spread")}, latency_batch_size=1,
+                        latency_by_batch=[lat], passed=True, reason=None, **extra)
+
+
+def test_the_speed_up_interval_comes_from_paired_rounds():
+    from edgerep.pipeline.recommend import speedup_interval
+
+    # int8 exactly twice as fast in every round, while the machine drifts 1.5x between rounds: the drift cancels
+    median, low, high = speedup_interval([10.0, 15.0, 12.0, 14.0, 11.0], [5.0, 7.5, 6.0, 7.0, 5.5])
+    assert median == low == high == pytest.approx(2.0)
+    # the same engine against itself with noise: the interval holds 1
+    _, low, high = speedup_interval([10.0, 10.4, 9.7, 10.1, 10.6], [10.3, 9.9, 10.2, 10.0, 10.1])
+    assert low < 1.0 < high
+    assert speedup_interval([10.0], [5.0]) is None  # one round: no interval
+    assert speedup_interval([10.0, 11.0], [5.0, 6.0], seed=1) == speedup_interval([10.0, 11.0], [5.0, 6.0], seed=1)
+
+
+def test_a_speed_up_inside_the_noise_is_not_picked():
+    # int8's median is 1.08x fp32's, above MIN_SPEEDUP, but in one round of five it was slower: its interval
+    # reaches below 1.05, so fp32 stays and the reason says int8 is not measurably faster
+    fp32, int8 = timed("fp32", [10.0, 10.0, 10.0, 10.0, 10.0]), timed("int8", [9.2, 9.3, 9.25, 9.2, 10.6])
+    rec = recommend_engines([fp32, int8], batch=1)
+    assert rec["precision"] == "fp32"
+    entry = rec["not_faster"][0]
+    assert entry["speedup"] == pytest.approx(10.0 / 9.25) and entry["speedup"] >= MIN_SPEEDUP
+    assert entry["interval"][0] < MIN_SPEEDUP and entry["measurable"] is False
+    assert "not measurably faster here: int8 1.08x (" in rec["reason"]
+    # the same median, steady in every round: int8, with its interval in the reason
+    steady = timed("int8", [9.2, 9.3, 9.25, 9.2, 9.3])
+    rec = recommend_engines([fp32, steady], batch=1)
+    assert rec["precision"] == "int8" and rec["speedup_interval"][0] >= MIN_SPEEDUP
+    assert rec["reason"].startswith("int8: 1.1x fp32 at batch 1 (95% interval 1.08-1.09x)")
 
 
 def test_failed_and_unmeasured_engines_are_noted_not_chosen():

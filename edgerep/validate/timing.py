@@ -1,0 +1,133 @@
+"""Latency you can compare: every engine of a build timed side by side, in interleaved rounds, in a fresh process.
+
+On a shared CPU one engine's latency moves 1.5x between two measurements minutes apart, and inside a build it is
+timed after PyTorch, NNCF and the runtimes' compilers have run in the same process (their thread pools, caches and
+allocations). So the engines are timed together, after every one of them is built and validated, in a child
+process that imports only the runtimes: warm-up first, then `rounds` rounds in which each engine runs in turn (the
+order rotates every round), each for `per_round` timed calls. A round's medians were measured minutes apart at most
+seconds, so the ratio of two engines within one round cancels the machine's drift; recommend.speedup_interval turns
+the per-round ratios into an interval.
+
+Per engine and batch size the result is the median of the round medians (`p50`), their range (`spread`), the
+pooled p90/p99 and throughput, and `round_p50`, the round medians themselves.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from edgerep.validate.latency import latency_stats
+
+if TYPE_CHECKING:
+    from edgerep.backends.base import Runner
+
+TIMEOUT_S = 1800  # a child that hangs is killed; the build keeps its accuracy results
+
+
+def interleaved(runners: Mapping[str, Runner], batch: np.ndarray, *, rounds: int, warmup: int,
+                per_round: int) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Time every runner on `batch` in `rounds` interleaved rounds (see the module docstring); returns each one's
+    figures (summarize) and the order the runners were timed in."""
+    if rounds < 1 or per_round < 1:
+        raise ValueError("rounds and per_round must be >= 1")
+    names = list(runners)
+    for name in names:
+        runners[name].latency(batch, warmup, 1)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    round_p50: dict[str, list[float]] = {n: [] for n in names}
+    order: list[str] = []
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            calls = list(runners[name].latency(batch, 0, per_round))
+            times[name] += calls
+            round_p50[name].append(float(np.median(calls)))
+            order.append(name)
+    return {n: summarize(times[n], round_p50[n], batch_size=int(batch.shape[0])) for n in names}, order
+
+
+def summarize(times_ms: list[float], round_p50: list[float], *, batch_size: int) -> dict[str, Any]:
+    """One engine's figures at one batch size: the median of its round medians and their range, pooled p90/p99."""
+    stats = latency_stats(times_ms, batch_size=batch_size)
+    p50 = float(np.median(round_p50))
+    stats.update(p50=p50, throughput_ips=batch_size * 1000.0 / p50 if p50 > 0 else None, rounds=len(round_p50),
+                 round_p50=[float(v) for v in round_p50], spread=[float(min(round_p50)), float(max(round_p50))])
+    return stats
+
+
+def time_engines(engines: Mapping[str, Path], sample: np.ndarray, *, batch_sizes: list[int], engine_batch: int,
+                 dynamic_batch: bool, rounds: int, warmup: int, iterations: int,
+                 fresh_process: bool = True) -> dict[str, dict[str, Any]]:
+    """Every engine (name -> engine file with its sidecar) at every batch size it takes, interleaved; returns
+    name -> {latency_ms, latency_batch_size, latency_by_batch, throughput_ips}, the fields of an engine record.
+    `iterations` timed calls per engine and batch size in all (at least 10 a round). `fresh_process`: time in a
+    child process (the build's own state left behind), else here (the child itself, and tests)."""
+    job = {"engines": {n: str(p) for n, p in engines.items()}, "batch_sizes": list(batch_sizes),
+           "engine_batch": engine_batch, "dynamic_batch": dynamic_batch, "rounds": rounds, "warmup": warmup,
+           "iterations": iterations}
+    if not fresh_process:
+        return _run_job(job, sample)
+    work = Path(tempfile.mkdtemp(prefix="edgerep-timing-"))
+    try:
+        np.save(work / "sample.npy", np.ascontiguousarray(sample, dtype=np.float32))
+        (work / "job.json").write_text(json.dumps(job))
+        env = dict(os.environ)
+        # The child must find this very edgerep (a source checkout may not be the installed one).
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+        proc = subprocess.run([sys.executable, "-m", "edgerep.validate.timing_probe", str(work)], env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT_S)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"the timing process failed (exit {proc.returncode}): {tail[:300]}")
+        result: dict[str, dict[str, Any]] = json.loads((work / "result.json").read_text())
+        return result
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_job(job: dict[str, Any], sample: np.ndarray) -> dict[str, dict[str, Any]]:
+    from contextlib import ExitStack
+
+    from edgerep.backends import get_backend
+    from edgerep.files.artifacts import load_artifact
+
+    rounds = int(job["rounds"])
+    per_round = max(10, -(-int(job["iterations"]) // rounds))
+    with ExitStack() as stack:
+        runners: dict[str, Runner] = {}
+        for name, path in job["engines"].items():
+            artifact = load_artifact(Path(path))
+            runners[name] = stack.enter_context(get_backend(artifact.backend).load(artifact))
+        by_batch: dict[str, list[dict[str, Any]]] = {n: [] for n in runners}
+        for bs in job["batch_sizes"]:
+            if bs != job["engine_batch"] and not job["dynamic_batch"]:
+                skipped = f"the engine has a fixed batch of {job['engine_batch']}"
+                for name in runners:
+                    by_batch[name].append({"batch_size": bs, "skipped": skipped})
+                continue
+            batch = np.ascontiguousarray(np.repeat(sample, bs, axis=0), dtype=np.float32)
+            figures, _ = interleaved(runners, batch, rounds=rounds, warmup=int(job["warmup"]), per_round=per_round)
+            for name, stats in figures.items():
+                by_batch[name].append(stats)
+    return {name: _record_fields(rows) for name, rows in by_batch.items()}
+
+
+def _record_fields(latencies: list[dict[str, Any]]) -> dict[str, Any]:
+    measured = [lat for lat in latencies if "p50" in lat]
+    first = measured[0] if measured else None
+    return {
+        "latency_ms": ({k: first[k] for k in ("p50", "p90", "p99", "spread")} if first
+                       else {"p50": None, "p90": None, "p99": None}),
+        "latency_batch_size": first["batch_size"] if first else None,
+        "latency_by_batch": latencies,
+        "throughput_ips": max((lat["throughput_ips"] for lat in measured if lat.get("throughput_ips")), default=None),
+    }
