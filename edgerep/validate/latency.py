@@ -51,14 +51,30 @@ def runner_latencies(runner: Any, sample: np.ndarray, *, engine_batch: int, late
     latencies: list[dict[str, Any]] = []
     for bs in latency_batches:
         if bs != engine_batch and not dynamic_batch:
-            latencies.append({"batch_size": bs, "skipped": f"the engine has a fixed batch of {engine_batch}"})
+            latencies.append(skipped_batch(bs, engine_batch))
             continue
-        batch = np.ascontiguousarray(np.repeat(sample, bs, axis=0), dtype=np.float32)
-        latencies.append(runner_latency(runner, batch, warmup=warmup, iterations=iterations))
+        latencies.append(runner_latency(runner, repeat_to(sample, bs), warmup=warmup, iterations=iterations))
+    return record_fields(latencies)
+
+
+def repeat_to(sample: np.ndarray, batch_size: int) -> np.ndarray:
+    """One input (batch 1) repeated to a batch of `batch_size`, contiguous float32."""
+    return np.ascontiguousarray(np.repeat(sample, batch_size, axis=0), dtype=np.float32)
+
+
+def skipped_batch(batch_size: int, engine_batch: int) -> dict[str, Any]:
+    return {"batch_size": batch_size, "skipped": f"the engine has a fixed batch of {engine_batch}"}
+
+
+def record_fields(latencies: list[dict[str, Any]]) -> dict[str, Any]:
+    """An engine record's latency fields from its figures per batch size: latency_ms (the first measured batch
+    size, with the rounds' spread when it was timed in rounds), latency_batch_size, latency_by_batch and
+    throughput_ips (the best over the batch sizes)."""
     measured = [lat for lat in latencies if "p50" in lat]
     first = measured[0] if measured else None
+    keys = ("p50", "p90", "p99") + (("spread",) if first and "spread" in first else ())
     return {
-        "latency_ms": {k: first[k] for k in ("p50", "p90", "p99")} if first else {"p50": None, "p90": None, "p99": None},
+        "latency_ms": {k: first[k] for k in keys} if first else {"p50": None, "p90": None, "p99": None},
         "latency_batch_size": first["batch_size"] if first else None,
         "latency_by_batch": latencies,
         "throughput_ips": max((lat["throughput_ips"] for lat in measured if lat.get("throughput_ips")), default=None),

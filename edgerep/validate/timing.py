@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from edgerep.validate.latency import latency_stats
+from edgerep.validate.latency import latency_stats, record_fields, repeat_to, skipped_batch
 
 if TYPE_CHECKING:
     from edgerep.backends.base import Runner
@@ -110,24 +110,11 @@ def _run_job(job: dict[str, Any], sample: np.ndarray) -> dict[str, dict[str, Any
         by_batch: dict[str, list[dict[str, Any]]] = {n: [] for n in runners}
         for bs in job["batch_sizes"]:
             if bs != job["engine_batch"] and not job["dynamic_batch"]:
-                skipped = f"the engine has a fixed batch of {job['engine_batch']}"
                 for name in runners:
-                    by_batch[name].append({"batch_size": bs, "skipped": skipped})
+                    by_batch[name].append(skipped_batch(bs, job["engine_batch"]))
                 continue
-            batch = np.ascontiguousarray(np.repeat(sample, bs, axis=0), dtype=np.float32)
+            batch = repeat_to(sample, bs)
             figures, _ = interleaved(runners, batch, rounds=rounds, warmup=int(job["warmup"]), per_round=per_round)
             for name, stats in figures.items():
                 by_batch[name].append(stats)
-    return {name: _record_fields(rows) for name, rows in by_batch.items()}
-
-
-def _record_fields(latencies: list[dict[str, Any]]) -> dict[str, Any]:
-    measured = [lat for lat in latencies if "p50" in lat]
-    first = measured[0] if measured else None
-    return {
-        "latency_ms": ({k: first[k] for k in ("p50", "p90", "p99", "spread")} if first
-                       else {"p50": None, "p90": None, "p99": None}),
-        "latency_batch_size": first["batch_size"] if first else None,
-        "latency_by_batch": latencies,
-        "throughput_ips": max((lat["throughput_ips"] for lat in measured if lat.get("throughput_ips")), default=None),
-    }
+    return {name: record_fields(rows) for name, rows in by_batch.items()}
