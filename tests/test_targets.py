@@ -191,6 +191,22 @@ def test_targets_cli_lists_every_profile(capsys):
     assert "openvino-cpu*" in shown
 
 
+def test_targets_table_folds_the_device_by_words_in_80_columns():
+    """At 80 columns the device column wraps between words ("TRT 10.3" / "JetPack 6.1"), never inside one."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "edgerep.cli", "targets"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "80"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    words = {w for line in lines for w in line.split()}
+    for whole in ("JetPack", "6.1", "4.6.1", "DLA0", "10.3"):
+        assert whole in words, whole
+    assert any(w.startswith("auto=") for w in words) and "auto=av" not in words
+
+
 def test_profiles_found_in_a_non_editable_install(tmp_path):
     """Build a wheel from a copy of the sources, install it into a folder and list the targets from there."""
     src = tmp_path / "src"

@@ -307,6 +307,9 @@ def render(report: dict[str, Any]) -> list[Any]:
         vnni = feats.get("avx512_vnni") or feats.get("avx_vnni") or feats.get("amx")
         hw.add_row("VNNI / AVX-512 / AMX", " / ".join("yes" if x else "no" for x in
                                                       (vnni, feats.get("avx512"), feats.get("amx"))))
+        bf16 = [k for k, v in (cpu.get("bf16_features") or {}).items() if v]
+        hw.add_row("BF16 / FP16 features", ", ".join(bf16) + ": OpenVINO runs FP32 IRs in bf16 here unless pinned to f32"
+                   if bf16 else "none: FP32 IRs run in f32")
     gpus = report["gpus"]
     if gpus["gpus"]:
         gpu_text = "; ".join(gpus["gpus"])

@@ -22,13 +22,14 @@ def run_targets(*, out: Console) -> int:
     from edgerep.cpu.isa import host_cpu
     from edgerep.targets import DEFAULT_TARGET, list_targets
 
-    table = Table(title="edgerep targets (* default)", box=box.SIMPLE_HEAD)
+    table = Table(title="edgerep targets (* default)", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     wide = out.width >= 140
     here = host_cpu().isa or "x86-64"
     profiles = list_targets()
-    for column in ("name", "backend", "precisions", "opset", "batch", "device"):
-        table.add_column(column, no_wrap=column != "device", overflow="fold" if column == "device" else "ellipsis",
-                         min_width=max(len(p.name) for p in profiles) + 1 if column == "name" else None)
+    for column in ("name", "backend", "precisions", "opset", "batch"):
+        table.add_column(column, no_wrap=True, min_width=max(len(p.name) for p in profiles) + 1 if column == "name" else None)
+    # the device folds by words ("TRT 10.3 / JetPack 6.1 / DLA0"), never inside one, in an 80-column terminal
+    table.add_column("device", overflow="fold", min_width=12)
     if wide:
         table.add_column("description", overflow="fold", ratio=1)
     for prof in profiles:

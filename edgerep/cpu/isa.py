@@ -41,8 +41,17 @@ class CpuInfo:
                 "avx512_vnni": bool(f & {"avx512_vnni", "avx512vnni"}), "avx_vnni": "avx_vnni" in f,
                 "amx": bool(f & {"amx_int8", "amx_tile"}), "arm_dotprod": bool(f & {"asimddp", "dotprod"})}
 
+    @property
+    def bf16_features(self) -> dict[str, bool]:
+        """The features that let a runtime compute in bf16 or fp16 on this CPU: with avx512_bf16 or amx_bf16,
+        OpenVINO's CPU plugin runs FP32 IRs in bf16 unless told otherwise (INFERENCE_PRECISION_HINT)."""
+        f = self.flags
+        return {"avx512_bf16": "avx512_bf16" in f, "amx_bf16": "amx_bf16" in f, "avx512_fp16": "avx512_fp16" in f,
+                "arm_bf16": self.arch in ("arm64", "aarch64") and "bf16" in f}
+
     def to_dict(self) -> dict[str, object]:
-        return {"brand": self.brand, "arch": self.arch, "isa": self.isa, "features": self.int8_features}
+        return {"brand": self.brand, "arch": self.arch, "isa": self.isa, "features": self.int8_features,
+                "bf16_features": self.bf16_features}
 
 
 def _isa_from_flags(arch: str, flags: frozenset[str]) -> str | None:

@@ -50,6 +50,7 @@ def test_doctor_json_lists_runtimes_cpu_and_targets():
     assert (rep["packages"]["pycuda"]["status"] == "missing") == (pycuda_spec is None)
     cpu = host_cpu()
     assert rep["cpu"]["isa"] == cpu.isa and rep["cpu"]["features"] == cpu.int8_features
+    assert rep["cpu"]["bf16_features"] == cpu.bf16_features  # what decides OpenVINO's default precision
     assert [t["name"] for t in rep["targets"]] == [p.name for p in list_targets()]
     rows = {t["name"]: t for t in rep["targets"]}
     assert rows["openvino-cpu"]["can_build"] == "yes" and rows["onnxruntime-cpu"]["can_build"] == "yes"
@@ -60,7 +61,8 @@ def test_doctor_json_lists_runtimes_cpu_and_targets():
 def test_doctor_table():
     proc = run("doctor")
     assert proc.returncode == 0, proc.stderr
-    for text in ("edgerep doctor", "onnxruntime", "INT8 features", "VNNI / AVX-512 / AMX", "GPUs", "openvino-cpu"):
+    for text in ("edgerep doctor", "onnxruntime", "INT8 features", "VNNI / AVX-512 / AMX", "BF16 / FP16 features", "GPUs",
+                 "openvino-cpu"):
         assert text in proc.stdout
 
 

@@ -260,3 +260,16 @@ def test_validate_warns_when_the_cpu_differs(tmp_path, host_isa):
     assert code in (0, 1) and "Traceback" not in err
     warning = next(line for line in err.splitlines() if line.startswith("warning:"))
     assert "built for avx512_vnni, running on avx2" in warning and "saturating int16" in warning
+
+
+def test_bf16_features_are_read_from_the_flags():
+    """avx512_bf16 / amx_bf16 are what make OpenVINO run FP32 IRs in bf16 by default (doctor reports them)."""
+    from edgerep.cpu.isa import CpuInfo
+
+    sapphire = CpuInfo("x", "x86_64", frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
+                                                 "amx_int8", "avx512_fp16"}), "amx")
+    assert sapphire.bf16_features == {"avx512_bf16": True, "amx_bf16": True, "avx512_fp16": True, "arm_bf16": False}
+    haswell = CpuInfo("x", "x86_64", frozenset({"avx2", "fma"}), "avx2")
+    assert not any(haswell.bf16_features.values())
+    assert CpuInfo("x", "aarch64", frozenset({"bf16", "asimddp"}), "arm64").bf16_features["arm_bf16"] is True
+    assert sapphire.to_dict()["bf16_features"] == sapphire.bf16_features
