@@ -116,6 +116,17 @@ def engine_info(*, backend: str, precision: str, onnx_path: Path, profile: Any, 
     }
 
 
+def finish_build(backend: Backend, precision: str, path: Path, *, onnx_path: Path, profile: Any, calib: Any,
+                 settings: dict[str, Any]) -> Artifact:
+    """The end of every CPU build: the engine's sidecar (engine_info) beside `path`, and its Artifact."""
+    from edgerep.files.artifacts import write_sidecar
+
+    info = engine_info(backend=backend.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
+                       settings=settings, packages=backend.capabilities.packages)
+    sidecar = write_sidecar(path, info)
+    return Artifact(backend=backend.name, precision=precision, path=path, sidecar=sidecar, info=info)
+
+
 def time_calls(call: Callable[[], Any], warmup: int, iterations: int) -> list[float]:
     """Milliseconds per call on a monotonic clock, after `warmup` untimed calls."""
     for _ in range(max(0, warmup)):

@@ -83,6 +83,13 @@ class DetectTask(Task):
                 "max_det": self.max_det}
 
     @property
+    def head_layout(self) -> str:
+        """The head's layout, once resolved (resolve(), prepare())."""
+        if self.layout is None:
+            raise ValueError("detect: the head's layout is not known yet; resolve() the head first")
+        return self.layout
+
+    @property
     def classes(self) -> int:
         """The class count, once the head is resolved (resolve(), prepare())."""
         if self.num_classes is None:
@@ -138,7 +145,7 @@ class DetectTask(Task):
         ref = reference.outputs[:n]
         first = first.reshape(ref.shape)
         metrics: dict[str, Any] = {"task": self.name, **tensor_metrics(ref, first)}
-        engine = self.decode_all(clip_scores(first, self.layout or resolve_layout(tuple(first.shape), "auto", self.num_classes)))
+        engine = self.decode_all(clip_scores(first, self.head_layout))
         truth = reference.detections[:n]
         agree = agreement(truth, engine, self.classes, count_threshold=self.score_threshold)
         metrics.update(map50_agreement=agree.map50, map_agreement=agree.map50_95,

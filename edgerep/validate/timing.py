@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,7 @@ def time_engines(engines: Mapping[str, Path], sample: np.ndarray, *, batch_sizes
            "engine_batch": engine_batch, "dynamic_batch": dynamic_batch, "rounds": rounds, "warmup": warmup,
            "iterations": iterations}
     if not fresh_process:
-        return _run_job(job, sample)
+        return run_job(job, sample)
     work = Path(tempfile.mkdtemp(prefix="edgerep-timing-"))
     try:
         np.save(work / "sample.npy", np.ascontiguousarray(sample, dtype=np.float32))
@@ -89,12 +90,11 @@ def time_engines(engines: Mapping[str, Path], sample: np.ndarray, *, batch_sizes
         result: dict[str, dict[str, Any]] = json.loads((work / "result.json").read_text())
         return result
     finally:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run_job(job: dict[str, Any], sample: np.ndarray) -> dict[str, dict[str, Any]]:
+def run_job(job: dict[str, Any], sample: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Load every engine of `job` (time_engines' description of the work) and time them together, here."""
     from contextlib import ExitStack
 
     from edgerep.backends import get_backend

@@ -13,10 +13,10 @@ import numpy as np
 
 
 def main(argv: list[str]) -> int:
-    from edgerep.validate.timing import _run_job
+    from edgerep.validate.timing import run_job
 
     work = Path(argv[0])
-    result = _run_job(json.loads((work / "job.json").read_text()), np.load(work / "sample.npy"))
+    result = run_job(json.loads((work / "job.json").read_text()), np.load(work / "sample.npy"))
     tmp = work / "result.json.partial"
     tmp.write_text(json.dumps(result))
     tmp.replace(work / "result.json")

@@ -14,7 +14,7 @@ from edgerep.backends.base import COMMON_OPTIONS, Capabilities
 from edgerep.backends.common import (
     calib_settings,
     engine_file,
-    engine_info,
+    finish_build,
     require_available,
     require_calib,
     runtime_missing,
@@ -24,7 +24,7 @@ from edgerep.backends.onnxruntime.isa_policy import weight_format_for
 from edgerep.backends.onnxruntime.quantize import int16_saturation_check, quantize_qdq
 from edgerep.backends.onnxruntime.runner import OrtRunner
 from edgerep.cpu.isa import target_isa
-from edgerep.files.artifacts import Artifact, atomic_files, companion_files, write_sidecar
+from edgerep.files.artifacts import Artifact, atomic_files, companion_files
 
 _PACKAGES = ("onnxruntime",)
 
@@ -64,10 +64,7 @@ class OnnxRuntimeBackend:
                                     per_channel=bool(options.get("per_channel", True)), weights=weights)
             settings["isa"] = isa
             settings["int16_saturation"] = int16_saturation_check(path)
-        info = engine_info(backend=self.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
-                           settings=settings, packages=self.capabilities.packages)
-        sidecar = write_sidecar(path, info)
-        return Artifact(backend=self.name, precision=precision, path=path, sidecar=sidecar, info=info)
+        return finish_build(self, precision, path, onnx_path=onnx_path, profile=profile, calib=calib, settings=settings)
 
     def load(self, artifact: Artifact) -> "OrtRunner":
         require_available(self)

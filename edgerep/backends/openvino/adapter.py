@@ -14,7 +14,7 @@ from typing import Any
 from edgerep.backends.base import COMMON_OPTIONS, Capabilities
 from edgerep.backends.common import (
     engine_file,
-    engine_info,
+    finish_build,
     require_available,
     require_calib,
     runtime_missing,
@@ -23,7 +23,7 @@ from edgerep.backends.common import (
 from edgerep.backends.openvino.quantize import quantize_nncf
 from edgerep.backends.openvino.runner import OpenVINORunner, inference_precision
 from edgerep.errors import UserError, first_line
-from edgerep.files.artifacts import Artifact, atomic_files, write_sidecar
+from edgerep.files.artifacts import Artifact, atomic_files
 from edgerep.files.onnx_files import onnx_output_names
 
 _PACKAGES = ("openvino", "nncf")
@@ -71,10 +71,7 @@ class OpenVINOBackend:
                     raise
                 raise OSError(errno.EIO, "OpenVINO could not write the IR: disk full or folder not writable",
                               str(path)) from None
-        info = engine_info(backend=self.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
-                           settings=settings, packages=self.capabilities.packages)
-        sidecar = write_sidecar(path, info)
-        return Artifact(backend=self.name, precision=precision, path=path, sidecar=sidecar, info=info)
+        return finish_build(self, precision, path, onnx_path=onnx_path, profile=profile, calib=calib, settings=settings)
 
     def load(self, artifact: Artifact) -> "OpenVINORunner":
         require_available(self)
