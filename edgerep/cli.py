@@ -120,6 +120,9 @@ def build_cmd(
     task: Optional[str] = typer.Option(None, "--task", help=_TASK_HELP),
     score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help=_SCORE_HELP),
     iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help=_IOU_HELP),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines",
+                                   help="also validate and time what you get without edgerep: the PyTorch original, "
+                                        "its plain ONNX export and (Ultralytics detectors) Ultralytics' own export"),
 ) -> None:
     """Fuse, export, build and validate engines for a target; writes report.json, report.md and a plot.
 
@@ -133,7 +136,7 @@ def build_cmd(
                      mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), resize=resize,
                      interpolation=interpolation, channel_order=channel_order, simplifier=simplifier,
                      force=force, output=output, console=console, out=out, max_drop=max_drop, isa=isa,
-                     task=task, score_threshold=score_threshold, iou_threshold=iou_threshold,
+                     task=task, score_threshold=score_threshold, iou_threshold=iou_threshold, baselines=baselines,
                      backend_options={k: v for k, v in (("int8_mode", int8_mode), ("dla_core", dla_core)) if v is not None})
     raise typer.Exit(code)
 

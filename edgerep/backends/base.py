@@ -41,6 +41,9 @@ class Capabilities:
     qdq_style: str  # the Q/DQ placement (quant.qdq.STYLES) whose ONNX Runtime run predicts its INT8 engine
     install: str  # what to install when its runtime is missing
     offline_build: bool = False  # build() works without the runtime (it prepares what the device builds)
+    # Ultralytics' exporter's `format` for this runtime ("onnx", "openvino"): the baseline a YOLO user gets
+    # without edgerep (pipeline.baselines); None: Ultralytics' export is not compared on this backend.
+    ultralytics_format: str | None = None
 
     @property
     def default_calib_method(self) -> str:

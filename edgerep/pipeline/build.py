@@ -58,6 +58,9 @@ class BuildOptions:
     task: str | None = None  # classify | detect | raw (None: what the model says, else inferred from its output)
     score_threshold: float | None = None  # detect: a box's score to count as a detection (None: tasks.detect's)
     iou_threshold: float | None = None  # detect: NMS IoU (None: tasks.detect's)
+    # The rows of what the user gets without edgerep (pipeline.baselines): the PyTorch original, its plain ONNX
+    # export and, for an Ultralytics detector, Ultralytics' own export; validated and timed beside the engines.
+    baselines: bool = True
 
 
 @dataclass
@@ -151,9 +154,18 @@ def build(opts: BuildOptions, *, console: Console | None = None, measure_latency
 
     from edgerep.files.artifacts import atomic_path
 
+    baselines = None
+    if opts.baselines and not backend.capabilities.offline_build:  # device engines are not comparable here
+        from edgerep.pipeline.baselines import baselines_stage
+
+        baselines = baselines_stage(log, loaded, profile, backend, reference, data, out_dir, manifest,
+                                    engine_batch=engine_batch, force=opts.force, calib_samples=opts.calib_samples)
     sample = stages.latency_sample(reference)
-    if measure_latency:  # every engine side by side, after all of them are validated
-        stages.latency_stage(log, [engine_records[p] for p in precisions], sample, profile, engine_batch=engine_batch)
+    if measure_latency:  # every engine (and baseline) side by side, after all of them are validated
+        stages.latency_stage(log, [engine_records[p] for p in precisions] + (baselines.records if baselines else []),
+                             sample, profile, engine_batch=engine_batch,
+                             modules=baselines.modules if baselines else None,
+                             fixed_batch=baselines.fixed_batch if baselines else None)
     else:  # edgerep matrix times the cell later, with the machine to itself
         with atomic_path(out_dir / stages.LATENCY_SAMPLE) as tmp, open(tmp, "wb") as fh:
             np.save(fh, sample)
@@ -194,6 +206,8 @@ def build(opts: BuildOptions, *, console: Console | None = None, measure_latency
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "output_dir": str(out_dir),
         "pictures": pictures,
+        "baselines": baselines.records if baselines else [],
+        "baseline_notes": baselines.notes if baselines else [],
     }
     if not measure_latency:
         report["latency"] = {"measured": False, "how": "deferred: timed later by the scheduler"}

@@ -91,7 +91,7 @@ def _rank(engine: Dict[str, Any]) -> int:
     return PRECISION_ORDER.index(prec) if prec in PRECISION_ORDER else len(PRECISION_ORDER)
 
 
-def _accuracy_text(engine: Dict[str, Any]) -> str:
+def accuracy_text(engine: Dict[str, Any]) -> str:
     acc = engine.get("accuracy") or {}
     if acc.get("labelled_map_drop") is not None:
         return "mAP drop {:.1f} pp".format(acc["labelled_map_drop"])
@@ -160,7 +160,7 @@ def recommend_engines(engines: List[Dict[str, Any]], *, batch: int, degenerate: 
         speed = "{:.1f}x {} at batch {}".format(speedup, baseline["precision"], batch)
         if interval:
             speed += " ({:.0%} interval {:.2f}-{:.2f}x)".format(INTERVAL_LEVEL, interval[0], interval[1])
-    reason = "{}: {}, {}".format(choice["precision"], speed, _accuracy_text(choice))
+    reason = "{}: {}, {}".format(choice["precision"], speed, accuracy_text(choice))
     # The one line names the lower precisions the chosen engine was kept over; the rest stay in not_faster.
     kept_over = [_not_faster_text(n) for n in not_faster if n["than"] == choice["precision"]]
     if kept_over:

@@ -67,21 +67,22 @@ def normalize(report: dict[str, Any]) -> dict[str, Any]:
         report.setdefault(key, None)
     if isinstance(report["reference"], dict):
         report["reference"] = {"degenerate": None, **report["reference"]}
-    engines = []
-    for eng in report.get("engines", []):
-        full = engine_entry(eng.get("backend", "?"), eng.get("precision", "?"))
-        full.update(eng)
-        acc = {k: None for k in ACCURACY_KEYS}
-        acc.update({k: None for k in task_named((full.get("accuracy") or {}).get("task")).accuracy_keys})
-        acc.update(full.get("accuracy") or {})
-        full["accuracy"] = acc
-        lat = {"p50": None, "p90": None, "p99": None}
-        lat.update(full.get("latency_ms") or {})
-        full["latency_ms"] = lat
-        engines.append(full)
-    report["engines"] = engines
+    report["engines"] = [_full_entry(eng) for eng in report.get("engines", [])]
+    report["baselines"] = [_full_entry(row) for row in report.get("baselines") or []]
     clean: dict[str, Any] = _finite(report)
     return clean
+
+
+def _full_entry(eng: dict[str, Any]) -> dict[str, Any]:
+    """An engine (or baseline) row with every schema key, its task's accuracy keys included."""
+    full = engine_entry(eng.get("backend", "?"), eng.get("precision", "?"))
+    full.update(eng)
+    acc = {k: None for k in ACCURACY_KEYS}
+    acc.update({k: None for k in task_named((full.get("accuracy") or {}).get("task")).accuracy_keys})
+    acc.update(full.get("accuracy") or {})
+    full["accuracy"] = acc
+    full["latency_ms"] = {"p50": None, "p90": None, "p99": None, **(full.get("latency_ms") or {})}
+    return full
 
 
 def _finite(obj: Any) -> Any:
@@ -172,6 +173,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for eng in report["engines"]:
         if eng.get("path"):
             lines.append(f"- {eng['backend']} {eng['precision']}: `{eng['path']}`")
+    lines += baseline_lines(report)
     lines += _pictures_lines(report)
     lines += _output_lines(report)
     lines += _isa_lines(report)
@@ -184,6 +186,46 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+
+def baseline_lines(report: dict[str, Any]) -> list[str]:
+    """report.md's "Without edgerep" section: the baselines' rows (pipeline.baselines) in the engines' columns,
+    then how edgerep's engines compare with them."""
+    rows = report.get("baselines") or []
+    if not rows:
+        return []
+    task = report_task(report)
+    headers = task.table_headers
+    lines = ["", "## Without edgerep", "",
+             "What you would get without edgerep, validated against the same reference and timed in the same "
+             "interleaved rounds as edgerep's engines:", "",
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = task.table_row({**row, "backend": row.get("name") or row["backend"]})
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    lines.append("")
+    lines += [f"- {r['name']}: {r['title']}" + (f" (`{r['path']}`)" if r.get("path") else "") for r in rows]
+    lines += [f"- {note}" for note in report.get("baseline_notes") or []]
+    shown = key_comparisons(report)
+    if shown:
+        from edgerep.pipeline.baselines import comparison_text
+
+        lines += ["", f"At batch {shown[0]['batch_size']} (ratios: the baseline's p50 over the engine's; a 95% interval "
+                  "that holds 1.0 is not measurably different):", ""]
+        lines += [f"- {comparison_text(row)}" for row in shown]
+    return lines
+
+
+def key_comparisons(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The comparisons worth a line: the recommended engine against every baseline, and each engine against
+    the baseline of its own precision made by another tool (Ultralytics' FP32 / INT8 export)."""
+    rec = (report.get("recommended") or {}).get("precision")
+    out = []
+    for row in report.get("comparisons") or []:
+        same_precision = row["baseline"].endswith("-" + row["engine"]) and row["baseline"].startswith("ultralytics")
+        if row["engine"] == rec or same_precision:
+            out.append(row)
+    return out
 
 
 def _pictures_lines(report: dict[str, Any]) -> list[str]:
@@ -393,6 +435,11 @@ def summary_table(report: dict[str, Any]) -> Any:
         table.add_row(f"{eng['backend']} {eng['precision']}", verdict, *task.summary_cells(acc),
                       fmt(lat.get("p50"), ".3f"), fmt(lat.get("p99"), ".3f"),
                       fmt(eng.get("throughput_ips"), ".0f"), style=style)
+    for row in report.get("baselines") or []:  # what the user gets without edgerep, dimmed
+        acc, lat = row["accuracy"], row["latency_ms"]
+        table.add_row(str(row.get("name")), "-" if row.get("status") == "ok" else row.get("status"),
+                      *task.summary_cells(acc), fmt(lat.get("p50"), ".3f"), fmt(lat.get("p99"), ".3f"),
+                      fmt(row.get("throughput_ips"), ".0f"), style="dim")
     return table
 
 
@@ -403,7 +450,10 @@ def build_summary(report: dict[str, Any]) -> Any:
     from rich.markup import escape
     from rich.text import Text
 
+    from edgerep.pipeline.baselines import comparison_text
+
     rec = report.get("recommended")
     head = [Text.from_markup(f"[bold]{escape(format_recommendation(rec))}[/]")]
     head += [Text(f"  {note}", style="dim") for note in (rec or {}).get("notes") or []]
+    head += [Text(f"  {comparison_text(row)}") for row in key_comparisons(report)]
     return Group(*head, summary_table(report))

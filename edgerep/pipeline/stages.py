@@ -614,34 +614,46 @@ def isa_stage(artifact: Artifact, record: dict[str, Any], reference: Reference, 
 
 
 def latency_stage(log: StageLog, records: list[dict[str, Any]], sample: np.ndarray, profile: TargetProfile, *,
-                  engine_batch: int) -> None:
-    """Time every built engine (`records` of report.json, with their paths) side by side on `sample`, into each
-    record: interleaved rounds in a fresh process, after every engine is validated (validate.timing). A timing
-    that fails leaves the accuracy results as they are and says why in each record's `latency_note`."""
+                  engine_batch: int, modules: dict[str, Any] | None = None,
+                  fixed_batch: dict[str, int] | None = None) -> None:
+    """Time every built engine (`records` of report.json, with their paths; a baseline row is keyed by its
+    `name`, an engine by its precision) side by side on `sample`, into each record: interleaved rounds in a fresh
+    process, after every engine is validated (validate.timing). `modules`: name -> a PyTorch module timed with
+    them (the `pytorch` baseline); `fixed_batch`: name -> the one batch size an engine takes. A timing that fails
+    leaves the accuracy results as they are and says why in each record's `latency_note`."""
     from edgerep.validate.timing import time_engines
 
-    timed = {r["precision"]: Path(r["path"]) for r in records if r.get("status") == "ok" and r.get("path")}
-    if not timed:
+    timed = {timing_name(r): Path(r["path"]) for r in records if r.get("status") == "ok" and r.get("path")}
+    modules = {n: m for n, m in (modules or {}).items() if any(timing_name(r) == n for r in records)}
+    if not timed and not modules:
         return
+    names = [*timed, *modules]
     lat = profile.latency
-    with log.stage("latency", f"timing {', '.join(timed)} side by side ({lat.rounds} interleaved rounds)") as st:
+    with log.stage("latency", f"timing {', '.join(names)} side by side ({lat.rounds} interleaved rounds)") as st:
         try:
             fields = time_engines(timed, sample, batch_sizes=list(lat.batch_sizes), engine_batch=engine_batch,
                                   dynamic_batch=profile.dynamic_batch, rounds=lat.rounds, warmup=lat.warmup,
-                                  iterations=lat.iterations)
+                                  iterations=lat.iterations, modules=modules, fixed_batch=fixed_batch)
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
             for r in records:
-                if r.get("precision") in timed:
+                if timing_name(r) in names:
                     r["latency_note"] = f"latency not measured: {one_line(exc)}"
             st["status"], st["detail"] = "failed", f"latency not measured: {one_line(exc)}"
             return
         for r in records:
-            if r.get("precision") in fields:
-                r.update(fields[r["precision"]])
-        st["detail"] = ", ".join(_latency_detail(p, fields[p]) for p in fields)
+            if timing_name(r) in fields:
+                r.update(fields[timing_name(r)])
+        st["detail"] = ", ".join(_latency_detail(n, fields[n]) for n in fields)
+
+
+def timing_name(record: dict[str, Any]) -> str:
+    """A record's name in the latency stage: a baseline's `name`, else its precision."""
+    return str(record.get("name") or record["precision"])
 
 
 def _latency_detail(precision: str, fields: dict[str, Any]) -> str:
+    if "latency_ms" not in fields:
+        return f"{precision} {fields.get('latency_note') or 'not measured'}"
     lat = fields["latency_ms"]
     if lat.get("p50") is None:
         return f"{precision} not measured"
@@ -682,6 +694,12 @@ def report_stage(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path, Pat
     from edgerep.pipeline.report import write_report
 
     report["recommended"] = recommend(report, report.get("target"))
+    if report.get("baselines"):
+        from edgerep.pipeline.baselines import comparisons
+        from edgerep.pipeline.recommend import deploy_batch
+
+        report["comparisons"] = comparisons(report["engines"], report["baselines"],
+                                            batch=deploy_batch(report.get("target")))
     return guard_io(lambda: write_report(Path(out_dir), report), Path(out_dir))
 
 

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from edgerep.backends.base import Runner
 
 TIMEOUT_S = 1800  # a child that hangs is killed; the build keeps its accuracy results
+# Untimed calls at the start of every turn: the engine timed before may leave its threads spinning (OpenMP's
+# busy-wait after a parallel region, PyTorch's above all) and the caches hold its weights; two calls hand over.
+TURN_WARMUP = 2
 
 
 def interleaved(runners: Mapping[str, Runner], batch: np.ndarray, *, rounds: int, warmup: int,
@@ -46,7 +49,7 @@ def interleaved(runners: Mapping[str, Runner], batch: np.ndarray, *, rounds: int
     order: list[str] = []
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            calls = list(runners[name].latency(batch, 0, per_round))
+            calls = list(runners[name].latency(batch, TURN_WARMUP, per_round))
             times[name] += calls
             round_p50[name].append(float(np.median(calls)))
             order.append(name)
@@ -63,19 +66,37 @@ def summarize(times_ms: list[float], round_p50: list[float], *, batch_size: int)
 
 
 def time_engines(engines: Mapping[str, Path], sample: np.ndarray, *, batch_sizes: list[int], engine_batch: int,
-                 dynamic_batch: bool, rounds: int, warmup: int, iterations: int,
-                 fresh_process: bool = True) -> dict[str, dict[str, Any]]:
+                 dynamic_batch: bool, rounds: int, warmup: int, iterations: int, fresh_process: bool = True,
+                 modules: Mapping[str, Any] | None = None,
+                 fixed_batch: Mapping[str, int] | None = None) -> dict[str, dict[str, Any]]:
     """Every engine (name -> engine file with its sidecar) at every batch size it takes, interleaved; returns
     name -> {latency_ms, latency_batch_size, latency_by_batch, throughput_ips}, the fields of an engine record.
     `iterations` timed calls per engine and batch size in all (at least 10 a round). `fresh_process`: time in a
-    child process (the build's own state left behind), else here (the child itself, and tests)."""
-    job = {"engines": {n: str(p) for n, p in engines.items()}, "batch_sizes": list(batch_sizes),
-           "engine_batch": engine_batch, "dynamic_batch": dynamic_batch, "rounds": rounds, "warmup": warmup,
-           "iterations": iterations}
-    if not fresh_process:
-        return run_job(job, sample)
+    child process (the build's own state left behind), else here (the child itself, and tests).
+    `modules`: name -> a PyTorch module timed with them (the unfused original, validate.torch_runner; it takes every
+    batch size). `fixed_batch`: name -> the only batch size that engine takes (an engine made elsewhere, e.g. by
+    Ultralytics' exporter at batch 1), whatever the build's own engines take."""
     work = Path(tempfile.mkdtemp(prefix="edgerep-timing-"))
+    entries: dict[str, dict[str, Any]] = {n: {"path": str(p)} for n, p in engines.items()}
+    for name, batch in (fixed_batch or {}).items():
+        entries.setdefault(name, {})["batch"] = int(batch)
+    unsaved: dict[str, dict[str, Any]] = {}  # modules that cannot be pickled whole (a local class, a lambda)
     try:
+        for i, (name, module) in enumerate((modules or {}).items()):
+            from edgerep.validate.torch_runner import save_module
+
+            path = work / f"module{i}.pt"
+            try:
+                save_module(module, path)
+            except Exception as exc:  # pickling runs the module's own code: anything can fail
+                unsaved[name] = {"latency_note": f"not timed: the module cannot be saved for the timing process "
+                                                 f"({type(exc).__name__}: {str(exc)[:120]})"}
+                continue
+            entries[name] = {"torch": str(path)}
+        job = {"engines": entries, "batch_sizes": list(batch_sizes), "engine_batch": engine_batch,
+               "dynamic_batch": dynamic_batch, "rounds": rounds, "warmup": warmup, "iterations": iterations}
+        if not fresh_process:
+            return {**run_job(job, sample), **unsaved}
         np.save(work / "sample.npy", np.ascontiguousarray(sample, dtype=np.float32))
         (work / "job.json").write_text(json.dumps(job))
         env = dict(os.environ)
@@ -88,7 +109,7 @@ def time_engines(engines: Mapping[str, Path], sample: np.ndarray, *, batch_sizes
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"the timing process failed (exit {proc.returncode}): {tail[:300]}")
         result: dict[str, dict[str, Any]] = json.loads((work / "result.json").read_text())
-        return result
+        return {**result, **unsaved}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -104,17 +125,28 @@ def run_job(job: dict[str, Any], sample: np.ndarray) -> dict[str, dict[str, Any]
     per_round = max(10, -(-int(job["iterations"]) // rounds))
     with ExitStack() as stack:
         runners: dict[str, Runner] = {}
-        for name, path in job["engines"].items():
-            artifact = load_artifact(Path(path))
+        takes: dict[str, int | None] = {}  # name -> its one batch size, None: any
+        for name, entry in job["engines"].items():
+            entry = {"path": entry} if isinstance(entry, str) else entry
+            if "torch" in entry:
+                from edgerep.validate.torch_runner import TorchRunner
+
+                runners[name] = stack.enter_context(TorchRunner.from_file(Path(entry["torch"])))
+                takes[name] = None
+                continue
+            artifact = load_artifact(Path(entry["path"]))
             runners[name] = stack.enter_context(get_backend(artifact.backend).load(artifact))
+            takes[name] = entry.get("batch") or (None if job["dynamic_batch"] else int(job["engine_batch"]))
         by_batch: dict[str, list[dict[str, Any]]] = {n: [] for n in runners}
         for bs in job["batch_sizes"]:
-            if bs != job["engine_batch"] and not job["dynamic_batch"]:
-                for name in runners:
-                    by_batch[name].append(skipped_batch(bs, job["engine_batch"]))
+            here = {n: r for n, r in runners.items() if takes[n] in (None, bs)}
+            for name in runners:
+                if name not in here:
+                    by_batch[name].append(skipped_batch(bs, int(takes[name] or bs)))
+            if not here:
                 continue
             batch = repeat_to(sample, bs)
-            figures, _ = interleaved(runners, batch, rounds=rounds, warmup=int(job["warmup"]), per_round=per_round)
+            figures, _ = interleaved(here, batch, rounds=rounds, warmup=int(job["warmup"]), per_round=per_round)
             for name, stats in figures.items():
                 by_batch[name].append(stats)
     return {name: record_fields(rows) for name, rows in by_batch.items()}

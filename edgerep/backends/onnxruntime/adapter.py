@@ -36,7 +36,8 @@ class OnnxRuntimeBackend:
     capabilities = Capabilities(title="ONNX Runtime", precisions=("fp32", "int8"), calib_methods=("minmax",
                                 "entropy", "percentile"),
                                 options=COMMON_OPTIONS | {"activation_type", "per_channel", "int8_weights"},
-                                packages=_PACKAGES, qdq_style="onnxruntime", install="pip install 'edgerep[onnxruntime]'")
+                                packages=_PACKAGES, qdq_style="onnxruntime", install="pip install 'edgerep[onnxruntime]'",
+                                ultralytics_format="onnx")
 
     def available(self) -> str | None:
         return runtime_missing("onnxruntime", self)

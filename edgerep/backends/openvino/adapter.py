@@ -36,7 +36,8 @@ class OpenVINOBackend:
     capabilities = Capabilities(title="OpenVINO", precisions=("fp32", "fp16", "int8"), calib_methods=("minmax",
                                 "percentile", "entropy"),
                                 options=COMMON_OPTIONS | {"preset", "bias_correction"}, packages=_PACKAGES,
-                                qdq_style="openvino", install="pip install 'edgerep[openvino]'")
+                                qdq_style="openvino", install="pip install 'edgerep[openvino]'",
+                                ultralytics_format="openvino")
 
     def available(self) -> str | None:
         return runtime_missing("openvino", self)
