@@ -166,8 +166,9 @@ def _ultralytics(name: str, int8: bool, backend: Backend, loaded: Loaded, profil
         if int8:
             names = list(info.class_names or [str(i) for i in range(int(info.num_classes or 0))])
             data_yaml = calibration_yaml(Path(out_dir) / "baselines" / f"{name}-calib.yaml", images, names)
-        path = export_with_ultralytics(info.module, fmt=fmt, int8=int8, imgsz=(int(info.input_shape[-2]), int(info.input_shape[-1])),
-                                       out_dir=folder, data_yaml=data_yaml)
+        imgsz = (int(info.input_shape[-2]), int(info.input_shape[-1]))
+        path = export_with_ultralytics(info.module, fmt=fmt, int8=int8, imgsz=imgsz, out_dir=folder,
+                                       data_yaml=data_yaml)
         settings: dict[str, Any] = {"made_by": "ultralytics", "batch": 1}
         if path.suffix == ".xml":  # the OpenVINO runner pins the precision, as it does for edgerep's own IRs
             settings.update(inference_precision="f32", output_names=_ir_output_names(path))

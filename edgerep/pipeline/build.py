@@ -61,6 +61,9 @@ class BuildOptions:
     # The rows of what the user gets without edgerep (pipeline.baselines): the PyTorch original, its plain ONNX
     # export and, for an Ultralytics detector, Ultralytics' own export; validated and timed beside the engines.
     baselines: bool = True
+    # INT8 of a detector: measure which head nodes pay their way in float (quant.head_islands); False: keep the
+    # fixed rule (quant.float_policy: the decode and the prediction convs feeding it)
+    head_search: bool = True
 
 
 @dataclass
@@ -118,7 +121,12 @@ def build(opts: BuildOptions, *, console: Console | None = None, measure_latency
         options = stages.engine_options(opts.backend_options, precision, onnx_path=onnx.sim_path,
                                         calib_samples=opts.calib_samples,
                                         calib_method=opts.calib_method)
-        int8_plan = None
+        int8_plan = head_plan = None
+        if precision == "int8" and opts.head_search and opts.max_drop is None:
+            options, head_plan = stages.head_plan_stage(
+                log, backend=backend, onnx=onnx, profile=profile, data=data, model=info.module, task=task,
+                options=options, out_dir=out_dir, manifest=manifest, force=opts.force,
+                user_options=opts.backend_options)
         if precision == "int8" and opts.max_drop is not None:
             plan_options, int8_plan = stages.int8_plan_stage(
                 log, backend=backend, onnx=onnx, profile=profile, data=data, model=info.module,
@@ -133,6 +141,8 @@ def build(opts: BuildOptions, *, console: Console | None = None, measure_latency
             engine_records[precision]["float_layers"] = list(options.get("ignored_nodes") or [])
             if int8_plan is not None:
                 engine_records[precision]["int8_plan"] = int8_plan
+            if head_plan is not None:
+                engine_records[precision]["head_plan"] = head_plan
 
     reference = stages.reference_stage(log, info.module, data.val_source, batch_size=opts.val_batch,
                                        limit=opts.val_samples, task=task)

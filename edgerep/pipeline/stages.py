@@ -476,6 +476,64 @@ def int8_plan_stage(log: StageLog, *, backend: Backend, onnx: OnnxProduct, profi
     return plan, int8_plan
 
 
+HEAD_SAMPLES = 200  # calibration images the head search scores its probes on
+
+
+def head_plan_stage(log: StageLog, *, backend: Backend, onnx: OnnxProduct, profile: TargetProfile, data: Data,
+                    model: nn.Module, task: Task, options: dict[str, Any], out_dir: Path, manifest: dict[str, Any],
+                    force: bool, user_options: dict[str, Any] | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A detector's INT8 head by measurement (quant.head_islands): the options with the head nodes that pay
+    their way in float, and the plan for the report (None when there is nothing to decide: no head islands, the
+    user's own head_float_nodes, or no calibration data). Cached in the manifest by everything it depends on."""
+    from edgerep.quant.float_policy import HEAD_OPTION
+    from edgerep.quant.head_islands import head_islands
+
+    # TensorRT: the engine is built on the device, where its head cannot be measured from here (fixed rule)
+    if (HEAD_OPTION in (user_options or {}) or data.calib is None or backend.capabilities.offline_build
+            or not head_islands(onnx.sim_path)[1]):
+        return options, None
+    from edgerep.pipeline.recommend import deploy_batch
+
+    base = {k: v for k, v in options.items() if k != HEAD_OPTION}
+    engine_batch = deploy_batch(profile.to_dict())  # the probes are timed where the engine ships
+    key = content_key({"schema": 1, "onnx_sha256": onnx.sim_sha256, "backend": backend.name, "options": base,
+                       "calib_sha256": data.calib.sha256(), "profile": build_settings(profile),
+                       "latency": profile.to_dict().get("latency"), "engine_batch": engine_batch,
+                       "versions": versions("edgerep", *backend.capabilities.packages)})
+    cached = (manifest.get("head_plans") or {}).get(backend.name) or {}
+    with log.stage("int8 head", "measuring which head nodes pay their way in float") as st:
+        if not force and cached.get("key") == key:
+            floats, plan = cached["floats"], cached["plan"]
+            st["status"] = "reused"
+        else:
+            from edgerep.pipeline.recommend import speedup_interval
+            from edgerep.quant.head_islands import choose_head_floats
+            from edgerep.validate.engine import compute_reference
+
+            reference = compute_reference(model, data.calib, batch_size=32, limit=HEAD_SAMPLES, task=task)
+            if reference.degenerate or not reference.scorer.can_budget(reference):
+                st["status"], st["detail"] = "done", f"fixed rule kept (nothing to measure: {reference.degenerate})"
+                return options, None
+            try:
+                floats, plan = choose_head_floats(backend=backend, onnx_path=onnx.sim_path, profile=profile,
+                                                  calib=data.calib, reference=reference, options=base,
+                                                  work_dir=Path(out_dir) / "quant" / "head",
+                                                  sample=latency_sample(reference), engine_batch=engine_batch,
+                                                  interval=speedup_interval)
+            except UserError:
+                raise
+            except Exception as exc:  # a probe that crashes leaves the fixed rule, and says so
+                save_traceback(Path(out_dir), f"int8-head-{backend.name}")
+                st["status"], st["detail"] = "failed", f"fixed rule kept: {one_line(exc)}"
+                return options, {"error": one_line(exc), "kept": None}
+            manifest.setdefault("head_plans", {})[backend.name] = {"key": key, "floats": floats, "plan": plan}
+            write_manifest(out_dir, manifest)
+        st["detail"] = (f"{len(plan['kept'])} of {len(plan['candidates'])} head node(s) kept in float "
+                        f"(base drop {plan.get('base_drop', 0):.2f} pts)")
+    return {**base, HEAD_OPTION: floats}, plan
+
+
 def engine_key(onnx: OnnxProduct, backend: Backend, precision: str, options: dict[str, Any], calib: BatchSource | None,
                profile: TargetProfile) -> str:
     return content_key({
