@@ -123,6 +123,9 @@ def build_cmd(
     baselines: bool = typer.Option(True, "--baselines/--no-baselines",
                                    help="also validate and time what you get without edgerep: the PyTorch original, "
                                         "its plain ONNX export and (Ultralytics detectors) Ultralytics' own export"),
+    head_search: bool = typer.Option(True, "--head-search/--no-head-search",
+                                     help="detector INT8: measure which head nodes pay their way in float (default); "
+                                          "off: keep the decode and the prediction convs feeding it in float"),
 ) -> None:
     """Fuse, export, build and validate engines for a target; writes report.json, report.md and a plot.
 
@@ -137,6 +140,7 @@ def build_cmd(
                      interpolation=interpolation, channel_order=channel_order, simplifier=simplifier,
                      force=force, output=output, console=console, out=out, max_drop=max_drop, isa=isa,
                      task=task, score_threshold=score_threshold, iou_threshold=iou_threshold, baselines=baselines,
+                     head_search=head_search,
                      backend_options={k: v for k, v in (("int8_mode", int8_mode), ("dla_core", dla_core)) if v is not None})
     raise typer.Exit(code)
 

@@ -13,8 +13,8 @@ measured, not assumed:
 
 An island is kept in float when it pays: its gain is at least MIN_GAIN points and it is not measurably slower
 than base by MAX_COST or more, or its gain is at least BIG_GAIN points whatever it costs. Accuracy is measured on
-the calibration images, as agreement with the PyTorch model's own detections, so the choice never sees the
-validation labels the build reports. Each probe is a real INT8 build of the backend, with the build's own
+the calibration images (their labelled mAP where they have labels, else agreement with the PyTorch model's own
+detections), so the choice never sees the validation data the build reports. Each probe is a real INT8 build of the backend, with the build's own
 calibration; the result is cached by the caller (pipeline.stages.head_plan_stage).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from edgerep.quant.evaluate import drop_of, eval_batch, evaluate_runner
+from edgerep.quant.evaluate import drop_of, drop_unit, eval_batch, evaluate_runner
 from edgerep.quant.float_policy import HEAD_OPTION, detect_head_float_nodes, output_tail_nodes
 
 MIN_GAIN = 0.1  # points of the task's metric an island must win back to be worth any cost
@@ -80,9 +80,8 @@ def choose_head_floats(*, backend: Any, onnx_path: Path, profile: Any, calib: An
 
     tail, candidates = head_islands(onnx_path)
     t0 = time.perf_counter()
-    plan: dict[str, Any] = {"tail": tail, "candidates": candidates, "metric": "agreement with PyTorch on the "
-                            "calibration images", "rule": {"min_gain": MIN_GAIN, "big_gain": BIG_GAIN,
-                                                           "max_cost": MAX_COST}}
+    plan: dict[str, Any] = {"tail": tail, "candidates": candidates, "metric": None,
+                            "rule": {"min_gain": MIN_GAIN, "big_gain": BIG_GAIN, "max_cost": MAX_COST}}
     if not candidates:
         return tail, {**plan, "islands": [], "kept": [], "seconds": 0.0}
     work_dir = Path(work_dir)
@@ -98,7 +97,9 @@ def choose_head_floats(*, backend: Any, onnx_path: Path, profile: Any, calib: An
             if artifact.status != "ok":
                 raise RuntimeError(f"the {name} probe did not build ({artifact.status}: {artifact.reason})")
             with backend.load(artifact) as runner:
-                drops[name] = drop_of(evaluate_runner(runner, reference, batch))
+                metrics = evaluate_runner(runner, reference, batch)
+            drops[name] = drop_of(metrics)
+            plan["metric"] = f"{drop_unit(metrics)}, on {reference.outputs.shape[0]} calibration images"
             paths[name] = Path(artifact.path)
             if log is not None:
                 log(f"{name}: drop {drops[name]:.2f} pts")
