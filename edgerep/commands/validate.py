@@ -31,7 +31,7 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     import torch
 
     from edgerep.backends import get_backend
-    from edgerep.data.sources import default_data_paths, open_data, preprocess_for
+    from edgerep.data.sources import default_data_paths, needs_preprocess, open_data, preprocess_for
     from edgerep.files.artifacts import load_artifact
     from edgerep.models.specs import load_model
     from edgerep.pipeline.report import engine_entry, normalize, summary_table
@@ -74,7 +74,8 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     else:  # the shipped data: the demo's labelled digits, else the photos in calib/images
         default_calib, default_val = default_data_paths(info)
         val_path = default_val or default_calib
-    source = open_data(val_path, preprocess_for(info) if val_path.is_dir() else None, expect_shape=shape, role="val")
+    source = open_data(val_path, preprocess_for(info) if needs_preprocess(val_path) else None, expect_shape=shape,
+                       role="val")
     reference = compute_reference(info.module, source, batch_size=val_batch, limit=val_samples, task=scorer)
     if console is not None and reference.scorer.note:
         from rich.markup import escape

@@ -1,2 +1,2 @@
 """Calibration and validation data: image folders, ImageFolder trees, .npy/.npz arrays, detection sets (letterbox,
-YOLO/COCO labels)."""
+YOLO/COCO labels, Ultralytics data.yaml)."""

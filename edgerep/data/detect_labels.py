@@ -7,6 +7,7 @@ padding so boxes found on the model input map back to the original image (`to_or
 Labels:
   * YOLO format (Ultralytics' layout): `<root>/images/<stem>.<ext>` and `<root>/labels/<stem>.txt`, one
     line `class cx cy w h` per object, normalised to [0, 1]; an image without objects has an empty file.
+    (`read_yolo_image` reads one image's file; edgerep.data.ultralytics_yaml finds the files by Ultralytics' rule.)
   * COCO json: `images` (file_name, width, height), `annotations` (image_id, category_id, bbox x,y,w,h in
     pixels), `categories`; classes are the category ids in sorted order (0, 1, ...).
 Any mismatch between labels and images is a UserError naming the first file concerned: a missing label
@@ -177,17 +178,23 @@ def read_yolo_split(images_dir: Path, labels_dir: Path, num_classes: int | None 
         label = labels_dir / f"{img.stem}.txt"
         if not label.is_file():
             raise UserError(f"{img}: no label file {label}; write an empty one for an image without objects")
-        w, h = _image_size(img)
-        rows = []
-        for n, line in enumerate(label.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            rows.append(_parse_yolo_line(line, f"{label}:{n}", num_classes))
-        arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
-        cx, cy, bw, bh = arr[:, 1] * w, arr[:, 2] * h, arr[:, 3] * w, arr[:, 4] * h
-        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
-        result.append(LabelledImage(img, w, h, boxes.astype(np.float32), arr[:, 0].astype(np.int64)))
+        result.append(read_yolo_image(img, label, num_classes))
     return result
+
+
+def read_yolo_image(image: Path, label: Path | None, num_classes: int | None = None) -> LabelledImage:
+    """One image with its boxes from the YOLO-format `label` file (None: an image without objects), in the
+    image's pixels; UserError naming the file and line of a bad row."""
+    w, h = _image_size(image)
+    rows = []
+    if label is not None:
+        for n, line in enumerate(label.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                rows.append(_parse_yolo_line(line, f"{label}:{n}", num_classes))
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    cx, cy, bw, bh = arr[:, 1] * w, arr[:, 2] * h, arr[:, 3] * w, arr[:, 4] * h
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+    return LabelledImage(image, w, h, boxes.astype(np.float32), arr[:, 0].astype(np.int64))
 
 
 def _parse_yolo_line(line: str, where: str, num_classes: int | None) -> list[float]:

@@ -6,6 +6,8 @@ How `--calib` / `--val` name detection data (for a detector, i.e. a ModelInfo wi
   * DIR holding images/ and one COCO json (DIR/*.json): labelled;
   * DIR/images itself: labelled when DIR/labels exists, else images only;
   * FILE.json (COCO): its images in images/ beside it, else in the json's own folder;
+  * FILE.yaml / .yml (an Ultralytics data.yaml): --calib its train split, --val its val split with labels
+    (edgerep.data.ultralytics_yaml);
   * any other folder of images (e.g. calib/images; an ImageFolder tree's class folders are read too): images
     only, so engines are scored by their agreement with the PyTorch model.
 A split root (DIR holding images/) asks for labels: a missing labels/ is an error, never a silent "no labels".
@@ -50,7 +52,8 @@ class Letterbox:
     then subtract `mean` and divide by `std` per channel, in `channel_order`.
 
     `stride`: the size must be a multiple of it (the detection grid). `num_classes`: the model's class count,
-    which label class ids are checked against (None: not checked)."""
+    which label class ids are checked against (None: not checked). `class_names`: the model's, which a dataset
+    yaml's `names` are checked against (not part of the preprocessing: left out of to_dict and so of the hash)."""
 
     size: tuple[int, int]
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
@@ -61,6 +64,7 @@ class Letterbox:
     channel_order: str = "RGB"
     scale_up: bool = True
     num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.size = (int(self.size[0]), int(self.size[1]))
@@ -82,7 +86,9 @@ class Letterbox:
             check_letterbox_size(self.size, int(self.stride), "--input-shape")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"letterbox": True, **asdict(self)}
+        values = asdict(self)
+        del values["class_names"]
+        return {"letterbox": True, **values}
 
     def load(self, path: Path) -> tuple[np.ndarray, LetterboxMeta]:
         """One image file -> (3, h, w) float32 model input and where the image landed in it."""
@@ -109,13 +115,14 @@ class DetectionSource:
         self.pre = pre
         self.role = role
         self.flag = flag
-        self.kind = kind  # "detect-images" | "yolo" | "coco"
+        self.kind = kind  # "detect-images" | "yolo" | "coco" | "ultralytics-yaml"
         self.has_labels = items is not None
         self.metas: list[LetterboxMeta] = [letterbox_meta(hw, pre.size, scale_up=pre.scale_up) for hw in sizes]
         self._items = items
         self.num_classes = num_classes
         self._labels: list[Any] | None = None
         self._hash: str | None = None
+        self.split: str | None = None  # the split of a dataset yaml this source reads (train, val)
 
     @property
     def num_samples(self) -> int:
@@ -177,7 +184,8 @@ class DetectionSource:
         return {"path": str(self.path), "kind": self.kind, "num_samples": self.num_samples,
                 "has_labels": self.has_labels, "num_classes": self.num_classes,
                 "boxes": int(sum(len(it.boxes) for it in self._items)) if self._items is not None else None,
-                "preprocess": self.pre.to_dict(), "sha256": self.sha256()}
+                "preprocess": self.pre.to_dict(), "sha256": self.sha256(),
+                **({"split": self.split} if self.split is not None else {})}
 
     def __repr__(self) -> str:
         return f"DetectionSource({str(self.path)!r}, kind={self.kind!r}, n={self.num_samples})"
@@ -228,7 +236,7 @@ def _yolo(root: Path, images_dir: Path, labels_dir: Path, pre: Letterbox, role: 
         raise _with_flag(flag, root, exc) from None
     seen = [int(c) for it in items for c in it.classes]
     num_classes = pre.num_classes if pre.num_classes is not None else (max(seen) + 1 if seen else None)
-    return _labelled(root, items, pre, role, flag, "yolo", num_classes)
+    return labelled_source(root, items, pre, role, flag, "yolo", num_classes)
 
 
 def _coco(root: Path, images_dir: Path, annotations: Path, pre: Letterbox, role: str, flag: str) -> DetectionSource:
@@ -236,11 +244,12 @@ def _coco(root: Path, images_dir: Path, annotations: Path, pre: Letterbox, role:
         items, category_ids = read_coco_labels(images_dir, annotations, pre.num_classes)
     except UserError as exc:
         raise _with_flag(flag, root, exc) from None
-    return _labelled(root, items, pre, role, flag, "coco", len(category_ids))
+    return labelled_source(root, items, pre, role, flag, "coco", len(category_ids))
 
 
-def _labelled(root: Path, items: list[LabelledImage], pre: Letterbox, role: str, flag: str, kind: str,
-              num_classes: int | None) -> DetectionSource:
+def labelled_source(root: Path, items: list[LabelledImage], pre: Letterbox, role: str, flag: str, kind: str,
+                    num_classes: int | None) -> DetectionSource:
+    """Labelled images as a source; `kind` says where the labels came from ("yolo", "coco", ...)."""
     if not items:
         raise UserError(f"{flag} {root}: no images in it")
     return DetectionSource(root, [it.path for it in items], [(it.height, it.width) for it in items], pre, role, flag,
@@ -255,6 +264,11 @@ def _unlabelled(root: Path, images_dir: Path, pre: Letterbox, role: str, flag: s
     if not files:
         raise UserError(f"{flag} {root}: no images in it (also looked one level down); pass a folder of images, a "
                         f"YOLO-format split (images/ + labels/), a COCO .json or a .npy/.npz file")
+    return images_source(root, files, pre, role, flag, "detect-images")
+
+
+def images_source(root: Path, files: list[Path], pre: Letterbox, role: str, flag: str, kind: str) -> DetectionSource:
+    """`files` without labels, letterboxed; unreadable ones skipped with a warning, none readable a UserError."""
     readable, sizes = [], []
     for f in files:
         size = _header_size(f)
@@ -266,7 +280,7 @@ def _unlabelled(root: Path, images_dir: Path, pre: Letterbox, role: str, flag: s
     if not readable:
         raise UserError(f"{flag} {root}: none of its {len(files)} image file(s) could be read; check the files or "
                         f"pass another folder")
-    return DetectionSource(root, readable, sizes, pre, role, flag, kind="detect-images", num_classes=pre.num_classes)
+    return DetectionSource(root, readable, sizes, pre, role, flag, kind=kind, num_classes=pre.num_classes)
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:
@@ -305,4 +319,9 @@ def letterbox_for(model_info: Any, *, mean: Sequence[float] | None = None, std: 
     return Letterbox(size=(int(shape[2]), int(shape[3])), mean=tuple(chosen_mean), std=tuple(chosen_std),
                      pad_value=int(getattr(model_info, "pad_value", PAD_VALUE)),
                      stride=getattr(model_info, "stride", None), channels=int(shape[1]),
-                     channel_order=channel_order or "RGB", num_classes=getattr(model_info, "num_classes", None))
+                     channel_order=channel_order or "RGB", num_classes=getattr(model_info, "num_classes", None),
+                     class_names=_names(getattr(model_info, "class_names", None)))
+
+
+def _names(names: Sequence[str] | None) -> tuple[str, ...] | None:
+    return tuple(str(n) for n in names) if names else None

@@ -1,6 +1,7 @@
 """Calibration and validation data: image folders, ImageFolder trees and .npy/.npz arrays, streamed in batches.
 
-Three kinds of source, told apart by the path:
+Three kinds of source, told apart by the path (a detector's folders, COCO .json and Ultralytics data.yaml files
+open in edgerep.data.detect_source and edgerep.data.ultralytics_yaml):
   * a ``.npy`` / ``.npz`` file: already-preprocessed model inputs ``x`` (NCHW float) and, in an npz, optional
     integer labels ``y``;
   * a folder whose class subfolders hold images (torchvision's ImageFolder layout): labels are the indices of
@@ -27,6 +28,7 @@ from edgerep.errors import UserError, one_line
 
 log = logging.getLogger("edgerep.data")
 _FLAG = {"calib": "--calib", "val": "--val"}
+DATASET_YAML = (".yaml", ".yml")  # an Ultralytics data.yaml (edgerep.data.ultralytics_yaml)
 
 # The demo model and its shipped data (calib/digits/{calib,val}.npz).
 DEMO_MODEL = "zoo:repvgg_digits"
@@ -370,7 +372,8 @@ def open_data(path: Path | str, preprocess: Any, *, expect_shape: tuple[int, ...
     """Open `path` as calibration (role="calib") or validation (role="val") data.
 
     `preprocess`: a Preprocess (classifiers), an edgerep.data.detect_source.Letterbox (detectors: image folders,
-    YOLO-format splits and COCO .json files open as a DetectionSource), or None for .npy/.npz arrays.
+    YOLO-format splits, COCO .json files and Ultralytics data.yaml files open as a DetectionSource; a data.yaml
+    gives --calib its train split, --val its val split: edgerep.data.ultralytics_yaml), or None for .npy/.npz arrays.
     `expect_shape` is the model's input shape (N, C, H, W); samples of another (C, H, W) are refused.
     Raises UserError (one line, naming the flag and path) for a missing, empty, corrupt or ill-fitting path.
     """
@@ -379,12 +382,17 @@ def open_data(path: Path | str, preprocess: Any, *, expect_shape: tuple[int, ...
     flag = _FLAG[role]
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{flag} {path}: not found; pass an image folder, an ImageFolder tree, or a .npy/.npz file")
+        raise UserError(f"{flag} {path}: not found; pass an image folder, an ImageFolder tree, a .npy/.npz file, or "
+                        f"for a detector an Ultralytics data.yaml")
     letterboxed = preprocess is not None and not isinstance(preprocess, Preprocess)
-    if letterboxed and (path.is_dir() or path.suffix.lower() == ".json"):
+    if path.is_file() and path.suffix.lower() in DATASET_YAML:
+        from edgerep.data.ultralytics_yaml import open_dataset_yaml
+
+        source: Any = open_dataset_yaml(path, preprocess, role, flag)  # refuses a model that is not a detector
+    elif letterboxed and (path.is_dir() or path.suffix.lower() == ".json"):
         from edgerep.data.detect_source import open_detection_data
 
-        source: Any = open_detection_data(path, preprocess, role, flag)
+        source = open_detection_data(path, preprocess, role, flag)
     elif path.is_file():
         if path.suffix.lower() == ".json":
             raise UserError(f"{flag} {path}: a COCO .json labels a detector's images, and this model is not a "
@@ -444,10 +452,10 @@ def calib_root() -> Path:
 
 
 def needs_preprocess(path: Path | str) -> bool:
-    """Whether opening `path` needs preprocessing settings (images: a folder, or a COCO .json of a detector's
-    validation images); .npy/.npz arrays are already model inputs."""
+    """Whether opening `path` needs preprocessing settings (images: a folder, a COCO .json of a detector's
+    validation images, or an Ultralytics data.yaml); .npy/.npz arrays are already model inputs."""
     path = Path(path)
-    return path.is_dir() or path.suffix.lower() == ".json"
+    return path.is_dir() or path.suffix.lower() in (".json", *DATASET_YAML)
 
 
 def array_input_shape(*paths: Path | str | None) -> tuple[int, ...] | None:
