@@ -64,6 +64,7 @@ class BuildOptions:
     # INT8 of a detector: measure which head nodes pay their way in float (quant.head_islands); False: keep the
     # fixed rule (quant.float_policy: the decode and the prediction convs feeding it)
     head_search: bool = True
+    static_batch: bool = False  # engines with a fixed batch of 1 (stages.static_profile), whatever the profile says
 
 
 @dataclass
@@ -94,7 +95,7 @@ def build(opts: BuildOptions, *, console: Console | None = None, measure_latency
     machine (edgerep.matrix runs stages.latency_stage then)."""
     log = StageLog(console)
     plan = stages.plan_stage(opts.target, opts.precisions, backend_options=opts.backend_options,
-                             max_drop=opts.max_drop, isa=opts.isa, console=console)
+                             max_drop=opts.max_drop, isa=opts.isa, console=console, static_batch=opts.static_batch)
     profile, backend, precisions = plan.profile, plan.backend, plan.precisions
 
     loaded = stages.load_stage(log, opts.model or DEMO_MODEL, weights=opts.weights, input_shape=opts.input_shape,

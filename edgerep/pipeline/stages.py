@@ -194,12 +194,16 @@ def parse_precisions(value: list[str] | str | None, profile: TargetProfile, back
 
 
 def plan_stage(target: str, precisions: list[str] | str | None, *, backend_options: dict[str, Any],
-               max_drop: float | None, isa: str | None = None, console: Console | None = None) -> Plan:
-    """Cheap checks first: a bad target, precision or missing runtime fails before any work."""
+               max_drop: float | None, isa: str | None = None, console: Console | None = None,
+               static_batch: bool = False) -> Plan:
+    """Cheap checks first: a bad target, precision or missing runtime fails before any work.
+    `static_batch`: every engine with a fixed batch of 1, timed at batch 1 only (static_profile)."""
     from edgerep.backends import backend_for, backends_taking
     from edgerep.targets import load_target
 
     profile = load_target(target, isa=isa)
+    if static_batch:
+        profile = static_profile(profile)
     backend = backend_for(profile)
     chosen = parse_precisions(precisions, profile, backend)
     if max_drop is not None:
@@ -219,6 +223,20 @@ def plan_stage(target: str, precisions: list[str] | str | None, *, backend_optio
     if reason is not None and not backend.capabilities.offline_build:  # TensorRT: device bundle instead
         raise UserError(reason)
     return Plan(profile=profile, backend=backend, precisions=chosen)
+
+
+def static_profile(profile: TargetProfile) -> TargetProfile:
+    """The profile with static shapes at batch 1 (`--static-batch`): a runtime plans a fixed-shape graph once, with
+    no shape arithmetic left in it (the Shape/Gather/Unsqueeze a dynamic batch axis adds), which ONNX Runtime above
+    all runs faster; its latency is then measured at batch 1 only."""
+    from dataclasses import replace
+
+    lat = profile.latency
+    deploy = lat.deploy_batch or lat.batch_sizes[0]
+    if deploy != 1:
+        raise UserError(f"--static-batch: builds engines at batch 1, but target {profile.name} deploys at batch "
+                        f"{deploy}; drop --static-batch or use a profile whose [latency] deploy_batch is 1")
+    return replace(profile, dynamic_batch=False, latency=replace(lat, batch_sizes=[1], deploy_batch=None))
 
 
 # --- stage: load -----------------------------------------------------------------------------------

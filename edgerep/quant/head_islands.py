@@ -14,8 +14,8 @@ measured, not assumed:
 An island is kept in float when it pays: its gain is at least MIN_GAIN points and it is not measurably slower
 than base by MAX_COST or more, or its gain is at least BIG_GAIN points whatever it costs. Accuracy is measured on
 the calibration images (their labelled mAP where they have labels, else agreement with the PyTorch model's own
-detections), so the choice never sees the validation data the build reports. Each probe is a real INT8 build of the backend, with the build's own
-calibration; the result is cached by the caller (pipeline.stages.head_plan_stage).
+detections), so the choice never sees the validation data the build reports. Each probe is a real INT8 build
+of the backend, with the build's own calibration; the result is cached by the caller (stages.head_plan_stage).
 """
 from __future__ import annotations
 
