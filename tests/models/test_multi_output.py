@@ -404,3 +404,23 @@ def test_isa_probe_returns_every_output(exported, tmp_path):
     outs = isa_check.run_on_target_all(Path(art.path), x, 2, {"method": "native"})
     _assert_close(outs, _torch_outputs(info, x))
     np.testing.assert_array_equal(isa_check.run_on_target(Path(art.path), x, 2, {"method": "native"}), outs[0])
+
+
+def test_check_engine_times_several_engines_in_interleaved_rounds(bundle, tmp_path):
+    """On the device the engines take turns over ROUNDS rounds (edgerep's protocol), so the bundle's recommend.py
+    can put an interval on a speed-up; a copy of the same engine is never 'measurably faster' than itself."""
+    import shutil
+
+    bdir, _, _ = bundle
+    twin = tmp_path / "twin.onnx"
+    shutil.copyfile(bdir / "model.onnx", twin)
+    proc = _run_check_engine(bdir, "model.onnx", str(twin))
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    out = json.loads(proc.stdout)
+    for record in out["engines"]:
+        lat = record["latency_by_batch"][0]
+        assert lat["rounds"] == 5 and len(lat["round_p50"]) == 5 and lat["p50"] > 0
+        assert lat["spread"] == [min(lat["round_p50"]), max(lat["round_p50"])]
+    rec = out["recommended"]
+    assert rec["precision"] == "fp32" and rec["batch_size"] == 1, rec  # timed at the profile's deploy batch
+    assert all(n["speedup"] < 1.05 or (n["interval"] and n["interval"][0] < 1.05) for n in rec["not_faster"])

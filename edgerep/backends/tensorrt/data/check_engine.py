@@ -7,7 +7,7 @@ This file is copied into every device bundle and needs only numpy, tensorrt (fro
     python3 check_engine.py model.fp16.engine model.int8.engine    # several: then the one to ship here
 It prints the same accuracy figures as `edgerep validate --bundle` (max abs error, cosine, top-1 agreement,
 labelled top-1, of the first output; and per output, by name, for a model with several), the time per batch
-over the reference run, and exits 1 when an engine misses the profile's gate recorded in bundle.json.
+(the engines timed in interleaved rounds, as edgerep times them), and exits 1 when an engine misses the profile's gate recorded in bundle.json.
 Every output is matched to the reference by its ONNX name (bundle.json's reference.outputs), never by position. With several engines it ends with the engine to ship on this device, by the rule
 of recommend.py (edgerep's own, copied into the bundle beside this file).
 Written for Python 3.6: no f-string '=' specifiers, no walrus, no `X | Y` annotations.
@@ -20,8 +20,9 @@ import time
 import numpy as np
 
 
-def run_onnx(path, x, batch, names):
-    """Every output named in `names`, over all of `x`, in `names` order."""
+def run_onnx(path, x, batch, names, times=None):
+    """Every output named in `names`, over all of `x`, in `names` order; `times`: a list that gets each batch's
+    seconds (the run alone)."""
     import onnxruntime as ort
 
     # Q/DQ as float ops: on a host this .onnx predicts a GPU engine, whose INT8 sums do not saturate the way
@@ -31,7 +32,12 @@ def run_onnx(path, x, batch, names):
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     require_outputs(path, [o.name for o in session.get_outputs()], names)
     name = session.get_inputs()[0].name
-    chunks = [session.run(names, {name: x[i:i + batch]}) for i in range(0, len(x), batch)]
+    chunks = []
+    for i in range(0, len(x), batch):
+        start = time.perf_counter()
+        chunks.append(session.run(names, {name: x[i:i + batch]}))
+        if times is not None:
+            times.append(time.perf_counter() - start)
     return [np.concatenate([chunk[k] for chunk in chunks]) for k in range(len(names))]
 
 
@@ -47,8 +53,9 @@ def _trt_major_minor(trt):
     return int(parts[0]), int(parts[1])
 
 
-def run_engine(path, x, batch, names):
+def run_engine(path, x, batch, names, times=None):
     """Run the plan with pycuda buffers; every output named in `names`, over all of `x`, in `names` order.
+    `times`: a list that gets each batch's seconds (copies in, execute, copies out; not the loading).
     The tensor API (num_io_tensors, get_tensor_name/mode,
     set_input_shape, set_tensor_address, execute_async_v3) is bound from TensorRT 8.5 and is the only one in
     10.x (NVIDIA/TensorRT release/8.5 and release/10.3 python/src/infer/pyCore.cpp); the bindings API
@@ -99,11 +106,14 @@ def run_engine(path, x, batch, names):
             io.bind(output, dev_out)
             if io.name(output) in results:
                 reads.append((io.name(output), host_out, dev_out, out_shape))
+        start = time.perf_counter()
         cuda.memcpy_htod_async(dev_in, host_in, stream)
         io.execute(stream)
         for _, host_out, dev_out, _ in reads:
             cuda.memcpy_dtoh_async(host_out, dev_out, stream)
         stream.synchronize()
+        if times is not None:
+            times.append(time.perf_counter() - start)
         for name, host_out, _, out_shape in reads:
             size = int(np.prod(out_shape))
             results[name].append(np.array(host_out[:size], dtype=np.float32).reshape(out_shape)[:real])
@@ -231,29 +241,56 @@ def gate_failures(result, gate):
     return failures
 
 
-# Full passes over the reference per engine; the median pass gives the time per batch. It includes the host
-# copies, the same for every engine, so it ranks engines fairly; it is not trtexec's GPU-only latency.
-TIMED_PASSES = 3
+# Latency: edgerep's protocol (validate/timing.py) with what a device has. After every engine is checked, the
+# engines take turns over ROUNDS rounds (the order rotating each round), one pass over the reference each; a
+# round's figure is the median time per batch of that pass (copies in, execute, copies out; loading excluded).
+# The p50 is the median of the round medians, `spread` their range, and `round_p50` lets recommend.py put an
+# interval on a speed-up: rounds of two engines ran seconds apart, so the device's drift (clocks, heat) cancels.
+# It includes the host copies, the same for every engine, so it ranks engines fairly; it is not trtexec's
+# GPU-only latency.
+ROUNDS = 5
+CALLS_PER_ROUND = 20  # batches per engine per round, at the deploy batch size
+
+
+def timing_input(x, engine_batch, profile):
+    """(input, batch) the rounds time: the first reference sample repeated to CALLS_PER_ROUND batches of the
+    engine's fixed batch, or of the profile's deploy batch (recommend.py compares latency there) when it is dynamic."""
+    latency = (profile or {}).get("latency") or {}
+    batch = engine_batch or int(latency.get("deploy_batch") or (latency.get("batch_sizes") or [1])[0])
+    return np.ascontiguousarray(np.repeat(x[:1], batch * CALLS_PER_ROUND, axis=0)), batch
+
+
+def runner_of(engine):
+    return run_onnx if engine.endswith(".onnx") else run_engine
 
 
 def check_one(engine, manifest, x, names, refs, labels, batch):
-    run = run_onnx if engine.endswith(".onnx") else run_engine
-    seconds = []
-    outs = None
-    for _ in range(TIMED_PASSES):
-        start = time.perf_counter()
-        outs = run(engine, x, batch, names)
-        seconds.append(time.perf_counter() - start)
+    """The engine's accuracy and gate (its latency comes from time_rounds, with the others)."""
+    outs = runner_of(engine)(engine, x, batch, names)
     result = compare(names, refs, outs, labels)
     base = os.path.basename(engine)
     precision = "int8" if ("int8" in base or "qdq" in base) else ("fp16" if "fp16" in base else "fp32")
     gate = ((manifest.get("profile") or {}).get("gates") or {}).get(precision) or {}
     failures = gate_failures(result, gate)
-    per_batch_ms = sorted(seconds)[len(seconds) // 2] * 1000.0 / max(1, -(-len(x) // batch))
     return {"engine": engine, "backend": "onnxruntime" if engine.endswith(".onnx") else "tensorrt",
             "precision": precision, "status": "ok", "accuracy": result, "passed": not failures,
-            "reason": "; ".join(failures) or None,
-            "latency_by_batch": [{"batch_size": batch, "p50": per_batch_ms}]}
+            "reason": "; ".join(failures) or None, "latency_by_batch": []}
+
+
+def time_rounds(records, x, names, batch, rounds=ROUNDS):
+    """Every engine's latency_by_batch, from `rounds` interleaved passes (see ROUNDS)."""
+    round_p50 = dict((r["engine"], []) for r in records)
+    engines = [r["engine"] for r in records]
+    for k in range(rounds):
+        for engine in engines[k % len(engines):] + engines[:k % len(engines)]:
+            times = []
+            runner_of(engine)(engine, x, batch, names, times)
+            round_p50[engine].append(sorted(times)[len(times) // 2] * 1000.0)
+    for r in records:
+        ms = round_p50[r["engine"]]
+        r["latency_by_batch"] = [{"batch_size": batch, "p50": sorted(ms)[len(ms) // 2], "round_p50": ms,
+                                  "spread": [min(ms), max(ms)], "rounds": len(ms)}]
+    return records
 
 
 def recommendation(records, manifest, here):
@@ -289,6 +326,9 @@ def main(argv):
     dims = (manifest.get("input") or {}).get("shape") or [1]
     batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 32
     records = [check_one(engine, manifest, x, names, refs, labels, batch) for engine in engines]
+    fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+    timed_x, timed_batch = timing_input(x, fixed, manifest.get("profile"))
+    time_rounds(records, timed_x, names, timed_batch)
     if len(records) == 1:
         print(json.dumps(records[0], indent=2))
     else:
