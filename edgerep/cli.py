@@ -12,12 +12,42 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from edgerep.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Re-parameterize, export, build and validate edge engines.",
-                  epilog="--debug on any command (anywhere on the line), or EDGEREP_DEBUG=1, shows the traceback behind "
-                         "an error.")
+
+def _plain_flags(params: list[Any]) -> list[Any]:
+    """typer 0.29's rich help prints a flag's type beside it (`--json <bool>`, `--help <bool>`) as if it took a
+    value; an empty metavar prints nothing there. Flags only: an option that takes a value keeps its type."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:  # includes the --help option click adds
+        return _plain_flags(super().get_params(ctx))
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))
+
+
+class _App(typer.Typer):
+    """The app whose commands show plain flags in their help (_Command)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _App(cls=_Group, add_completion=False, no_args_is_help=True,
+           help="Re-parameterize, export, build and validate edge engines.",
+           epilog="--debug on any command (anywhere on the line), or EDGEREP_DEBUG=1, shows the traceback behind "
+                  "an error.")
 console = Console(stderr=True)
 out = Console()
 
@@ -192,6 +222,11 @@ def validate_cmd(
     task: Optional[str] = typer.Option(None, "--task", help=_TASK_HELP),
     score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help=_SCORE_HELP),
     iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help=_IOU_HELP),
+    inference_precision: Optional[str] = typer.Option(None, "--inference-precision",
+                                                      help="OpenVINO: run the engine at f32, bf16 or f16 instead of "
+                                                           "its compile.json's, or at default (no hint: what a plain "
+                                                           "compile_model(xml, 'CPU') runs on this CPU); a warning says "
+                                                           "when that is not the precision it was validated at"),
 ) -> None:
     """Validate a built engine against the unfused PyTorch model: accuracy, latency and the target's gates."""
     if bundle is not None:  # on the device: the bundle carries the reference; TensorRT (or ONNX Runtime for .onnx) only
@@ -207,7 +242,7 @@ def validate_cmd(
     code = run_validate(model=model, engine=engine[0], target=target, val=val, weights=weights, input_shape=input_shape,
                         num_classes=num_classes, trust_pickle=trust_pickle, val_samples=val_samples, isa=isa,
                         task=task, score_threshold=score_threshold, iou_threshold=iou_threshold,
-                        as_json=as_json, out=out, console=console)
+                        inference_precision=inference_precision, as_json=as_json, out=out, console=console)
     raise typer.Exit(code)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edgerep.cpu.isa import ISAS
+from edgerep.cpu.isa import ISAS, precision_unavailable
 from edgerep.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -21,7 +21,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 DEFAULT_TARGET = "openvino-cpu"
-PRECISIONS = ("fp32", "fp16", "int8")
+# Highest first. bf16 (OpenVINO: the FP32 IR computed in bf16) builds only where the CPU computes it
+# (cpu.isa.precision_unavailable): a profile may list it, and it is dropped on load where it cannot be validated.
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 CALIB_METHODS = ("entropy", "minmax", "percentile")
 INT8_MODES = ("calibrate", "qdq")
 # The opsets the TorchScript ONNX exporter can write (export.py uses it).
@@ -78,7 +80,8 @@ COMMON_GATES = GateSchema(Gate, "set at least min_cosine or min_top1_agreement",
 # [gates.<task>.<precision>]: the tables of tasks with gates of their own (Task.gate_table names its entry).
 # Detect, for a profile without the table (a custom profile written before detectors): fp32 differs from PyTorch
 # by rounding only, so its boxes agree almost exactly; fp16 moves boxes by a fraction of a pixel (the 0.5:0.95
-# IoU ladder sees it); INT8 is held to the usual PTQ budget of 1 point of labelled mAP.
+# IoU ladder sees it); bf16 (8 significand bits to fp16's 11) moves them more; INT8 is held to the usual PTQ
+# budget of 1 point of labelled mAP.
 TASK_GATES: dict[str, GateSchema] = {
     "detect": GateSchema(
         DetectGate, "set at least min_map_agreement",
@@ -86,6 +89,7 @@ TASK_GATES: dict[str, GateSchema] = {
          "min_cosine": (-1.0, 1.0, "")},
         ("max_labelled_map_drop", "max_box_count_diff", "max_abs_err"),
         defaults={"fp32": DetectGate(min_map_agreement=0.99, min_map50_agreement=0.99),
+                  "bf16": DetectGate(min_map_agreement=0.93, min_map50_agreement=0.96),
                   "fp16": DetectGate(min_map_agreement=0.95, min_map50_agreement=0.97),
                   "int8": DetectGate(min_map_agreement=0.85, min_map50_agreement=0.90, max_labelled_map_drop=1.0)}),
 }
@@ -140,6 +144,9 @@ class TargetProfile:
     # or one of edgerep.cpu.isa.ISAS. INT8 choices depend on it (see edgerep/cpu/isa.py).
     isa: str = "auto"
     source: Path | None = None
+    # Precisions the file lists that this machine cannot build for this target, with why (cpu.isa
+    # .precision_unavailable); they are not in `precisions`. Filled by load_target and list_targets.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     def gate(self, precision: str, table: str | None = None) -> Any:
         """The gate of `precision` in a task's own table (`table`, a key of TASK_GATES: [gates.<table>.*] or its
@@ -160,6 +167,7 @@ class TargetProfile:
             "calibration": vars(self.calibration).copy(),
             "isa": self.isa,
             "source": str(self.source) if self.source else None,
+            "unavailable": dict(self.unavailable),
         }
         if self.tensorrt is not None:
             out["tensorrt"] = vars(self.tensorrt).copy()
@@ -189,7 +197,7 @@ def list_targets() -> list[TargetProfile]:
     """Every profile shipped with edgerep, the default first then by name."""
     files = _profile_files()
     names = sorted(files, key=lambda n: (n != DEFAULT_TARGET, n))
-    return [_load_file(files[n]) for n in names]
+    return [_on_this_cpu(_load_file(files[n])) for n in names]
 
 
 def load_target(name_or_path: str | Path, *, isa: str | None = None) -> TargetProfile:
@@ -201,6 +209,20 @@ def load_target(name_or_path: str | Path, *, isa: str | None = None) -> TargetPr
         if isa != "auto" and isa not in ISAS:
             raise UserError(f"--isa {isa}: unknown ISA; use auto or one of {', '.join(ISAS)}")
         profile.isa = isa
+    return _on_this_cpu(profile)
+
+
+def _on_this_cpu(profile: TargetProfile) -> TargetProfile:
+    """The profile with the precisions this machine cannot build for it (a CPU target's bf16 without BF16 here)
+    moved from `precisions` to `unavailable`: its default precisions are then what builds here, and an explicit
+    --precision of another gets the reason (pipeline.stages.parse_precisions)."""
+    if profile.tensorrt is not None:
+        return profile
+    for p in list(profile.precisions):
+        why = precision_unavailable(p, profile.isa)
+        if why is not None:
+            profile.precisions.remove(p)
+            profile.unavailable[p] = why
     return profile
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from edgerep.backends import backend_for
 from edgerep.backends.tensorrt.versions import version_matches as trt_version_matches
+from edgerep.cpu.isa import host_cpu
 from edgerep.errors import UserError
 from edgerep.targets import DEFAULT_TARGET, list_targets, load_target, targets_dirs
 from tests.paths import REPO
@@ -25,7 +26,8 @@ def test_every_shipped_profile_loads_default_first():
     assert profiles[0].name == DEFAULT_TARGET == "openvino-cpu"
     for prof in profiles:
         assert prof.source is not None and prof.source.stem == prof.name
-        assert set(prof.gates) == set(prof.precisions)  # a gate for every precision, none extra
+        # a gate for every precision listed, none extra (bf16 is listed but not built on a CPU without BF16)
+        assert set(prof.gates) == set(prof.precisions) | set(prof.unavailable)
         for gate in prof.gates.values():
             assert gate.min_cosine is not None and gate.min_top1_agreement is not None
         assert (prof.tensorrt is not None) == (prof.backend == "tensorrt")
@@ -33,7 +35,8 @@ def test_every_shipped_profile_loads_default_first():
 
 def test_profile_facts():
     ov, ort = load_target("openvino-cpu"), load_target("onnxruntime-cpu")
-    assert ov.backend == "openvino" and ov.precisions == ["fp32", "fp16", "int8"]
+    here = ["fp32", "bf16", "fp16", "int8"] if host_cpu().has_bf16 else ["fp32", "fp16", "int8"]
+    assert ov.backend == "openvino" and ov.precisions == here and set(ov.unavailable) == {"bf16"} - set(here)
     assert ort.backend == "onnxruntime" and ort.precisions == ["fp32", "int8"]
     # gates tighten with precision
     assert ov.gates["fp32"].min_cosine > ov.gates["fp16"].min_cosine > ov.gates["int8"].min_cosine
@@ -249,3 +252,82 @@ def test_deploy_batch_defaults_to_the_first_batch_size(tmp_path):
                                                      "batch_sizes = [1, 8]\ndeploy_batch = 8"))
     assert load_target(str(path)).latency.deploy_batch == 8 and deploy_batch(load_target(str(path)).to_dict()) == 8
     assert deploy_batch(load_target("openvino-cpu").to_dict()) == 1  # batch_sizes [1, 8], no deploy_batch
+
+
+# --- bf16: a precision of the CPU that validates it -----------------------------------------------------------
+
+
+@pytest.fixture()
+def on_cpu(monkeypatch):
+    """Load profiles as on another CPU: host_cpu() answers a CpuInfo made from that CPU's real flags."""
+    from edgerep.cpu import isa
+
+    def use(info: isa.CpuInfo) -> None:
+        monkeypatch.setattr(isa, "host_cpu", lambda: info)
+    return use
+
+
+def _plan(target: str, precisions: str | None, isa: str | None = None) -> list[str]:
+    from edgerep.pipeline.stages import parse_precisions
+
+    profile = load_target(target, isa=isa)
+    return parse_precisions(precisions, profile, backend_for(profile))
+
+
+def test_bf16_is_a_default_precision_where_the_cpu_has_it(on_cpu):
+    from tests.cpu.test_isa import SAPPHIRE_RAPIDS
+
+    on_cpu(SAPPHIRE_RAPIDS)
+    assert _plan("openvino-cpu", None) == ["fp32", "bf16", "fp16", "int8"]  # what a default deployment runs there
+    assert _plan("openvino-cpu", "bf16,fp32") == ["bf16", "fp32"]
+    assert _plan("openvino-cpu", None, isa="amx") == ["fp32", "bf16", "fp16", "int8"]
+    assert _plan("openvino-cpu", None, isa="avx2") == ["fp32", "fp16", "int8"]  # the target runs f32
+    with pytest.raises(UserError) as err:
+        _plan("openvino-cpu", "bf16", isa="avx512_vnni")
+    assert err.value.message.startswith("--precision bf16: the target's ISA avx512_vnni does not promise BF16")
+
+
+def test_bf16_without_bf16_is_one_line_naming_the_flag_and_the_features(on_cpu):
+    from tests.cpu.test_isa import CASCADE_LAKE, HASWELL
+
+    for info in (HASWELL, CASCADE_LAKE):
+        on_cpu(info)
+        assert _plan("openvino-cpu", None) == ["fp32", "fp16", "int8"]
+        with pytest.raises(UserError) as err:
+            _plan("openvino-cpu", "fp32,bf16")
+        message = err.value.message
+        assert message.startswith("--precision bf16: this CPU has no BF16 (looked for avx512_bf16 or amx_bf16")
+        assert "build fp32" in message and "\n" not in message
+
+
+def test_other_backends_refuse_bf16_with_what_they_build(on_cpu):
+    from tests.cpu.test_isa import HASWELL, SAPPHIRE_RAPIDS
+
+    for info in (HASWELL, SAPPHIRE_RAPIDS):
+        on_cpu(info)
+        for target, builds in (("onnxruntime-cpu", "fp32, int8"), ("openvino-avx2", "fp32, fp16, int8")):
+            with pytest.raises(UserError) as err:
+                _plan(target, "bf16")
+            assert err.value.message == (f"--precision bf16: target {target} ({load_target(target).backend}) builds "
+                                         f"{builds}; pick from those or another --target")
+
+
+def test_a_profile_listing_only_bf16_says_why_nothing_builds(tmp_path, on_cpu):
+    from tests.cpu.test_isa import HASWELL
+
+    on_cpu(HASWELL)
+    text = (REPO / "targets" / "openvino-cpu.toml").read_text().replace('name = "openvino-cpu"', 'name = "mine"')
+    text = text.replace('precisions = ["fp32", "bf16", "fp16", "int8"]', 'precisions = ["bf16"]')
+    text = "\n".join(line for line in text.split("\n\n") if "[gates" not in line or ".bf16]" in line)
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        _plan(str(path), None)
+    assert err.value.message.startswith("--target mine: lists only bf16, and bf16: this CPU has no BF16")
+
+
+def test_precisions_are_ranked_high_to_low_in_one_order():
+    from edgerep.pipeline.recommend import PRECISION_ORDER
+    from edgerep.targets import PRECISIONS
+
+    assert PRECISIONS == PRECISION_ORDER == ("fp32", "bf16", "fp16", "int8")

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 # Options every backend's build takes; each backend lists its own on top in its Capabilities. ignored_nodes: the
 # user's float layers; head_float_nodes: those INT8 keeps in float by default (quant.float_policy decides them).
 COMMON_OPTIONS = frozenset({"ignored_nodes", "head_float_nodes", "calib_method", "num_samples"})
+# `edgerep validate --inference-precision VALUE`, for that process and its children (the timing child): a backend
+# whose Capabilities.inference_precisions lists VALUE compiles engines at it instead of at their own; "default"
+# compiles with no precision hint, as a plain deployment does.
+INFERENCE_PRECISION_ENV = "EDGEREP_INFERENCE_PRECISION"
+RUNTIME_DEFAULT = "default"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Capabilities:
     # Ultralytics' exporter's `format` for this runtime ("onnx", "openvino"): the baseline a YOLO user gets
     # without edgerep (pipeline.baselines); None: Ultralytics' export is not compared on this backend.
     ultralytics_format: str | None = None
+    inference_precisions: tuple[str, ...] = ()  # what its runners take from INFERENCE_PRECISION_ENV (none: no choice)
 
     @property
     def default_calib_method(self) -> str:
@@ -66,6 +72,9 @@ class Runner(Protocol):
 
     def close(self) -> None: ...
 
+    def precision_warning(self) -> str | None:
+        """One line when the engine runs here at another precision than it was validated at, else None."""
+
     def __enter__(self) -> Runner: ...
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None: ...
@@ -79,6 +88,10 @@ class RunnerBase:
 
     def close(self) -> None:  # pragma: no cover - each runner frees its own session
         raise NotImplementedError
+
+    def precision_warning(self) -> str | None:
+        """None: a runtime without a choice of inference precision runs an engine as it was built."""
+        return None
 
     def __enter__(self: _R) -> _R:
         return self

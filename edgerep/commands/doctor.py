@@ -234,6 +234,8 @@ def target_rows(packages: dict[str, PackageRow]) -> list[dict[str, Any]]:
                 can, why = "no", "a device bundle needs onnxruntime (calibration and the Q/DQ prediction)"
         else:
             can, why = "no", f"unknown backend {prof.backend}"
+        if prof.unavailable and can != "no":  # listed by the profile, not buildable on this CPU (bf16 without BF16)
+            why += "; not built here: " + ", ".join(f"{k} ({v.split(' (')[0]})" for k, v in prof.unavailable.items())
         rows.append({"name": prof.name, "backend": prof.backend, "can_build": can, "detail": why})
     return rows
 
@@ -307,9 +309,10 @@ def render(report: dict[str, Any]) -> list[Any]:
         vnni = feats.get("avx512_vnni") or feats.get("avx_vnni") or feats.get("amx")
         hw.add_row("VNNI / AVX-512 / AMX", " / ".join("yes" if x else "no" for x in
                                                       (vnni, feats.get("avx512"), feats.get("amx"))))
-        bf16 = [k for k, v in (cpu.get("bf16_features") or {}).items() if v]
-        hw.add_row("BF16 / FP16 features", ", ".join(bf16) + ": OpenVINO runs FP32 IRs in bf16 here unless pinned to f32"
-                   if bf16 else "none: FP32 IRs run in f32")
+        bf16 = ", ".join(k for k, v in (cpu.get("bf16_features") or {}).items() if v) or "none"
+        hw.add_row("BF16 / FP16 features", bf16 + (": OpenVINO runs FP32 IRs in bf16 here unless compiled with an engine's "
+                                                   "compile.json; edgerep builds bf16 engines" if cpu.get("bf16") else
+                                                   ": no BF16 for OpenVINO, FP32 IRs run in f32; no bf16 engines here"))
     gpus = report["gpus"]
     if gpus["gpus"]:
         gpu_text = "; ".join(gpus["gpus"])

@@ -1,8 +1,10 @@
 """`edgerep validate`: one built engine file against the unfused PyTorch model, with a summary table or JSON."""
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from edgerep.errors import UserError
 from edgerep.validate.engine import (
@@ -20,12 +22,14 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
                  weights: Path | None = None, input_shape: str | None = None, num_classes: int | None = None,
                  trust_pickle: bool = False, val_samples: int | None = None, val_batch: int = 32, seed: int = 0,
                  isa: str | None = None, task: str | None = None, score_threshold: float | None = None,
-                 iou_threshold: float | None = None, as_json: bool = False, out: Any = None,
-                 console: Any = None) -> int:
+                 iou_threshold: float | None = None, inference_precision: str | None = None, as_json: bool = False,
+                 out: Any = None, console: Any = None) -> int:
     """`edgerep validate`: check a built engine file against the unfused PyTorch model.
 
     The backend comes from the engine's sidecar; the gates from --target (default: the target recorded in
-    the sidecar). Returns 0 when the engine passes its gate, 1 when it does not."""
+    the sidecar). `inference_precision` (--inference-precision, OpenVINO): run the engine at it instead of its
+    compile.json's ("default": with no hint, as a plain deployment runs it); a warning says when the engine then runs
+    at another precision than it was validated at. Returns 0 when the engine passes its gate, 1 when it does not."""
     import json
 
     import torch
@@ -59,6 +63,7 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     if profile.backend != artifact.backend:
         raise UserError(f"--target {profile.name}: its backend is {profile.backend} but {Path(engine).name} is a "
                         f"{artifact.backend} engine; pick a {artifact.backend} target")
+    check_inference_precision(inference_precision, backend, Path(engine))
     target_isa_name = isa_warnings(artifact.info, isa, console)
     torch.manual_seed(seed)
     info = load_model(model, weights=weights, input_shape=input_shape, num_classes=num_classes, trust_pickle=trust_pickle)
@@ -84,16 +89,24 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
     gate = task_gate(profile, artifact.precision, reference)
     dynamic = engine_shape is not None and len(engine_shape) > 0 and engine_shape[0] is None
     engine_batch = val_batch if dynamic else int((engine_shape or list(shape))[0] or 1)
-    with backend.load(artifact) as runner:
-        result = runner_accuracy(runner, reference, engine_batch=engine_batch, gate=gate)
-    # latency as a build measures it: in rounds, in a fresh process, once the accuracy run is over
-    lat = profile.latency
-    result.update(time_engines({artifact.precision: engine}, latency_sample(reference),
-                               batch_sizes=list(lat.batch_sizes), engine_batch=engine_batch, dynamic_batch=dynamic,
-                               rounds=lat.rounds, warmup=lat.warmup, iterations=lat.iterations)[artifact.precision])
-    if target_isa_name is not None:
-        check_on_target_isa(result, artifact, reference, target=target_isa_name, engine_batch=engine_batch,
-                            gate=gate)
+    with inference_precision_env(inference_precision):  # the timing and ISA children inherit it
+        with backend.load(artifact) as runner:
+            warning = runner.precision_warning()
+            if warning and console is not None:
+                from rich.markup import escape
+
+                console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+            result = runner_accuracy(runner, reference, engine_batch=engine_batch, gate=gate)
+        # latency as a build measures it: in rounds, in a fresh process, once the accuracy run is over
+        lat = profile.latency
+        result.update(time_engines({artifact.precision: engine}, latency_sample(reference),
+                                   batch_sizes=list(lat.batch_sizes), engine_batch=engine_batch, dynamic_batch=dynamic,
+                                   rounds=lat.rounds, warmup=lat.warmup, iterations=lat.iterations)[artifact.precision])
+        if target_isa_name is not None:
+            check_on_target_isa(result, artifact, reference, target=target_isa_name, engine_batch=engine_batch,
+                                gate=gate)
+    if warning:
+        result["precision_warning"] = warning
     record = engine_entry(artifact.backend, artifact.precision, path=str(engine), **result,
                           gate=gate_to_dict(gate))
     report = normalize({"model": {"spec": info.spec, "input_shape": list(shape), "weights": info.weights},
@@ -115,3 +128,43 @@ def run_validate(*, model: str, engine: Path, target: str | None = None, val: Pa
         console.print(f"[bold red]FAILED[/] {artifact.backend} {artifact.precision}: {escape(str(record['reason']))}",
                       highlight=False, soft_wrap=True)
     return 0 if record["passed"] else 1
+
+
+def check_inference_precision(value: str | None, backend: Any, engine: Path) -> None:
+    """--inference-precision, checked before any work: the engine's backend takes it, and this CPU runs it (a bf16
+    run where the CPU has no BF16 would be f32 again, silently)."""
+    if value is None:
+        return
+    from edgerep.backends import backend_names, get_backend
+    from edgerep.cpu.isa import host_cpu
+
+    takes = backend.capabilities.inference_precisions
+    if not takes:
+        titles = [b.capabilities.title for b in map(get_backend, backend_names()) if b.capabilities.inference_precisions]
+        raise UserError(f"--inference-precision {value}: only for {' or '.join(titles)} engines; {engine.name} is "
+                        f"built for {backend.capabilities.title}, which runs it as built; drop the flag")
+    if value not in takes:
+        raise UserError(f"--inference-precision {value}: not one of {', '.join(takes)}")
+    missing = host_cpu().bf16_missing() if value == "bf16" else None
+    if missing:
+        raise UserError(f"--inference-precision bf16: {missing}, so OpenVINO would run f32 here; validate on a CPU "
+                        f"with BF16 (--inference-precision default shows what this CPU runs)")
+
+
+@contextmanager
+def inference_precision_env(value: str | None) -> Iterator[None]:
+    """INFERENCE_PRECISION_ENV set to `value` while the engine is loaded and timed (children inherit it)."""
+    from edgerep.backends.base import INFERENCE_PRECISION_ENV
+
+    before = os.environ.get(INFERENCE_PRECISION_ENV)
+    if value is None:
+        os.environ.pop(INFERENCE_PRECISION_ENV, None)
+    else:
+        os.environ[INFERENCE_PRECISION_ENV] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(INFERENCE_PRECISION_ENV, None)
+        else:
+            os.environ[INFERENCE_PRECISION_ENV] = before

@@ -1,4 +1,4 @@
-"""The CPU an engine runs on: its instruction set, as far as INT8 results depend on it.
+"""The CPU an engine runs on: its instruction set, as far as INT8 results and OpenVINO's bf16 depend on it.
 
 x86 INT8 kernels differ by ISA in more than speed. Without VNNI, ONNX Runtime's U8S8 kernels multiply
 u8 activations by s8 weights with `vpmaddubsw`, which adds each pair of products into a *saturating*
@@ -24,6 +24,14 @@ _VNNI = frozenset({"avx_vnni", "avx512_vnni", "amx"})
 # oneDNN's names for the same levels (ONEDNN_MAX_CPU_ISA; oneDNN docs, "CPU Dispatcher Control").
 ONEDNN_ISA = {"avx2": "AVX2", "avx_vnni": "AVX2_VNNI", "avx512": "AVX512_CORE",
               "avx512_vnni": "AVX512_CORE_VNNI", "amx": "AVX512_CORE_AMX"}
+# The features with which OpenVINO's CPU plugin computes in bf16, and then runs every FP32 IR in bf16 unless told
+# otherwise (its Config, with no INFERENCE_PRECISION_HINT: bf16 where oneDNN's avx512_core_bf16 is usable; AMX
+# CPUs have AVX512_BF16 too). It computes no bf16 on ARM (hasHardwareSupport(bf16) is x86 only), and asked for bf16
+# on a CPU without these it silently runs f32, or, on AVX-512 without AVX512_BF16, a slow emulation.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Target levels whose every CPU has those features (a named level below amx may lack them: Cascade Lake has
+# avx512_vnni and no BF16); with isa auto the target is this CPU.
+BF16_TARGETS = ("auto", "amx")
 
 
 @dataclass(frozen=True)
@@ -49,9 +57,27 @@ class CpuInfo:
         return {"avx512_bf16": "avx512_bf16" in f, "amx_bf16": "amx_bf16" in f, "avx512_fp16": "avx512_fp16" in f,
                 "arm_bf16": self.arch in ("arm64", "aarch64") and "bf16" in f}
 
+    @property
+    def has_bf16(self) -> bool:
+        """OpenVINO computes in bf16 here (BF16_FLAGS on an AVX-512 level), and by default runs FP32 IRs in bf16.
+        Judged on the level too: under EDGEREP_HOST_ISA (an emulator) the flags are the real host's."""
+        return isa_rank(self.isa or "") >= isa_rank("avx512") and bool(self.flags & set(BF16_FLAGS))
+
+    def bf16_missing(self) -> str | None:
+        """None where has_bf16, else the one-line reason (what was looked for)."""
+        if self.has_bf16:
+            return None
+        if self.isa == "arm64":
+            found = "it is an ARM CPU, where OpenVINO computes no bf16"
+        elif isa_rank(self.isa or "") >= isa_rank("avx512"):
+            found = f"it is {self.isa} without them"
+        else:
+            found = f"it is {self.isa or 'below avx2'}"
+        return f"this CPU has no BF16 (looked for {' or '.join(BF16_FLAGS)} on an AVX-512 CPU; {found})"
+
     def to_dict(self) -> dict[str, object]:
         return {"brand": self.brand, "arch": self.arch, "isa": self.isa, "features": self.int8_features,
-                "bf16_features": self.bf16_features}
+                "bf16_features": self.bf16_features, "bf16": self.has_bf16}
 
 
 def _isa_from_flags(arch: str, flags: frozenset[str]) -> str | None:
@@ -138,6 +164,23 @@ def isa_mismatch(built_for: str | None, running: str | None) -> str | None:
                 f"show the int16 saturation a {built_for} CPU can have; validate on the target ISA")
     return (f"the engine was built for {built_for} but this CPU is {running}: latency measured here does not "
             f"predict the target's")
+
+
+def precision_unavailable(precision: str, isa: str = "auto", cpu: CpuInfo | None = None) -> str | None:
+    """Why a CPU target cannot get an engine of `precision` built here (None: it can). Only bf16 depends on the
+    CPU: its validation must run bf16, so this CPU needs BF16, and the target (`isa`, a profile's or --isa) must
+    be one that runs it, this CPU (auto) or an AMX CPU."""
+    if precision != "bf16":
+        return None
+    cpu = cpu or host_cpu()
+    missing = cpu.bf16_missing()
+    if missing:
+        return (f"{missing}, so a bf16 engine cannot be validated here; build fp32 (what OpenVINO runs on such a CPU) "
+                f"or build bf16 on a CPU with BF16")
+    if isa not in BF16_TARGETS:
+        return (f"the target's ISA {isa} does not promise BF16 (a CPU of that level can lack it, and OpenVINO then runs "
+                f"f32 or emulates bf16 slowly); build bf16 with isa auto on the target CPU itself, or isa amx")
+    return None
 
 
 def target_isa(profile: object, override: str | None = None) -> str:

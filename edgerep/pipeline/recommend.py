@@ -7,7 +7,7 @@ The rule:
 1. The deploy batch size is the profile's `[latency] deploy_batch` (default: the first of `batch_sizes`).
 2. Candidates are the engines that ran (status ok), passed their gates, are not predictions (the TensorRT
    host's Q/DQ-in-ONNX-Runtime row) and have a p50 latency measured at the deploy batch size.
-3. Going from the highest precision down (fp32, fp16, int8), a lower precision replaces the current choice only
+3. Going from the highest precision down (fp32, bf16, fp16, int8), a lower precision replaces the current choice only
    when it is measurably at least MIN_SPEEDUP times faster at the deploy batch: where both engines were timed in
    interleaved rounds (validate.timing: `round_p50` at that batch), the lower end of the speed-up's interval
    (speedup_interval) must reach MIN_SPEEDUP; for records without rounds, the ratio of the p50s. Otherwise the
@@ -19,7 +19,7 @@ import random
 import statistics
 from typing import Any, Dict, List, Optional, Tuple
 
-PRECISION_ORDER = ("fp32", "fp16", "int8")  # highest precision first
+PRECISION_ORDER = ("fp32", "bf16", "fp16", "int8")  # highest precision first (as targets.PRECISIONS)
 # A lower precision must beat a higher one by 5% to be preferred: below that, the difference is within what
 # repeated runs on a shared machine move by, and the higher precision is the safer engine.
 MIN_SPEEDUP = 1.05

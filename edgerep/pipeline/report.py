@@ -174,6 +174,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if eng.get("path"):
             lines.append(f"- {eng['backend']} {eng['precision']}: `{eng['path']}`")
     lines += baseline_lines(report)
+    lines += _compile_lines(report)
     lines += _pictures_lines(report)
     lines += _output_lines(report)
     lines += _isa_lines(report)
@@ -250,6 +251,26 @@ def head_plan_lines(report: dict[str, Any]) -> list[str]:
             out.append(f"| `{isl['node']}` | {isl['drop']:.2f} | {isl['gain']:+.2f} | {cost} | "
                        f"{'yes' if isl['kept'] else 'no'}: {isl['why']} |")
     return out
+
+
+def _compile_lines(report: dict[str, Any]) -> list[str]:
+    """How to run the OpenVINO engines as they were validated: each one's compile.json (settings.compile_properties,
+    backends.openvino.compile_props) and the Python that applies it, for the recommended engine or the first."""
+    rows = [(e, Path(e["path"]).with_name(str(e["settings"]["compile_properties"]))) for e in report["engines"]
+            if e.get("path") and isinstance(e.get("settings"), dict) and e["settings"].get("compile_properties")]
+    if not rows:
+        return []
+    rec = report.get("recommended") or {}
+    eng, config = next(((e, c) for e, c in rows if e["precision"] == rec.get("precision")
+                        and e["backend"] == rec.get("backend")), rows[0])
+    return ["", "Compiled without properties, OpenVINO picks its own inference precision (bf16 on a CPU with BF16); "
+                "each engine was validated with the properties in the compile.json beside it:", "",
+            *[f"- {e['backend']} {e['precision']}: `{c}` (INFERENCE_PRECISION_HINT "
+              f"{e['settings'].get('inference_precision')})" for e, c in rows],
+            "", "```python", "import json, openvino as ov",
+            f"cfg = json.load(open({json.dumps(str(config))}))",  # json.dumps: a valid Python string literal
+            f'compiled = ov.Core().compile_model({json.dumps(str(eng["path"]))}, cfg["device"], cfg["properties"])',
+            "```"]
 
 
 def _pictures_lines(report: dict[str, Any]) -> list[str]:

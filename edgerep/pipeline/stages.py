@@ -175,9 +175,14 @@ class Plan:
 
 
 def parse_precisions(value: list[str] | str | None, profile: TargetProfile, backend: Backend) -> list[str]:
-    """The precisions to build, checked against the target profile and its backend."""
+    """The precisions to build, checked against the target profile and its backend. A precision the profile
+    lists but this machine cannot build for it (profile.unavailable: bf16 without BF16 here) is left out of the
+    default and refused by name."""
     if value is None:
         items = list(profile.precisions)
+        if not items and profile.unavailable:
+            p, why = next(iter(profile.unavailable.items()))
+            raise UserError(f"--target {profile.name}: lists only {', '.join(profile.unavailable)}, and {p}: {why}")
     else:
         raw = value.split(",") if isinstance(value, str) else list(value)
         items = [p.strip().lower() for p in raw if p.strip()]
@@ -185,7 +190,9 @@ def parse_precisions(value: list[str] | str | None, profile: TargetProfile, back
             raise UserError("--precision: empty; use e.g. fp32,fp16,int8")
     for p in items:
         if p not in PRECISIONS:
-            raise UserError(f"--precision {p}: unknown precision; use fp32, fp16 or int8")
+            raise UserError(f"--precision {p}: unknown precision; use {', '.join(PRECISIONS)}")
+        if p in profile.unavailable and p in backend.capabilities.precisions:
+            raise UserError(f"--precision {p}: {profile.unavailable[p]}")
         if p not in backend.capabilities.precisions or p not in profile.precisions:
             can = [q for q in profile.precisions if q in backend.capabilities.precisions]
             raise UserError(f"--precision {p}: target {profile.name} ({profile.backend}) builds {', '.join(can)}; "

@@ -273,3 +273,42 @@ def test_bf16_features_are_read_from_the_flags():
     assert not any(haswell.bf16_features.values())
     assert CpuInfo("x", "aarch64", frozenset({"bf16", "asimddp"}), "arm64").bf16_features["arm_bf16"] is True
     assert sapphire.to_dict()["bf16_features"] == sapphire.bf16_features
+
+
+# --- bf16: where OpenVINO computes it ----------------------------------------------------------------------------
+
+SAPPHIRE_RAPIDS = cpu.CpuInfo("Xeon 8480", "x86_64", frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16",
+                                                                 "amx_bf16", "amx_int8", "amx_tile"}), "amx")
+ZEN4 = cpu.CpuInfo("EPYC 9004", "x86_64", frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}), "avx512_vnni")
+CASCADE_LAKE = cpu.CpuInfo("Xeon 6248", "x86_64", frozenset({"avx2", "avx512f", "avx512_vnni"}), "avx512_vnni")
+HASWELL = cpu.CpuInfo("i7-4770", "x86_64", frozenset({"avx2", "fma"}), "avx2")
+GRAVITON3 = cpu.CpuInfo("Neoverse-V1", "arm64", frozenset({"asimd", "asimddp", "bf16", "i8mm"}), "arm64")
+
+
+def test_bf16_needs_avx512_bf16_or_amx_bf16_on_x86():
+    """OpenVINO's CPU plugin computes bf16 (and runs FP32 IRs in it by default) with AVX512_BF16 or AMX-BF16 only:
+    not on AVX-512 without them, not on AVX2, not on ARM even where the CPU has the bf16 extension."""
+    assert SAPPHIRE_RAPIDS.has_bf16 and ZEN4.has_bf16
+    assert not CASCADE_LAKE.has_bf16 and not HASWELL.has_bf16 and not GRAVITON3.has_bf16
+    assert SAPPHIRE_RAPIDS.bf16_missing() is None and SAPPHIRE_RAPIDS.to_dict()["bf16"] is True
+    for info, found in ((CASCADE_LAKE, "it is avx512_vnni without them"), (HASWELL, "it is avx2"),
+                        (GRAVITON3, "ARM CPU, where OpenVINO computes no bf16")):
+        why = info.bf16_missing()
+        assert why.startswith("this CPU has no BF16 (looked for avx512_bf16 or amx_bf16") and found in why, why
+    # under an emulator (EDGEREP_HOST_ISA) the flags are the real host's, the level is what the process runs
+    emulated = cpu.CpuInfo(ZEN4.brand, "x86_64", ZEN4.flags, "avx2")
+    assert not emulated.has_bf16 and "it is avx2" in emulated.bf16_missing()
+
+
+def test_which_targets_get_a_bf16_engine():
+    """bf16 builds where this CPU has BF16 and the target runs it: this CPU (isa auto) or an AMX CPU."""
+    assert cpu.precision_unavailable("bf16", "auto", SAPPHIRE_RAPIDS) is None
+    assert cpu.precision_unavailable("bf16", "amx", ZEN4) is None
+    for precision in ("fp32", "fp16", "int8"):
+        assert cpu.precision_unavailable(precision, "auto", HASWELL) is None
+    here = cpu.precision_unavailable("bf16", "auto", HASWELL)
+    assert "no BF16" in here and "build fp32" in here and "\n" not in here
+    for isa in ("avx2", "avx512_vnni"):  # Cascade Lake is avx512_vnni without BF16
+        why = cpu.precision_unavailable("bf16", isa, SAPPHIRE_RAPIDS)
+        assert f"target's ISA {isa} does not promise BF16" in why and "isa auto" in why
+

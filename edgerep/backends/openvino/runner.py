@@ -1,53 +1,64 @@
-"""An OpenVINO IR compiled for the CPU, run with the precision it was validated at, outputs mapped by port name."""
+"""An OpenVINO IR compiled for the CPU with the properties it was validated with, outputs mapped by port name."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgerep.backends.base import RunnerBase
+from edgerep.backends.base import INFERENCE_PRECISION_ENV, RUNTIME_DEFAULT, RunnerBase
 from edgerep.backends.common import time_calls
+from edgerep.backends.openvino.compile_props import HINT, config_for, precision_name, precision_warning
+from edgerep.backends.openvino.compile_props import inference_precision as inference_precision  # re-exported
 from edgerep.cpu.threads import runtime_threads
 from edgerep.errors import UserError, first_line
-
-
-def inference_precision(precision: str) -> str:
-    if precision != "fp16":
-        return "f32"
-    import openvino as ov
-
-    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return "f16" if "FP16" in caps else "f32"
 
 
 class OpenVINORunner(RunnerBase):
     """A model compiled for the CPU; `run`, `run_all` and `latency` use synchronous infer requests.
 
+    Compiled with `config` (an engine's compile.json: {"device", "properties"}) exactly, else at
+    `inference_precision`; `edgerep validate --inference-precision` (INFERENCE_PRECISION_ENV) replaces the hint,
+    and `edgerep matrix` workers add their thread cap. `inference_precision` is then what the compiled model says
+    it runs at, `validated_at` what the engine was validated at.
+
     Outputs are found by their tensor names on the compiled model's ports (the ONNX frontend keeps the ONNX
     output names), in the order of `output_names` when given (the ONNX graph's, recorded at build), else in
     port order; never by the order of the result dict."""
 
-    def __init__(self, path: Path, inference_precision: str = "f32", *, output_names: list[str] | None = None) -> None:
+    def __init__(self, path: Path, inference_precision: str = "f32", *, output_names: list[str] | None = None,
+                 config: dict[str, Any] | None = None, config_file: str | None = None,
+                 validated_at: str | None = None) -> None:
         import openvino as ov
-        import openvino.properties.hint as hints
 
-        core = ov.Core()
-        config: dict[Any, Any] = {hints.inference_precision: inference_precision}
+        config = config or config_for(inference_precision)
+        properties: dict[str, Any] = dict(config["properties"])
+        self.configured = properties.get(HINT)
+        self.validated_at = validated_at or self.configured or "f32"
+        self.asked = os.environ.get(INFERENCE_PRECISION_ENV) or None
+        if self.asked == RUNTIME_DEFAULT:
+            properties.pop(HINT, None)
+        elif self.asked is not None:
+            properties[HINT] = self.asked
         threads = runtime_threads()  # set by `edgerep matrix` workers so parallel cells share the cores
         if threads is not None:
-            import openvino.properties as props
-
-            config[props.inference_num_threads] = threads
+            properties["INFERENCE_NUM_THREADS"] = threads
         try:
-            self.compiled = core.compile_model(str(path), "CPU", config)
+            self.compiled = ov.Core().compile_model(str(path), config["device"], properties)
         except Exception as exc:
             raise UserError(f"{path}: OpenVINO cannot compile it ({type(exc).__name__}: {first_line(exc)})") from None
         self.request = self.compiled.create_infer_request()
         self.input_name = self.compiled.input(0).get_any_name()
         self.output_names, self._ports = _output_ports(self.compiled, output_names, path)
-        self.inference_precision = inference_precision
+        self.inference_precision = precision_name(self.compiled.get_property(HINT))
+        self.config_file = config_file
         self.path = path
+
+    def precision_warning(self) -> str | None:
+        return precision_warning(Path(self.path).name, validated=self.validated_at, actual=self.inference_precision,
+                                 asked=self.asked, config_file=self.config_file,
+                                 configured=None if self.config_file is None else self.configured)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The first output."""

@@ -1,0 +1,4 @@
+"""`python -m edgerep`: the same command line as the `edgerep` script."""
+from edgerep.cli import main
+
+main()
