@@ -155,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "work" / "bench_ultralytics")
     ap.add_argument("--train-work", type=Path, default=REPO / "work" / "yolo")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "ultralytics.json")
+    ap.add_argument("--markdown", action="store_true", help="print --out's README table (Markdown) and stop")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(json.loads(args.out.read_text())))
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
@@ -192,6 +196,34 @@ def main(argv: list[str] | None = None) -> int:
     print_table(body)
     print(f"wrote {args.out}")
     return 0
+
+
+def markdown_table(body: dict[str, Any]) -> str:
+    """The README's detector table, from the JSON alone (every figure is the benchmark's)."""
+    names = {"fp32": "edgerep FP32", "int8": "edgerep INT8", "ultralytics-fp32": "Ultralytics FP32 export",
+             "ultralytics-int8": "Ultralytics INT8 export", "onnx-unfused": "plain ONNX export (unfused)",
+             "pytorch": "PyTorch (eager)"}
+    out = ["| model | runtime | engine | p50 ms (round range) | mAP@0.5:0.95 | drop (pts) |", "|---|---|---|---|---|---|"]
+    for model, res in body["models"].items():
+        for backend, run in res["runtimes"].items():
+            for name in ROWS:
+                row = run["rows"].get(name)
+                if not row or row.get("p50_ms") is None:
+                    continue
+                lo, hi = row.get("spread_ms") or (row["p50_ms"], row["p50_ms"])
+                m = f"{row['labelled_map']:.3f}" if row.get("labelled_map") is not None else "-"
+                d = f"{row['map_drop']:+.2f}" if row.get("map_drop") is not None else "-"
+                out.append(f"| {model} | {backend} | {names[name]} | {row['p50_ms']:.2f} ({lo:.2f}-{hi:.2f}) | {m} | {d} |")
+    out += ["", "| model | runtime | target | measured | met |", "|---|---|---|---|---|"]
+    for model, res in body["models"].items():
+        for backend, run in res["runtimes"].items():
+            for check in run["targets"]:
+                m = check["measured"]
+                text = (f"{m['speedup']:.2f}x (95% {m['interval'][0]:.2f}-{m['interval'][1]:.2f})" if m and "speedup" in m
+                        else ", ".join(f"{k} {v:+.2f}" for k, v in (m or {}).items()))
+                met = ("yes" + ("" if check.get("measurably_met", True) else ", not measurably")) if check["met"] else "no"
+                out.append(f"| {model} | {backend} | {check['target']} | {text} | {met} |")
+    return "\n".join(out)
 
 
 def print_table(body: dict[str, Any]) -> None:

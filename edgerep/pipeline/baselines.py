@@ -183,10 +183,17 @@ def _ultralytics(name: str, int8: bool, backend: Backend, loaded: Loaded, profil
     return _cached_row(name, key, make, backend, profile, reference, out_dir, manifest, engine_batch=1, force=force)
 
 
-def _ir_output_names(xml: Path) -> list[str]:
+def _ir_output_names(xml: Path) -> list[str] | None:
+    """The IR's output tensor names, or None when a port has none (Ultralytics' IRs): the runner then reads the
+    outputs in port order."""
     import openvino as ov
 
-    return [port.get_any_name() for port in ov.Core().read_model(str(xml)).outputs]
+    names = []
+    for port in ov.Core().read_model(str(xml)).outputs:
+        if not port.get_names():
+            return None
+        names.append(port.get_any_name())
+    return names
 
 
 # --- shared: cache, validate ---------------------------------------------------------------------------

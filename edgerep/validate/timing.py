@@ -79,7 +79,8 @@ def time_engines(engines: Mapping[str, Path], sample: np.ndarray, *, batch_sizes
     work = Path(tempfile.mkdtemp(prefix="edgerep-timing-"))
     entries: dict[str, dict[str, Any]] = {n: {"path": str(p)} for n, p in engines.items()}
     for name, batch in (fixed_batch or {}).items():
-        entries.setdefault(name, {})["batch"] = int(batch)
+        if name in entries:  # an engine that was not built has nothing to time
+            entries[name]["batch"] = int(batch)
     unsaved: dict[str, dict[str, Any]] = {}  # modules that cannot be pickled whole (a local class, a lambda)
     try:
         for i, (name, module) in enumerate((modules or {}).items()):
