@@ -9,7 +9,7 @@ import importlib
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,9 @@ class ModelInfo:
     stride: int | None = None  # the input size must be a multiple of this (a detector's largest stride)
     head_layout: str | None = None  # tasks.detect.LAYOUTS, or None: inferred from the output's shape
     class_names: tuple[str, ...] | None = None
+    # "ultralytics": an Ultralytics model (an `ultralytics:` spec, a best.pt, or a zoo entry or factory whose module
+    # is one), head in export form; what Ultralytics' own exporter can make a baseline of. None: any other model.
+    family: Literal["ultralytics"] | None = None
     # True when neither the spec nor --input-shape said the input shape (a factory's module without an
     # `input_shape` attribute): input_shape is then a guess, replaced by the data's shape when it is arrays.
     shape_guessed: bool = False
@@ -107,6 +110,8 @@ def load_model(
         )
     if weights is not None:
         info.weights = str(weights)
+    if info.family is None and _is_ultralytics_module(info.module):  # a zoo entry's or a factory's, weights loaded
+        info = _as_ultralytics(info, tuple(input_shape) if input_shape is not None else None)
     if input_shape is not None:
         info.input_shape, info.shape_guessed = tuple(input_shape), False
     elif info.shape_guessed and fallback_shape is not None:
@@ -125,6 +130,21 @@ def _is_ultralytics(spec: str) -> bool:
     from edgerep.models.ultralytics import is_ultralytics_spec  # a light import: ultralytics itself loads later
 
     return is_ultralytics_spec(spec)
+
+
+def _is_ultralytics_module(module: nn.Module) -> bool:
+    from edgerep.models.ultralytics import is_ultralytics_module  # imports ultralytics only if it already is
+
+    return is_ultralytics_module(module)
+
+
+def _as_ultralytics(info: ModelInfo, input_shape: tuple[int, ...] | None) -> ModelInfo:
+    """An Ultralytics model from another source, treated as `ultralytics:` specs are: the head in export form and
+    its detect (or classify) fields. Its input shape: --input-shape, else the source's own when it gave one."""
+    from edgerep.models.ultralytics import as_ultralytics_model
+
+    shape = input_shape if input_shape is not None else (None if info.shape_guessed else tuple(info.input_shape))
+    return replace(info, **as_ultralytics_model(info.module, input_shape=shape, spec=info.spec))
 
 
 
@@ -182,7 +202,7 @@ def _load_zoo(name: str, weights: str | Path | None, num_classes: int | None, tr
     module = zoo.create_model(name, num_classes=num_classes)
     deploy = False
     if path is not None:
-        state = read_state_dict(path, trust_pickle=trust_pickle)
+        state = _refit_prefix(module, read_state_dict(path, trust_pickle=trust_pickle))
         if _matches(module, state):
             _load_checked(module, state, path)
         else:
@@ -212,7 +232,8 @@ def _zoo_task_fields(entry: Any, module: nn.Module) -> dict[str, Any]:
     """The zoo's detectors (tag "detect") are letterboxed YOLO-style models; everything else classifies."""
     if "detect" not in entry.tags:
         return {"task": "classify"}
-    return {"task": "detect", "letterbox": True, "stride": int(getattr(module, "stride", 32)),
+    stride = torch.as_tensor(getattr(module, "stride", 32))  # an int, or per level (an Ultralytics model's tensor)
+    return {"task": "detect", "letterbox": True, "stride": int(stride.max()),
             "head_layout": getattr(module, "head_layout", None)}
 
 

@@ -14,19 +14,26 @@ unless NMS-free export is asked for), so a detection model returns one tensor (B
 input pixels, then the class scores. What the exporter does besides that, we leave to edgerep's own stages:
 BN folding and RepConv fusion (edgerep's fuser), ONNX simplification (edgerep's simplifier).
 
+Any other spec whose module is an Ultralytics model (a zoo entry such as `zoo:yolov8n_digits`, a
+`pkg.module:factory` returning a DetectionModel) gets the same treatment once its weights are loaded
+(`is_ultralytics_module`, `as_ultralytics_model`, called by edgerep.models.specs.load_model), and every Ultralytics
+model is marked `family="ultralytics"` on its ModelInfo.
+
 ultralytics is imported only inside these functions; nothing is downloaded (YOLO_OFFLINE stops its network
 probe at import, YOLO_AUTOINSTALL its pip installs of missing modules).
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn as nn
 
 from edgerep.errors import UserError, one_line
 
+FAMILY: Literal["ultralytics"] = "ultralytics"  # ModelInfo.family of every Ultralytics model
 PREFIX = "ultralytics:"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -74,6 +81,47 @@ def load_ultralytics(spec: str, *, weights: str | Path | None, num_classes: int 
                         f"Ultralytics checkpoint path/best.pt; pretrained names are not fetched (nothing is downloaded)")
     _export_form(module)
     return module, _info_fields(module, imgsz, input_shape)
+
+
+def is_ultralytics_module(module: nn.Module) -> bool:
+    """True for an Ultralytics model (a subclass of its nn.tasks.BaseModel: DetectionModel, ClassificationModel, ...).
+
+    Ultralytics is not imported to answer: an object of its classes exists only once ultralytics.nn.tasks has been
+    imported, so without it in sys.modules the answer is no."""
+    if "ultralytics.nn.tasks" not in sys.modules:
+        return False
+    from ultralytics.nn.tasks import BaseModel
+
+    return isinstance(module, BaseModel)
+
+
+def as_ultralytics_model(module: nn.Module, *, input_shape: tuple[int, ...] | None = None,
+                         spec: str = "model") -> dict[str, Any]:
+    """An Ultralytics model built by another source (zoo, factory), weights loaded: its head put in export form
+    in place, and its ModelInfo fields as for `ultralytics:` specs. The input size: `input_shape` when given, else
+    the training size the model carries (`model.args["imgsz"]`, as a checkpoint's model does), else Ultralytics'
+    640, then marked a guess (`shape_guessed`: the data's shape replaces it). `spec` names the model in errors."""
+    args = getattr(module, "args", None)  # a dict on a checkpoint's model, a namespace on a trainer's
+    train_size = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
+    imgsz = None
+    if train_size is not None and input_shape is None:
+        imgsz = _imgsz(train_size, Path(spec))
+    _export_form(module)
+    fields = _info_fields(module, imgsz, input_shape)
+    fields["shape_guessed"] = input_shape is None and imgsz is None
+    return fields
+
+
+def build_detection_model(cfg: str, num_classes: int, *, names: dict[int, str] | None, spec: str) -> nn.Module:
+    """Ultralytics' DetectionModel from one of its configs (e.g. "yolov8n.yaml"), untrained, in train mode (as
+    Ultralytics builds it). For zoo entries; without ultralytics, a UserError naming the extra."""
+    import_ultralytics(spec)
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel(cfg, nc=num_classes, verbose=False)
+    if names is not None:
+        model.names = dict(names)
+    return model
 
 
 # --- building ------------------------------------------------------------------------------------------
@@ -167,13 +215,14 @@ def _info_fields(model: Any, imgsz: tuple[int, int] | None, input_shape: tuple[i
     if task == "classify":
         size = imgsz or (224, 224)  # Ultralytics' classification default
         return dict(input_shape=tuple(input_shape or (1, channels, *size)), mean=(0.0,) * channels,
-                    std=(1.0,) * channels, num_classes=nc, task="classify", class_names=class_names or None)
+                    std=(1.0,) * channels, num_classes=nc, task="classify", class_names=class_names or None,
+                    family=FAMILY)
     stride = int(max(float(s) for s in model.stride)) if hasattr(model, "stride") else 32
     shape = tuple(input_shape) if input_shape is not None else (1, channels, *(imgsz or (DEFAULT_IMGSZ,) * 2))
     check_letterbox_size(shape[-2:], stride)
     return dict(input_shape=shape, mean=(0.0,) * channels, std=(1.0,) * channels, num_classes=nc, task=task,
                 letterbox=True, pad_value=114, stride=stride, head_layout="ultralytics" if task == "detect" else None,
-                class_names=class_names or None)
+                class_names=class_names or None, family=FAMILY)
 
 
 

@@ -195,3 +195,63 @@ print("calls", calls)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "calls []" in proc.stdout, proc.stdout
+
+
+# --- an Ultralytics model from any spec --------------------------------------------------------------------
+
+
+FACTORY_MODULE = '''
+from ultralytics.nn.tasks import DetectionModel
+
+def make():
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    model.names = {0: "a", 1: "b", 2: "c"}
+    return model
+
+def make_sized():
+    model = make()
+    model.args = {"imgsz": 96}  # what a checkpoint's model carries (its training arguments)
+    return model
+'''
+
+
+@pytest.fixture
+def factory_module(tmp_path, monkeypatch):
+    (tmp_path / "yolofactory.py").write_text(FACTORY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "yolofactory"
+    sys.modules.pop("yolofactory", None)
+
+
+def test_factory_returning_a_detection_model_is_an_ultralytics_detector(factory_module):
+    info = load_model(f"{factory_module}:make", input_shape=(1, 3, SIZE, SIZE))
+    assert (info.family, info.task, info.head_layout, info.letterbox, info.stride) == (
+        "ultralytics", "detect", "ultralytics", True, 32)
+    assert info.class_names == ("a", "b", "c") and info.num_classes == 3
+    assert info.mean == (0.0, 0.0, 0.0) and info.std == (1.0, 1.0, 1.0)  # RGB/255, not the factories' ImageNet default
+    with torch.no_grad():
+        y = info.module(torch.rand(1, 3, SIZE, SIZE))
+    assert isinstance(y, torch.Tensor) and tuple(y.shape) == (1, 4 + 3, ANCHORS)  # the export-form head
+    # no size given: Ultralytics' 640, a guess the data's shape replaces; the model's own training size wins over both
+    guessed = load_model(f"{factory_module}:make")
+    assert guessed.input_shape == (1, 3, 640, 640) and guessed.shape_guessed
+    assert load_model(f"{factory_module}:make", fallback_shape=(1, 3, 64, 64)).input_shape == (1, 3, 64, 64)
+    sized = load_model(f"{factory_module}:make_sized")
+    assert sized.input_shape == (1, 3, 96, 96) and not sized.shape_guessed
+    with pytest.raises(UserError, match=r"--input-shape 100x100: .*multiple of the model's stride 32"):
+        load_model(f"{factory_module}:make", input_shape=(1, 3, 100, 100))
+
+
+def test_every_ultralytics_spec_is_marked_and_others_are_not(checkpoint):
+    path, _ = checkpoint
+    assert load_model("ultralytics:yolov8n.yaml", input_shape=(1, 3, 64, 64)).family == "ultralytics"
+    assert load_model(str(path), trust_pickle=True).family == "ultralytics"
+    assert load_model("ultralytics:yolov8n-cls.yaml", input_shape=(1, 3, 64, 64)).family == "ultralytics"
+    assert load_model("zoo:repyolo_digits").family is None  # a YOLO-style detector, not Ultralytics'
+
+
+def test_is_ultralytics_module_does_not_import_ultralytics():
+    code = ("import sys, torch; from edgerep.models.ultralytics import is_ultralytics_module\n"
+            "print(is_ultralytics_module(torch.nn.Conv2d(1, 1, 1)), 'ultralytics' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split() == ["False", "False"], proc.stderr[-2000:]
