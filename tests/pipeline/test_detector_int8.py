@@ -1,9 +1,10 @@
 """A real Ultralytics detector's INT8 engines end to end: zoo:yolov8n_digits (YOLOv8n trained by Ultralytics' trainer)
 built for OpenVINO and ONNX Runtime with its shipped data, gated on labelled mAP, and its head handling read back
-FROM THE BUILT ENGINE: the nodes edgerep.quant.float_policy keeps in float (the prediction convs feeding the decode,
-and the decode) have no quantized input there (ONNX Runtime: no DequantizeLinear feeding them in the Q/DQ model;
-OpenVINO: no FakeQuantize in front of them in the IR, and their convolutions run in f32), while the rest of the
-network is INT8. Then `--max-drop` on the detector: the plan budgets mAP points and the chosen plan keeps within it.
+FROM THE BUILT ENGINE: the nodes the build keeps in float (the decode, and those prediction convs feeding it that
+the head search found worth it, edgerep.quant.head_islands) have no quantized input there (ONNX Runtime: no
+DequantizeLinear feeding them in the Q/DQ model; OpenVINO: no FakeQuantize in front of them in the IR, and their
+convolutions run in f32), while the rest of the network is INT8. Then `--max-drop` on the detector: the plan
+budgets mAP points and the chosen plan keeps within it.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def builds(tmp_path_factory) -> dict[str, dict]:
         # gate (issue 18 point 4); percentile ranges kept it to 0.56
         method = "percentile" if target == "onnxruntime-cpu" else None
         result = build(BuildOptions(model=MODEL, target=target, precisions="int8", calib_samples=CALIB_SAMPLES,
-                                    calib_method=method, output=root / target))
+                                    calib_method=method, output=root / target, baselines=False))
         out[target] = {"result": result, "dir": root / target}
     return out
 
@@ -56,13 +57,24 @@ def _int8_of(result) -> dict:
 
 
 def _policy(build_: dict) -> tuple[list[str], list[str]]:
-    """float_policy's choice on the ONNX the engine was built from: (weighted nodes, other nodes)."""
+    """What the engine should keep in float, on the ONNX it was built from: the head search's choice (its decode tail
+    and the islands that paid, quant.head_islands) or, without a search, float_policy's fixed rule:
+    (weighted nodes, other nodes)."""
     import onnx
 
     sim = build_["dir"] / "onnx" / "model.sim.onnx"
-    nodes = detect_head_float_nodes(sim)
+    plan = _int8(build_).get("head_plan")
+    nodes = [*plan["tail"], *plan["kept"]] if plan and plan.get("kept") is not None else detect_head_float_nodes(sim)
     types = {n.name: n.op_type for n in onnx.load(str(sim), load_external_data=False).graph.node}
     return [n for n in nodes if types[n] in WEIGHTED_OPS], [n for n in nodes if types[n] not in WEIGHTED_OPS]
+
+
+def test_the_head_search_ran_and_kept_the_dfl_conv(builds):
+    """YOLOv8's DFL conv turns 16 bins into a box side: in INT8 it costs many points, so the search keeps it."""
+    for target in TARGETS:
+        plan = _int8(builds[target])["head_plan"]
+        assert len(plan["candidates"]) == 4 and len(plan["islands"]) == 4  # 3 class convs + the DFL conv
+        assert any(n.endswith("dfl.conv/Conv") for n in plan["kept"]), (target, plan["islands"])
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -197,7 +209,7 @@ def test_openvino_ir_keeps_the_policys_head_in_float(builds):
 def test_max_drop_budgets_map_points_on_a_detector(tmp_path):
     budget = 1.0
     # the profile's default calibration alone (minmax) is over this budget on the 100 labelled images: the plan decides
-    result = build(BuildOptions(model=MODEL, target="onnxruntime-cpu", precisions="int8", max_drop=budget,
+    result = build(BuildOptions(model=MODEL, target="onnxruntime-cpu", precisions="int8", max_drop=budget, baselines=False,
                                 calib_samples=CALIB_SAMPLES, output=tmp_path / "run"))
     assert result.exit_code == 0, [e.get("reason") for e in result.report["engines"]]
     engine = _int8_of(result)
