@@ -180,6 +180,7 @@ def _imgsz(value: Any, path: Path) -> tuple[int, int]:
 
 def _export_form(model: Any) -> None:  # an Ultralytics BaseModel (untyped)
     """The head in its export form, as Ultralytics' exporter sets it for ONNX (minimal: the same flags)."""
+    from ultralytics.nn.modules.block import C2f
     from ultralytics.nn.modules.head import Classify, Detect
 
     if hasattr(model, "end2end"):
@@ -192,6 +193,8 @@ def _export_form(model: Any) -> None:  # an Ultralytics BaseModel (untyped)
             m.export, m.format, m.dynamic = True, "onnx", False  # type: ignore[assignment]  # (as above)
             m.xyxy = False  # cx, cy, w, h boxes: the layout tasks.detect decodes
             m.shape = None  # recompute the anchors for the input size
+        elif isinstance(m, C2f):  # and C3k2: one Split where chunk() exports two Slices, as the exporter does
+            m.forward = m.forward_split
     model.eval()
 
 
