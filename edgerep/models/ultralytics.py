@@ -194,7 +194,7 @@ def _export_form(model: Any) -> None:  # an Ultralytics BaseModel (untyped)
             m.xyxy = False  # cx, cy, w, h boxes: the layout tasks.detect decodes
             m.shape = None  # recompute the anchors for the input size
         elif isinstance(m, C2f):  # and C3k2: one Split where chunk() exports two Slices, as the exporter does
-            m.forward = m.forward_split
+            m.forward = m.forward_split  # type: ignore[method-assign]  # per instance, as the exporter does
     model.eval()
 
 
