@@ -12,6 +12,7 @@ import torch
 from edgerep.errors import UserError
 from edgerep.models.specs import load_model
 from tests.cli_helpers import cli_process, error_line
+from tests.offline import network_calls
 
 # As edgerep.models.ultralytics sets them before its import: no network probe, no auto-install, quiet.
 for _key, _value in {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "YOLO_VERBOSE": "false"}.items():
@@ -177,24 +178,10 @@ def test_fuser_folds_every_bn_of_the_export_form():
 def test_nothing_touches_the_network(checkpoint):
     """In a fresh interpreter (ultralytics not yet imported) every socket lookup or connection is recorded."""
     path, _ = checkpoint
-    code = f"""
-import socket
-calls = []
-def refuse(*args, **kwargs):
-    calls.append(args[:1])
-    raise OSError("network disabled by the test")
-socket.getaddrinfo = refuse
-socket.socket.connect = lambda self, *a: refuse(*a)
-socket.create_connection = refuse
-from edgerep.models.specs import load_model
+    out = network_calls(f"""from edgerep.models.specs import load_model
 load_model("ultralytics:yolov8n.yaml", input_shape=(1, 3, 64, 64))
-load_model({str(path)!r}, trust_pickle=True)
-print("calls", calls)
-"""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}  # edgerep sets them itself
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "calls []" in proc.stdout, proc.stdout
+load_model({str(path)!r}, trust_pickle=True)""")
+    assert "calls []" in out, out
 
 
 # --- an Ultralytics model from any spec --------------------------------------------------------------------

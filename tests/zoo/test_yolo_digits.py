@@ -2,7 +2,6 @@
 without ultralytics, loaded as an Ultralytics detector with it, and its shipped weights really detect."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import torch
 
 from edgerep import zoo
 from tests.cli_helpers import cli_process, error_line
+from tests.offline import network_calls
 from tests.paths import DIGITS_DET
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -112,21 +112,6 @@ def test_shipped_weights_detect_on_the_held_out_split(info):
 
 def test_nothing_touches_the_network():
     """In a fresh interpreter every socket lookup or connection is refused and recorded while the entry loads."""
-    code = """
-import socket
-calls = []
-def refuse(*args, **kwargs):
-    calls.append(args[:1])
-    raise OSError("network disabled by the test")
-socket.getaddrinfo = refuse
-socket.socket.connect = lambda self, *a: refuse(*a)
-socket.create_connection = refuse
-from edgerep.models.specs import load_model
-load_model("zoo:yolov8n_digits")
-print("calls", calls)
-"""
     pytest.importorskip("ultralytics", reason="zoo:yolov8n_digits is an Ultralytics model (edgerep[ultralytics])")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}  # edgerep sets them itself
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "calls []" in proc.stdout, proc.stdout
+    out = network_calls('from edgerep.models.specs import load_model\nload_model("zoo:yolov8n_digits")')
+    assert "calls []" in out, out
