@@ -60,7 +60,8 @@ class BuildOptions:
     iou_threshold: float | None = None  # detect: NMS IoU (None: tasks.detect's)
     # The rows of what the user gets without edgerep (pipeline.baselines): the PyTorch original, its plain ONNX
     # export and, for an Ultralytics detector, Ultralytics' own export; validated and timed beside the engines.
-    baselines: bool = True
+    # On by default in `edgerep build` (--no-baselines); off for library callers (the matrix, scripts) unless asked.
+    baselines: bool = False
     # INT8 of a detector: measure which head nodes pay their way in float (quant.head_islands); False: keep the
     # fixed rule (quant.float_policy: the decode and the prediction convs feeding it)
     head_search: bool = True

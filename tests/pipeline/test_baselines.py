@@ -32,7 +32,7 @@ def test_comparisons_give_intervals_and_refuse_inside_the_noise():
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines") / "run"
-    result = build(BuildOptions(target="onnxruntime-cpu", precisions="fp32", output=out))
+    result = build(BuildOptions(target="onnxruntime-cpu", precisions="fp32", output=out, baselines=True))
     assert result.exit_code == 0
     return out, json.loads((out / "report.json").read_text())
 
@@ -60,7 +60,7 @@ def test_a_build_reports_the_pytorch_original_and_the_plain_export(demo_report):
 
 def test_baselines_are_reused_and_can_be_turned_off(demo_report, tmp_path):
     out, _ = demo_report
-    again = build(BuildOptions(target="onnxruntime-cpu", precisions="fp32", output=out))
+    again = build(BuildOptions(target="onnxruntime-cpu", precisions="fp32", output=out, baselines=True))
     assert {r["name"]: r.get("reused") for r in again.report["baselines"]}[ONNX_UNFUSED] is True
-    off = build(BuildOptions(target="onnxruntime-cpu", precisions="fp32", output=tmp_path / "off", baselines=False))
+    off = build(BuildOptions(target="onnxruntime-cpu", precisions="fp32", output=tmp_path / "off"))
     assert off.report["baselines"] == [] and "comparisons" not in off.report

@@ -67,3 +67,15 @@ def test_built_and_validated_with_detection_metrics(best_pt, tmp_path):
     # the trained weights score on the held-out labels, and the FP32 engine gives the PyTorch model's boxes
     assert acc["task"] == "detect" and acc["ref_labelled_map"] > 0.5 and acc["ref_labelled_map50"] > 0.75
     assert acc["map_agreement"] >= 0.99 and abs(acc["labelled_map_drop"]) < 0.5
+    # `edgerep build` compares it with Ultralytics' own exports of the same weights, made by Ultralytics' exporter
+    rows = {r["name"]: r for r in report["baselines"]}
+    assert {"pytorch", "onnx-unfused", "ultralytics-fp32", "ultralytics-int8"} <= set(rows)
+    for name in ("ultralytics-fp32", "ultralytics-int8"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["path"] and (out / "baselines" / name).is_dir(), row.get("reason")
+        assert row["accuracy"]["task"] == "detect" and row["latency_ms"]["p50"] > 0
+    assert rows["ultralytics-fp32"]["accuracy"]["map_agreement"] >= 0.99  # the same function, exported by Ultralytics
+    assert any("val split by default" in note for note in report["baseline_notes"])
+    assert {("fp32", "ultralytics-int8"), ("fp32", "ultralytics-fp32")} <= {
+        (c["engine"], c["baseline"]) for c in report["comparisons"]}
+    assert "Ultralytics' INT8 export" in (out / "report.md").read_text()
