@@ -210,7 +210,7 @@ def baseline_lines(report: dict[str, Any]) -> list[str]:
     lines += [f"- {note}" for note in report.get("baseline_notes") or []]
     shown = key_comparisons(report)
     if shown:
-        from edgerep.pipeline.baselines import comparison_text
+        from edgerep.pipeline.comparisons import comparison_text
 
         lines += ["", f"At batch {shown[0]['batch_size']} (ratios: the baseline's p50 over the engine's; a 95% interval "
                   "that holds 1.0 is not measurably different):", ""]
@@ -495,7 +495,7 @@ def build_summary(report: dict[str, Any]) -> Any:
     from rich.markup import escape
     from rich.text import Text
 
-    from edgerep.pipeline.baselines import comparison_text
+    from edgerep.pipeline.comparisons import comparison_text
 
     rec = report.get("recommended")
     head = [Text.from_markup(f"[bold]{escape(format_recommendation(rec))}[/]")]

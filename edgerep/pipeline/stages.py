@@ -778,7 +778,7 @@ def report_stage(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path, Pat
 
     report["recommended"] = recommend(report, report.get("target"))
     if report.get("baselines"):
-        from edgerep.pipeline.baselines import comparisons
+        from edgerep.pipeline.comparisons import comparisons
         from edgerep.pipeline.recommend import deploy_batch
 
         report["comparisons"] = comparisons(report["engines"], report["baselines"],

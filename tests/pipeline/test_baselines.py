@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from edgerep.pipeline.baselines import ONNX_UNFUSED, PYTORCH, comparison_text, comparisons
 from edgerep.pipeline.build import BuildOptions, build
+from edgerep.pipeline.comparisons import ONNX_UNFUSED, PYTORCH, comparison_text, comparisons
 
 
 def _timed(name, precision, rounds, **extra):
