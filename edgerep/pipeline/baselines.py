@@ -35,7 +35,7 @@ class Baselines:
     """The baseline rows of report.json (`baselines`) and what the latency stage needs to time them."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
-    modules: dict[str, Any] = field(default_factory=dict)  # name -> nn.Module timed beside the engines
+    modules: dict[str, Any] = field(default_factory=dict)  # name -> load_model's arguments of a model timed beside
     fixed_batch: dict[str, int] = field(default_factory=dict)  # name -> the only batch size its engine takes
     notes: list[str] = field(default_factory=list)
 
@@ -49,7 +49,8 @@ def baselines_stage(log: StageLog, loaded: Loaded, profile: TargetProfile, backe
     out = Baselines()
     out.records.append(engine_entry("pytorch", "fp32", baseline=PYTORCH, name=PYTORCH, title=TITLES[PYTORCH],
                                     accuracy_note="the reference: every engine is scored against it"))
-    out.modules[PYTORCH] = loaded.info.module
+    if loaded.load_args is not None:
+        out.modules[PYTORCH] = loaded.load_args
     with log.stage("baseline", "the unfused model's plain ONNX export, FP32") as st:
         record = _unfused_onnx(backend, loaded, profile, reference, out_dir, manifest, engine_batch=engine_batch,
                                force=force)

@@ -253,6 +253,9 @@ def static_profile(profile: TargetProfile) -> TargetProfile:
 class Loaded:
     info: ModelInfo  # the unfused module and its input facts
     weights_sha256: str  # hash of the weights actually loaded (part of the ONNX key)
+    # How to load the same model again (models.load_model's arguments, the input shape resolved): the timing
+    # process loads the PyTorch original itself, under the same --trust-pickle, rather than unpickling ours.
+    load_args: dict[str, Any] | None = None
 
 
 def load_stage(log: StageLog, spec: str, *, weights: Path | None, input_shape: tuple[int, ...] | str | None,
@@ -270,7 +273,10 @@ def load_stage(log: StageLog, spec: str, *, weights: Path | None, input_shape: t
         fallback = array_input_shape(*data_paths) if input_shape is None else None
         info = load_model(spec, weights=weights, input_shape=input_shape, num_classes=num_classes,
                           trust_pickle=trust_pickle, fallback_shape=fallback)
-        loaded = Loaded(info=info, weights_sha256=state_sha256(info.module))
+        loaded = Loaded(info=info, weights_sha256=state_sha256(info.module),
+                        load_args={"spec": spec, "weights": str(weights) if weights is not None else None,
+                                   "input_shape": list(info.input_shape), "num_classes": num_classes,
+                                   "trust_pickle": trust_pickle, "seed": seed})
         st["detail"] = f"{info.spec} input {'x'.join(map(str, info.input_shape))}"
     return loaded
 
@@ -701,7 +707,7 @@ def latency_stage(log: StageLog, records: list[dict[str, Any]], sample: np.ndarr
                   fixed_batch: dict[str, int] | None = None) -> None:
     """Time every built engine (`records` of report.json, with their paths; a baseline row is keyed by its
     `name`, an engine by its precision) side by side on `sample`, into each record: interleaved rounds in a fresh
-    process, after every engine is validated (validate.timing). `modules`: name -> a PyTorch module timed with
+    process, after every engine is validated (validate.timing). `modules`: name -> how to load a PyTorch model timed with
     them (the `pytorch` baseline); `fixed_batch`: name -> the one batch size an engine takes. A timing that fails
     leaves the accuracy results as they are and says why in each record's `latency_note`."""
     from edgerep.validate.timing import time_engines

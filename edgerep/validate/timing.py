@@ -73,31 +73,22 @@ def time_engines(engines: Mapping[str, Path], sample: np.ndarray, *, batch_sizes
     name -> {latency_ms, latency_batch_size, latency_by_batch, throughput_ips}, the fields of an engine record.
     `iterations` timed calls per engine and batch size in all (at least 10 a round). `fresh_process`: time in a
     child process (the build's own state left behind), else here (the child itself, and tests).
-    `modules`: name -> a PyTorch module timed with them (the unfused original, validate.torch_runner; it takes every
-    batch size). `fixed_batch`: name -> the only batch size that engine takes (an engine made elsewhere, e.g. by
-    Ultralytics' exporter at batch 1), whatever the build's own engines take."""
+    `modules`: name -> models.load_model's arguments of a PyTorch model timed with them (the unfused original, loaded
+    by the timing process itself: validate.torch_runner; it takes every batch size). `fixed_batch`: name -> the only
+    batch size that engine takes (an engine made elsewhere, e.g. by Ultralytics' exporter at batch 1), whatever the
+    build's own engines take."""
     work = Path(tempfile.mkdtemp(prefix="edgerep-timing-"))
     entries: dict[str, dict[str, Any]] = {n: {"path": str(p)} for n, p in engines.items()}
     for name, batch in (fixed_batch or {}).items():
         if name in entries:  # an engine that was not built has nothing to time
             entries[name]["batch"] = int(batch)
-    unsaved: dict[str, dict[str, Any]] = {}  # modules that cannot be pickled whole (a local class, a lambda)
+    for name, load_args in (modules or {}).items():
+        entries[name] = {"torch": dict(load_args)}
+    job = {"engines": entries, "batch_sizes": list(batch_sizes), "engine_batch": engine_batch,
+           "dynamic_batch": dynamic_batch, "rounds": rounds, "warmup": warmup, "iterations": iterations}
     try:
-        for i, (name, module) in enumerate((modules or {}).items()):
-            from edgerep.validate.torch_runner import save_module
-
-            path = work / f"module{i}.pt"
-            try:
-                save_module(module, path)
-            except Exception as exc:  # pickling runs the module's own code: anything can fail
-                unsaved[name] = {"latency_note": f"not timed: the module cannot be saved for the timing process "
-                                                 f"({type(exc).__name__}: {str(exc)[:120]})"}
-                continue
-            entries[name] = {"torch": str(path)}
-        job = {"engines": entries, "batch_sizes": list(batch_sizes), "engine_batch": engine_batch,
-               "dynamic_batch": dynamic_batch, "rounds": rounds, "warmup": warmup, "iterations": iterations}
         if not fresh_process:
-            return {**run_job(job, sample), **unsaved}
+            return run_job(job, sample)
         np.save(work / "sample.npy", np.ascontiguousarray(sample, dtype=np.float32))
         (work / "job.json").write_text(json.dumps(job))
         env = dict(os.environ)
@@ -110,7 +101,7 @@ def time_engines(engines: Mapping[str, Path], sample: np.ndarray, *, batch_sizes
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"the timing process failed (exit {proc.returncode}): {tail[:300]}")
         result: dict[str, dict[str, Any]] = json.loads((work / "result.json").read_text())
-        return {**result, **unsaved}
+        return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -127,12 +118,18 @@ def run_job(job: dict[str, Any], sample: np.ndarray) -> dict[str, dict[str, Any]
     with ExitStack() as stack:
         runners: dict[str, Runner] = {}
         takes: dict[str, int | None] = {}  # name -> its one batch size, None: any
+        notes: dict[str, dict[str, Any]] = {}  # name -> why it was not timed
         for name, entry in job["engines"].items():
             entry = {"path": entry} if isinstance(entry, str) else entry
             if "torch" in entry:
                 from edgerep.validate.torch_runner import TorchRunner
 
-                runners[name] = stack.enter_context(TorchRunner.from_file(Path(entry["torch"])))
+                try:
+                    runners[name] = stack.enter_context(TorchRunner.from_spec(entry["torch"]))
+                except Exception as exc:  # a model that does not load here is a note, the engines are still timed
+                    notes[name] = {"latency_note": f"not timed: the PyTorch model could not be loaded for timing "
+                                                   f"({type(exc).__name__}: {str(exc)[:120]})"}
+                    continue
                 takes[name] = None
                 continue
             artifact = load_artifact(Path(entry["path"]))
@@ -150,4 +147,4 @@ def run_job(job: dict[str, Any], sample: np.ndarray) -> dict[str, dict[str, Any]
             figures, _ = interleaved(here, batch, rounds=rounds, warmup=int(job["warmup"]), per_round=per_round)
             for name, stats in figures.items():
                 by_batch[name].append(stats)
-    return {name: record_fields(rows) for name, rows in by_batch.items()}
+    return {**{name: record_fields(rows) for name, rows in by_batch.items()}, **notes}

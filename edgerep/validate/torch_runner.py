@@ -2,7 +2,6 @@
 "what you would get without edgerep" row): eager, unfused, no grad, at the engines' thread count."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,12 +31,18 @@ class TorchRunner(RunnerBase):
         self.output_names: list[str] = []  # named by the module's return value; not needed for timing
 
     @classmethod
-    def from_file(cls, path: Path, *, threads: int | None = None) -> TorchRunner:
-        """A module saved whole by save_module (a file this process's parent wrote in its private temporary folder
-        a moment ago, so the full unpickle reads nothing from outside)."""
+    def from_spec(cls, load_args: dict[str, Any], *, threads: int | None = None) -> TorchRunner:
+        """The model `load_args` names (models.load_model's arguments and the seed), loaded the way the build loaded
+        it: a full pickle only when the build was given --trust-pickle."""
         import torch
 
-        return cls(torch.load(str(path), weights_only=False, map_location="cpu"), threads=threads)
+        from edgerep.models.specs import load_model
+
+        args = dict(load_args)
+        torch.manual_seed(int(args.pop("seed", 0) or 0))
+        shape = args.pop("input_shape", None)
+        info = load_model(args.pop("spec"), input_shape=tuple(shape) if shape else None, **args)
+        return cls(info.module, threads=threads)
 
     def _forward(self, batch: np.ndarray) -> Any:
         with self._torch.inference_mode():
@@ -63,9 +68,3 @@ class TorchRunner(RunnerBase):
     def close(self) -> None:
         self.module = None
 
-
-def save_module(module: Any, path: Path) -> None:
-    """The whole module (class and weights) for TorchRunner.from_file in the timing child."""
-    import torch
-
-    torch.save(module, str(path))
