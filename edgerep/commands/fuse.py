@@ -60,6 +60,8 @@ def report_table(report: FuseReport, tol: float) -> Table:
     table.add_section()
     table.add_row("params", f"{report.params_before:,}", f"{report.params_after:,}")
     table.add_row("GFLOPs", f"{report.flops_before / 1e9:.3f}", f"{report.flops_after / 1e9:.3f}")
+    table.add_row("traced by", "", report.method)  # fx, export (torch.export) or modules (module by module)
+    table.add_row("regions fused", "", str(len(report.regions)))
     table.add_section()
     verdict = "[green]ok[/]" if report.passed(tol) else f"[red]over --tol {tol:g}[/]"
     table.add_row("max abs err", "", f"{report.max_abs_err:.3g}")

@@ -16,8 +16,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 from edgerep.errors import one_line
-from edgerep.fuse import check
-from edgerep.fuse.graft import graft
+from edgerep.fuse import check, export_trace
+from edgerep.fuse.by_module import fuse_modules
 from edgerep.fuse.graph import FusedRegion, Unfused, fuse_graph
 
 
@@ -32,7 +32,7 @@ class FuseReport:
     params_after: int
     flops_before: int
     flops_after: int
-    method: str  # "fx" (whole graph) or "modules" (fell back to module by module)
+    method: str  # the tracer: "fx" or "export" (whole graph), or "modules" (fell back to module by module)
     regions: list[FusedRegion] = field(default_factory=list)
     unfused: list[Unfused] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -93,24 +93,41 @@ def fuse(model: nn.Module, example_inputs: Any, *, check_shapes: list[tuple[int,
     reference.eval()
     work = copy.deepcopy(reference)
     fused: nn.Module | None = None
-    try:
-        gm = fx.symbolic_trace(work)
-    except Exception as exc:  # fx cannot trace it (data-dependent control flow, unsupported Python)
-        notes.append(f"torch.fx could not trace the whole model ({type(exc).__name__}); fused module by module")
-    else:
+    shapes = check_shapes or check.check_shapes(tuple(example.shape))
+    # Tracers in order: torch.fx (keeps module calls), torch.export (reads shapes as numbers), then module by module.
+    for method in ("fx", "export"):
+        if method == "fx" and "forward" in vars(work):
+            # fx traces the class's forward, not one set on the instance (a deploy form's, a fused module's)
+            notes.append("its forward is set on the instance, which torch.fx does not trace; trying torch.export")
+            continue
+        if method == "export" and _routes_its_layers(work):
+            notes.append("it routes its layers by their attributes (YOLO-style `m.f`): fused module by module, "
+                         "so it keeps its own objects")
+            break
+        try:
+            gm = fx.symbolic_trace(work) if method == "fx" else export_trace.trace(work, example, reference, shapes)
+        except export_trace.ExportRefused as exc:
+            notes.append(f"{exc}; fused module by module")
+            break
+        except Exception as exc:  # fx cannot trace it (a shape read into Python, data-dependent control flow)
+            notes.append(f"torch.fx could not trace the whole model ({type(exc).__name__}); trying torch.export"
+                         if method == "fx" else f"torch.export failed ({one_line(exc)}); fused module by module")
+            continue
         try:
             ops_before = check.op_histogram(gm, example)  # from this trace: tracing a big model twice costs seconds
             outcome = fuse_graph(gm, example, work)
-            fused, regions, unfused, method = outcome.module, outcome.regions, outcome.unfused, "fx"
+            fused, regions, unfused = outcome.module, outcome.regions, outcome.unfused
         except Exception as exc:  # the trace does not run, or our fuser has a bug on it: never the user's crash
-            notes.append(f"the whole-model graph could not be fused ({one_line(exc)}); fused module by module")
+            notes.append(f"the whole-model graph ({method}) could not be fused ({one_line(exc)}); fused module by module")
             work = copy.deepcopy(reference)
+        break
     if fused is None:
         ops_before = check.op_histogram(reference, example)
-        fused, regions, unfused = _fuse_modules(work, example, notes)
+        gen = torch.Generator().manual_seed(0)
+        examples = [example, *(torch.randn(*s, generator=gen) for s in shapes if tuple(s) != tuple(example.shape))]
+        fused, regions, unfused = fuse_modules(work, examples)
         method = "modules"
     fused.eval()
-    shapes = check_shapes or check.check_shapes(tuple(example.shape))
     max_abs, max_rel, checked, shape_notes, per_output = check.compare(reference, fused, shapes)
     notes.extend(shape_notes)
     report = FuseReport(
@@ -121,6 +138,14 @@ def fuse(model: nn.Module, example_inputs: Any, *, check_shapes: list[tuple[int,
         method=method, regions=regions, unfused=unfused, notes=notes, per_output=per_output,
     )
     return FuseResult(fused, report)
+
+
+def _routes_its_layers(model: nn.Module) -> bool:
+    """Layers carrying their own routing (`f`: where the input comes from, `i`: the index), read by a forward
+    that walks them, as Ultralytics' YOLO and RT-DETR do. Such a model is fused inside its own objects
+    (by_module.py): its forward, its head's export flags and its layers' names are what the rest of edgerep,
+    and Ultralytics' own tools, read; a graph traced whole would replace them."""
+    return any(hasattr(m, "f") and hasattr(m, "i") for m in model.modules() if m is not model)
 
 
 def _deepcopy(model: nn.Module) -> nn.Module:
@@ -136,110 +161,6 @@ def _deepcopy(model: nn.Module) -> nn.Module:
                 memo[id(value)] = value.detach().clone()
     return copy.deepcopy(model, memo)
 
-
-
-def _fuse_modules(model: nn.Module, example: torch.Tensor, notes: list[str]
-                  ) -> tuple[nn.Module, list[FusedRegion], list[Unfused]]:
-    """Fuse each traceable submodule on its own, inside its own object; recurse into the ones fx cannot trace.
-
-    The model's own forward runs unchanged (it may walk its layers and read `m.f`, `m.i`, `m.type`).
-    Whatever cannot be fused stays as it is and is reported.
-    """
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        def record(_m, args, _name=name):
-            if _name not in inputs and args and isinstance(args[0], torch.Tensor):
-                inputs[_name] = args[0].detach()
-        hooks.append(mod.register_forward_pre_hook(record))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    regions: list[FusedRegion] = []
-    unfused: list[Unfused] = []
-    grafted: list[str] = []
-
-    def visit(parent: nn.Module, prefix: str) -> None:
-        for child_name, child in list(parent.named_children()):
-            path = f"{prefix}{child_name}"
-            x = inputs.get(path)
-            has_children = next(child.children(), None) is not None
-            # A childless module of the user's own with parameters may compute its kernel in forward (a
-            # weight-standardized conv): worth tracing. torch.nn's own leaves are not.
-            own_code = next(child.parameters(recurse=False), None) is not None and \
-                not type(child).__module__.startswith("torch.nn")
-            if x is None or x.dim() != 4 or not (has_children or own_code):
-                if has_children:
-                    visit(child, path + ".")
-                continue
-            try:
-                gm = fx.symbolic_trace(child)  # shares the child's leaves; fuse_graph never changes them
-            except Exception:
-                visit(child, path + ".")
-                continue
-            try:
-                outcome = fuse_graph(gm, x, child)
-                _same_output(child, outcome.module, x)
-            except Exception as exc:
-                unfused.append(Unfused(path, type(child).__name__, f"left as it is: the fuser failed on it "
-                                       f"({one_line(exc)})"))
-                visit(child, path + ".")
-                continue
-            for region in outcome.regions:
-                region.name = f"{path}.{region.name}"
-            for note in outcome.unfused:
-                note.node = f"{path}.{note.node}"
-            regions.extend(outcome.regions)
-            unfused.extend(outcome.unfused)
-            if not _become_plain_conv(child, outcome.module):
-                graft(child, outcome.module)
-            grafted.append(path)
-
-    visit(model, "")
-    # A BN no traceable module holds has no conv we could see it follow: it stays, and we say so.
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not any(name.startswith(g + ".") for g in grafted):
-            unfused.append(Unfused(name, "batch_norm", "its parent's forward could not be traced by torch.fx, "
-                                   "so no conv before it could be found; left as it is"))
-    return model, regions, unfused
-
-
-def _become_plain_conv(module: nn.Module, gm: fx.GraphModule) -> bool:
-    """A Conv2d subclass that fused to one conv of its own geometry (weight standardization folded) keeps
-    being a Conv2d: it takes the fused weight and bias and runs nn.Conv2d's forward. Anything reading
-    `m.weight` keeps working, as it would not if the weight moved into a child."""
-    if not isinstance(module, nn.Conv2d):
-        return False
-    calls = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
-    conv = gm.get_submodule(str(calls[0].target)) if len(calls) == 1 and calls[0].op == "call_module" else None
-    geometry = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
-    if type(conv) is not nn.Conv2d or any(getattr(conv, g) != getattr(module, g) for g in geometry) or \
-            module.padding_mode != "zeros":
-        return False
-    assert conv.bias is not None  # fuse_graph's convs (_make_conv) have one
-    module.weight = nn.Parameter(conv.weight.detach().clone())
-    module.bias = nn.Parameter(conv.bias.detach().clone())
-    # an instance attribute, as `module.forward = ...` sets it (nn.Module stores a plain value in __dict__)
-    vars(module)["forward"] = types.MethodType(nn.Conv2d.forward, module)
-    return True
-
-
-def _same_output(original: nn.Module, fused: nn.Module, x: torch.Tensor, tol: float = 1e-4) -> None:
-    """Refuse to graft a fused submodule that does not reproduce the original on its recorded input."""
-    with torch.no_grad():
-        ref, out = original(x), fused(x)
-    names, refs = check.named_arrays(ref)
-    outs = check.named_arrays(out)[1]
-    if len(outs) != len(refs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
-        raise ValueError("its fused form returns other outputs than the original on the recorded input")
-    from edgerep.models.output_errors import describe_failures, output_errors
-
-    bad = describe_failures(output_errors(refs, outs, names, where="fused submodule"), tol)
-    if bad:
-        raise ValueError(f"its fused form differs on the recorded input: {bad}")
 
 
 class _CallableModule(types.ModuleType):

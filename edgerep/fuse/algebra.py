@@ -210,12 +210,18 @@ def affine(rep: ConvRep, scale: torch.Tensor | float, shift: torch.Tensor | floa
 def batch_norm(rep: ConvRep, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None,
                bias: torch.Tensor | None, eps: float) -> ConvRep:
     """Fold an eval-mode BN (running statistics) that follows rep."""
+    return affine(rep, *bn_scale_shift(mean, var, weight, bias, eps))
+
+
+def bn_scale_shift(mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BN as y = x * scale + shift per channel (float64)."""
     mean = torch.as_tensor(mean, dtype=torch.float64)
     std = torch.sqrt(torch.as_tensor(var, dtype=torch.float64) + eps)
     gamma = torch.ones_like(std) if weight is None else torch.as_tensor(weight, dtype=torch.float64)
     beta = torch.zeros_like(std) if bias is None else torch.as_tensor(bias, dtype=torch.float64)
     scale = gamma / std
-    return affine(rep, scale, beta - mean * scale)
+    return scale, beta - mean * scale
 
 
 def _out_size(n: int, k: int, s: int, lo: int, hi: int) -> int:

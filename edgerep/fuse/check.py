@@ -30,7 +30,7 @@ _FUNCTION_KINDS: dict[Any, str] = {
 }
 # Bookkeeping nodes that compute nothing worth counting.
 _SKIP = {"_assert", "eq", "getattr", "getitem", "size", "dim", "view", "reshape", "expand_as", "expand", "contiguous", "clone",
-         "identity", "dropout", "squeeze", "unsqueeze"}
+         "identity", "dropout", "squeeze", "unsqueeze", "sym_size"}
 
 
 def _conv_kind(weight_shape: Iterable[int]) -> str:
@@ -55,6 +55,8 @@ def node_kind(gm: fx.GraphModule, node: fx.Node) -> str:
             weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
             meta = weight.meta.get("tensor_meta") if isinstance(weight, fx.Node) else None
             return _conv_kind(meta.shape) if meta is not None else "conv"
+        if isinstance(node.target, torch._ops.OpOverload):  # an ATen op torch.export left as it is: "einsum"
+            return node.target.overloadpacket.__name__
         return _FUNCTION_KINDS.get(node.target, getattr(node.target, "__name__", str(node.target)))
     if node.op == "call_method":
         return {"add": "add", "add_": "add", "mul": "mul", "mul_": "mul", "sigmoid": "sigmoid", "relu": "relu",

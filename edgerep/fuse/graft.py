@@ -20,6 +20,9 @@ import torch.nn as nn
 def graft(target: nn.Module, gm: fx.GraphModule) -> None:
     """Make `target` compute `gm` while staying the same object (type, attributes, hooks)."""
     _adopt(target, gm, keep_own_buffers=True)
+    for spec in ("_in_spec", "_out_spec"):  # a torch.export graph's code unflattens its inputs and outputs by these
+        if spec in vars(gm):
+            setattr(target, spec, vars(gm)[spec])
     target.forward = types.MethodType(type(gm).forward, target)
 
 

@@ -7,8 +7,9 @@ value is needed by something outside the linear world (a nonlinearity, the outpu
 materialized as one nn.Conv2d reading its source; everything between becomes dead and is removed.
 A merge is refused (the inputs are materialized instead) when it is not exact or would cost more MACs.
 Before the walk, whatever is computed from parameters alone becomes a constant (constants.py: online OREPA
-kernels, weight norm, weight standardization, low-rank updates) and a BN after an input-dependent switch
-between two convs is folded into both (switch.py: SAConv).
+kernels, weight norm, weight standardization, low-rank updates), a BN after an input-dependent switch
+between two convs is folded into both (switch.py: SAConv), and a BatchNorm1d beside a Linear is folded into
+it (linear_bn.py: LeViT).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from edgerep.fuse import algebra
 from edgerep.fuse.algebra import ConvRep, NotExact
 from edgerep.fuse.constants import evaluate, fetch_attr, fold_parameter_computations
+from edgerep.fuse.linear_bn import fold_linear_batch_norms
 from edgerep.fuse.switch import fold_bn_through_switches
 
 _BN_TYPES = (nn.BatchNorm2d,)
@@ -610,6 +612,7 @@ def fuse_graph(gm: fx.GraphModule, example: torch.Tensor, original: nn.Module | 
     _drop_static_checks(gm)
     fold_parameter_computations(gm)
     fold_bn_through_switches(gm)
+    linear_folds = fold_linear_batch_norms(gm)
     finder = _find_regions(gm)
     dtype = next((p.dtype for p in gm.parameters()), torch.float32)
     outcome = GraphFuseOutcome(gm, unfused=finder.unfused)
@@ -659,6 +662,7 @@ def fuse_graph(gm: fx.GraphModule, example: torch.Tensor, original: nn.Module | 
         gm.delete_submodule(temp)
         node.target = name
         fused.name = name
+    outcome.regions = [FusedRegion(name, parts, "linear", 1, (1, 1)) for name, parts in linear_folds] + outcome.regions
     gm.graph.lint()
     gm.recompile()
     return outcome

@@ -160,7 +160,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append(task.reference_line(report))
     fuse = report.get("fuse")
     if isinstance(fuse, dict) and fuse.get("max_rel_err") is not None:
-        lines.append(f"- fuse: max relative error {fuse['max_rel_err']:.3g}")
+        traced = f", traced by {fuse['method']}" if fuse.get("method") else ""
+        lines.append(f"- fuse: {fuse.get('regions', '?')} region(s){traced}, max relative error {fuse['max_rel_err']:.3g}")
     headers, rows = task.table_headers, engine_rows(report)
     lines += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:

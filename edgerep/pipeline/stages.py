@@ -398,7 +398,8 @@ def fuse_stage(log: StageLog, info: ModelInfo, *, seed: int, tol: float) -> tupl
         example = torch.randn(*info.input_shape, generator=torch.Generator().manual_seed(seed))
         fused = fuse(info.module, example)
         fuse_info = _fuse_summary(fused.report)
-        st["detail"] = (f"{fuse_info['regions']} region(s) fused, ops {fuse_info['ops_before_total']} -> "
+        st["detail"] = (f"{fuse_info['regions']} region(s) fused (traced by {fused.report.method}), "
+                        f"ops {fuse_info['ops_before_total']} -> "
                         f"{fuse_info['ops_after_total']}, max rel err {fused.report.max_rel_err:.2g}")
         if not fused.report.passed(tol):
             st["status"] = "failed"
