@@ -122,6 +122,30 @@ def test_engine_sidecars_of_both_build_paths_pass_the_bundle_guard(demo_onnx, tm
         "built from another ONNX model (its hash differs)"]
 
 
+def test_onnx_hash_is_by_content_and_covers_external_data(tmp_path):
+    """onnx_sha256 ignores the file's name (model.sim.onnx on the host, model.onnx in the bundle), equals the plain
+    sha256 the manifest lists for a single file, and covers an external data file's bytes."""
+    import onnx
+
+    from edgerep.files.artifacts import file_sha256
+
+    model = _per_channel_qdq(13)
+    a, b = tmp_path / "model.sim.onnx", tmp_path / "model.onnx"
+    onnx.save(model, str(a))
+    b.write_bytes(a.read_bytes())
+    assert onnx_sha256(a) == onnx_sha256(b) == file_sha256(b)
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    big = ext / "model.onnx"
+    onnx.save_model(model, str(big), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=0)
+    before = onnx_sha256(big)
+    assert before != file_sha256(big)
+    data = (ext / "model.onnx.data").read_bytes()
+    (ext / "model.onnx.data").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert onnx_sha256(big) != before
+
+
 # --- N2: GPU names from different sources -------------------------------------------------------
 
 
@@ -265,11 +289,18 @@ def test_install_guidance_on_a_jetson_names_jetpacks_tensorrt_and_cuda_for_pycud
     assert on_jetson(str(tmp_path / "nv_tegra_release"), str(tmp_path / "none"))
     (tmp_path / "model").write_bytes(b"NVIDIA Jetson Xavier NX Developer Kit\x00")
     assert on_jetson(str(tmp_path / "none"), str(tmp_path / "model"))
-    # this machine has no TensorRT (tensorrt-stubs at most): the reason says how to get it, per kind of machine
-    jetson = unavailable_reason(jetson=True)
-    assert jetson is not None and "sudo apt install python3-libnvinfer" in jetson and "--system-site-packages" in jetson
-    desktop = unavailable_reason(jetson=False)
-    assert desktop is not None and "pip install 'edgerep[tensorrt]'" in desktop and "libnvinfer" not in desktop
+    assert "sudo apt install python3-libnvinfer" in install_hint("tensorrt", jetson=True)
+    assert install_hint("tensorrt", jetson=False) == "pip install 'edgerep[tensorrt]'"
+    try:
+        import tensorrt
+        real_trt = hasattr(tensorrt, "__version__")  # tensorrt-stubs alone is an empty namespace package
+    except ImportError:
+        real_trt = False
+    if not real_trt:  # the reason this machine gives says how to get TensorRT, per kind of machine
+        jetson = unavailable_reason(jetson=True)
+        assert jetson is not None and "sudo apt install python3-libnvinfer" in jetson and "--system-site-packages" in jetson
+        desktop = unavailable_reason(jetson=False)
+        assert desktop is not None and "pip install 'edgerep[tensorrt]'" in desktop and "libnvinfer" not in desktop
     assert "PATH=/usr/local/cuda/bin" in install_hint("pycuda", jetson=True)
     assert "LIBRARY_PATH" in install_hint("pycuda", jetson=True)
 
