@@ -6,12 +6,13 @@ Only onnx is imported, inside the functions.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from edgerep.errors import UserError
-from edgerep.files.artifacts import atomic_files, companion_files, sha256_files
+from edgerep.files.artifacts import atomic_files, companion_files, file_sha256
 
 # Protobuf's hard limit is 2 GiB; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
@@ -49,9 +50,28 @@ def save_onnx(model: Any, path: Path, *, external_data_threshold: int = EXTERNAL
 
 
 def onnx_sha256(path: Path) -> str:
-    """Hash of an ONNX model including its external data file, if any."""
+    """Hash of an ONNX model by content, including its external data file, if any.
+
+    Name-independent: the host's model.sim.onnx and the device bundle's copy model.onnx must hash alike, since
+    an engine's sidecar (built from either) is checked against the bundle manifest's hash. A single file hashes
+    as its plain sha256 (what the bundle lists for every file); external data is named inside the proto, so
+    the pair hashes as the digests of both files in order."""
     path = Path(path)
-    return sha256_files([path, *companion_files(path)])
+    companions = companion_files(path)
+    if not companions:
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for part in [path, *companions]:
+        digest.update(bytes.fromhex(file_sha256(part)))
+    return digest.hexdigest()
+
+
+def int8_float_nodes(ignored: list[str] | None, head_float: list[str] | None) -> list[str]:
+    """The nodes INT8 keeps in float: the user's ignored nodes, then the default float policy's
+    (quant.float_policy: a detector's head) not already among them. One list for every INT8 artifact (the
+    Q/DQ model's nodes_to_exclude and the calibration cache's omitted tensors), so they keep the same nodes."""
+    exclude = list(ignored or [])
+    return exclude + [n for n in head_float or [] if n not in exclude]
 
 
 def onnx_input(onnx_path: Path, *, single: bool = False) -> tuple[str, list[int | None]]:

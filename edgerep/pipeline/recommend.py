@@ -7,7 +7,8 @@ The rule:
 1. The deploy batch size is the profile's `[latency] deploy_batch` (default: the first of `batch_sizes`).
 2. Candidates are the engines that ran (status ok), passed their gates, are not predictions (the TensorRT
    host's Q/DQ-in-ONNX-Runtime row) and have a p50 latency measured at the deploy batch size.
-3. Going from the highest precision down (fp32, bf16, fp16, int8), a lower precision replaces the current choice only
+3. Going from the highest precision down (fp32, bf16, fp16, int8; at one precision the GPU engine, then a DLA
+   engine of the same precision), a lower precision (or the DLA engine) replaces the current choice only
    when it is measurably at least MIN_SPEEDUP times faster at the deploy batch: where both engines were timed in
    interleaved rounds (validate.timing: `round_p50` at that batch), the lower end of the speed-up's interval
    (speedup_interval) must reach MIN_SPEEDUP; for records without rounds, the ratio of the p50s. Otherwise the
@@ -86,9 +87,19 @@ def _p50(engine: Dict[str, Any], batch: int) -> float:
     return value
 
 
-def _rank(engine: Dict[str, Any]) -> int:
+def _rank(engine: Dict[str, Any]) -> Tuple[int, int]:
+    """Highest precision first; within one precision the GPU engine before a DLA one (a TensorRT bundle for a
+    DLA profile builds both): the DLA engine replaces it only when measurably MIN_SPEEDUP faster, as a lower
+    precision does."""
     prec = engine.get("precision")
-    return PRECISION_ORDER.index(prec) if prec in PRECISION_ORDER else len(PRECISION_ORDER)
+    order = PRECISION_ORDER.index(prec) if prec in PRECISION_ORDER else len(PRECISION_ORDER)
+    return order, 0 if engine.get("dla_core") is None else 1
+
+
+def label(engine: Dict[str, Any]) -> str:
+    """The engine's name in the reason and notes: its precision, plus "dla<N>" for a DLA engine."""
+    name = str(engine.get("precision"))
+    return name if engine.get("dla_core") is None else "{} dla{}".format(name, engine["dla_core"])
 
 
 def accuracy_text(engine: Dict[str, Any]) -> str:
@@ -129,7 +140,7 @@ def recommend_engines(engines: List[Dict[str, Any]], *, batch: int, degenerate: 
     measured = sorted((e for e in real if e.get("status") == "ok" and p50_at(e, batch) is not None), key=_rank)
     candidates = []
     for e in sorted(real, key=_rank):
-        name = e.get("precision")
+        name = label(e)
         if e.get("status") != "ok":
             notes.append("{}: {} ({})".format(name, e.get("status"), e.get("reason") or "no reason given"))
         elif not e.get("passed"):
@@ -148,7 +159,7 @@ def recommend_engines(engines: List[Dict[str, Any]], *, batch: int, degenerate: 
         if (interval[0] if interval else ratio) >= min_speedup:
             choice = e
         else:  # `measurable`: False when the ratio alone would pass but its interval reaches below the threshold
-            not_faster.append({"precision": e["precision"], "than": choice["precision"], "speedup": ratio,
+            not_faster.append({"precision": label(e), "than": label(choice), "speedup": ratio,
                                "interval": interval, "measurable": ratio < min_speedup,
                                "p50_ms": _p50(e, batch), "than_p50_ms": _p50(choice, batch)})
     p50 = _p50(choice, batch)
@@ -157,12 +168,12 @@ def recommend_engines(engines: List[Dict[str, Any]], *, batch: int, degenerate: 
     if choice is baseline:
         speed = "p50 {:.3g} ms at batch {}".format(p50, batch)
     else:
-        speed = "{:.1f}x {} at batch {}".format(speedup, baseline["precision"], batch)
+        speed = "{:.1f}x {} at batch {}".format(speedup, label(baseline), batch)
         if interval:
             speed += " ({:.0%} interval {:.2f}-{:.2f}x)".format(INTERVAL_LEVEL, interval[0], interval[1])
-    reason = "{}: {}, {}".format(choice["precision"], speed, accuracy_text(choice))
+    reason = "{}: {}, {}".format(label(choice), speed, accuracy_text(choice))
     # The one line names the lower precisions the chosen engine was kept over; the rest stay in not_faster.
-    kept_over = [_not_faster_text(n) for n in not_faster if n["than"] == choice["precision"]]
+    kept_over = [_not_faster_text(n) for n in not_faster if n["than"] == label(choice)]
     if kept_over:
         reason += "; not measurably faster here: {}".format(", ".join(kept_over))
     return {"backend": choice.get("backend"), "precision": choice.get("precision"), "path": choice.get("path"),

@@ -65,22 +65,23 @@ class Bundle:
 
 
 def file_hash(path: Path) -> str:
+    """The manifest's hash of a bundle file: onnx_sha256 for an ONNX model (the hash every engine sidecar
+    records as onnx_sha256, whichever path built the engine; the guard compares the two), sha256 otherwise."""
     from edgerep.files.artifacts import file_sha256
+    from edgerep.files.onnx_files import onnx_sha256
 
-    return file_sha256(path)
+    return onnx_sha256(path) if Path(path).suffix == ".onnx" else file_sha256(path)
 
 
 def copy_in(bundle_dir: Path, src: Path, name: str) -> str:
-    """Copy `src` into the bundle as `name` atomically (skipped when identical); returns its sha256."""
-    from edgerep.files.artifacts import atomic_path
+    """Copy `src` into the bundle as `name` atomically (skipped when identical); returns its hash (file_hash)."""
+    from edgerep.files.artifacts import atomic_path, file_sha256
 
     dst = Path(bundle_dir) / name
-    digest = file_hash(src)
-    if dst.is_file() and file_hash(dst) == digest:
-        return digest
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-    return digest
+    if not (dst.is_file() and file_sha256(dst) == file_sha256(src)):
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+    return file_hash(dst)
 
 
 def reference_keys(count: int) -> list[str]:
@@ -135,22 +136,69 @@ def reference_limit(sample_shape: tuple[int, ...], available: int) -> int:
     return max(1, min(available, REFERENCE_MAX_BYTES // max(per, 1)))
 
 
+def batch_profile(profile: Any) -> tuple[int, int, int] | None:
+    """(min, opt, max) batch of the optimization profile a dynamic-batch profile builds, else None.
+
+    Refused with a DLA core: DLA runs static shapes only ("DLA does not support dynamic dimensions, so the
+    profile's min, max, and opt values must be equal", TensorRT docs, DLA Supported Layers and Restrictions); a
+    min != max profile sends the whole network to the GPU (or fails the build) while the engine says DLA."""
+    if not profile.dynamic_batch:
+        return None
+    dla_core = profile.tensorrt.dla_core
+    if dla_core is not None:
+        raise UserError(f"--target {profile.source or profile.name}: dynamic_batch = true with dla_core = {dla_core}: "
+                        f"the DLA runs static shapes only; set dynamic_batch = false, or drop dla_core (GPU engines)")
+    sizes = sorted(set(int(b) for b in profile.latency.batch_sizes) | {1})
+    return sizes[0], sizes[len(sizes) // 2], sizes[-1]
+
+
+def input_profile(input_shape: list[int | None], dynamic: tuple[int, int, int] | None) -> dict[str, list[int]]:
+    """The built optimization profile's input shapes {min, opt, max} (bundle.json input.profile): the dynamic
+    batch's three sizes, or the static shape three times (a symbolic batch without a profile builds as 1)."""
+    dims = [int(d) if d else 1 for d in input_shape]
+    if dynamic is None:
+        return {"min": list(dims), "opt": list(dims), "max": list(dims)}
+    return {k: [b, *dims[1:]] for k, b in zip(("min", "opt", "max"), dynamic)}
+
+
+def variant_engine_name(precision: str, dla_core: int | None) -> str:
+    """model.<precision>.engine on the GPU, model.<precision>.dla<N>.engine on DLA core N."""
+    base = engine_name(precision)
+    return base if dla_core is None else base[: -len(".engine")] + f".dla{int(dla_core)}.engine"
+
+
+def _renamed(args: list[str], old: str, new: str) -> list[str]:
+    """trtexec arguments writing `new` instead of `old` (--saveEngine and the layer-info file beside it)."""
+    swap = {f"--saveEngine={old}": f"--saveEngine={new}",
+            f"--exportLayerInfo={old}.layers.json": f"--exportLayerInfo={new}.layers.json"}
+    if f"--saveEngine={old}" not in args:
+        raise RuntimeError(f"trtexec arguments without --saveEngine={old}: {args}")
+    return [swap.get(a, a) for a in args]
+
+
 def engine_plan(profile: Any, version: Version, precisions: list[str], *, input_name: str,
                 input_shape: list[int | None]) -> list[dict[str, Any]]:
-    """One entry per engine to build on the device: its source ONNX, engine file and trtexec arguments."""
+    """One entry per engine to build on the device: its source ONNX, engine file, DLA core and trtexec arguments.
+
+    A profile with a DLA core gets each FP16/INT8 engine twice: on the GPU (model.int8.engine) and on the DLA
+    (model.int8.dla0.engine). The DLA can be slower than the GPU, and on Orin the GPU is usually several times
+    faster than one DLA, so both are built and checked on the device and the recommendation picks between them
+    (recommend.py: same precision, the GPU engine first, the DLA one must be measurably faster)."""
     trt = profile.tensorrt
-    dynamic = None
-    if profile.dynamic_batch:
-        sizes = sorted(set(int(b) for b in profile.latency.batch_sizes) | {1})
-        dynamic = (sizes[0], sizes[len(sizes) // 2], sizes[-1])
+    dynamic = batch_profile(profile)
     plan = []
     for precision in precisions:
-        args = trtexec_args(version, precision, int8_mode=trt.int8_mode, input_name=input_name,
-                            input_shape=[int(d) if d else 1 for d in input_shape], workspace_mb=trt.workspace_mb,
-                            dynamic_batch=dynamic, dla_core=trt.dla_core if precision != "fp32" else None,
-                            calib_cache=CACHE if precision == "int8" and trt.int8_mode == "calibrate" else None)
-        plan.append({"precision": precision, "onnx": engine_source(version, precision, trt.int8_mode),
-                     "engine": engine_name(precision), "trtexec": args})
+        cores = [None] if precision == "fp32" or trt.dla_core is None else [None, int(trt.dla_core)]
+        for core in cores:
+            args = trtexec_args(version, precision, int8_mode=trt.int8_mode, input_name=input_name,
+                                input_shape=[int(d) if d else 1 for d in input_shape], workspace_mb=trt.workspace_mb,
+                                dynamic_batch=dynamic, dla_core=core,
+                                calib_cache=CACHE if precision == "int8" and trt.int8_mode == "calibrate" else None)
+            name = variant_engine_name(precision, core)
+            if name != engine_name(precision):
+                args = _renamed(args, engine_name(precision), name)
+            plan.append({"precision": precision, "onnx": engine_source(version, precision, trt.int8_mode),
+                         "engine": name, "dla_core": core, "trtexec": args})
     return plan
 
 
@@ -172,7 +220,9 @@ def new_manifest(profile: Any, version: Version, *, input_name: str, input_shape
         "profile": profile.to_dict(), "trt_version": version_str(version), "trt_version_code": version_code(version),
         "trt_version_spec": str(profile.tensorrt.version),
         "cache_header": cache_header(version), "int8_mode": profile.tensorrt.int8_mode,
-        "input": {"name": input_name, "shape": list(input_shape)}, "output_name": output_name,
+        "input": {"name": input_name, "shape": list(input_shape),
+                  "profile": input_profile(list(input_shape), batch_profile(profile))},
+        "output_name": output_name,
         "output_names": list(output_names) if output_names else ([output_name] if output_name else []),
         "files": {}, "engines": [], "reference": None, "calibration": None, "predictions": {},
     }
@@ -311,7 +361,7 @@ def build_script(manifest: dict[str, Any]) -> str:
             f'  "$TRTEXEC" {cmd} --verbose > {engine}.build.log 2>&1 || '
             f'{{ echo "error: trtexec failed for {p}; see {engine}.build.log" >&2; exit 1; }}',
             f"  write_sidecar {p} {engine} {eng['onnx']}",
-            f'  echo "built {engine}; check it: edgerep validate --bundle . --engine {engine}"',
+            f'  echo "built {engine}; check it: {device_check_command(manifest, engine)}"',
             "fi",
         ]
     sidecar_py = _SIDECAR_PY.replace("__INT8_MODE__", manifest["int8_mode"])
@@ -321,10 +371,32 @@ def build_script(manifest: dict[str, Any]) -> str:
     return "\n".join(head + func + body) + "\n"
 
 
+# JetPack 6 ships Python 3.10, edgerep's minimum; JetPack 4 (3.6) and 5 (3.8) run the standalone check instead.
+EDGEREP_JETPACK = 6
+
+
+def edgerep_runs_on_device(manifest: dict[str, Any]) -> bool:
+    """Whether edgerep can be installed on the profile's device: a JetPack from EDGEREP_JETPACK on (its Python
+    is >= 3.10), or no JetPack at all (a desktop or server GPU, whatever Python the user brings)."""
+    jetpack = str((manifest.get("profile") or {}).get("tensorrt", {}).get("jetpack") or "")
+    try:
+        return not jetpack or int(jetpack.split(".")[0]) >= EDGEREP_JETPACK
+    except ValueError:
+        return True
+
+
+def device_check_command(manifest: dict[str, Any], engine: str) -> str:
+    """The command that checks `engine` on the device: edgerep validate where edgerep installs, else the
+    bundle's standalone check_engine.py (numpy, tensorrt and pycuda only)."""
+    if edgerep_runs_on_device(manifest):
+        return f"edgerep validate --bundle . --engine {engine}"
+    return f"python3 {CHECK_SCRIPT} {engine}"
+
+
 # A stdlib-only sidecar writer (the device may have neither edgerep nor numpy): the same fields and the
 # same artifact hash as edgerep.files.artifacts.write_sidecar, plus the DLA/GPU layer split from the build log.
 _SIDECAR_PY = r'''
-import hashlib, json, os, re, subprocess, sys, time
+import ctypes, hashlib, json, os, re, subprocess, sys, time
 precision, engine, onnx = sys.argv[1:4]
 def sha(p):
     h = hashlib.sha256()
@@ -335,22 +407,47 @@ def sha(p):
 art = hashlib.sha256(engine.encode() + b"\0" + bytes.fromhex(sha(engine))).hexdigest()
 code = int(os.environ["DEVICE_CODE"])
 ver = (code // 10000, code // 100 % 100, code % 100) if code >= 100000 else (code // 1000, code // 100 % 10, code % 100)
-gpu = cc = None
+def cuda_gpu():
+    # the CUDA driver itself (libcuda ships with every JetPack and driver), as pycuda and cuda-python read it:
+    # cuDeviceGetName ("Orin") and the compute capability (attributes 75/76 of CUdevice_attribute)
+    lib = ctypes.CDLL("libcuda.so.1")
+    dev, major, minor, name = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.create_string_buffer(256)
+    if lib.cuInit(0) or lib.cuDeviceGet(ctypes.byref(dev), 0) or lib.cuDeviceGetName(name, 256, dev):
+        raise RuntimeError("CUDA driver call failed")
+    if lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev) or lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev):
+        raise RuntimeError("CUDA driver call failed")
+    return name.value.decode("utf-8", "replace"), "%d.%d" % (major.value, minor.value)
+gpu = cc = source = None
 try:
-    import pycuda.autoinit, pycuda.driver as cuda
-    dev = cuda.Device(0); gpu = dev.name(); cc = "%d.%d" % dev.compute_capability()
+    gpu, cc = cuda_gpu()
+    source = "cuda"
 except Exception:
     try:
-        # check_output(universal_newlines=...), not run(capture_output=, text=): those need Python 3.7 and
-        # JetPack 4 has 3.6
-        out = subprocess.check_output(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                                      stderr=subprocess.DEVNULL, universal_newlines=True, timeout=20).strip().splitlines()
-        if out:
-            gpu, cc = [s.strip() for s in out[0].split(",")[:2]]
+        import pycuda.driver as cuda
+        cuda.init(); dev = cuda.Device(0); gpu = dev.name(); cc = "%d.%d" % dev.compute_capability()
+        source = "cuda"
     except Exception:
         pass
-    if gpu is None and os.path.exists("/proc/device-tree/model"):
-        gpu = open("/proc/device-tree/model").read().strip("\x00\n ")
+if gpu is None:
+    try:
+        # check_output(universal_newlines=...), not run(capture_output=, text=): those need Python 3.7 and
+        # JetPack 4 has 3.6. An nvidia-smi without the compute_cap field fails: then the name alone.
+        for query in ("name,compute_cap", "name"):
+            try:
+                out = subprocess.check_output(["nvidia-smi", "--query-gpu=" + query, "--format=csv,noheader"],
+                                              stderr=subprocess.DEVNULL, universal_newlines=True,
+                                              timeout=20).strip().splitlines()
+            except subprocess.CalledProcessError:
+                continue
+            if out:
+                parts = [x.strip() for x in out[0].split(",")]
+                gpu, cc, source = parts[0], (parts[1] if len(parts) > 1 else None), "nvidia-smi"
+                break
+    except Exception:
+        pass
+model = os.environ.get("EDGEREP_DEVICE_TREE_MODEL", "/proc/device-tree/model")
+if gpu is None and os.path.exists(model):
+    gpu, source = open(model).read().strip("\x00\n "), "device-tree"
 dla, gpu_layers = [], []
 if os.path.exists(engine + ".build.log"):
     # TensorRT's builder log: "[I] [TRT] [DlaLayer] {ForeignNode[...]}" / "[GpuLayer] POOLING: ...", at INFO
@@ -360,10 +457,16 @@ if os.path.exists(engine + ".build.log"):
         if m:
             (dla if m.group(1) == "DlaLayer" else gpu_layers).append(m.group(2).strip())
 manifest = json.load(open("bundle.json"))
-dla_core = manifest["profile"].get("tensorrt", {}).get("dla_core") if precision != "fp32" else None
+entry = [e for e in manifest.get("engines", []) if e.get("engine") == engine]
+if entry and "dla_core" in entry[0]:
+    dla_core = entry[0]["dla_core"]  # per engine: a DLA profile builds GPU and DLA variants
+else:
+    dla_core = manifest["profile"].get("tensorrt", {}).get("dla_core") if precision != "fp32" else None
 body = {"schema": 1, "artifact": engine, "files": [engine], "artifact_sha256": art,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kind": "tensorrt-engine", "backend": "tensorrt",
-        "precision": precision, "trt_version": "%d.%d.%d" % ver, "gpu_name": gpu, "compute_capability": cc,
+        "precision": precision, "trt_version": "%d.%d.%d" % ver, "gpu_name": gpu, "gpu_name_source": source,
+        "compute_capability": cc,
+        # the manifest's hash of the source ONNX: bundle.file_hash, i.e. onnx_sha256, as edgerep's own sidecars
         "opset": manifest["profile"].get("opset"), "onnx": onnx, "onnx_sha256": manifest["files"].get(onnx),
         "calib_sha256": (manifest.get("calibration") or {}).get("data_sha256") if precision == "int8" else None,
         "int8_mode": "__INT8_MODE__" if precision == "int8" else None,
@@ -381,7 +484,7 @@ def readme(manifest: dict[str, Any]) -> str:
     version = parse_version(manifest["trt_version"])
     prof = manifest["profile"]
     feats = api_features(version)
-    rows = "\n".join(f"| {e['precision']} | `{e['onnx']}` | `{e['engine']}` |" for e in manifest["engines"])
+    rows = "\n".join(f"| {e['precision']} | {_device(e)} | `{e['onnx']}` | `{e['engine']}` |" for e in manifest["engines"])
     pred = manifest.get("predictions") or {}
     pred_lines = "\n".join(
         f"- {k}: {v.get('backend')} on the host CPU: cosine {_fmt(v.get('accuracy', {}).get('cosine'))}, "
@@ -396,16 +499,31 @@ def readme(manifest: dict[str, Any]) -> str:
         f"TensorRT {version.__getitem__(0)}.{version[1]}.x (the ONNX was checked against that version's parser; "
         f"JetPack {prof.get('tensorrt', {}).get('jetpack') or '-'}).",
         "",
-        "| precision | built from | engine |",
-        "|---|---|---|",
+        "| precision | runs on | built from | engine |",
+        "|---|---|---|---|",
         rows,
         "",
         "## On the device",
         "",
+        "TensorRT comes from JetPack (`sudo apt install python3-libnvinfer`; `tensorrt` on the system Python), not",
+        "from PyPI: do not `pip install tensorrt` or `'edgerep[tensorrt]'` on a Jetson (PyPI's wheels are for x86-64",
+        "and SBSA servers and shadow JetPack's package). A venv must be made with `--system-site-packages` to see it.",
+        "pycuda has no Jetson wheel and compiles on install, which needs the CUDA compiler on the PATH:",
+        "",
         "```bash",
         "bash build.sh                 # every engine; or: bash build.sh fp16",
-        "pip install --no-deps ./edgerep && pip install numpy typer rich onnx   # Python >= 3.10 (JetPack 6); no PyTorch",
-        "pip install pycuda            # the [tensorrt] extra; JetPack ships the tensorrt Python package",
+        "export PATH=/usr/local/cuda/bin:$PATH CPATH=/usr/local/cuda/include LIBRARY_PATH=/usr/local/cuda/lib64",
+        "pip install pycuda",
+        "```",
+        "",
+        "(NVIDIA's own samples use cuda-python instead from TensorRT 10.14: `pip install cuda-python`, a wheel that",
+        "needs no nvcc.)",
+        "",
+        "With JetPack 6 (Python 3.10, edgerep's minimum):",
+        "",
+        "```bash",
+        "python3 -m venv --system-site-packages ~/edgerep && . ~/edgerep/bin/activate",
+        "pip install --no-deps ./edgerep && pip install numpy typer rich onnx   # no PyTorch",
         *[f"edgerep validate --bundle . --engine {e['engine']}" for e in manifest["engines"]],
         "```",
         "",
@@ -417,7 +535,8 @@ def readme(manifest: dict[str, Any]) -> str:
         "```",
         "",
         "Given several engines at once, it ends with the one to ship on this device (recommend.py's rule: the",
-        "fastest that passes its gate; a lower precision must be at least 5% faster to be preferred):",
+        "fastest that passes its gate; a lower precision, or the DLA over the GPU at one precision, must be at",
+        "least 5% faster to be preferred):",
         "",
         "```bash",
         f"python3 {CHECK_SCRIPT} " + " ".join(e["engine"] for e in manifest["engines"]),
@@ -450,6 +569,11 @@ def readme(manifest: dict[str, Any]) -> str:
     return "\n".join(steps) + "\n"
 
 
+def _device(entry: dict[str, Any]) -> str:
+    core = entry.get("dla_core")
+    return "GPU" if core is None else f"DLA {core} (GPU fallback)"
+
+
 def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}"
 
@@ -466,6 +590,7 @@ def write_text(bundle_dir: Path, name: str, text: str, *, executable: bool = Fal
 
 
 __all__ = ["Bundle", "BUNDLE_FORMAT", "CACHE", "CACHE_RANGES", "MANIFEST", "ONNX_FP16", "ONNX_FP32", "ONNX_QDQ",
-           "REFERENCE", "build_script", "copy_in", "engine_plan", "label_array", "load_bundle", "new_manifest",
+           "REFERENCE", "batch_profile", "build_script", "copy_in", "device_check_command", "engine_plan",
+           "input_profile", "variant_engine_name", "label_array", "load_bundle", "new_manifest",
            "read_reference", "read_reference_all", "readme", "reference_keys", "reference_limit",
            "reference_outputs_entry", "write_manifest", "write_reference", "write_text"]

@@ -33,12 +33,45 @@ def running_environment() -> dict[str, Any]:
 
     dev = cuda_driver().Device(0)
     major, minor = dev.compute_capability()
-    return {"trt_version": trt.__version__, "gpu_name": dev.name(), "compute_capability": f"{major}.{minor}"}
+    # pycuda's Device.name() is the driver's cuDeviceGetName: guard.CUDA_NAME
+    return {"trt_version": trt.__version__, "gpu_name": dev.name(), "gpu_name_source": "cuda",
+            "compute_capability": f"{major}.{minor}"}
 
 
-def unavailable_reason() -> str | None:
-    """None when tensorrt, pycuda and a CUDA GPU are usable here, else why not. Never raises."""
-    missing = "tensorrt is not installed here; engines are built on the device (pip install 'edgerep[tensorrt]' there)"
+# Where a Jetson's TensorRT comes from: JetPack's Debian packages, not PyPI (whose tensorrt wheels are for x86-64
+# and SBSA servers, and shadow JetPack's package in a venv).
+JETSON_TENSORRT = ("on a Jetson use JetPack's TensorRT: sudo apt install python3-libnvinfer, and make any venv with "
+                   "--system-site-packages (pip install tensorrt / 'edgerep[tensorrt]' would pull PyPI's wheel instead)")
+# pycuda has no aarch64 wheel: pip compiles it, which needs nvcc and the CUDA headers and libraries.
+JETSON_PYCUDA = ("on a Jetson pycuda compiles from source: export PATH=/usr/local/cuda/bin:$PATH "
+                 "CPATH=/usr/local/cuda/include LIBRARY_PATH=/usr/local/cuda/lib64, then pip install pycuda")
+
+
+def on_jetson(release_file: str = "/etc/nv_tegra_release", model_file: str = "/proc/device-tree/model") -> bool:
+    """Whether this machine is a Jetson (L4T writes /etc/nv_tegra_release; the device tree names the board)."""
+    import os
+
+    if os.path.exists(release_file):
+        return True
+    try:
+        with open(model_file, "rb") as f:
+            return b"jetson" in f.read().lower()
+    except OSError:
+        return False
+
+
+def install_hint(package: str, *, jetson: bool) -> str:
+    """How to install `package` ("tensorrt" or "pycuda") for edgerep here."""
+    if package == "tensorrt":
+        return JETSON_TENSORRT if jetson else "pip install 'edgerep[tensorrt]'"
+    return JETSON_PYCUDA if jetson else "pip install pycuda"
+
+
+def unavailable_reason(*, jetson: bool | None = None) -> str | None:
+    """None when tensorrt, pycuda and a CUDA GPU are usable here, else why not and how to fix it. Never raises."""
+    jetson = on_jetson() if jetson is None else jetson
+    missing = ("tensorrt is not installed here; engines are built on the device ("
+               + install_hint("tensorrt", jetson=jetson) + ")")
     try:
         import tensorrt
     except ImportError:
@@ -50,7 +83,7 @@ def unavailable_reason() -> str | None:
     try:
         import pycuda.driver  # noqa: F401
     except ImportError:
-        return "pycuda is not installed; pip install 'edgerep[tensorrt]'"
+        return "pycuda is not installed; " + install_hint("pycuda", jetson=jetson)
     try:
         if cuda_driver().Device.count() < 1:
             return "no NVIDIA GPU found"

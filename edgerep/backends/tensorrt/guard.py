@@ -7,7 +7,11 @@ and cache gets a sidecar JSON beside it (the plan file itself stays plain, so tr
 unchanged), and these pure functions compare a sidecar with the running environment: use, retag (host-made
 caches), rebuild/recalibrate, or a clear UserError.
 
-`env` is a dict: trt_version ("10.3.0.26"), gpu_name, compute_capability ("8.7"); None where unknown.
+`env` is a dict: trt_version ("10.3.0.26"), gpu_name, gpu_name_source, compute_capability ("8.7"); None where
+unknown. gpu_name_source says where the name came from: "cuda" (the CUDA driver's cuDeviceGetName, as pycuda,
+cuda-python and ctypes read it: "Orin" on JetPack 6), "nvidia-smi" or "device-tree" (the board's model, e.g.
+"NVIDIA Jetson AGX Orin Developer Kit"). Names from different sources never match, so they are compared only
+when both came from CUDA; the compute capability is what TensorRT's plans are really tied to.
 """
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ from edgerep.errors import UserError
 
 SIDECAR_KIND_ENGINE = "tensorrt-engine"
 SIDECAR_KIND_CACHE = "tensorrt-calibration-cache"
+CUDA_NAME = "cuda"  # gpu_name_source of a name read from the CUDA driver (cuDeviceGetName)
 
 
 def engine_sidecar(*, trt_version: str, gpu_name: str | None, compute_capability: str | None, precision: str,
-                   opset: int | None, onnx_sha256: str, calib_sha256: str | None = None,
+                   opset: int | None, onnx_sha256: str, gpu_name_source: str | None = None,
+                   calib_sha256: str | None = None,
                    int8_mode: str | None = None, dla_core: int | None = None, workspace_mb: int | None = None,
                    dynamic_batch: bool = False, shapes: dict[str, Any] | None = None,
                    version_compatible: bool = False, hardware_compatibility: str | None = None,
@@ -30,8 +36,9 @@ def engine_sidecar(*, trt_version: str, gpu_name: str | None, compute_capability
     """The sidecar body of an engine (artifacts.write_sidecar adds the engine's own hash and a timestamp)."""
     body = {
         "kind": SIDECAR_KIND_ENGINE, "backend": "tensorrt", "precision": precision,
-        "trt_version": trt_version, "gpu_name": gpu_name, "compute_capability": compute_capability,
-        "opset": opset, "onnx_sha256": onnx_sha256, "calib_sha256": calib_sha256, "int8_mode": int8_mode,
+        "trt_version": trt_version, "gpu_name": gpu_name, "gpu_name_source": gpu_name_source,
+        "compute_capability": compute_capability, "opset": opset, "onnx_sha256": onnx_sha256,
+        "calib_sha256": calib_sha256, "int8_mode": int8_mode,
         "dla_core": dla_core, "workspace_mb": workspace_mb, "dynamic_batch": dynamic_batch, "shapes": shapes,
         "version_compatible": version_compatible, "hardware_compatibility": hardware_compatibility,
         "built_by": built_by,
@@ -91,7 +98,8 @@ def engine_mismatches(side: dict[str, Any], env: dict[str, Any], *, onnx_sha256:
         if not (hw in ("ampere_plus", "ampere+") and running_cc >= (8, 0)):
             problems.append(f"built for compute capability {built_cc[0]}.{built_cc[1]}, this GPU is "
                             f"{running_cc[0]}.{running_cc[1]}")
-    elif side.get("gpu_name") and env.get("gpu_name") and side["gpu_name"] != env["gpu_name"] and hw == "none":
+    elif (side.get("gpu_name") and env.get("gpu_name") and side["gpu_name"] != env["gpu_name"] and hw == "none"
+          and side.get("gpu_name_source") == CUDA_NAME and env.get("gpu_name_source") == CUDA_NAME):
         problems.append(f"built on {side['gpu_name']}, this GPU is {env['gpu_name']}")
     if onnx_sha256 and side.get("onnx_sha256") and side["onnx_sha256"] != onnx_sha256:
         problems.append("built from another ONNX model (its hash differs)")

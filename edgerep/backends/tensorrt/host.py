@@ -14,7 +14,7 @@ import numpy as np
 
 from edgerep.backends.tensorrt.versions import Version, parse_version, version_str
 from edgerep.errors import UserError
-from edgerep.files.onnx_files import onnx_output_names
+from edgerep.files.onnx_files import int8_float_nodes, onnx_output_names
 
 # recommend.py travels into the bundle as a file (check_engine.py imports it on the device, without edgerep).
 _RECOMMEND_SOURCE = Path(__file__).resolve().parents[2] / "pipeline" / "recommend.py"
@@ -82,7 +82,8 @@ def prepare_int8(onnx_path: Path, profile: Any, calib: Any, work_dir: Path, *, m
     bins = entropy_bins or ENTROPY_BINS
     key = _key({"onnx": onnx_sha, "data": data_sha, "method": method, "num_samples": num_samples,
                 "ignored": sorted(ignored_nodes or []), "head_float": sorted(head_float_nodes or []),
-                                  "trt": version_str(version), "bins": bins,
+                "trt": version_str(version), "bins": bins,
+                "cache": 2,  # 2: the float nodes' tensors left out of calib.cache (1 kept every tensor)
                 "versions": _versions("edgerep", "onnxruntime", "onnx")})
     ranges_path, cache_path, qdq_path = work_dir / "calib_ranges.json", work_dir / "calib.cache", work_dir / "model.qdq.onnx"
     cache_side, qdq_side = read_sidecar(cache_path), read_sidecar(qdq_path)
@@ -95,12 +96,15 @@ def prepare_int8(onnx_path: Path, profile: Any, calib: Any, work_dir: Path, *, m
         settings = qdq.make_qdq(Path(onnx_path), qdq_path, ranges, nodes_to_exclude=ignored_nodes,
                                 head_float_nodes=head_float_nodes)
     write_json_atomic(ranges_path, {**ranges.to_json(), "onnx_sha256": onnx_sha, "data_sha256": data_sha})
-    calib_cache.write_cache(cache_path, ranges.amax(), version)
+    float_nodes = int8_float_nodes(ignored_nodes, head_float_nodes)
+    scales, omitted = cache_scales(Path(onnx_path), ranges.amax(), float_nodes)
+    calib_cache.write_cache(cache_path, scales, version)
     header = calib_cache.read_cache(cache_path).header
     write_sidecar(cache_path, {**guard.cache_sidecar(
         trt_version=version_str(version), header=header, method=method, num_samples=ranges.num_samples,
         data_sha256=data_sha, onnx_sha256=onnx_sha, opset=opset, produced_by="onnxruntime-host",
-        extra={"key": key, "settings": ranges.settings, "onnxruntime": _versions("onnxruntime")["onnxruntime"]})})
+        extra={"key": key, "settings": ranges.settings, "onnxruntime": _versions("onnxruntime")["onnxruntime"],
+               "float_nodes": float_nodes, "omitted_tensors": omitted})})
     write_sidecar(qdq_path, {"kind": "onnx-qdq", "backend": "onnxruntime", "precision": "int8", "key": key,
                              "onnx_sha256": onnx_sha, "calib_sha256": data_sha, "calib_method": method,
                              "num_samples": ranges.num_samples, "opset": opset, "settings": settings,
@@ -108,6 +112,28 @@ def prepare_int8(onnx_path: Path, profile: Any, calib: Any, work_dir: Path, *, m
     return {"ranges": ranges_path, "cache": cache_path, "qdq": qdq_path, "key": key, "reused": False,
             "method": method, "num_samples": ranges.num_samples, "data_sha256": data_sha, "onnx_sha256": onnx_sha,
             "qdq_settings": settings}
+
+
+def cache_scales(onnx_path: Path, amax: dict[str, float], float_nodes: list[str]) -> tuple[dict[str, float], list[str]]:
+    """The calibration cache's ranges without the tensors that `float_nodes` produce or consume: (kept, omitted).
+
+    In implicit quantization TensorRT runs a layer in INT8 wherever its tensors have scales, and falls back to
+    a higher precision ("Missing scale and zero-point for tensor ..., expect fall back to non-int8
+    implementation") where they do not; with --fp16 beside --int8 that is FP16. So the nodes the Q/DQ model
+    keeps in float (the user's ignored nodes, a detector's head) stay out of INT8 on the device too, and the
+    host's Q/DQ prediction describes the calibrate-mode engine as well."""
+    import onnx
+
+    wanted = set(float_nodes)
+    if not wanted:
+        return dict(amax), []
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    touched: set[str] = set()
+    for node in model.graph.node:
+        if node.name in wanted:
+            touched.update(t for t in [*node.input, *node.output] if t)
+    kept = {k: v for k, v in amax.items() if k not in touched}
+    return kept, [k for k in amax if k in touched]
 
 
 def prepare_fp16(onnx_path: Path, work_dir: Path) -> Path:

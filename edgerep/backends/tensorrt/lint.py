@@ -6,7 +6,8 @@ What it checks, each finding naming the node and a fix:
   * the parser's published restrictions on attributes and inputs (operators.md "Restrictions" column),
     checked where they can be checked statically; the others are shown as notes on the nodes they concern;
   * INT64 weights (TensorRT 8.x casts them down to INT32; values beyond INT32 break);
-  * dynamic dimensions without an optimization profile.
+  * dynamic dimensions without an optimization profile, and a DLA core with a dynamic batch (DLA is static);
+  * per-channel Q/DQ below opset 13 (the operators' `axis` is from 13), in the graph or from int8_mode qdq.
 The tables come from edgerep/backends/tensorrt/data/onnx_parser_ops.json (onnx/onnx-tensorrt docs/operators.md at the
 commits NVIDIA's TensorRT release branches pin; see its `source` per version).
 """
@@ -294,9 +295,11 @@ def lint_onnx(model: Any, trt_version: str | Version, *, profile_opset: int | No
     if path is not None:
         _check_external_data(report, model, path)
     _check_opset(report, table, opset, profile_opset)
-    _check_profile(report, v, int8_mode, precisions, dla_core, compute_capability)
+    _check_profile(report, v, int8_mode, precisions, dla_core, compute_capability, dynamic_batch=dynamic_batch,
+                   profile_opset=profile_opset)
     g = _Graph(model)
     _check_nodes(report, table, g)
+    _check_qdq_opset(report, g, opset)
     _check_int64(report, table, g)
     _check_dynamic(report, model, dynamic_batch)
     report.findings.sort(key=lambda f: _SEVERITY_ORDER[f.severity])
@@ -342,10 +345,24 @@ def has_native_int8(compute_capability: str | None) -> bool | None:
 
 
 def _check_profile(report: LintReport, v: Version, int8_mode: str | None, precisions: list[str] | None,
-                   dla_core: int | None, compute_capability: str | None = None) -> None:
+                   dla_core: int | None, compute_capability: str | None = None, *, dynamic_batch: bool = False,
+                   profile_opset: int | None = None) -> None:
     from edgerep.backends.tensorrt.versions import api_features, dla_support
 
     wants_int8 = precisions is None or "int8" in precisions
+    if dla_core is not None and dynamic_batch:
+        report.findings.append(Finding(
+            ERROR, "dla-dynamic", "<profile>", "",
+            f"dynamic_batch = true with dla_core = {dla_core}: the DLA runs static shapes only (the profile's min, "
+            f"opt and max must be equal; TensorRT docs, DLA Supported Layers and Restrictions), so the network would "
+            f"run on the GPU (or fail to build) while the engine is labelled DLA",
+            "set dynamic_batch = false (export with a fixed batch), or drop dla_core for GPU engines"))
+    if wants_int8 and int8_mode == "qdq" and profile_opset is not None and profile_opset < QDQ_AXIS_OPSET:
+        report.findings.append(Finding(
+            ERROR, "qdq-per-channel-opset", "<profile>", "",
+            f"int8_mode = 'qdq' at opset {profile_opset}: the Q/DQ model's weights are quantized per channel, and "
+            f"QuantizeLinear/DequantizeLinear take a per-channel `axis` only from opset {QDQ_AXIS_OPSET}",
+            f"set opset >= {QDQ_AXIS_OPSET} in the profile, or int8_mode = \"calibrate\" (TensorRT 8.x - 10.x)"))
     if int8_mode and wants_int8 and int8_mode not in int8_modes(v):
         report.findings.append(Finding(
             ERROR, "int8-mode", "<profile>", "",
@@ -370,6 +387,27 @@ def _check_profile(report: LintReport, v: Version, int8_mode: str | None, precis
             f"compute capability {compute_capability} has no native INT8: TensorRT builds INT8 anyway ('Int8 support "
             f"requested on hardware without native Int8 support') and the engine is slower than FP16",
             "build FP16 for this device (drop int8 from the profile's precisions)"))
+
+
+QDQ_AXIS_OPSET = 13  # QuantizeLinear/DequantizeLinear-13 added `axis` (per-channel scales); 10 took scalars only
+
+
+def _check_qdq_opset(report: LintReport, g: _Graph, opset: int | None) -> None:
+    """Per-channel Q/DQ (an `axis` attribute, or a scale with more than one value) below opset 13, where the
+    operators' scale must be a scalar: onnx's checker and TensorRT's parser (which reads the opset's schema)
+    refuse the node."""
+    if opset is None or opset >= QDQ_AXIS_OPSET:
+        return
+    for i, node in enumerate(g.model.graph.node):
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.domain not in ("", "ai.onnx"):
+            continue
+        scale = g.constant_value(node.input[1]) if len(node.input) > 1 else None
+        per_channel = _attr(node, "axis") is not None or (scale is not None and scale.size > 1)
+        if per_channel:
+            report.findings.append(Finding(
+                ERROR, "qdq-per-channel-opset", node_label(node, i), node.op_type,
+                f"per-channel {node.op_type} at opset {opset}; a per-channel axis exists from opset {QDQ_AXIS_OPSET}",
+                f"re-export and quantize at opset >= {QDQ_AXIS_OPSET}, or quantize per tensor"))
 
 
 def _check_nodes(report: LintReport, table: OpsTable, g: _Graph) -> None:

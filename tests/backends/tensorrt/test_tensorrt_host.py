@@ -107,7 +107,8 @@ def test_build_without_tensorrt_writes_bundle_and_prediction(built):
             "README.md", "profile.toml"} <= set(m["files"])
     for eng in m["engines"]:  # TensorRT 8.5: --memPoolSize (not --workspace), --buildOnly (not --skipInference)
         assert "--memPoolSize=workspace:1024" in eng["trtexec"] and "--buildOnly" in eng["trtexec"]
-        assert "--useDLACore=0" in eng["trtexec"] and "--allowGPUFallback" in eng["trtexec"]
+        on_dla = eng["dla_core"] == 0  # a DLA profile: each precision on the GPU and on DLA core 0
+        assert on_dla == ("--useDLACore=0" in eng["trtexec"]) == ("--allowGPUFallback" in eng["trtexec"])
     int8 = next(e for e in m["engines"] if e["precision"] == "int8")
     assert int8["onnx"] == "model.onnx" and "--calib=calib.cache" in int8["trtexec"]
     assert subprocess.run(["bash", "-n", str(bundle.path / "build.sh")]).returncode == 0
@@ -210,13 +211,13 @@ def test_build_sh_heads_the_cache_for_the_loaded_library_and_reads_verbose_place
     assert proc.returncode == 0, proc.stderr
     assert (bdir / "calib.device.cache").read_text().splitlines()[0] == "TRT-8503-EntropyCalibration2"
     assert "banner" not in proc.stderr
-    side = read_sidecar(bdir / "model.int8.engine")
+    side = read_sidecar(bdir / "model.int8.dla0.engine")
     assert side["trt_version"] == "8.5.3" and side["dla_layers"] == ["{ForeignNode[/stage0/Conv.../stage3/Relu]}"]
     # nothing on the DLA: every layer is a GPU fallback, and the sidecar says so
     _fake_trtexec(bin_dir, "v8502", ["[12/01/2024-10:00:00] [V] [TRT] [GpuLayer] CONVOLUTION: /stage0/Conv"])
     proc = subprocess.run(["bash", str(bdir / "build.sh"), "int8"], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    side = read_sidecar(bdir / "model.int8.engine")
+    side = read_sidecar(bdir / "model.int8.dla0.engine")
     assert side["dla_layers"] == [] and side["gpu_fallback_layers"] == ["CONVOLUTION: /stage0/Conv"]
     # no library found: the banner is the last resort, with a warning saying what it is
     env["PYTHONPATH"] = str(tmp_path / "nowhere")
@@ -238,11 +239,14 @@ def test_build_sh_guards_version_and_writes_sidecars(built, tmp_path):
     assert (bdir / "calib.device.cache").read_text().splitlines()[0] == "TRT-8502-EntropyCalibration2"
     calls = (bin_dir / "calls.log").read_text()
     assert "--calib=calib.device.cache" in calls and "--fp16" in calls
-    for precision in ("fp16", "int8"):
-        engine = bdir / f"model.{precision}.engine"
+    # a DLA profile: each precision on the GPU (model.<p>.engine) and on DLA core 0 (model.<p>.dla0.engine)
+    for precision, name, dla in (("fp16", "model.fp16.engine", None), ("fp16", "model.fp16.dla0.engine", 0),
+                                 ("int8", "model.int8.engine", None), ("int8", "model.int8.dla0.engine", 0)):
+        engine = bdir / name
         side = read_sidecar(engine)  # the stdlib writer makes the same artifact hash as edgerep's
         assert side is not None and side["trt_version"] == "8.5.2" and side["precision"] == precision
-        assert side["dla_layers"] and side["gpu_fallback_layers"] == ["POOLING: /head/GlobalAveragePool"]
+        assert side["dla_core"] == dla
+        assert side["gpu_fallback_layers"] == (["POOLING: /head/GlobalAveragePool"] if dla is not None else [])
         assert guard.engine_mismatches(side, {"trt_version": "8.5.2.2"}) == []
         assert guard.engine_mismatches(side, {"trt_version": "10.3.0.26"}) == ["built with TensorRT 8.5.2, running TensorRT 10.3.0"]
     # a device on another TensorRT is refused before anything is built
@@ -671,7 +675,8 @@ def test_int8_mode_and_dla_flags_override_the_profile(built, tmp_path):
     art = backend.build(sim, "int8", out_dir=tmp_path / "dla1", profile=xavier, calib=calib,
                         options={"dla_core": 1, "num_samples": 16})
     assert art.status == "skipped" and art.info["settings"]["dla_core"] == 1
-    int8 = load_bundle(Path(art.info["bundle"])).manifest["engines"][0]
+    int8 = next(e for e in load_bundle(Path(art.info["bundle"])).manifest["engines"] if e["dla_core"] is not None)
+    assert int8["engine"] == "model.int8.dla1.engine"
     assert int8["onnx"] == "model.onnx" and "--useDLACore=1" in int8["trtexec"] and "--calib=calib.cache" in int8["trtexec"]
     # Q/DQ INT8 would leave the DLA (NVIDIA/TensorRT#2222): refused with the way out
     with pytest.raises(UserError, match="--int8-mode calibrate"):
