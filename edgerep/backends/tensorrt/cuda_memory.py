@@ -60,6 +60,12 @@ class PycudaMemory:
         self.cuda = cuda
         self.ctx: Any = cuda.Device(0).retain_primary_context()
 
+    def device(self) -> tuple[str, str]:
+        """(GPU name, compute capability "major.minor") of device 0."""
+        dev = self.cuda.Device(0)
+        major, minor = dev.compute_capability()
+        return str(dev.name()), f"{major}.{minor}"
+
     def push(self) -> None:
         self.ctx.push()
 
@@ -133,6 +139,12 @@ class CudartMemory:
             label = named[1].decode() if int(named[0]) == 0 and isinstance(named[1], bytes) else str(err)
             raise RuntimeError(f"CUDA {what} failed: {label}")
         return rest[0] if len(rest) == 1 else (rest or None)
+
+    def device(self) -> tuple[str, str]:
+        """(GPU name, compute capability "major.minor") of device 0 (cudaDeviceProp name, major, minor)."""
+        prop = self.call(self.rt.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
+        name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
+        return name, f"{prop.major}.{prop.minor}"
 
     def push(self) -> None:
         pass

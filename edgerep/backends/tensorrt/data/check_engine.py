@@ -341,19 +341,24 @@ class EngineSession(object):
                     results[name].append(np.array(host, dtype=np.float32).reshape(out_shape)[:real])
         return [np.concatenate(results[n]) for n in names]
 
+    def warm_up(self, x, batch, count):
+        """`count` untimed batches of the first rows of `x`."""
+        chunk = next(self._chunks(x[:self.engine_batch(batch)], batch))[0]
+        self.prepare(len(chunk))
+        np.copyto(self.host_in, chunk.reshape(self.host_in.shape))
+        for _ in range(max(0, count)):
+            self._submit()
+        self.memory.sync(self.stream)
+
     def timed_pass(self, x, batch, warmup=1):
         """Milliseconds per batch over `x` from CUDA events around the copies in, the execution and the copies
         out; the input is staged into the pinned buffer before the start event, and `warmup` untimed batches
         go first (an engine's first call after another engine ran pays for cold caches)."""
         mem, times = self.memory, []
-        chunks = list(self._chunks(x, batch))
-        for i, (chunk, _) in enumerate(chunks[:1] * max(0, warmup) + chunks):
+        self.warm_up(x, batch, warmup)
+        for chunk, _ in self._chunks(x, batch):
             self.prepare(len(chunk))
             np.copyto(self.host_in, chunk.reshape(self.host_in.shape))
-            if i < warmup:
-                self._submit()
-                mem.sync(self.stream)
-                continue
             mem.record(self.start, self.stream)
             self._submit()
             mem.record(self.end, self.stream)
@@ -400,10 +405,13 @@ class OnnxSession(object):
         chunks = [self.session.run(names, {self.input: x[i:i + batch]}) for i in range(0, len(x), batch)]
         return [np.concatenate([chunk[k] for chunk in chunks]) for k in range(len(names))]
 
+    def warm_up(self, x, batch, count):
+        for _ in range(max(0, count)):
+            self.session.run(self.output_names()[:1], {self.input: x[:batch]})
+
     def timed_pass(self, x, batch, warmup=1):
         names = self.output_names()[:1]
-        for _ in range(max(0, warmup)):
-            self.session.run(names, {self.input: x[:batch]})
+        self.warm_up(x, batch, warmup)
         times = []
         for i in range(0, len(x), batch):
             chunk = x[i:i + batch]
@@ -634,7 +642,7 @@ def time_rounds(records, sessions, x, batch, rounds=ROUNDS, warmup=10):
     engine before the first round."""
     engines = [r["engine"] for r in records]
     for engine in engines:
-        sessions[engine].timed_pass(x[:batch], batch, warmup=max(0, warmup))
+        sessions[engine].warm_up(x, batch, warmup)
     round_p50 = dict((e, []) for e in engines)
     for k in range(rounds):
         for engine in engines[k % len(engines):] + engines[:k % len(engines)]:
@@ -847,7 +855,7 @@ def doctor_findings(facts):
         hint = "JetPack: sudo apt install python3-libnvinfer"
         if facts.get("venv"):
             hint += "; this is a virtualenv: make it with --system-site-packages to see JetPack's module"
-        add("warn", "tensorrt", "the tensorrt Python module is not importable here (%s): check_engine.py cannot "
+        add("warn", "tensorrt", "the tensorrt Python module is not usable here (%s): check_engine.py cannot "
                                 "run engines; %s" % (facts.get("tensorrt_error") or "not installed", hint))
     if deb_trt and spec and not version_fits(spec, deb_trt):
         add("block", "tensorrt", "libnvinfer %s is installed (trtexec's TensorRT), the profile is made for %s: "
