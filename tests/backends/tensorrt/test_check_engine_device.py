@@ -228,7 +228,13 @@ def fake_trt(version: str, clock: Clock, *, dynamic: bool = True, profile=(1, 4,
             order.append(("deserialize",))
             return Engine()
 
-    class Logger:
+    class TrackedClass(type):  # class attributes (trt.Logger.WARNING) are names too
+        def __getattribute__(cls, name):
+            if not name.startswith("_"):
+                seen.add(name)
+            return type.__getattribute__(cls, name)
+
+    class Logger(metaclass=TrackedClass):
         WARNING, ERROR = 2, 1
 
         def __init__(self, *args):
@@ -242,6 +248,11 @@ def fake_trt(version: str, clock: Clock, *, dynamic: bool = True, profile=(1, 4,
         def __init__(self, *args):
             pass
 
+    class Builder(Tracked):
+        def __init__(self, logger):
+            self._seen = seen
+            object.__setattr__(self, "num_DLA_cores", 2)
+
     class Module(types.ModuleType):
         def __getattribute__(self, name):
             if not name.startswith("_"):
@@ -251,7 +262,7 @@ def fake_trt(version: str, clock: Clock, *, dynamic: bool = True, profile=(1, 4,
     module = Module("tensorrt")
     module.__version__ = version
     module.Runtime, module.Logger, module.ILogger = Runtime, Logger, ILogger
-    module.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+    module.IInt8EntropyCalibrator2, module.Builder = IInt8EntropyCalibrator2, Builder
     module.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
     module.nptype = lambda dtype: np.float32
     module.Dims = lambda dims: tuple(dims)
@@ -746,6 +757,15 @@ def test_the_doctor_warns_with_what_to_do(ce, xavier_bundle):
     assert "python3-libnvinfer" in trt["tensorrt"] and "--system-site-packages" in trt["tensorrt"]
     wheel = warns(venv=True, tensorrt_file="/home/me/venv/lib/python3.8/site-packages/tensorrt/__init__.py")
     assert "pip wheel in a virtualenv" in wheel["tensorrt"]
+
+
+@pytest.mark.parametrize("version,key", [("8.2.1", "8.2"), ("10.3.0", "10.3")])
+def test_the_doctor_reads_tensorrt_and_its_dla_cores_with_bound_names(ce, monkeypatch, version, key):
+    trt, seen, _ = fake_trt(version, Clock())
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    facts = ce["_module_facts"]()
+    assert facts["tensorrt_version"] == version and facts["dla_cores"] == 2
+    assert {"Builder", "Logger", "ERROR", "num_DLA_cores"} <= seen and not (seen - _names(key))
 
 
 def test_doctor_runs_in_a_real_bundle_on_this_machine(xavier_bundle):
