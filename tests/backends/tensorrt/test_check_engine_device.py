@@ -728,10 +728,14 @@ def test_the_doctor_passes_a_ready_device_and_names_what_blocks(ce, xavier_bundl
     def blocks(**changes):
         return [(t, m) for level, t, m in find(dict(_ready_xavier(manifest), **changes)) if level == "block"]
 
-    (topic, msg), = blocks(tegra_release=TEGRA_R32, l4t_core_version=None)
-    assert topic == "jetpack" and "JetPack 4.6.1 (L4T R32.7.1) ships TensorRT 8.2.1" in msg
+    nano = dict(tegra_release=TEGRA_R32, l4t_core_version=None, tensorrt_version="8.2.1.8",
+                libnvinfer_version="8.2.1-1+cuda10.2")
+    assert [t for t, _ in blocks(**nano)] == ["tensorrt", "tensorrt"]  # the installed TensorRT blocks
+    jetpack = [(lv, m) for lv, t, m in find(dict(_ready_xavier(manifest), **nano)) if t == "jetpack"]
+    assert jetpack == [("warn", "JetPack 4.6.1 (L4T R32.7.1) ships TensorRT 8.2.1, the profile is made for "
+                                "TensorRT 8.5 (JetPack 5.1): use the profile of this JetPack")]
     assert [t for t, _ in blocks(tensorrt_version="10.3.0.30", libnvinfer_version="10.3.0-1+cuda12.5",
-                                 tegra_release=TEGRA_R36)] == ["tensorrt", "tensorrt", "jetpack"]
+                                 tegra_release=TEGRA_R36)] == ["tensorrt", "tensorrt"]
     (topic, msg), = blocks(trtexec=None)
     assert topic == "trtexec" and "/usr/src/tensorrt/bin/trtexec" in msg and "TRTEXEC=" in msg
     (topic, msg), = blocks(dla_cores=0)

@@ -774,8 +774,9 @@ def parse_deb_version(text):
     return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
 
 
-# L4T release -> (JetPack, the TensorRT it ships), from NVIDIA's JetPack archive pages (developer.nvidia.com
-# /embedded/jetpack-archive and each release's notes). Releases not listed are reported by their L4T number.
+# L4T release -> (JetPack, the TensorRT it ships), after NVIDIA's JetPack archive (developer.nvidia.com
+# /embedded/jetpack-archive); not re-read for this table, so a mismatch it finds is a warning: the blocking
+# TensorRT checks read the installed versions. Releases not listed are reported by their L4T number.
 JETPACK_OF_L4T = [
     ((32, 6, 1), "4.6", "8.0.1"), ((32, 7, 1), "4.6.1", "8.2.1"), ((32, 7, 2), "4.6.2", "8.2.1"),
     ((32, 7, 3), "4.6.3", "8.2.1"), ((32, 7, 4), "4.6.4", "8.2.1"), ((32, 7, 5), "4.6.5", "8.2.1"),
@@ -871,7 +872,7 @@ def doctor_findings(facts):
         if jp is None:
             add("info", "jetpack", "%s (not in this script's JetPack table)" % l4t_text)
         elif spec and not version_fits(spec, jp[1]):
-            add("block", "jetpack", "JetPack %s (%s) ships TensorRT %s, the profile is made for TensorRT %s "
+            add("warn", "jetpack", "JetPack %s (%s) ships TensorRT %s, the profile is made for TensorRT %s "
                                     "(JetPack %s): use the profile of this JetPack" % (jp[0], l4t_text, jp[1], spec,
                                                                                       want_jp or "-"))
         else:
