@@ -97,8 +97,7 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
         gates = _task_gates(b.manifest["profile"], task)
         gate_name = prec if prec in gates else min(gates, key=lambda k: ("fp32", "fp16", "int8").index(k)) if gates else None
         gate = gates.get(gate_name) if gate_name else None
-        dims = b.manifest["input"]["shape"]
-        engine_batch = int(dims[0]) if dims and dims[0] else 32
+        engine_batch = check_batch(b.manifest)
         lat = b.manifest["profile"].get("latency") or {}
         reference = _reference(Reference, ref, refs, names, labels, source, task)
         record = engine_entry(runtime, prec, path=str(engine), status="ok", gate=gate_to_dict(gate),
@@ -134,6 +133,26 @@ def _validate_one(bundle: Path, engine: Path, *, precision: str | None = None, a
         verdict = "[green]passes[/]" if code == 0 else f"[red]FAILS[/] ({record.get('reason')})"
         out.print(f"  {verdict} the {gate_name} gate of {b.manifest['profile']['name']}", highlight=False)
     return code, record
+
+
+CHECK_BATCH_DEFAULT = 32  # a dynamic-batch bundle that records neither its profile nor its latency batches
+
+
+def check_batch(manifest: dict[str, Any]) -> int:
+    """The batch an engine of the bundle is checked at: the model's fixed batch; for a dynamic-batch bundle the
+    largest the engine was built for: input.profile.max[0] (bundle.json), else max(profile.latency.batch_sizes)
+    (the sizes the build's optimization profile spans), else CHECK_BATCH_DEFAULT. The bundle's check_engine.py
+    has the same rule (check_batch there; tests compare the two)."""
+    entry = manifest.get("input") or {}
+    dims = entry.get("shape") or [1]
+    if isinstance(dims[0], int) and dims[0] > 0:
+        return int(dims[0])
+    top = (entry.get("profile") or {}).get("max") or []
+    if top and isinstance(top[0], int) and top[0] > 0:
+        return int(top[0])
+    sizes = [int(b) for b in ((manifest.get("profile") or {}).get("latency") or {}).get("batch_sizes") or []
+             if int(b) > 0]
+    return max(sizes) if sizes else CHECK_BATCH_DEFAULT
 
 
 def _task_gates(profile: dict[str, Any], task: str | None) -> dict[str, Any]:

@@ -185,3 +185,45 @@ def entropy_threshold(hist: np.ndarray, edges: np.ndarray, num_quantized_bins: i
             best_i, best_div = i, div
     start, end = zero - best_i, min(zero + best_i + 1, num_bins)
     return edges[start], edges[end]
+
+
+def device_calibrator(trt: Any, cache: bytes, calib: Any, dims: list[Any], dynamic: tuple[int, int, int] | None,
+                      memory: Any = None) -> Any:
+    """An IInt8EntropyCalibrator2 that hands TensorRT the host cache; if TensorRT does not accept it (e.g. a header
+    it reads differently), it calibrates on real batches of `calib` instead of on nothing. Its device buffer
+    comes from `memory` (cuda_memory.open_device_memory(): pycuda or cuda-python) and is an attribute, so it
+    lives as long as the calibrator (TensorRT keeps the calibrator: config.int8_calibrator, keep_alive)."""
+    from edgerep.backends.tensorrt.cuda_memory import open_device_memory
+
+    mem = memory if memory is not None else open_device_memory()
+    batch = dynamic[1] if dynamic else int(dims[0] or 1)
+    sample = [int(d) for d in dims[1:]]
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)  # the base __init__ must be called (TensorRT samples)
+            self.written: bytes | None = None
+            self.batches_fed = 0
+            self.memory = mem
+            self._it = calib.iter_batches(batch) if calib is not None else iter(())
+            self._device = mem.alloc(int(np.prod([batch, *sample])) * 4)
+
+        def get_batch_size(self) -> int:
+            return batch
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            for x, _ in self._it:
+                if x.shape[0] != batch:
+                    continue
+                mem.htod_sync(self._device, np.ascontiguousarray(x, dtype=np.float32))
+                self.batches_fed += 1
+                return [mem.pointer(self._device)]
+            return None
+
+        def read_calibration_cache(self) -> bytes:
+            return cache
+
+        def write_calibration_cache(self, data: Any) -> None:
+            self.written = bytes(data)
+
+    return CacheCalibrator()

@@ -1,10 +1,11 @@
-"""Run a TensorRT plan with pycuda: pinned host buffers, one stream, async copies; latency from CUDA events.
+"""Run a TensorRT plan with pycuda or cuda-python (cuda_memory.py): pinned host buffers, one stream, async
+copies; latency from CUDA events.
 
 The tensor API (num_io_tensors, get_tensor_name/mode/shape/dtype, set_input_shape, set_tensor_address,
 execute_async_v3) from TensorRT 8.5 (NVIDIA/TensorRT release/8.5 python/src/infer/pyCore.cpp; the only API in
 10.x), the bindings API (get_binding_index, set_binding_shape, execute_async_v2) before (release/8.2 pyCore.cpp).
-Every pycuda allocation stays referenced in `_buffers` until it is freed explicitly: pycuda frees device memory
-when its DeviceAllocation is collected.
+Every allocation stays referenced in `_buffers` until it is freed explicitly: pycuda frees device memory when
+its DeviceAllocation is collected, cuda-python never frees it by itself.
 """
 from __future__ import annotations
 
@@ -14,23 +15,25 @@ from typing import Any
 import numpy as np
 
 from edgerep.backends.base import RunnerBase
-from edgerep.backends.tensorrt.gpu import cuda_driver, make_logger, trt_version
+from edgerep.backends.tensorrt.gpu import make_logger, trt_version
 from edgerep.errors import UserError
 
 
 class TensorRTRunner(RunnerBase):
-    """Runs a plan with pycuda: pinned host buffers, one stream, async copies; latency from CUDA events."""
+    """Runs a plan: pinned host buffers, one stream, async copies; latency from CUDA events."""
 
     def __init__(self, engine_path: Path, *, dla_core: int | None = None,
                  output_names: list[str] | None = None) -> None:
         import tensorrt as trt
 
+        from edgerep.backends.tensorrt.cuda_memory import open_device_memory
         from edgerep.backends.tensorrt.versions import api_features
 
-        cuda = cuda_driver()
-        self.cuda, self.trt = cuda, trt
-        self.ctx = cuda.Device(0).retain_primary_context()
-        self.ctx.push()
+        self.path = Path(engine_path)
+        mem = open_device_memory()
+        self.mem: Any = mem
+        self.trt = trt
+        mem.push()
         try:
             self.logger = make_logger()
             runtime = trt.Runtime(self.logger)
@@ -40,7 +43,7 @@ class TensorRTRunner(RunnerBase):
             if self.engine is None:
                 raise UserError(f"--engine {engine_path}: TensorRT {trt.__version__} cannot deserialize it; rebuild it here")
             self.context = self.engine.create_execution_context()
-            self.stream = cuda.Stream()
+            self.stream = mem.stream()
             self.tensor_api = api_features(trt_version()).tensor_api
             self.inputs, self.outputs = self._io_names()
             self.input_name = self.inputs[0]
@@ -51,7 +54,7 @@ class TensorRTRunner(RunnerBase):
             self._shape: tuple[int, ...] | None = None
             self._buffers: dict[str, tuple[Any, Any]] = {}
         finally:
-            self.ctx.pop()
+            mem.pop()
 
     def _io_names(self) -> tuple[list[str], list[str]]:
         trt, e = self.trt, self.engine
@@ -79,49 +82,63 @@ class TensorRTRunner(RunnerBase):
         """Set the input shape and (re)allocate pinned host and device buffers for it."""
         if shape == self._shape:
             return
-        trt, cuda, e, c = self.trt, self.cuda, self.engine, self.context
+        trt, mem, e, c = self.trt, self.mem, self.engine, self.context
         self._free()
         le, lc = self._legacy_engine(), self._legacy_context()
+        # set_input_shape / set_binding_shape return False for a shape outside the optimization profile
+        # (include/NvInferRuntime.h: "\return True on success, false if ... some other error occurred")
         if self.tensor_api:
             if -1 in _dims(e.get_tensor_shape(self.input_name)):  # a dynamic input (optimization profile)
-                c.set_input_shape(self.input_name, trt.Dims(list(shape)))
+                if not c.set_input_shape(self.input_name, trt.Dims(list(shape))):
+                    raise UserError(self._refused(shape, lambda: e.get_tensor_profile_shape(self.input_name, 0)))
         else:
             idx = le.get_binding_index(self.input_name)
             if -1 in _dims(le.get_binding_shape(idx)):
-                lc.set_binding_shape(idx, shape)
+                if not lc.set_binding_shape(idx, shape):
+                    raise UserError(self._refused(shape, lambda: le.get_profile_shape(0, idx)))
         for name in self.inputs + self.outputs:
             if self.tensor_api:
                 dims, dtype = _dims(c.get_tensor_shape(name)), trt.nptype(e.get_tensor_dtype(name))
             else:
                 idx = le.get_binding_index(name)
                 dims, dtype = _dims(lc.get_binding_shape(idx)), trt.nptype(le.get_binding_dtype(idx))
-            host = cuda.pagelocked_empty(dims, dtype)
-            dev = cuda.mem_alloc(max(1, host.nbytes))
+            host = mem.host(dims, dtype)
+            dev = mem.alloc(host.nbytes)
             self._buffers[name] = (host, dev)
             if self.tensor_api:
-                c.set_tensor_address(name, int(dev))
+                c.set_tensor_address(name, mem.pointer(dev))
         self._shape = shape
+
+    def _refused(self, shape: tuple[int, ...], profile: Any) -> str:
+        """The message for a shape TensorRT refuses, with the profile's range when TensorRT gives it."""
+        try:
+            low, _, high = (list(_dims(d)) for d in profile())
+            span = f" (its optimization profile spans {low} to {high})"
+        except Exception:  # the range is a courtesy: the refusal is the message
+            span = ""
+        return (f"--engine {self.path}: TensorRT refused input shape {list(shape)}{span}; use a batch inside the "
+                f"profile, or rebuild the engine for this batch")
 
     def _enqueue(self) -> None:
         if self.tensor_api:
-            ok = self.context.execute_async_v3(stream_handle=self.stream.handle)
+            ok = self.context.execute_async_v3(stream_handle=self.mem.handle(self.stream))
         else:
             le = self._legacy_engine()
             bindings = [0] * le.num_bindings
             for name, (_, dev) in self._buffers.items():
-                bindings[le.get_binding_index(name)] = int(dev)
-            ok = self._legacy_context().execute_async_v2(bindings=bindings, stream_handle=self.stream.handle)
+                bindings[le.get_binding_index(name)] = self.mem.pointer(dev)
+            ok = self._legacy_context().execute_async_v2(bindings=bindings, stream_handle=self.mem.handle(self.stream))
         if not ok:
             raise RuntimeError("TensorRT could not enqueue the inference (see the TensorRT messages above)")
 
     def _infer_async(self, batch: np.ndarray) -> None:
         host_in, dev_in = self._buffers[self.input_name]
         np.copyto(host_in, batch.astype(host_in.dtype, copy=False))
-        self.cuda.memcpy_htod_async(dev_in, host_in, self.stream)
+        self.mem.htod(dev_in, host_in, self.stream)
         self._enqueue()
         for name in self.outputs:
             host, dev = self._buffers[name]
-            self.cuda.memcpy_dtoh_async(host, dev, self.stream)
+            self.mem.dtoh(host, dev, self.stream)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The first output (in `output_names` order)."""
@@ -129,54 +146,57 @@ class TensorRTRunner(RunnerBase):
 
     def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
         """Every output, in `output_names` order, as float32 copies (the pinned buffers are reused)."""
-        self.ctx.push()
+        self.mem.push()
         try:
             batch = np.ascontiguousarray(batch, dtype=np.float32)
             self._prepare(tuple(batch.shape))
             self._infer_async(batch)
-            self.stream.synchronize()
+            self.mem.sync(self.stream)
             return [np.array(self._buffers[name][0], dtype=np.float32, copy=True) for name in self.output_names]
         finally:
-            self.ctx.pop()
+            self.mem.pop()
 
     def latency(self, batch: np.ndarray, warmup: int, iterations: int) -> list[float]:
         """Milliseconds per inference (host->device copy, execution, device->host copy) from CUDA events."""
-        self.ctx.push()
+        mem = self.mem
+        mem.push()
         try:
             batch = np.ascontiguousarray(batch, dtype=np.float32)
             self._prepare(tuple(batch.shape))
             for _ in range(max(0, warmup)):
                 self._infer_async(batch)
-            self.stream.synchronize()
-            start, end = self.cuda.Event(), self.cuda.Event()
+            mem.sync(self.stream)
+            start, end = mem.event(), mem.event()
             times = []
             for _ in range(max(1, iterations)):
-                start.record(self.stream)
+                mem.record(start, self.stream)
                 self._infer_async(batch)
-                end.record(self.stream)
-                end.synchronize()
-                times.append(float(start.time_till(end)))
+                mem.record(end, self.stream)
+                times.append(mem.elapsed_ms(start, end))
             return times
         finally:
-            self.ctx.pop()
+            mem.pop()
 
     def _free(self) -> None:
-        for _, dev in self._buffers.values():
-            dev.free()
+        if self._buffers:
+            self.mem.sync(self.stream)  # nothing queued may still use them
+        for host, dev in self._buffers.values():
+            self.mem.free(dev)
+            self.mem.free_host(host)
         self._buffers = {}
         self._shape = None
 
     def close(self) -> None:
-        if getattr(self, "ctx", None) is None:
+        if getattr(self, "mem", None) is None:
             return
-        self.ctx.push()
+        self.mem.push()
         try:
             self._free()
             del self.context, self.engine  # TensorRT objects go before the CUDA context is detached
         finally:
-            self.ctx.pop()
-            self.ctx.detach()
-            self.ctx = None
+            self.mem.pop()
+            self.mem.close()
+            self.mem = None
 
 
 def _dims(d: Any) -> tuple[int, ...]:
