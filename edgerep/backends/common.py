@@ -11,8 +11,8 @@ from typing import Any, Callable
 from edgerep.backends.base import Backend
 from edgerep.cpu.isa import target_isa
 from edgerep.errors import UserError
-from edgerep.files.artifacts import Artifact, companion_files, package_versions, sha256_files
-from edgerep.files.onnx_files import onnx_input, onnx_node_names
+from edgerep.files.artifacts import Artifact, package_versions
+from edgerep.files.onnx_files import onnx_input, onnx_node_names, onnx_sha256
 
 
 def require_precision(backend: Backend, precision: str) -> None:
@@ -107,7 +107,7 @@ def engine_info(*, backend: str, precision: str, onnx_path: Path, profile: Any, 
         # The ISA the engine was built for (CPU targets; the build adds the one it was validated on).
         "isa": target_isa(profile) if profile is not None and getattr(profile, "tensorrt", None) is None else None,
         "onnx": str(onnx_path),
-        "onnx_sha256": sha256_files([onnx_path, *companion_files(onnx_path)]),
+        "onnx_sha256": onnx_sha256(onnx_path),  # one ONNX hash everywhere (the TensorRT bundle guard compares it)
         "calib_sha256": calib.sha256() if calib is not None and precision == "int8" else None,
         "input_name": name,
         "input_shape": shape,

@@ -387,7 +387,7 @@ def edgerep_runs_on_device(manifest: dict[str, Any]) -> bool:
 
 def device_check_command(manifest: dict[str, Any], engine: str) -> str:
     """The command that checks `engine` on the device: edgerep validate where edgerep installs, else the
-    bundle's standalone check_engine.py (numpy, tensorrt and pycuda only)."""
+    bundle's standalone check_engine.py (numpy, tensorrt and pycuda or cuda-python only)."""
     if edgerep_runs_on_device(manifest):
         return f"edgerep validate --bundle . --engine {engine}"
     return f"python3 {CHECK_SCRIPT} {engine}"
@@ -508,16 +508,19 @@ def readme(manifest: dict[str, Any]) -> str:
         "TensorRT comes from JetPack (`sudo apt install python3-libnvinfer`; `tensorrt` on the system Python), not",
         "from PyPI: do not `pip install tensorrt` or `'edgerep[tensorrt]'` on a Jetson (PyPI's wheels are for x86-64",
         "and SBSA servers and shadow JetPack's package). A venv must be made with `--system-site-packages` to see it.",
-        "pycuda has no Jetson wheel and compiles on install, which needs the CUDA compiler on the PATH:",
+        "First ask the device what it is missing (TensorRT and CUDA versions against this bundle, trtexec, memory",
+        "and swap, DLA cores, power mode; one line per finding with what to do):",
         "",
         "```bash",
+        f"python3 {CHECK_SCRIPT} --doctor",
         "bash build.sh                 # every engine; or: bash build.sh fp16",
-        "export PATH=/usr/local/cuda/bin:$PATH CPATH=/usr/local/cuda/include LIBRARY_PATH=/usr/local/cuda/lib64",
-        "pip install pycuda",
         "```",
         "",
-        "(NVIDIA's own samples use cuda-python instead from TensorRT 10.14: `pip install cuda-python`, a wheel that",
-        "needs no nvcc.)",
+        "The checks need a CUDA binding: cuda-python is a wheel (`pip install 'cuda-python==12.*'` on JetPack 6, `==11.*`",
+        "on JetPack 5; NVIDIA's samples use it from TensorRT 10.14); pycuda has no Jetson wheel and compiles on",
+        "install, which needs the CUDA compiler on the PATH first:",
+        "`export PATH=/usr/local/cuda/bin:$PATH CPATH=/usr/local/cuda/include LIBRARY_PATH=/usr/local/cuda/lib64`",
+        "then `pip install pycuda` (JetPack 4's CUDA 10.2 has no cuda-python).",
         "",
         "With JetPack 6 (Python 3.10, edgerep's minimum):",
         "",
@@ -528,7 +531,7 @@ def readme(manifest: dict[str, Any]) -> str:
         "```",
         "",
         "On JetPack 4/5 (Python 3.6/3.8, older than edgerep needs), check the engines with the standalone script",
-        "(numpy, tensorrt and pycuda only; exit 1 when an engine misses its gate):",
+        "(numpy, tensorrt and pycuda or cuda-python only; exit 1 when an engine misses its gate):",
         "",
         "```bash",
         *[f"python3 {CHECK_SCRIPT} {e['engine']}" for e in manifest["engines"]],

@@ -1,5 +1,5 @@
 """The running TensorRT and CUDA device: version, GPU facts for the sidecar guard, and a logger that keeps the
-builder's messages. Imports tensorrt and pycuda inside the functions only.
+builder's messages. Imports tensorrt and the CUDA binding (pycuda or cuda-python) inside the functions only.
 """
 from __future__ import annotations
 
@@ -31,11 +31,16 @@ def running_environment() -> dict[str, Any]:
     """TensorRT version, GPU name and compute capability of this machine (for the sidecar guard)."""
     import tensorrt as trt
 
-    dev = cuda_driver().Device(0)
-    major, minor = dev.compute_capability()
-    # pycuda's Device.name() is the driver's cuDeviceGetName: guard.CUDA_NAME
-    return {"trt_version": trt.__version__, "gpu_name": dev.name(), "gpu_name_source": "cuda",
-            "compute_capability": f"{major}.{minor}"}
+    from edgerep.backends.tensorrt.cuda_memory import open_device_memory
+
+    memory = open_device_memory()  # pycuda or cuda-python, whichever is installed
+    try:
+        # both read the name from the CUDA API (cuDeviceGetName / cudaDeviceProp.name): guard.CUDA_NAME
+        name, capability = memory.device()
+    finally:
+        memory.close()
+    return {"trt_version": trt.__version__, "gpu_name": name, "gpu_name_source": "cuda",
+            "compute_capability": capability}
 
 
 # Where a Jetson's TensorRT comes from: JetPack's Debian packages, not PyPI (whose tensorrt wheels are for x86-64
@@ -64,7 +69,7 @@ def install_hint(package: str, *, jetson: bool) -> str:
     """How to install `package` ("tensorrt" or "pycuda") for edgerep here."""
     if package == "tensorrt":
         return JETSON_TENSORRT if jetson else "pip install 'edgerep[tensorrt]'"
-    return JETSON_PYCUDA if jetson else "pip install pycuda"
+    return JETSON_PYCUDA if jetson else "pip install 'cuda-python==<CUDA major>.*' (a wheel) or pycuda"
 
 
 def unavailable_reason(*, jetson: bool | None = None) -> str | None:
@@ -80,13 +85,13 @@ def unavailable_reason(*, jetson: bool | None = None) -> str | None:
     # namespace package: without __version__ it is not TensorRT
     if not hasattr(tensorrt, "__version__"):
         return missing
+    from edgerep.backends.tensorrt.cuda_memory import binding_installed, open_device_memory
+
+    if binding_installed() is None:
+        return "neither pycuda nor cuda-python is installed; " + install_hint("pycuda", jetson=jetson)
     try:
-        import pycuda.driver  # noqa: F401
-    except ImportError:
-        return "pycuda is not installed; " + install_hint("pycuda", jetson=jetson)
-    try:
-        if cuda_driver().Device.count() < 1:
-            return "no NVIDIA GPU found"
+        memory = open_device_memory()
+        memory.close()
     except Exception as exc:  # no driver, no device
         return f"no usable CUDA GPU ({type(exc).__name__}: {str(exc)[:120]})"
     return None
