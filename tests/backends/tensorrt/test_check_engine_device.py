@@ -388,8 +388,8 @@ def xavier_bundle(demo_onnx, tmp_path_factory):
 
 def test_engine_dla_core_reads_sidecar_then_entry_then_trtexec_line(ce, xavier_bundle):
     manifest = json.loads((xavier_bundle / "bundle.json").read_text())
-    entry = next(e for e in manifest["engines"] if e["precision"] == "fp16")
-    assert "--useDLACore=0" in entry["trtexec"]  # what the bundle code writes for the Xavier NX profile
+    # the Xavier NX profile builds each precision on the GPU and on DLA core 0: the DLA variant
+    entry = next(e for e in manifest["engines"] if e["precision"] == "fp16" and "--useDLACore=0" in e["trtexec"])
     dla = ce["engine_dla_core"]
     assert dla(entry, None) == 0  # from the trtexec line
     assert dla(dict(entry, dla_core=1), None) == 1  # the entry's own field
