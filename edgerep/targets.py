@@ -239,9 +239,9 @@ def installed_tensorrt() -> str | None:
     empty namespace package without __version__: not TensorRT)."""
     import importlib.util
 
-    if importlib.util.find_spec("tensorrt") is None:
-        return None
     try:
+        if "tensorrt" not in sys.modules and importlib.util.find_spec("tensorrt") is None:
+            return None
         import tensorrt
     except Exception:  # installed but broken (missing CUDA libraries): as good as absent for choosing a profile
         return None

@@ -318,9 +318,9 @@ def test_fallback_fp16_graph_is_made_checked_and_keeps_overflow_in_fp32(tmp_path
 
 def test_fp16_check_refuses_a_broken_conversion(tmp_path):
     """A graph whose values overflow FP16 when nothing is kept FP32: the check names the file and the way out."""
-    from edgerep.backends.tensorrt.qdq import _ort_half, _save_checked, check_fp16_graph
-
     import onnx
+
+    from edgerep.backends.tensorrt.qdq import _ort_half, _save_checked, check_fp16_graph
 
     src = _tiny_model(tmp_path / "m.onnx", 19, scale=1e6)
     _save_checked(_ort_half(onnx.load(str(src)), []), tmp_path / "bad.onnx")
