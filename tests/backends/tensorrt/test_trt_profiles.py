@@ -78,6 +78,24 @@ def test_target_tensorrt_says_which_profile_once(capsys):
     assert len(err) == 1 and "so tensorrt-10" in err[0]
 
 
+def test_target_tensorrt_reads_the_importable_tensorrt(monkeypatch, capsys):
+    """The installed version is tensorrt.__version__: a module that has one picks its major's profile; one without
+    (tensorrt-stubs' namespace package) counts as no TensorRT."""
+    import types
+
+    import edgerep.targets as targets
+
+    module = types.ModuleType("tensorrt")
+    module.__version__ = "11.4.0.106"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    targets._ALIAS_SAID.clear()
+    assert targets.installed_tensorrt() == "11.4.0.106"
+    assert load_target("tensorrt").name == "tensorrt-11"
+    assert "TensorRT 11.4.0.106 is installed here, so tensorrt-11" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))  # no __version__
+    assert targets.installed_tensorrt() is None
+
+
 def test_extras_are_bounded_to_the_profiles_majors():
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert "tensorrt>=10,<12" in extras["tensorrt"]
@@ -264,6 +282,23 @@ def _feeds(n: int = 4) -> list[dict[str, np.ndarray]]:
     return [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(n)]
 
 
+def test_the_qdq_opset_constants_are_onnx_s():
+    """Checked against the operator schemas the onnx package ships: `axis` (per-channel) from QuantizeLinear-13,
+    float16 inputs and scales from -19 (DequantizeLinear-19 outputs float16)."""
+    import onnx.defs
+
+    from edgerep.backends.tensorrt.versions import PER_CHANNEL_QDQ_MIN_OPSET
+
+    def types(op: str, opset: int) -> set[str]:
+        return {t for c in onnx.defs.get_schema(op, opset).type_constraints for t in c.allowed_type_strs}
+
+    for op in ("QuantizeLinear", "DequantizeLinear"):
+        assert "axis" in onnx.defs.get_schema(op, PER_CHANNEL_QDQ_MIN_OPSET).attributes
+        assert "axis" not in onnx.defs.get_schema(op, PER_CHANNEL_QDQ_MIN_OPSET - 1).attributes
+        assert "tensor(float16)" in types(op, FP16_QDQ_MIN_OPSET)
+        assert "tensor(float16)" not in types(op, FP16_QDQ_MIN_OPSET - 1)
+
+
 def test_per_channel_qdq_needs_opset_13(tmp_path):
     """N15: the refusal names the opset and the profile key, before ONNX Runtime writes an invalid model."""
     from edgerep.backends.tensorrt.qdq import make_qdq
@@ -439,3 +474,33 @@ def test_lint_accepts_the_new_profiles_settings(tmp_path):
         model = _tiny_model(tmp_path / f"{name}.onnx", profile.opset)
         report = lint_for_profile(model, replace(profile))
         assert not report.errors, (name, report.errors)
+
+
+@pytest.mark.parametrize("version,names", [("8.0.1", "8.0"), ("8.6.1", "8.6"), ("10.3.0", "10.3"), ("11.4.1", "11.4")])
+def test_the_api_builder_applies_the_plan(tmp_path, monkeypatch, version, names):
+    """engine_build._build_in_context through test_tensorrt_api's recording stand-in for `tensorrt` (control flow
+    only): fp32 clears TF32, a DLA fp16 build sets the precision constraint trtexec sets, and every name reached is
+    bound in that release."""
+    from edgerep.backends.tensorrt import host
+    from edgerep.backends.tensorrt.engine_build import build_engine
+    from tests.backends.tensorrt.test_tensorrt_api import fake_pycuda, fake_tensorrt
+
+    onnx_path = _tiny_model(tmp_path / "m.onnx", 19 if version.startswith("11") else 13)
+    trt, log = fake_tensorrt(version, {"x": (1, 3, 8, 8), "y": (1, 4, 1, 1)})
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    for name, module in fake_pycuda().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    base = load_target("jetson-agx-orin-jp7" if version.startswith("11") else "jetson-xavier-nx")
+    mm = ".".join(version.split(".")[:3 if version.startswith("11") else 2])
+    profile = replace(base, precisions=["fp32", "fp16"], tensorrt=replace(base.tensorrt, version=mm, dla_cores=2))
+    fp16_onnx = host.prepare_fp16(onnx_path, tmp_path / "fp16") if version.startswith("11") else None
+    build_engine(onnx_path, "fp32", out_dir=tmp_path / "fp32", profile=profile, calib=None, int8=None, fp16_onnx=None,
+                 int8_mode="qdq", dla_core=None, timing_cache=None, info={"settings": {}})
+    assert {"clear_flag", "TF32"} <= log
+    log.clear()
+    build_engine(onnx_path, "fp16", out_dir=tmp_path / "fp16e", profile=profile, calib=None, int8=None,
+                 fp16_onnx=fp16_onnx, int8_mode="qdq", dla_core=0, timing_cache=None, info={"settings": {}})
+    constraint = {"8.0.1": "STRICT_TYPES"}.get(version, "PREFER_PRECISION_CONSTRAINTS")
+    assert ("GPU_FALLBACK" in log) and ((constraint in log) == (not version.startswith("11")))
+    assert "TF32" not in log
+    assert not sorted(log - _names(names)), sorted(log - _names(names))
