@@ -21,6 +21,14 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 DEFAULT_TARGET = "openvino-cpu"
+# `--target tensorrt`: the name users type for "this desktop's TensorRT". It is no file: it resolves to the
+# desktop profile of the installed TensorRT's major (resolve_tensorrt_alias), and without TensorRT installed
+# (a bundle made on a host for a GPU machine) to TRT_ALIAS_DEFAULT, saying so in one line either way.
+TRT_ALIAS = "tensorrt"
+TRT_DESKTOP = {10: "tensorrt-10", 11: "tensorrt-11"}
+# Without TensorRT here: 10.x, the major every TensorRT GPU box of the last two years can have and the one whose
+# bundles need no FP16 graph; `--target tensorrt-11` (or installing TensorRT 11 here) chooses 11.
+TRT_ALIAS_DEFAULT = "tensorrt-10"
 # Highest first. bf16 (OpenVINO: the FP32 IR computed in bf16) builds only where the CPU computes it
 # (cpu.isa.precision_unavailable): a profile may list it, and it is dropped on load where it cannot be validated.
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -226,8 +234,47 @@ def _on_this_cpu(profile: TargetProfile) -> TargetProfile:
     return profile
 
 
+def installed_tensorrt() -> str | None:
+    """`tensorrt.__version__` when TensorRT is importable here, else None (tensorrt-stubs alone imports as an
+    empty namespace package without __version__: not TensorRT)."""
+    import importlib.util
+
+    try:
+        if "tensorrt" not in sys.modules and importlib.util.find_spec("tensorrt") is None:
+            return None
+        import tensorrt
+    except Exception:  # installed but broken (missing CUDA libraries): as good as absent for choosing a profile
+        return None
+    version = getattr(tensorrt, "__version__", None)
+    return str(version) if version else None
+
+
+def resolve_tensorrt_alias(installed: str | None) -> tuple[str, str]:
+    """(profile name, the line that says why) for `--target tensorrt` given the installed TensorRT version."""
+    if installed is None:
+        return TRT_ALIAS_DEFAULT, (f"--target {TRT_ALIAS}: TensorRT is not installed here, so {TRT_ALIAS_DEFAULT} "
+                                   f"(TensorRT 10.x on the GPU machine; --target tensorrt-11 for TensorRT 11)")
+    head = installed.strip().split(".")[0]
+    major = int(head) if head.isdigit() else None
+    if major not in TRT_DESKTOP:
+        raise UserError(f"--target {TRT_ALIAS}: TensorRT {installed} is installed here, and the desktop profiles are "
+                        f"{' and '.join(TRT_DESKTOP.values())}; install TensorRT 10 or 11 (pip install "
+                        f"'edgerep[tensorrt]'), pick the jetson-* profile of this device, or pass a profile .toml "
+                        f"with its [tensorrt] version (docs/targets.md)")
+    name = TRT_DESKTOP[major]
+    return name, f"--target {TRT_ALIAS}: TensorRT {installed} is installed here, so {name}"
+
+
+_ALIAS_SAID: set[str] = set()
+
+
 def _find_target(text: str) -> TargetProfile:
-    """A profile by name or .toml path."""
+    """A profile by name or .toml path (`tensorrt` by the installed TensorRT: resolve_tensorrt_alias)."""
+    if text == TRT_ALIAS and TRT_ALIAS not in _profile_files():
+        text, line = resolve_tensorrt_alias(installed_tensorrt())
+        if line not in _ALIAS_SAID:  # once a process: a build loads its profile several times
+            _ALIAS_SAID.add(line)
+            print(line, file=sys.stderr)
     path = Path(text)
     if text.endswith(".toml") or path.is_file():
         if not path.is_file():
@@ -237,7 +284,8 @@ def _find_target(text: str) -> TargetProfile:
     files = _profile_files()
     if text not in files:
         known = ", ".join(sorted(files)) or "none found"
-        raise UserError(f"--target {text}: no such target (known: {known}); `edgerep targets` lists them, or pass a .toml path")
+        raise UserError(f"--target {text}: no such target (known: {known}; {TRT_ALIAS} picks the tensorrt-* of the "
+                        f"installed TensorRT); `edgerep targets` lists them, or pass a .toml path")
     return _load_file(files[text])
 
 

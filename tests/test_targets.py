@@ -15,8 +15,8 @@ from edgerep.errors import UserError
 from edgerep.targets import DEFAULT_TARGET, list_targets, load_target, targets_dirs
 from tests.paths import REPO
 
-SHIPPED = {"openvino-cpu", "onnxruntime-cpu", "openvino-avx2", "onnxruntime-avx2", "tensorrt", "jetson-nano",
-           "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"}
+SHIPPED = {"openvino-cpu", "onnxruntime-cpu", "openvino-avx2", "onnxruntime-avx2", "tensorrt-10", "tensorrt-11",
+           "jetson-nano", "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin", "jetson-thor", "jetson-agx-orin-jp7"}
 
 
 
@@ -50,8 +50,8 @@ def test_profile_facts():
     assert orin_nano.tensorrt.version == "10.3" and orin_nano.tensorrt.dla_cores == 0 and orin_nano.tensorrt.dla_core is None
     agx = load_target("jetson-agx-orin")
     assert agx.tensorrt.version == "10.3" and agx.tensorrt.dla_core == 0
-    trt = load_target("tensorrt")
-    assert trt.precisions == ["fp16", "int8"] and trt.tensorrt.version.startswith("10")
+    trt = load_target("tensorrt")  # no TensorRT installed here: the alias's default, tensorrt-10
+    assert trt.name == "tensorrt-10" and trt.precisions == ["fp16", "int8"] and trt.tensorrt.version.startswith("10")
     assert trt.to_dict()["tensorrt"]["version"] == trt.tensorrt.version
 
 

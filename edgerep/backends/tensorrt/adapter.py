@@ -69,11 +69,24 @@ class TensorRTBackend:
             int8 = host.prepare_int8(onnx_path, profile, calib, host_dir, method=method, num_samples=num,
                                      ignored_nodes=options.get("ignored_nodes"), head_float_nodes=options.get("head_float_nodes"),
                                      entropy_bins=options.get("entropy_bins"))
-        if precision == "fp16" and version[0] >= 11:
-            fp16_onnx = host.prepare_fp16(onnx_path, host_dir)
+        fp16_graph = None
+        if version[0] >= 11 and precision in ("fp16", "int8"):
+            # TensorRT 11 takes precision from the graph (strongly typed): FP16 from model.fp16.onnx, INT8 from the
+            # Q/DQ model with its float parts in FP16 (else its unquantized layers would run FP32)
+            from edgerep.backends.tensorrt.qdq import prepare_fp16_graph
+
+            fp16_graph = prepare_fp16_graph(onnx_path, host_dir, calib,
+                                            qdq_of=Path(int8["qdq"]) if int8 is not None else None)
+            if int8 is not None:
+                int8 = {**int8, "qdq": Path(fp16_graph["path"])}
+            else:
+                fp16_onnx = Path(fp16_graph["path"])
         settings = {"trt_version": version_str(version), "int8_mode": int8_mode if precision == "int8" else None,
                     "dla_core": dla_core if precision != "fp32" else None, "workspace_mb": trt_settings.workspace_mb,
                     "calib_method": int8["method"] if int8 else None,
+                    # which tool made the FP16 graph TensorRT 11 builds from, and what its check found
+                    "fp16_graph": {k: fp16_graph[k] for k in ("tool", "fp32_nodes", "check", "clamped_scales")}
+                    if fp16_graph else None,
                     # the ONNX outputs in graph order: the runner's run_all returns the engine's outputs in it
                     "output_names": onnx_output_names(Path(onnx_path))}
         info: dict[str, Any] = {"settings": settings, "qdq": str(int8["qdq"]) if int8 else None,

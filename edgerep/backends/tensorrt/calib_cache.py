@@ -66,7 +66,7 @@ def write_cache(path: Path, amax: dict[str, float], version: Version, algorithm:
 class CacheContents:
     header: str
     code: int
-    versions: list[Version]  # every version the header number can mean (see versions.code_to_versions)
+    versions: list[Version]  # the version the header number means; [] for one TensorRT never writes (code_to_versions)
     algorithm: str
     scales: dict[str, float]
 

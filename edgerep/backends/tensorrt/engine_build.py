@@ -2,19 +2,25 @@
 
 Which calls are made is chosen by the running `trt.__version__` (versions.api_features, from the NVIDIA/TensorRT
 release/X python/src/infer/pyCore.cpp bindings):
-  network   8.x: EXPLICIT_BATCH flag | 10.x: create_network(0) (+STRONGLY_TYPED for Q/DQ from 10.12) | 11: always strongly typed
+  network   8.x: EXPLICIT_BATCH flag | 10.x: create_network(0), weakly typed | 11: always strongly typed
   workspace 8.0-8.3: config.max_workspace_size | 8.4+: config.set_memory_pool_limit(MemoryPoolType.WORKSPACE, n)
-  FP16      < 11: BuilderFlag.FP16 on the FP32 ONNX | 11+: the FP16-cast ONNX, strongly typed
+  FP32      TF32 cleared (BuilderFlag.TF32 is on by default: release/10.3 NvInfer.h), as trtexec --noTF32
+  FP16      < 11: BuilderFlag.FP16 on the FP32 ONNX | 11+: the FP16 ONNX (model.fp16.onnx), strongly typed
   INT8      calibrate (< 11): BuilderFlag.INT8 + FP16 + IInt8EntropyCalibrator2 reading the host cache; qdq: the Q/DQ
-            ONNX with BuilderFlag.INT8 + FP16 (8.x - 10.11), strongly typed (10.12+, 11). FP16 with INT8 so layers
-            without INT8 scales run in FP16, not FP32, and stay on the DLA (NVIDIA/Deep-Learning-Accelerator-SW
-            tools/qdq-translator/README.md builds DLA INT8 with `--int8 --fp16`).
-  DLA       INT8 only from the calibration cache while calibrators exist (NVIDIA/TensorRT#2222)
+            ONNX with BuilderFlag.INT8 + FP16 on 8.x - 10.x (on 10.12+ deprecated, still bound; strong typing there
+            would run the FP32 graph's unquantized layers in FP32), and on 11 the FP16 Q/DQ ONNX, strongly typed.
+            FP16 with INT8 so layers without INT8 scales run in FP16, not FP32, and stay on the DLA
+            (NVIDIA/Deep-Learning-Accelerator-SW tools/qdq-translator/README.md builds DLA INT8 with `--int8 --fp16`).
+  DLA       INT8 only from the calibration cache while calibrators exist (NVIDIA/TensorRT#2222); precision
+            constraints preferred as trtexec does (samples/common/sampleEngines.cpp setupNetworkAndConfig:
+            kSTRICT_TYPES in the 8.0 trtexec, kPREFER_PRECISION_CONSTRAINTS from 8.2; gone in 11)
   build     builder.build_serialized_network (build_engine is gone in 10)
+The flag choice is the pure function build_plan (tested without TensorRT); _build_in_context applies it.
 """
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,46 @@ def build_engine(onnx_path: Path, precision: str, *, out_dir: Path, profile: Any
     finally:
         ctx.pop()
         ctx.detach()
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What the API path sets for one engine, as TensorRT names (NetworkDefinitionCreationFlag / BuilderFlag members)."""
+
+    network_flags: tuple[str, ...]
+    set_flags: tuple[str, ...]
+    clear_flags: tuple[str, ...]
+    strongly_typed: bool  # the network is strongly typed (11: always), so no precision flag may be set
+    calibrator: bool  # config.int8_calibrator with the host cache
+    dla: bool  # default_device_type DLA, DLA_core, GPU fallback
+
+
+def build_plan(feats: Any, precision: str, int8_mode: str, dla_core: int | None) -> BuildPlan:
+    """The network and builder flags for `precision` on the TensorRT of `feats` (versions.ApiFeatures), the same
+    choices trtexec_args makes for build.sh."""
+    strongly = bool(feats.always_strongly_typed)
+    network: list[str] = []
+    if feats.explicit_batch_flag:  # 8.x (deprecated and ignored in 10.x, gone in 11)
+        network.append("EXPLICIT_BATCH")
+    set_flags: list[str] = []
+    clear: list[str] = []
+    if precision == "fp32":
+        clear.append("TF32")  # an fp32 engine computes in FP32, so its gate compares FP32 (trtexec --noTF32)
+    if precision in ("fp16", "int8") and not strongly:
+        set_flags.append("FP16")  # INT8 too: unscaled layers in FP16, not FP32 (module docstring)
+    if precision == "int8" and not strongly:
+        set_flags.append("INT8")  # the calibrator's, or the Q/DQ layers' (explicit quantization, weakly typed)
+    dla = dla_core is not None and precision != "fp32"
+    if dla:
+        set_flags.append("GPU_FALLBACK")
+        if not strongly:  # as trtexec: layer precisions are kept where the DLA can (8.0: STRICT_TYPES)
+            set_flags.append("PREFER_PRECISION_CONSTRAINTS" if feats.version[:2] >= (8, 2) else "STRICT_TYPES")
+    calibrator = precision == "int8" and int8_mode == "calibrate"
+    if calibrator and not feats.calibrators:
+        raise UserError(f"int8_mode calibrate: TensorRT {'.'.join(map(str, feats.version))} removed calibrators; "
+                        f"use int8_mode qdq")
+    return BuildPlan(network_flags=tuple(network), set_flags=tuple(set_flags), clear_flags=tuple(clear),
+                     strongly_typed=strongly, calibrator=calibrator, dla=dla)
 
 
 def attach_timing_cache(config: Any, blob: bytes, source: Path) -> Any:
@@ -95,16 +141,13 @@ def _build_in_context(onnx_path: Path, precision: str, *, out_dir: Path, profile
     if profile.dynamic_batch:
         sizes = sorted(set(int(b) for b in profile.latency.batch_sizes) | {1})
         dynamic = (sizes[0], sizes[len(sizes) // 2], sizes[-1])
-    strongly = feats.always_strongly_typed or (
-        precision == "int8" and int8_mode == "qdq" and feats.precision_flags_deprecated)
+    chosen = build_plan(feats, precision, int8_mode, dla_core)
 
     logger = make_logger()
     builder = trt.Builder(logger)
     flags = 0
-    if feats.explicit_batch_flag:  # 8.x (deprecated and ignored in 10.x, gone in 11)
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if strongly and feats.strongly_typed_flag:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    for name in chosen.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(source)):
@@ -128,19 +171,17 @@ def _build_in_context(onnx_path: Path, precision: str, *, out_dir: Path, profile
         opt_profile.set_shape(input_name, lo, opt, hi)
         config.add_optimization_profile(opt_profile)
     calibrator: Any = None
-    if precision in ("fp16", "int8") and not strongly:
-        config.set_flag(trt.BuilderFlag.FP16)  # INT8 too: unscaled layers in FP16, not FP32 (module docstring)
-    if precision == "int8":
-        if int8_mode == "calibrate":
-            config.set_flag(trt.BuilderFlag.INT8)
-            assert int8 is not None
-            calibrator = _cache_calibrator(trt, int8, env, calib, input_name, dims, dynamic)
-            config.int8_calibrator = calibrator
-            if opt_profile is not None:
-                config.set_calibration_profile(opt_profile)
-        elif not strongly:
-            config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization needs the flag before 10.12
-    if dla_core is not None and precision != "fp32":
+    for name in chosen.clear_flags:
+        config.clear_flag(getattr(trt.BuilderFlag, name))
+    for name in chosen.set_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    if chosen.calibrator:
+        assert int8 is not None
+        calibrator = _cache_calibrator(trt, int8, env, calib, input_name, dims, dynamic)
+        config.int8_calibrator = calibrator
+        if opt_profile is not None:
+            config.set_calibration_profile(opt_profile)
+    if chosen.dla and dla_core is not None:
         if not feats.dla:
             raise UserError(f"dla_core {dla_core}: TensorRT {trt.__version__} does not support DLA "
                             f"({dla_support(trt_version())[1]})")
@@ -148,7 +189,6 @@ def _build_in_context(onnx_path: Path, precision: str, *, out_dir: Path, profile
             raise UserError(f"dla_core {dla_core}: this device has {builder.num_DLA_cores} DLA core(s)")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(dla_core)
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     tc_path = Path(timing_cache) if timing_cache else out_dir / "timing.cache"
     attach_timing_cache(config, tc_path.read_bytes() if tc_path.is_file() else b"", tc_path)
 
@@ -196,14 +236,29 @@ def _cache_calibrator(trt: Any, int8: dict[str, Any], env: dict[str, Any], calib
     from edgerep.files.artifacts import read_sidecar
 
     contents = calib_cache.read_cache(Path(int8["cache"]))
-    action, why = cache_action(read_sidecar(Path(int8["cache"])), env, onnx_sha256=int8["onnx_sha256"],
+    side = read_sidecar(Path(int8["cache"]))
+    action, why = cache_action(side, env, onnx_sha256=int8["onnx_sha256"],
                                data_sha256=int8["data_sha256"], cache_versions=contents.versions)
+    action, why = strict_header_action(action, why, contents.header, contents.versions, side)
     if action == "recalibrate":
         raise UserError(f"{int8['cache']}: {why}; delete it and re-run edgerep build")
     text = Path(int8["cache"]).read_text(encoding="ascii")
     # "retag": host scales do not depend on the TensorRT version; head them for this exact release
     cache_bytes = (calib_cache.retag(text, trt_version()) if action == "retag" else text).encode("ascii")
     return make_calibrator(trt, cache_bytes, calib, dims, dynamic)
+
+
+def strict_header_action(action: str, why: str | None, header: str, versions: list[Any],
+                         side: dict[str, Any] | None) -> tuple[str, str | None]:
+    """The cache guard's answer, never "use" for a header number TensorRT never writes (versions.code_to_versions
+    gives none: 5 digits, e.g. TRT-10300-..., which 10.3 rejects; TensorRT would then calibrate on our batches):
+    a host-made cache is re-headed for this release, any other is refused."""
+    if action != "use" or versions:
+        return action, why
+    reason = f"its header {header} is no TensorRT version number (4 digits before 10.0, 6 from 10.0)"
+    if (side or {}).get("produced_by") == "onnxruntime-host":
+        return "retag", reason + " (host-made scales do not depend on the TensorRT version)"
+    return "recalibrate", reason
 
 
 def make_calibrator(trt: Any, cache: bytes, calib: Any, dims: list[Any], dynamic: tuple[int, int, int] | None) -> Any:

@@ -4,8 +4,12 @@ NVIDIA/TensorRT release branch, collected in data/trtexec_options.json), and whi
 Per version:
   --workspace=N (MiB) 8.0-8.3 | --memPoolSize=workspace:N 8.4+ (--workspace removed in 10.0)
   --fp16 / --int8 / --calib 8.0-10.x (removed in 11.0: precision comes from the graph, strongly typed);
-      INT8 engines get --fp16 too (layers without scales run FP16, not FP32, and stay on the DLA)
-  --stronglyTyped 10.0+ (a no-op in 11, so not passed there)
+      INT8 engines get --fp16 too (layers without scales run FP16, not FP32, and stay on the DLA), also from Q/DQ
+      on 10.12-10.x, where the flags are deprecated but still parsed: --stronglyTyped there would run every layer
+      without Q/DQ in FP32 (the graph is FP32). On 11 the Q/DQ graph itself is FP16 outside its Q/DQ pairs.
+  --stronglyTyped 10.0+: not passed (a no-op in 11; on 10.x see above)
+  --noTF32 all versions, for fp32 engines: TF32 is on by default (BuilderFlag kTF32, "Enabled by default",
+      release/10.3 NvInfer.h), so an "fp32" engine on Ampere+ would compute in TF32 and its gate would not test FP32
   --buildOnly 8.x before 8.6 | --skipInference 8.6+;  --explicitBatch 8.0-8.3 (no effect from 8.4, gone in 10)
   --profilingVerbosity=detailed --exportLayerInfo=F 8.2+
   --minShapes/--optShapes/--maxShapes all versions; --*ShapesCalib 8.0-10.x
@@ -72,6 +76,8 @@ def trtexec_args(version: Version, precision: str, *, int8_mode: str, input_name
         args.append(f"--timingCacheFile={timing_cache}")
     if precision == "fp16" and feats.precision_flags:
         args.append("--fp16")
+    if precision == "fp32":
+        args.append("--noTF32")
     if precision == "int8":
         check_dla_int8(version, int8_mode, dla_core)
         if int8_mode == "calibrate":
@@ -81,11 +87,11 @@ def trtexec_args(version: Version, precision: str, *, int8_mode: str, input_name
             # (NVIDIA/Deep-Learning-Accelerator-SW tools/qdq-translator/README.md builds DLA INT8 `--int8 --fp16 --calib=...`)
             args += ["--int8", "--fp16", f"--calib={calib_cache}"]
         elif feats.always_strongly_typed:
-            pass  # TensorRT 11: the Q/DQ graph is the precision; --int8 no longer exists
-        elif feats.precision_flags_deprecated:
-            args.append("--stronglyTyped")  # 10.12+: precision flags deprecated, strong typing supersedes them
+            pass  # TensorRT 11: the FP16 Q/DQ graph is the precision; --int8 and --fp16 no longer exist
         else:
-            args += ["--int8", "--fp16"]  # 8.x - 10.11: explicit quantization needs the INT8 flag; FP16 as above
+            # 8.x - 10.x: the INT8 flag for the Q/DQ layers, FP16 for the rest (weakly typed; on 10.12+ deprecated
+            # but bound: NVIDIA/TensorRT release/10.16 NvInfer.h keeps kINT8/kFP16 "Deprecated in TensorRT 10.12")
+            args += ["--int8", "--fp16"]
     if dynamic_batch is not None:
         lo, opt, hi = dynamic_batch
         shapes = {k: shape_text(input_name, [b, *input_shape[1:]]) for k, b in (("min", lo), ("opt", opt), ("max", hi))}

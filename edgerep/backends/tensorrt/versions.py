@@ -6,7 +6,7 @@ Sources (copied into edgerep, never read from elsewhere at run time):
     summarised per call in the API matrix below;
   * onnx/onnx-tensorrt docs/operators.md at the commits NVIDIA's release branches pin
     (edgerep/backends/tensorrt/data/onnx_parser_ops.json, each table with its `source`);
-  * NVIDIA's JetPack pages for JetPack -> TensorRT.
+  * NVIDIA's JetPack pages and TensorRT docs for JetPack -> TensorRT (JETPACK below, each row with its source).
 """
 from __future__ import annotations
 
@@ -22,9 +22,18 @@ from edgerep.errors import UserError
 Version = tuple[int, int, int]
 
 # Patch releases the Jetson profiles ship (JetPack pages: 4.6 -> 8.0.1, 4.6.1/4.6.2 -> 8.2.1,
-# 5.0.2 -> 8.4.1, 5.1.x -> 8.5.2, 6.1/6.2 -> 10.3.0; 8.6.1 is TensorRT OSS release/8.6). The patch
-# matters for the calibration-cache header, which TensorRT compares with its own version.
-KNOWN_PATCH: dict[tuple[int, int], int] = {(8, 0): 1, (8, 2): 1, (8, 4): 1, (8, 5): 2, (8, 6): 1, (10, 3): 0}
+# 5.0.2 -> 8.4.1, 5.1.x -> 8.5.2, 6.1/6.2 -> 10.3.0, 7.1 -> 10.13.3; 8.6.1 is TensorRT OSS release/8.6, the
+# desktop 8.6; JetPack 6.0's 8.6.2 is written out in full where it matters). The patch matters for the
+# calibration-cache header, which TensorRT compares with its own version.
+KNOWN_PATCH: dict[tuple[int, int], int] = {(8, 0): 1, (8, 2): 1, (8, 4): 1, (8, 5): 2, (8, 6): 1, (10, 3): 0,
+                                           (10, 13): 3}
+
+# ONNX opsets the Q/DQ models need: QuantizeLinear/DequantizeLinear take an `axis` (per-channel scales) from
+# opset 13, and float16 scales and inputs from opset 19 (onnx/onnx docs/Operators.md, QuantizeLinear-13 and -19:
+# T1 gains tensor(float16); NVIDIA ModelOpt's autocast.convert_to_f16 says "Opset 19 is the first to support fp16
+# scales in Q/DQ nodes"). TensorRT 11 builds INT8 from a Q/DQ graph whose float parts are FP16, so it needs 19.
+PER_CHANNEL_QDQ_MIN_OPSET = 13
+FP16_QDQ_MIN_OPSET = 19
 
 def parse_version(text: str | tuple[int, ...], *, what: str = "TensorRT version") -> Version:
     """'8.5' -> (8, 5, p) with the patch the Jetson release ships (else 0); '8.5.2.2' -> (8, 5, 2);
@@ -75,15 +84,21 @@ def version_code(v: Version) -> int:
     return major * 10000 + minor * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch
 
 
-def code_to_versions(code: int) -> list[Version]:
-    """Every version a header number can mean. 4 digits: the 8.x rule; 6 digits: the 10.x rule; 5 digits
-    (10300) would be a 10.x version written with the 8.x rule: UNCONFIRMED which rule 10.x caches use,
-    so both readings are accepted when reading."""
-    if code < 10000:
-        return [(code // 1000, (code // 100) % 10, code % 100)]
-    if code >= 100000:
-        return [(code // 10000, (code // 100) % 100, code % 100)]
-    return [(code // 1000, (code // 100) % 10, code % 100)]
+def code_to_versions(code: int | str) -> list[Version]:
+    """The version a header number means, as a list: [] for a number TensorRT never writes. TensorRT < 10 writes
+    4 digits (MAJOR*1000+MINOR*100+PATCH, majors 1-9), TensorRT >= 10 writes 6 digits (MAJOR*10000+MINOR*100+PATCH;
+    third-party caches show TRT-100300-... for 10.3 and TRT-101300-... for 10.13). A 5-digit number such as 10300
+    is a 10.x version written with the 8.x rule, which TensorRT 10 rejects, so it names no version. Given as text,
+    leading zeros count as digits ("08502" is 5 digits)."""
+    digits = str(code) if isinstance(code, str) else str(int(code))
+    if not digits.isdigit():
+        return []
+    value = int(digits)
+    if len(digits) == 4 and value >= 1000:
+        return [(value // 1000, (value // 100) % 10, value % 100)]
+    if len(digits) == 6 and value >= 100000:
+        return [(value // 10000, (value // 100) % 100, value % 100)]
+    return []
 
 
 CACHE_HEADER_RE = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
@@ -100,8 +115,7 @@ def parse_cache_header(line: str) -> tuple[int, list[Version], str]:
     m = CACHE_HEADER_RE.match(line.strip())
     if not m:
         raise ValueError(f"not a TensorRT calibration cache header: {line.strip()[:60]!r}")
-    code = int(m.group(1))
-    return code, code_to_versions(code), m.group(2)
+    return int(m.group(1)), code_to_versions(m.group(1)), m.group(2)
 
 
 # --- the Python API per version ------------------------------------------------------------------
@@ -268,3 +282,76 @@ def ops_table(v: Version) -> OpsTable:
         source=str(data["source"].get(key, "")),
         notes=notes,
     )
+
+
+# --- JetPack -> TensorRT ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JetPackRelease:
+    """One JetPack release: what it ships, the ONNX opset edgerep exports for it (`opset_cap`, at most the
+    parser's maximum) and the parser table lint uses (ops_table(tensorrt).key), with the source of each fact.
+    `confirmed` is False where no primary NVIDIA source was found (a lead, kept tolerant in the code)."""
+
+    jetpack: str
+    l4t: str
+    tensorrt: str  # MAJOR.MINOR.PATCH as shipped
+    cuda: str
+    python: str
+    devices: str
+    dla: bool
+    opset_cap: int
+    profile: str | None  # the shipped targets/*.toml for it, if any
+    source: str
+    confirmed: bool = True
+
+    @property
+    def version(self) -> Version:
+        return parse_version(self.tensorrt)
+
+    def parser_table(self) -> str:
+        return ops_table(self.version).key
+
+
+_JP = "developer.nvidia.com/embedded/jetpack-sdk-"
+_TRT11_JETSON = ("docs.nvidia.com/deeplearning/tensorrt/11.4.1/api/migration/tensorrt-10x-to-11x-jetson.html: "
+                 "'TensorRT 11.4.1 supports NVIDIA JetPack 7.2.2 or later on Jetson AGX Orin and Jetson Thor' (the SBSA "
+                 "build), 'TensorRT 11.4.1 also restores DLA support, on Jetson AGX Orin only'; 11.4.1 release notes: "
+                 "DLA builds are strongly typed; 11.5.0 page: 11.4.1 'is the latest release that supports NVIDIA JetPack'")
+JETPACK: list[JetPackRelease] = [
+    JetPackRelease("4.6", "32.6.1", "8.0.1", "10.2", "3.6", "Nano, TX2, Xavier NX, AGX Xavier", True, 13, None,
+                   "NVIDIA/TensorRT release/8.2 README: 'JetPack >= 4.6 (current support only for TensorRT 8.0.1)'"),
+    JetPackRelease("4.6.1", "32.7.1", "8.2.1", "10.2", "3.6", "Nano, TX2, Xavier NX, AGX Xavier", True, 13,
+                   "jetson-nano", _JP + "461"),
+    JetPackRelease("4.6.2", "32.7.2", "8.2.1", "10.2", "3.6", "Nano, TX2, Xavier NX, AGX Xavier", True, 13,
+                   "jetson-nano", "developer.nvidia.com/embedded/linux-tegra-r3272 (a security update of 32.7.1)", False),
+    JetPackRelease("5.0.2", "35.1", "8.4.1", "11.4", "3.8", "Xavier NX, AGX Xavier, Orin", True, 17, None, _JP + "502"),
+    JetPackRelease("5.1.x", "35.2.1-35.6.0", "8.5.2", "11.4", "3.8", "Xavier NX, AGX Xavier, Orin", True, 17,
+                   "jetson-xavier-nx", _JP + "51, -511, -512, -514 ('same compute stack')"),
+    JetPackRelease("6.0", "36.3", "8.6.2", "12.2", "3.10", "Orin", True, 17, None,
+                   "UNCONFIRMED (no primary page found; the widely quoted JetPack 6.0 GA component list)", False),
+    JetPackRelease("6.1 / 6.2", "36.4", "10.3.0", "12.6", "3.10", "Orin", True, 17, "jetson-agx-orin",
+                   "pytorch.org/TensorRT getting_started/jetpack (secondary); DLA: the 11.4.1 DLA page, 10.7 was the "
+                   "last 10.x release with DLA", False),
+    JetPackRelease("7.0 / 7.1", "38.2 / 38.4", "10.13.3", "13.0", "3.12", "Thor (sm_110)", False, 17, "jetson-thor",
+                   "developer.nvidia.com/embedded/jetpack/downloads/archive-7.0 (CUDA 13.0); 7.1's TensorRT 10.13.3 "
+                   "quoted from its archive page (NVIDIA/IsaacTeleop PR #1050); Thor has no DLA (11.4.1 DLA page)",
+                   False),
+    JetPackRelease("7.2.2+", "39.2", "11.4.1", "13.2", "3.12", "AGX Orin (sm_87), Thor", True, 19,
+                   "jetson-agx-orin-jp7", _TRT11_JETSON + "; CUDA 13.2 UNCONFIRMED", True),
+]
+
+
+def jetpack_release(jetpack: str) -> JetPackRelease:
+    """The JETPACK row whose name is, or covers, `jetpack` ("6.2" -> "6.1 / 6.2", "5.1.3" -> "5.1.x")."""
+    want = str(jetpack).strip()
+    for row in JETPACK:
+        names = [n.strip() for n in row.jetpack.split("/")]
+        for name in names:
+            base = name.rstrip("+").removesuffix(".x")
+            if want == name or want == base or (name.endswith(".x") and want.startswith(base + ".")):
+                return row
+            if name.endswith("+") and parse_version(want) >= parse_version(base):
+                return row
+    raise UserError(f"JetPack {jetpack}: not in edgerep's table ({', '.join(r.jetpack for r in JETPACK)}); "
+                    f"pass the profile's TensorRT version instead")

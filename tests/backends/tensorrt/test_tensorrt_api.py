@@ -138,7 +138,8 @@ def demo(tmp_path_factory):
                                          tensorrt=replace(load_target("jetson-xavier-nx").tensorrt, version=v)),
                             calib, root / f"host-{v}", method="entropy", num_samples=32)
             for v in ("8.2", "8.6", "10.3")}
-    return sim, calib, int8, root
+    _, _, sim19 = export_demo(root / "onnx19", opset=19, dynamic_batch=False)  # TensorRT 11: FP16 Q/DQ needs 19
+    return sim, calib, int8, root, sim19
 
 
 # (fake __version__, the names list it is checked against, profile, precisions and INT8 modes, DLA core)
@@ -167,7 +168,7 @@ def test_every_tensorrt_name_each_version_path_uses_is_bound(demo, tmp_path, mon
     from edgerep.backends.tensorrt.engine_build import build_engine
     from edgerep.backends.tensorrt.runner import TensorRTRunner
 
-    sim, calib, int8_by_version, _ = demo
+    sim, calib, int8_by_version, _, _ = demo
     input_name, dims = model_input(sim)
     # a second output (as a detector has): every output is allocated, read and returned by name
     shapes = {input_name: tuple(int(d) for d in dims), "output": (int(dims[0]), 10), "scores": (int(dims[0]), 3)}
@@ -336,7 +337,7 @@ def test_build_sh_of_each_profile_uses_its_trtexec(target, tmp_path, demo):
     """The engines build.sh builds for each shipped profile, checked against that release's trtexec options."""
     from edgerep.backends.tensorrt.host import update_bundle
 
-    sim, _, int8_by_version, _ = demo
+    sim, _, int8_by_version, _, _ = demo
     profile = load_target(target)
     version = parse_version(profile.tensorrt.version)
     int8 = None
@@ -387,7 +388,8 @@ def test_gpu_test_profiles_load_and_their_host_setup_runs(version, demo, tmp_pat
     from edgerep.backends import get_backend
     from tests.backends.tensorrt.trt_gpu_profiles import gpu_int8_modes, write_gpu_profile
 
-    sim, calib, _, _ = demo
+    sim, calib, _, _, sim19 = demo
+    sim = sim19 if parse_version(version)[0] >= 11 else sim
     backend = get_backend("tensorrt")
     for mode in gpu_int8_modes(version):
         for dynamic in (False, True):

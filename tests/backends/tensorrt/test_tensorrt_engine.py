@@ -19,7 +19,7 @@ import pytest
 
 from edgerep.backends import get_backend
 from edgerep.errors import UserError
-from tests.backends.tensorrt.trt_gpu_profiles import gpu_int8_modes, write_gpu_profile
+from tests.backends.tensorrt.trt_gpu_profiles import gpu_int8_modes, gpu_opset, write_gpu_profile
 from tests.digits_demo import DIGITS, digits_data, export_demo
 
 pytestmark = pytest.mark.tensorrt
@@ -42,7 +42,7 @@ def _profile(tmp: Path, int8_mode: str, dynamic: bool = False):
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     root = tmp_path_factory.mktemp("trt-gpu")
-    _, _, sim = export_demo(root / "onnx", opset=17, dynamic_batch=False)
+    _, _, sim = export_demo(root / "onnx", opset=gpu_opset(trt.__version__), dynamic_batch=False)
     return root, sim
 
 
@@ -159,7 +159,7 @@ def test_rejected_calibration_cache_calibrates_on_real_batches(export, tmp_path)
 
 
 def test_dynamic_batch_engine(export, tmp_path):
-    _, _, sim = export_demo(tmp_path / "onnx", opset=17, dynamic_batch=True)
+    _, _, sim = export_demo(tmp_path / "onnx", opset=gpu_opset(trt.__version__), dynamic_batch=True)
     profile = _profile(tmp_path, MODES[-1], dynamic=True)
     art = BACKEND.build(sim, "fp16", out_dir=tmp_path / "engines", profile=profile)
     runner = BACKEND.load(art)

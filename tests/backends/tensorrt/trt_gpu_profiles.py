@@ -9,6 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def gpu_opset(trt_version: str) -> int:
+    """The ONNX opset for this TensorRT: 19 from 11 (its INT8 graph has FP16 Q/DQ scales, opset 19+), else 17."""
+    return 19 if int(trt_version.split(".")[0]) >= 11 else 17
+
+
 def gpu_profile_text(name: str, trt_version: str, int8_mode: str, dynamic: bool) -> str:
     """A tensorrt profile for TensorRT `trt_version` ("10.3.0.26": its major.minor is used). The loader wants
     the name equal to the file name, and batch sizes other than 1 only with dynamic_batch."""
@@ -19,7 +24,7 @@ name = "{name}"
 description = "the GPU of this machine, TensorRT {major}.{minor}"
 backend = "tensorrt"
 precisions = ["fp16", "int8"]
-opset = 17
+opset = {gpu_opset(trt_version)}
 dynamic_batch = {str(dynamic).lower()}
 [latency]
 batch_sizes = {batches}
