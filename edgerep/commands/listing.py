@@ -27,9 +27,13 @@ def run_targets(*, out: Console) -> int:
     here = host_cpu().isa or "x86-64"
     profiles = list_targets()
     for column in ("name", "backend", "precisions", "opset", "batch"):
-        table.add_column(column, no_wrap=True, min_width=max(len(p.name) for p in profiles) + 1 if column == "name" else None)
-    # the device folds by words ("TRT 10.3 / JetPack 6.1 / DLA0"), never inside one, in an 80-column terminal
-    table.add_column("device", overflow="fold", min_width=12)
+        # precisions wrap between words ("fp32 bf16" / "fp16 int8"): the device column needs the room
+        table.add_column(column, no_wrap=column != "precisions", max_width=10 if column == "precisions" else None,
+                         min_width=max(len(p.name) for p in profiles) if column == "name" else None)
+    # the device folds by words ("TRT 10.3 / JetPack 6.1 / DLA0"), never inside one, in an 80-column terminal; its
+    # longest word is the CPU's ISA ("auto=avx512vnni")
+    isa_word = len(f"auto={here}")
+    table.add_column("device", overflow="fold", min_width=max(12, isa_word))
     if wide:
         table.add_column("description", overflow="fold", ratio=1)
     for prof in profiles:
@@ -38,7 +42,7 @@ def run_targets(*, out: Console) -> int:
         device = f"CPU {isa}" if trt is None else (f"TRT {trt.version}" + (f" JetPack {trt.jetpack}" if trt.jetpack else "")
                                                    + (f" DLA{trt.dla_core}" if trt.dla_core is not None else ""))
         name = prof.name + ("*" if prof.name == DEFAULT_TARGET else "")
-        cells = [name, prof.backend, ",".join(prof.precisions), str(prof.opset),
+        cells = [name, prof.backend, " ".join(prof.precisions), str(prof.opset),
                  "dynamic" if prof.dynamic_batch else "static", device]
         table.add_row(*cells, *([prof.description] if wide else []))
     out.print(table)

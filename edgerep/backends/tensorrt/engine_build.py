@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgerep.errors import UserError
 from edgerep.files.artifacts import Artifact
 
@@ -36,7 +34,8 @@ def build_engine(onnx_path: Path, precision: str, *, out_dir: Path, profile: Any
     """Build `out_dir/model.<precision>.engine` and its sidecar (TensorRT version, GPU, hashes, DLA/GPU split)."""
     import tensorrt as trt
 
-    from edgerep.backends.tensorrt.gpu import cuda_driver, running_environment, trt_version
+    from edgerep.backends.tensorrt.cuda_memory import open_device_memory
+    from edgerep.backends.tensorrt.gpu import running_environment, trt_version
     from edgerep.backends.tensorrt.versions import api_features, version_matches
 
     if not version_matches(profile.tensorrt.version, trt.__version__):
@@ -44,16 +43,16 @@ def build_engine(onnx_path: Path, precision: str, *, out_dir: Path, profile: Any
                         f"{trt.__version__}; use the profile of this device (edgerep targets)")
     feats = api_features(trt_version())
     env = running_environment()
-    cuda = cuda_driver()
-    ctx = cuda.Device(0).retain_primary_context()  # the context TensorRT's runtime uses (pycuda.autoprimaryctx)
-    ctx.push()
+    # pycuda: the primary context TensorRT's runtime uses (pycuda.autoprimaryctx); cuda-python uses it already
+    memory = open_device_memory()
+    memory.push()
     try:
         return _build_in_context(onnx_path, precision, out_dir=out_dir, profile=profile, calib=calib,
                                  int8=int8, fp16_onnx=fp16_onnx, int8_mode=int8_mode, dla_core=dla_core,
                                  timing_cache=timing_cache, info=info, feats=feats, env=env)
     finally:
-        ctx.pop()
-        ctx.detach()
+        memory.pop()
+        memory.close()
 
 
 @dataclass(frozen=True)
@@ -138,6 +137,9 @@ def _build_in_context(onnx_path: Path, precision: str, *, out_dir: Path, profile
         check_dla_int8(feats.version, int8_mode, dla_core)
     input_name, dims = model_input(onnx_path)
     dynamic = None
+    if profile.dynamic_batch and dla_core is not None:  # as bundle.batch_profile refuses it for build.sh
+        raise UserError(f"--target {profile.name}: dynamic_batch = true with DLA core {dla_core}: the DLA runs static "
+                        f"shapes only; set dynamic_batch = false, or build for the GPU")
     if profile.dynamic_batch:
         sizes = sorted(set(int(b) for b in profile.latency.batch_sizes) | {1})
         dynamic = (sizes[0], sizes[len(sizes) // 2], sizes[-1])
@@ -211,6 +213,7 @@ def _build_in_context(onnx_path: Path, precision: str, *, out_dir: Path, profile
             extra["calibration_cache_written_header"] = calibrator.written.split(b"\n", 1)[0].decode("ascii", "replace")
     body = engine_sidecar(
         trt_version=trt.__version__, gpu_name=env["gpu_name"], compute_capability=env["compute_capability"],
+        gpu_name_source=env.get("gpu_name_source"),
         precision=precision, opset=profile.opset, onnx_sha256=onnx_sha256(source),
         calib_sha256=int8["data_sha256"] if int8 else None, int8_mode=int8_mode if precision == "int8" else None,
         dla_core=dla_core if on_dla else None, workspace_mb=profile.tensorrt.workspace_mb,
@@ -262,38 +265,7 @@ def strict_header_action(action: str, why: str | None, header: str, versions: li
 
 
 def make_calibrator(trt: Any, cache: bytes, calib: Any, dims: list[Any], dynamic: tuple[int, int, int] | None) -> Any:
-    """An IInt8EntropyCalibrator2 that hands TensorRT the host cache; if TensorRT does not accept it (e.g. a header
-    it reads differently), it calibrates on real batches of `calib` instead of on nothing. The device buffer is
-    an attribute, so it lives as long as the calibrator (pycuda frees collected allocations)."""
-    import pycuda.driver as cuda
+    """The calibrator the API path builds with (calibrate.device_calibrator: pycuda or cuda-python memory)."""
+    from edgerep.backends.tensorrt.calibrate import device_calibrator
 
-    batch = dynamic[1] if dynamic else int(dims[0] or 1)
-    sample = [int(d) for d in dims[1:]]
-
-    class CacheCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)  # the base __init__ must be called (TensorRT samples)
-            self.written: bytes | None = None
-            self.batches_fed = 0
-            self._it = calib.iter_batches(batch) if calib is not None else iter(())
-            self._device = cuda.mem_alloc(int(np.prod([batch, *sample])) * 4)
-
-        def get_batch_size(self) -> int:
-            return batch
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            for x, _ in self._it:
-                if x.shape[0] != batch:
-                    continue
-                cuda.memcpy_htod(self._device, np.ascontiguousarray(x, dtype=np.float32))
-                self.batches_fed += 1
-                return [int(self._device)]
-            return None
-
-        def read_calibration_cache(self) -> bytes:
-            return cache
-
-        def write_calibration_cache(self, data: Any) -> None:
-            self.written = bytes(data)
-
-    return CacheCalibrator()
+    return device_calibrator(trt, cache, calib, dims, dynamic)

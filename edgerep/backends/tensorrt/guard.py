@@ -124,7 +124,9 @@ def cache_action(side: dict[str, Any] | None, env: dict[str, Any], *, onnx_sha25
     if not running:
         return "use", None
     want = parse_version(running)
-    made = list(cache_versions or ([parse_version(side["trt_version"])] if side.get("trt_version") else []))
+    # a header that was read but names no version (e.g. TRT-10300-...) is no version, not the sidecar's
+    made = list(cache_versions) if cache_versions is not None else (
+        [parse_version(side["trt_version"])] if side.get("trt_version") else [])
     if want in made:
         return "use", None
     made_for = made[0] if made else None

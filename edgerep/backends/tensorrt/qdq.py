@@ -32,7 +32,7 @@ import numpy as np
 
 from edgerep.backends.tensorrt.versions import FP16_QDQ_MIN_OPSET, PER_CHANNEL_QDQ_MIN_OPSET
 from edgerep.errors import UserError
-from edgerep.files.onnx_files import quiet_root_logger
+from edgerep.files.onnx_files import int8_float_nodes, quiet_root_logger
 
 # Operators whose inputs get Q/DQ: TensorRT's weighted ops, pools it can run in INT8, and Add (residual
 # fusion into the preceding convolution); data-movement and activation ops stay float, as in ModelOpt.
@@ -116,7 +116,8 @@ def make_qdq(onnx_path: Path, out_path: Path, ranges: Any, *, nodes_to_exclude: 
             quantize_static(str(onnx_path), str(target), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=False,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=exclude + tail, calibrate_method=method, extra_options=extra, **kwargs)
+                            nodes_to_exclude=int8_float_nodes(exclude, tail), calibrate_method=method,
+                            extra_options=extra, **kwargs)
         qdq = onnx.load(str(target))
         onnx.checker.check_model(qdq)
         check_trt_conventions(qdq)

@@ -398,17 +398,17 @@ def test_engine_dla_core_reads_sidecar_then_entry_then_trtexec_line(ce, xavier_b
 
 
 def test_the_dla_core_is_set_before_the_engine_is_deserialized(ce, xavier_bundle, tmp_path, monkeypatch):
-    """open_session on the Xavier NX bundle's fp16 engine: runtime.DLA_core = 0 comes before
+    """open_session on the Xavier NX bundle's fp16 DLA engine: runtime.DLA_core = 0 comes before
     deserialize_cuda_engine (as trtexec does it); an engine whose sidecar says GPU gets no DLA core."""
     manifest = json.loads((xavier_bundle / "bundle.json").read_text())
     clock = Clock()
     trt, seen, order = fake_trt("8.5.2", clock, dynamic=False)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    engine = tmp_path / "model.fp16.engine"
+    engine = tmp_path / "model.fp16.dla0.engine"  # the bundle's DLA variant (model.fp16.engine is the GPU one)
     engine.write_bytes(b"plan")
     ce["open_session"](str(engine), manifest, ClockMemory(clock)).close()
     assert order == [("DLA_core", 0), ("deserialize",)]
-    (tmp_path / "model.fp16.engine.json").write_text(json.dumps({"dla_core": None}))
+    (tmp_path / "model.fp16.dla0.engine.json").write_text(json.dumps({"dla_core": None}))
     del order[:]
     ce["open_session"](str(engine), manifest, ClockMemory(clock)).close()
     assert order == [("deserialize",)]

@@ -232,7 +232,7 @@ def test_the_guard_with_a_parsed_five_digit_header(tmp_path):
     contents = calib_cache.parse_cache(text)
     side = {"kind": SIDECAR_KIND_CACHE, "trt_version": "10.3.0", "produced_by": "onnxruntime-host"}
     action, why = cache_action(side, {"trt_version": "10.3.0"}, cache_versions=contents.versions)
-    assert action == "use"  # guard.py alone falls back to the sidecar's version when the header names none
+    assert action == "retag"  # a header that names no version is not the sidecar's version: re-headed
     assert strict_header_action(action, why, contents.header, contents.versions, side)[0] == "retag"
     fixed = calib_cache.retag(text, parse_version("10.3.0"))
     assert fixed.startswith("TRT-100300-") and calib_cache.parse_cache(fixed).versions == [(10, 3, 0)]
