@@ -92,7 +92,11 @@ def test_demo_report_schema_and_gates(demo):
     assert rep["model"]["spec"] == "zoo:repvgg_digits" and rep["target"]["name"] == "openvino-cpu"
     assert rep["reference"]["kind"] == "pytorch-unfused" and rep["reference"]["num_samples"] == 360
     assert rep["reference"]["top1"] >= 97.0
-    assert [e["precision"] for e in rep["engines"]] == ["fp32", "fp16", "int8"]
+    # every precision the profile builds here (bf16 only on a CPU with BF16: TargetProfile.unavailable)
+    from edgerep.targets import load_target
+
+    assert [e["precision"] for e in rep["engines"]] == list(load_target("openvino-cpu").precisions)
+    assert {"fp32", "fp16", "int8"} <= {e["precision"] for e in rep["engines"]}
     for eng in rep["engines"]:
         assert eng["backend"] == "openvino" and eng["status"] == "ok" and eng["passed"] is True, eng["reason"]
         engine = demo["root"] / eng["path"]  # as written: relative to where the build ran
@@ -167,7 +171,7 @@ def test_gate_failure_exits_1_and_says_which_and_why(demo, tmp_path):
     assert code == 1
     assert "FAILED openvino int8: max_abs_err" in err and "> 1e-09" in err
     rep = json.loads((demo["out_dir"] / "report.json").read_text())
-    assert [e["passed"] for e in rep["engines"]] == [True, True, False]
+    assert [e["passed"] for e in rep["engines"]] == [e["precision"] != "int8" for e in rep["engines"]]
     assert stage_status(rep)["build int8"] == "reused"
 
 
