@@ -14,13 +14,6 @@ INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = 0, 1, 2, 3, 4
 LAYER_PLACEMENT = re.compile(r"\[(DlaLayer|GpuLayer)\]\s*(.*)")
 
 
-def cuda_driver() -> Any:
-    import pycuda.driver as cuda
-
-    cuda.init()
-    return cuda
-
-
 def trt_version() -> Version:
     import tensorrt as trt
 

@@ -136,22 +136,6 @@ def cache_scales(onnx_path: Path, amax: dict[str, float], float_nodes: list[str]
     return kept, [k for k in amax if k in touched]
 
 
-def prepare_fp16(onnx_path: Path, work_dir: Path) -> Path:
-    """model.fp16.onnx in `work_dir` (TensorRT 11 builds FP16 from the graph's types); reused by hash."""
-    from edgerep.backends.tensorrt.qdq import make_fp16
-    from edgerep.files.artifacts import read_sidecar, write_sidecar
-
-    onnx_sha, opset = _onnx_meta(onnx_path)
-    path = Path(work_dir) / "model.fp16.onnx"
-    side = read_sidecar(path)
-    if side and side.get("onnx_sha256") == onnx_sha:
-        return path
-    make_fp16(Path(onnx_path), path)
-    write_sidecar(path, {"kind": "onnx-fp16", "precision": "fp16", "onnx_sha256": onnx_sha, "opset": opset,
-                         "converter": "onnxruntime.transformers.float16 (keep_io_types)"})
-    return path
-
-
 def _versions(*names: str) -> dict[str, str | None]:
     from edgerep.files.artifacts import package_versions
 

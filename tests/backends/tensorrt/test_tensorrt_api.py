@@ -163,9 +163,9 @@ def test_every_tensorrt_name_each_version_path_uses_is_bound(demo, tmp_path, mon
     they touch is in the names that version binds (its wheel, or its release branch's binding sources)."""
     import runpy
 
-    from edgerep.backends.tensorrt import host
     from edgerep.backends.tensorrt.calibrate import model_input
     from edgerep.backends.tensorrt.engine_build import build_engine
+    from edgerep.backends.tensorrt.qdq import prepare_fp16_graph
     from edgerep.backends.tensorrt.runner import TensorRTRunner
 
     sim, calib, int8_by_version, _, _ = demo
@@ -186,7 +186,7 @@ def test_every_tensorrt_name_each_version_path_uses_is_bound(demo, tmp_path, mon
         if precision == "int8":
             int8 = int8_by_version[mm if mm in int8_by_version else "10.3"]
         if precision == "fp16" and parse_version(version)[0] >= 11:
-            fp16_onnx = host.prepare_fp16(sim, tmp_path / "fp16")
+            fp16_onnx = Path(prepare_fp16_graph(sim, tmp_path / "fp16", calib)["path"])
         art = build_engine(sim, precision, out_dir=tmp_path / f"{precision}-{mode}", profile=profile, calib=calib,
                            int8=int8, fp16_onnx=fp16_onnx, int8_mode=mode or "qdq",
                            dla_core=dla_core if precision != "fp32" else None, timing_cache=None,

@@ -481,7 +481,6 @@ def test_the_api_builder_applies_the_plan(tmp_path, monkeypatch, version, names)
     """engine_build._build_in_context through test_tensorrt_api's recording stand-in for `tensorrt` (control flow
     only): fp32 clears TF32, a DLA fp16 build sets the precision constraint trtexec sets, and every name reached is
     bound in that release."""
-    from edgerep.backends.tensorrt import host
     from edgerep.backends.tensorrt.engine_build import build_engine
     from tests.backends.tensorrt.test_tensorrt_api import fake_pycuda, fake_tensorrt
 
@@ -493,7 +492,9 @@ def test_the_api_builder_applies_the_plan(tmp_path, monkeypatch, version, names)
     base = load_target("jetson-agx-orin-jp7" if version.startswith("11") else "jetson-xavier-nx")
     mm = ".".join(version.split(".")[:3 if version.startswith("11") else 2])
     profile = replace(base, precisions=["fp32", "fp16"], tensorrt=replace(base.tensorrt, version=mm, dla_cores=2))
-    fp16_onnx = host.prepare_fp16(onnx_path, tmp_path / "fp16") if version.startswith("11") else None
+    from edgerep.backends.tensorrt.qdq import prepare_fp16_graph
+
+    fp16_onnx = Path(prepare_fp16_graph(onnx_path, tmp_path / "fp16", None)["path"]) if version.startswith("11") else None
     build_engine(onnx_path, "fp32", out_dir=tmp_path / "fp32", profile=profile, calib=None, int8=None, fp16_onnx=None,
                  int8_mode="qdq", dla_core=None, timing_cache=None, info={"settings": {}})
     assert {"clear_flag", "TF32"} <= log
