@@ -277,18 +277,9 @@ def _fold(model: nn.Module, conv_path: str, bn_path: str) -> Any:
     return undo
 
 
-def _outputs_equal(model: nn.Module, examples: list[torch.Tensor], before: list[Any], tol: float = 1e-4) -> bool:
-    from edgerep.models.output_errors import describe_failures, output_errors
-
+def _outputs_equal(model: nn.Module, examples: list[torch.Tensor], before: list[Any]) -> bool:
     with torch.no_grad():
-        for x, ref in zip(examples, before):
-            names, refs = check.named_arrays(ref)
-            outs = check.named_arrays(model(x))[1]
-            if len(outs) != len(refs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
-                return False
-            if describe_failures(output_errors(refs, outs, names, where="fold"), tol):
-                return False
-    return True
+        return all(check.output_difference(ref, model(x)) is None for x, ref in zip(examples, before))
 
 
 def _region(name: str, modules: list[str], conv: nn.Module) -> FusedRegion:
@@ -318,16 +309,9 @@ def _become_plain_conv(module: nn.Module, gm: fx.GraphModule) -> bool:
     return True
 
 
-def _same_output(original: nn.Module, fused: nn.Module, x: torch.Tensor, tol: float = 1e-4) -> None:
+def _same_output(original: nn.Module, fused: nn.Module, x: torch.Tensor) -> None:
     """Refuse to graft a fused submodule that does not reproduce the original on its recorded input."""
     with torch.no_grad():
-        ref, out = original(x), fused(x)
-    names, refs = check.named_arrays(ref)
-    outs = check.named_arrays(out)[1]
-    if len(outs) != len(refs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
-        raise ValueError("its fused form returns other outputs than the original on the recorded input")
-    from edgerep.models.output_errors import describe_failures, output_errors
-
-    bad = describe_failures(output_errors(refs, outs, names, where="fused submodule"), tol)
-    if bad:
-        raise ValueError(f"its fused form differs on the recorded input: {bad}")
+        why = check.output_difference(original(x), fused(x))
+    if why is not None:
+        raise ValueError(f"its fused form differs from the original on the recorded input: {why}")

@@ -10,7 +10,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgerep.models.output_errors import merge_errors, output_errors, worst_output
+from edgerep.models.output_errors import describe_failures, merge_errors, output_errors, worst_output
 from edgerep.models.outputs import flatten_named
 
 _MODULE_KINDS: dict[type, str] = {
@@ -161,6 +161,16 @@ def compare(reference: nn.Module, candidate: nn.Module, shapes: list[tuple[int, 
     worst = worst_output(per_output)
     max_abs = max((r["max_abs_err"] for r in per_output), default=0.0)
     return max_abs, (worst["max_rel_err"] if worst else 0.0), checked, notes, per_output
+
+
+def output_difference(ref: Any, out: Any, tol: float = 1e-4) -> str | None:
+    """Why two return values of a model (or submodule) are not the same function's, or None when every output
+    is within `tol` (relative): "it returns other outputs", or the outputs over tolerance, worst first."""
+    names, refs = named_arrays(ref)
+    outs = named_arrays(out)[1]
+    if len(outs) != len(refs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
+        return "it returns other outputs"
+    return describe_failures(output_errors(refs, outs, names, where="fuse"), tol) or None
 
 
 def named_arrays(value: Any) -> tuple[list[str], list[Any]]:

@@ -71,8 +71,7 @@ def specialisation(graph: fx.GraphModule, reference: nn.Module, shapes: list[tup
                    tol: float = 1e-4) -> str | None:
     """Why the exported graph is not the model at one of `shapes` (a guard it recorded fails, or its outputs
     differ), or None when it is the model at all of them. Shapes the original itself rejects are skipped."""
-    from edgerep.fuse.check import named_arrays
-    from edgerep.models.output_errors import describe_failures, output_errors
+    from edgerep.fuse.check import output_difference
 
     gen = torch.Generator().manual_seed(1)
     for shape in shapes:
@@ -87,13 +86,9 @@ def specialisation(graph: fx.GraphModule, reference: nn.Module, shapes: list[tup
                 out = graph(x)
             except Exception as exc:  # typically "Guard failed: input.size()[2] == 32"
                 return f"at {size}: {one_line(exc)}"
-        names, refs = named_arrays(ref)
-        outs = named_arrays(out)[1]
-        if len(outs) != len(refs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
-            return f"at {size}: it returns other outputs than the model"
-        bad = describe_failures(output_errors(refs, outs, names, where="the exported graph"), tol)
-        if bad:
-            return f"at {size}: {bad}"
+        why = output_difference(ref, out, tol)
+        if why is not None:
+            return f"at {size}: {why}"
     return None
 
 
