@@ -225,14 +225,16 @@ def fold_bns_after_convs(model: nn.Module, examples: list[torch.Tensor], skip: l
             hooks.append(mod.register_forward_pre_hook(before_bn))
     try:
         with torch.no_grad():
-            model(examples[0])
+            first = model(examples[0])
     finally:
         for h in hooks:
             h.remove()
     pairs = [(outputs[i][0], bn) for bn, i in bn_inputs
              if i in outputs and calls.get(outputs[i][0]) == 1 and calls.get(bn) == 1]
     outputs.clear()
-    runs = _runs(model, examples)
+    if not pairs:
+        return []
+    runs = [(examples[0], first), *_runs(model, examples[1:])]
     examples, before = [x for x, _ in runs], [y for _, y in runs]
     folded: list[tuple[str, str]] = []
     for conv_path, bn_path in pairs:
