@@ -167,15 +167,6 @@ def variant_engine_name(precision: str, dla_core: int | None) -> str:
     return base if dla_core is None else base[: -len(".engine")] + f".dla{int(dla_core)}.engine"
 
 
-def _renamed(args: list[str], old: str, new: str) -> list[str]:
-    """trtexec arguments writing `new` instead of `old` (--saveEngine and the layer-info file beside it)."""
-    swap = {f"--saveEngine={old}": f"--saveEngine={new}",
-            f"--exportLayerInfo={old}.layers.json": f"--exportLayerInfo={new}.layers.json"}
-    if f"--saveEngine={old}" not in args:
-        raise RuntimeError(f"trtexec arguments without --saveEngine={old}: {args}")
-    return [swap.get(a, a) for a in args]
-
-
 def engine_plan(profile: Any, version: Version, precisions: list[str], *, input_name: str,
                 input_shape: list[int | None]) -> list[dict[str, Any]]:
     """One entry per engine to build on the device: its source ONNX, engine file, DLA core and trtexec arguments.
@@ -190,13 +181,11 @@ def engine_plan(profile: Any, version: Version, precisions: list[str], *, input_
     for precision in precisions:
         cores = [None] if precision == "fp32" or trt.dla_core is None else [None, int(trt.dla_core)]
         for core in cores:
+            name = variant_engine_name(precision, core)
             args = trtexec_args(version, precision, int8_mode=trt.int8_mode, input_name=input_name,
                                 input_shape=[int(d) if d else 1 for d in input_shape], workspace_mb=trt.workspace_mb,
-                                dynamic_batch=dynamic, dla_core=core,
+                                dynamic_batch=dynamic, dla_core=core, engine=name,
                                 calib_cache=CACHE if precision == "int8" and trt.int8_mode == "calibrate" else None)
-            name = variant_engine_name(precision, core)
-            if name != engine_name(precision):
-                args = _renamed(args, engine_name(precision), name)
             plan.append({"precision": precision, "onnx": engine_source(version, precision, trt.int8_mode),
                          "engine": name, "dla_core": core, "trtexec": args})
     return plan

@@ -59,15 +59,16 @@ def shape_text(name: str, shape: list[int]) -> str:
 def trtexec_args(version: Version, precision: str, *, int8_mode: str, input_name: str, input_shape: list[int],
                  workspace_mb: int, dynamic_batch: tuple[int, int, int] | None = None, dla_core: int | None = None,
                  calib_cache: str | None = None, timing_cache: str | None = "timing.cache",
-                 layer_info: bool = True) -> list[str]:
-    """The trtexec arguments that build `engine_name(precision)` from `engine_source(...)` in the bundle.
+                 layer_info: bool = True, engine: str | None = None) -> list[str]:
+    """The trtexec arguments that build `engine` (default `engine_name(precision)`) from `engine_source(...)` in
+    the bundle.
 
     `input_shape` is the NCHW shape with the batch used for a static engine; `dynamic_batch` = (min, opt,
     max) batch sizes for an optimization profile."""
     feats = api_features(version)
     mm = (version[0], version[1])
     onnx = engine_source(version, precision, int8_mode)
-    engine = engine_name(precision)
+    engine = engine or engine_name(precision)
     args = [f"--onnx={onnx}", f"--saveEngine={engine}"]
     if mm < (8, 4):
         args.append("--explicitBatch")  # the ONNX parser needs explicit batch; a no-op flag from 8.4, gone in 10
