@@ -66,7 +66,8 @@ def install_hint(package: str, *, jetson: bool) -> str:
 
 
 def unavailable_reason(*, jetson: bool | None = None) -> str | None:
-    """None when tensorrt, pycuda and a CUDA GPU are usable here, else why not and how to fix it. Never raises."""
+    """None when tensorrt, a CUDA binding (pycuda or cuda-python) and a GPU are usable here, else why not and how to
+    fix it. Never raises."""
     jetson = on_jetson() if jetson is None else jetson
     missing = ("tensorrt is not installed here; engines are built on the device ("
                + install_hint("tensorrt", jetson=jetson) + ")")
