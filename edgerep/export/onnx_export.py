@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from edgerep.errors import UserError, one_line
-from edgerep.files.onnx_files import EXTERNAL_DATA_THRESHOLD, save_onnx
+from edgerep.files.onnx_files import EXTERNAL_DATA_THRESHOLD, model_opset, save_onnx
 
 # --- saving ----------------------------------------------------------------------------------------
 
@@ -72,7 +72,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out_path: Path, *, opse
         exporter = _export_any(model, example, raw, opset=opset, dynamic_batch=dynamic_batch,
                                input_name=input_name, output_names=names)
         proto = onnx.load(str(raw))  # pulls in external data the exporter may have split out
-        got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        got = model_opset(proto)
         if got is None or got > opset:
             raise UserError(f"stage export: the {exporter} exporter wrote opset {got}, above the target's cap {opset}; "
                             f"pick a target with a higher opset or simplify the model's ops")

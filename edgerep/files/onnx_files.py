@@ -74,6 +74,11 @@ def int8_float_nodes(ignored: list[str] | None, head_float: list[str] | None) ->
     return exclude + [n for n in head_float or [] if n not in exclude]
 
 
+def model_opset(model: Any) -> int | None:
+    """The default-domain opset a model imports."""
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def onnx_input(onnx_path: Path, *, single: bool = False) -> tuple[str, list[int | None]]:
     """Name and shape (None for a symbolic dimension) of the model's first input.
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgerep.backends.tensorrt.versions import Version, parse_version, version_str
 from edgerep.errors import UserError
-from edgerep.files.onnx_files import int8_float_nodes, onnx_output_names
+from edgerep.files.onnx_files import int8_float_nodes, model_opset, onnx_output_names
 
 # recommend.py travels into the bundle as a file (check_engine.py imports it on the device, without edgerep).
 _RECOMMEND_SOURCE = Path(__file__).resolve().parents[2] / "pipeline" / "recommend.py"
@@ -60,8 +60,7 @@ def _onnx_meta(onnx_path: Path) -> tuple[str, int | None]:
     from edgerep.files.onnx_files import onnx_sha256
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    return onnx_sha256(onnx_path), opset
+    return onnx_sha256(onnx_path), model_opset(model)
 
 
 def prepare_int8(onnx_path: Path, profile: Any, calib: Any, work_dir: Path, *, method: str, num_samples: int,

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgerep.backends.tensorrt.versions import OpsTable, Version, int8_modes, ops_table, parse_version, version_str
 from edgerep.errors import UserError
+from edgerep.files.onnx_files import model_opset
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 _SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}
@@ -289,7 +290,7 @@ def lint_onnx(model: Any, trt_version: str | Version, *, profile_opset: int | No
         name = model.graph.name or "<model>"
     v = parse_version(trt_version) if isinstance(trt_version, str) else trt_version
     table = ops_table(v)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset = model_opset(model)
     report = LintReport(model=name, trt_version=version_str(v), table=table.key, opset=opset,
                         notes=list(table.notes), source=table.source)
     if path is not None:

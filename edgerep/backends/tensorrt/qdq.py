@@ -32,7 +32,7 @@ import numpy as np
 
 from edgerep.backends.tensorrt.versions import FP16_QDQ_MIN_OPSET, PER_CHANNEL_QDQ_MIN_OPSET
 from edgerep.errors import UserError
-from edgerep.files.onnx_files import int8_float_nodes, quiet_root_logger
+from edgerep.files.onnx_files import int8_float_nodes, model_opset, quiet_root_logger
 
 # Operators whose inputs get Q/DQ: TensorRT's weighted ops, pools it can run in INT8, and Add (residual
 # fusion into the preceding convolution); data-movement and activation ops stay float, as in ModelOpt.
@@ -170,11 +170,6 @@ def activation_scales(model: Any) -> dict[str, float]:
             if s.size == 1:
                 scales[node.input[0]] = float(s.reshape(()))
     return scales
-
-
-def model_opset(model: Any) -> int | None:
-    """The default-domain opset a model imports."""
-    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 # AutoCast's default data_max (modelopt/onnx/autocast/convert.py DEFAULT_DATA_MAX: "For 512, the unit in last place
