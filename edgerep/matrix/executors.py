@@ -16,6 +16,7 @@ import socket
 from typing import Any, Callable
 
 from edgerep.errors import UserError, one_line
+from edgerep.matrix.transfer import WriteError
 
 RAY_CONNECT_TIMEOUT_S = 5.0  # TCP connect to the head
 RAY_PROBE_TIMEOUT_S = 20.0  # joining it, in a child process
@@ -164,6 +165,45 @@ WATCH_S = 2.0  # how often a wait for Ray looks at the cluster: a task no alive 
 BACKPRESSURE = 8  # chunks a cell's task may have in the object store before the driver has read them
 
 
+def cell_demand(job: dict[str, Any], *, threads: int, num_gpus: float, resources: dict[str, float]) -> dict[str, Any]:
+    """What one cell asks Ray for: the CPUs its runtimes are capped to; a TensorRT cell also `num_gpus` and, when
+    its target is a named device (a Jetson profile), one unit of that device's resource (such a node starts with
+    `ray start --resources '{"jetson_orin_nano": 1}'`). `resources`: asked by every cell (tests pin cells)."""
+    from edgerep.matrix.cells import device_resource
+
+    wanted = dict(resources)
+    gpus = 0.0
+    if job.get("backend") == "tensorrt" and num_gpus > 0:
+        gpus = float(num_gpus)
+        kind = device_resource(job["target_arg"])
+        if kind:
+            wanted[kind] = 1.0
+    return {"num_cpus": threads, "num_gpus": gpus, "resources": wanted}
+
+
+def fits(demand: dict[str, Any], have: dict[str, float]) -> bool:
+    """Whether a node with the resources `have` (Ray's totals) can run a task asking `demand`."""
+    want = {"CPU": demand["num_cpus"], "GPU": demand["num_gpus"], **demand["resources"]}
+    return all(have.get(k, 0.0) >= v for k, v in want.items() if v)
+
+
+def placement_error(demands: list[tuple[dict[str, Any], dict[str, Any]]], nodes: list[dict[str, float]]) -> str | None:
+    """Why some cell (job, demand) cannot run on any of `nodes` (their resources), or None."""
+    for job, want in demands:
+        if any(fits(want, have) for have in nodes):
+            continue
+        if want["num_gpus"] and not any(have.get("GPU") for have in nodes):
+            count = sum(1 for j, w in demands if w["num_gpus"])
+            return (f"{count} TensorRT cell(s) need a GPU node and no node of the cluster has a GPU; join one "
+                    f"(`ray start --address=...` on a GPU machine) or set [ray] num_gpus = 0 in the matrix to build "
+                    f"device bundles on CPU nodes")
+        asked = ", ".join(f"{k}={v:g}" for k, v in {"CPU": want["num_cpus"], "GPU": want["num_gpus"],
+                                                     **want["resources"]}.items() if v)
+        return (f"cell {job['cell']} asks for {asked} and no node of the cluster has that; start a node with those "
+                f"resources (`ray start --resources`) or lower [ray] num_cpus in the matrix")
+    return None
+
+
 class RayExecutor:
     """Cells as Ray tasks, on nodes that share no folder with the driver.
 
@@ -199,46 +239,21 @@ class RayExecutor:
     # --- resources ---------------------------------------------------------------------------------
 
     def demand(self, job: dict[str, Any]) -> dict[str, Any]:
-        """What one cell asks Ray for: its thread cap in CPUs; TensorRT cells also a GPU and, when the target is a
-        named device (a Jetson profile), one unit of that device's resource (`ray start --resources
-        '{"jetson_orin_nano": 1}'` on such a node)."""
-        from edgerep.matrix.cells import device_resource
-
-        resources = dict(self.resources)
-        gpus = 0.0
-        if job.get("backend") == "tensorrt" and self.num_gpus > 0:
-            gpus = self.num_gpus
-            kind = device_resource(job["target_arg"])
-            if kind:
-                resources[kind] = 1.0
-        return {"num_cpus": self.threads, "num_gpus": gpus, "resources": resources}
+        return cell_demand(job, threads=self.threads, num_gpus=self.num_gpus, resources=self.resources)
 
     def _alive(self) -> dict[str, dict[str, Any]]:
         return {n["NodeID"]: n for n in self.ray.nodes() if n.get("Alive")}
 
     @staticmethod
     def _fits(demand: dict[str, Any], node: dict[str, Any]) -> bool:
-        have = node.get("Resources", {})
-        want = {"CPU": demand["num_cpus"], "GPU": demand["num_gpus"], **demand["resources"]}
-        return all(have.get(k, 0.0) >= v for k, v in want.items() if v)
+        return fits(demand, node.get("Resources", {}))
 
     def _check_placeable(self, jobs: list[dict[str, Any]]) -> None:
         """Refuse, before anything starts, a matrix whose cells no node of the cluster can run."""
-        nodes = list(self._alive().values())
-        for job in jobs:
-            want = self.demand(job)
-            if any(self._fits(want, n) for n in nodes):
-                continue
-            if want["num_gpus"] and not any(n.get("Resources", {}).get("GPU") for n in nodes):
-                count = sum(1 for j in jobs if j.get("backend") == "tensorrt")
-                raise UserError(f"--ray {self.address}: {count} TensorRT cell(s) need a GPU node and no node of the "
-                                f"cluster has a GPU; join one (`ray start --address=...` on a GPU machine) or set "
-                                f"[ray] num_gpus = 0 in the matrix to build device bundles on CPU nodes")
-            asked = ", ".join(f"{k}={v:g}" for k, v in {"CPU": want["num_cpus"], "GPU": want["num_gpus"],
-                                                         **want["resources"]}.items() if v)
-            raise UserError(f"--ray {self.address}: cell {job['cell']} asks for {asked} and no node of the cluster "
-                            f"has that; start a node with those resources (`ray start --resources`) or lower "
-                            f"[ray] num_cpus in the matrix")
+        why = placement_error([(job, self.demand(job)) for job in jobs],
+                              [n.get("Resources", {}) for n in self._alive().values()])
+        if why:
+            raise UserError(f"--ray {self.address}: {why}")
 
     def _options(self, want: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"num_cpus": want["num_cpus"], "num_gpus": want["num_gpus"]}
@@ -271,7 +286,11 @@ class RayExecutor:
             gen, job, tries = item
             try:
                 outcome = self._receive(gen, job)
+            except WriteError as exc:  # -o refused a file: a second build would meet the same disk
+                self._cancel(gen)
+                outcome = {**_crashed(job, str(exc)), "status": "error"}
             except Exception as exc:  # the task failed, its node died, or a file arrived damaged
+                self._cancel(gen)
                 if tries == 0:
                     self.moved["retries"] += 1
                     pending.append((submit(job), job, 1))
@@ -317,12 +336,15 @@ class RayExecutor:
             if (nodes.get(pinned) is not None) if pinned else any(self._fits(self.demand(job), n) for n in nodes.values()):
                 keep.append(item)
                 continue
-            try:
-                self.ray.cancel(ref, force=True)
-            except Exception:  # already finished or gone with its node
-                pass
+            self._cancel(ref)
             done(fail(job, "no alive node of the Ray cluster can run it any more (a node left the cluster)"))
         return keep
+
+    def _cancel(self, ref: Any) -> None:
+        try:
+            self.ray.cancel(ref)  # a generator still streaming stops, and its scratch is removed
+        except Exception:  # already finished, or gone with its node
+            pass
 
     # --- time ----------------------------------------------------------------------------------------
 
@@ -408,7 +430,7 @@ def _ray_build_cell(job: dict[str, Any]) -> Any:
     from edgerep.matrix.cells import CELL_STATE, build_cell, timed_engines
 
     scratch = transfer.new_scratch(job["cell"])
-    keep = False
+    keep = delivered = False
     try:
         outcome = build_cell({**job, "cell_dir": str(scratch)})
         transfer.rewrite_paths(scratch, str(scratch), job["cell_dir"])  # reports name the -o folder, as locally
@@ -417,8 +439,9 @@ def _ray_build_cell(job: dict[str, Any]) -> Any:
         outcome.update(node_id=ray.get_runtime_context().get_node_id(), scratch=str(scratch) if keep else None)
         yield {"outcome": outcome, "files": files}
         yield from transfer.read_chunks(scratch, files)
-    finally:
-        if not keep:
+        delivered = True
+    finally:  # cancelled, failed, or nothing left to time here
+        if not (keep and delivered):
             transfer.drop_scratch(scratch)
 
 

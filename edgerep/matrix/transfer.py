@@ -26,6 +26,10 @@ class TransferError(RuntimeError):
     """A file did not arrive whole (short, long, or a different sha256)."""
 
 
+class WriteError(RuntimeError):
+    """The destination folder refused a file (a full disk, a folder in the way): sending again would not help."""
+
+
 def manifest(root: Path, *, skip: Iterable[str] = ()) -> list[dict[str, Any]]:
     """Every file under `root` (sorted, relative paths with '/'), with its size and sha256; `skip` names
     relative paths to leave out (the cell's state, which the receiver writes itself)."""
@@ -63,24 +67,34 @@ def receive(dest: Path, entries: list[dict[str, Any]], chunks: Iterator[bytes]) 
     # but a receiver should not depend on how the sender cut the stream)
     for entry in entries:
         final = dest / entry["path"]
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f"{final.name}{PARTIAL}{os.getpid()}")
         digest = hashlib.sha256()
         need = int(entry["size"])
         try:
-            with open(tmp, "wb") as f:
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                f = open(tmp, "wb")
+            except OSError as exc:
+                raise WriteError(f"{final}: cannot write ({exc.strerror or exc})") from None
+            with f:
                 while need > 0:
                     if not pending:
                         pending = next(chunks, b"")
                         if not pending:
                             raise TransferError(f"{entry['path']}: the stream ended {need} bytes short")
                     piece, pending = pending[:need], pending[need:]
-                    f.write(piece)
+                    try:
+                        f.write(piece)
+                    except OSError as exc:
+                        raise WriteError(f"{final}: cannot write ({exc.strerror or exc})") from None
                     digest.update(piece)
                     need -= len(piece)
             if digest.hexdigest() != entry["sha256"]:
                 raise TransferError(f"{entry['path']}: sha256 differs from the manifest")
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise WriteError(f"{final}: cannot write ({exc.strerror or exc})") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
