@@ -130,9 +130,10 @@ class Cluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def two_nodes() -> Cluster:
-    """Start the head (node a, 1 CPU) and node b (2 CPUs); the caller stops it (Cluster.stop) in a finally."""
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="er-ray-", dir="/tmp")))
+def two_nodes(head_cpus: int = 1, worker_cpus: int = 2) -> Cluster:
+    """Start the head (node a) and node b; the caller stops it (Cluster.stop) in a finally."""
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="er-ray-", dir="/tmp")), head_cpus=head_cpus,
+                      worker_cpus=worker_cpus)
     try:
         cluster.start_head()
         cluster.start_worker()
