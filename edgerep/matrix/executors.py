@@ -227,7 +227,10 @@ class RayExecutor:
         self.address = address or "local"
         self.threads = max(1, int(num_cpus))  # a CPU cell asks for exactly the cores its runtimes are capped to
         self.num_gpus = num_gpus
-        self.resources: dict[str, float] = json.loads(os.environ.get(TEST_RESOURCES_ENV) or "{}")
+        try:
+            self.resources: dict[str, float] = json.loads(os.environ.get(TEST_RESOURCES_ENV) or "{}")
+        except ValueError:
+            raise UserError(f"${TEST_RESOURCES_ENV}: not JSON; set it like '{{\"node_b\": 1}}' or unset it") from None
         self.moved = {"cells": 0, "files": 0, "bytes": 0, "seconds": 0.0, "retries": 0, "shipped_for_timing": 0}
 
     def describe(self) -> dict[str, Any]:
@@ -312,9 +315,12 @@ class RayExecutor:
         outcome, files = head["outcome"], head["files"]
         t0 = time.perf_counter()
         dest = Path(job["cell_dir"])
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / CELL_STATE).unlink(missing_ok=True)  # the previous state must not vouch for files being replaced
-        clear_partials(dest)
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / CELL_STATE).unlink(missing_ok=True)  # the previous state must not vouch for files being replaced
+            clear_partials(dest)
+        except OSError as exc:
+            raise WriteError(f"{dest}: cannot write ({exc.strerror or exc})") from None
         moved = receive(dest, files, (ray.get(ref) for ref in gen))
         self.moved["cells"] += 1
         self.moved["files"] += len(files)
