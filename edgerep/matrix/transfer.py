@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from edgerep.files.output_lock import LOCK_NAME
+
 CHUNK_BYTES = 4 << 20  # a few MB: big enough that per-object overhead is small, small enough to hold a handful
 PARTIAL = ".transfer-"  # temporary names: <name>.transfer-<pid>
 TEXT_SUFFIXES = (".json", ".md", ".log", ".txt")  # the files that may name the folder they were written in
@@ -40,7 +42,7 @@ def manifest(root: Path, *, skip: Iterable[str] = ()) -> list[dict[str, Any]]:
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel in skipped or PARTIAL in path.name:
+        if rel in skipped or PARTIAL in path.name or path.name == LOCK_NAME:  # a killed run's lock is no artifact
             continue
         entries.append({"path": rel, "size": path.stat().st_size, "sha256": file_sha256(path)})
     return entries
