@@ -1,15 +1,18 @@
-"""Bias correction (Nagel et al., ICCV 2019, section 4.2): cancel the mean output shift that INT8 weight rounding
-leaves, by folding its expectation into the bias.
+"""Bias correction (Nagel et al., ICCV 2019, section 4.2, the empirical form): cancel the mean output shift that
+INT8 weight rounding leaves, by folding it into the biases.
 
-For a layer y = W x + b quantized to W' = W + dW, the output moves by dW x; its expectation over the data is
-dW E[x], a constant per output channel that the bias can take back: b <- b - dW E[x]. dW is the rounding of the
-backend's own weight quantizer (per output channel, or per tensor; WEIGHTS below), E[x] the float model's mean
-input on calibration data. For a Conv the expectation is taken exactly, zero padding included: the conv is
-linear, so the mean over images and positions of conv(x, dW) is the spatial mean of conv(mean image, dW),
-computed with the layer's own strides, pads, dilations and groups. Gemm takes the mean input vector.
+For a layer y = W x + b whose weights the backend rounds to W' = W + dW, the output mean moves from W E[x] to
+W' E[x'], where x' is the layer's input in the network whose earlier layers are rounded (and already corrected)
+too; that difference is a constant per output channel, which the bias takes back. The layers are corrected one at
+a time in graph order, each with E[x'] measured on calibration data in a copy of the model with the rounded
+weights and the corrections so far, so one layer's correction also absorbs the mean shift that reaches it from
+upstream. dW is the rounding of the backend's own weight quantizer (per output channel or per tensor, WEIGHTS
+below). For a Conv the expectation is exact, zero padding included: the conv is linear, so the mean over images
+and positions of conv(x, W) is the spatial mean of conv(mean image, W), computed with the layer's own strides,
+pads, dilations and groups. Gemm takes the mean input vector. Activation rounding is not modelled.
 
 Not exact in float by design (it moves the float output to cancel the INT8 error): the report gives the shift.
-Layers the plan keeps in float (`float_nodes`) are left alone, since they have no rounding to cancel.
+Layers the plan keeps in float (`float_nodes`) are neither rounded nor corrected.
 """
 from __future__ import annotations
 
@@ -82,9 +85,9 @@ def _mean_inputs(model: Any, nodes: list[Any], calib: Any, num_samples: int) -> 
     """Each node's mean input over the calibration samples: (C, H, W) for a Conv, (K,) for a Gemm."""
     tensors = sorted({n.input[0] for n in nodes})
     name, _ = model_input(model)
-    sess = session(model, [t for t in tensors if t != name])
-    n_out = len(model.graph.output)
     wanted = [t for t in tensors if t != name]
+    sess = session(model, wanted)
+    n_out = len(model.graph.output)
     sums: dict[str, np.ndarray] = {}
     count = 0
     for x in calib_batches(model, calib, num_samples):
@@ -97,8 +100,11 @@ def _mean_inputs(model: Any, nodes: list[Any], calib: Any, num_samples: int) -> 
     return {t: s / max(count, 1) for t, s in sums.items()}
 
 
-def _conv_mean_error(node: Any, dw: np.ndarray, mean_x: np.ndarray) -> np.ndarray:
-    """Spatial mean of conv(mean image, dW): the exact expected output error, zero padding included."""
+def _mean_output(node: Any, w: np.ndarray, mean_x: np.ndarray) -> np.ndarray:
+    """The layer's mean output without bias, per output channel, for mean input `mean_x`."""
+    if node.op_type == "Gemm":  # y = alpha * x W + beta * C, W = B or B^T; C's share is divided out by the caller
+        wk = w.T if attr(node, "transB", 0) else w  # (K, N)
+        return float(attr(node, "alpha", 1.0)) * (mean_x.reshape(-1) @ wk) / float(attr(node, "beta", 1.0))
     import torch
     import torch.nn.functional as F
 
@@ -106,7 +112,7 @@ def _conv_mean_error(node: Any, dw: np.ndarray, mean_x: np.ndarray) -> np.ndarra
     x = torch.from_numpy(np.ascontiguousarray(mean_x[None]))
     if any(pads):  # ONNX pads are (top, left, bottom, right); F.pad takes (left, right, top, bottom)
         x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
-    y = F.conv2d(x, torch.from_numpy(np.ascontiguousarray(dw)), stride=tuple(attr(node, "strides", None) or (1, 1)),
+    y = F.conv2d(x, torch.from_numpy(np.ascontiguousarray(w)), stride=tuple(attr(node, "strides", None) or (1, 1)),
                  dilation=tuple(attr(node, "dilations", None) or (1, 1)), groups=int(attr(node, "group", 1)))
     return y.mean(dim=(0, 2, 3)).numpy()
 
@@ -120,30 +126,51 @@ def bias_correction(model: Any, calib: Any, *, weights: str, num_samples: int, p
     work = onnx.ModelProto.FromString(model.SerializeToString())
     g = Graph(work)
     nodes, skipped = _layers(g, set(float_nodes))
-    means = _mean_inputs(model, nodes, calib, num_samples) if nodes else {}
-    largest = 0.0
+    nodes = [n for n in nodes if _bias_shape_ok(g, n, skipped)]
+    float_means = _mean_inputs(model, nodes, calib, num_samples) if nodes else {}
+    # the simulated INT8-weight model: every corrected layer's weights rounded as the backend rounds them
+    sim = onnx.ModelProto.FromString(work.SerializeToString())
+    sg = Graph(sim)
+    sim_nodes = {n.name: n for n in sg.graph.node}
+    rounded = {}
     for node in nodes:
         w = np.asarray(g.array(node.input[1]), dtype=np.float64)
-        axis = _weight_axis(node)
-        dw = fake_quant(w, weights, axis if per_channel else None) - w
-        mean_x = means[node.input[0]]
-        if node.op_type == "Conv":
-            err = _conv_mean_error(node, dw, mean_x)
-        else:  # Gemm: y = alpha * x W + beta * C, W = B or B^T
-            wk = dw.T if attr(node, "transB", 0) else dw  # (K, N)
-            err = float(attr(node, "alpha", 1.0)) * (mean_x.reshape(-1) @ wk) / float(attr(node, "beta", 1.0))
-        has_bias = len(node.input) > 2 and bool(node.input[2])
-        bias = np.asarray(g.array(node.input[2]), dtype=np.float64) if has_bias else np.zeros(err.shape)
-        if bias.shape != err.shape:
-            skipped.append({"node": node.name, "why": f"bias of shape {list(bias.shape)} (broadcast)"})
-            continue
+        rounded[node.name] = fake_quant(w, weights, _weight_axis(node) if per_channel else None)
+        sg.set_array(sim_nodes[node.name], 1, rounded[node.name], suffix="weight_rounded")
+    largest = 0.0
+    for node in nodes:  # graph order: a layer's input is final once the layers before it are corrected
+        sim_mean = _mean_inputs(sim, [sim_nodes[node.name]], calib, num_samples)[node.input[0]]
+        w = np.asarray(g.array(node.input[1]), dtype=np.float64)
+        err = _mean_output(node, rounded[node.name], sim_mean) - _mean_output(node, w, float_means[node.input[0]])
+        bias = _bias(g, node, err.shape)
         g.set_array(node, 2, bias - err, suffix="bias_corrected")
+        sg.set_array(sim_nodes[node.name], 2, _bias(sg, sim_nodes[node.name], err.shape) - err, suffix="bias_corrected")
         largest = max(largest, float(np.max(np.abs(err))) if err.size else 0.0)
-    done = [n.name for n in nodes if n.name not in {s["node"] for s in skipped}]
+    done = [n.name for n in nodes]
     shift = output_difference(run_outputs(model, calib, num_samples), run_outputs(work, calib, num_samples)) \
         if done else {"max_abs_err": 0.0, "max_rel_err": 0.0}
     report = {"layers": len(done), "nodes": done, "skipped": skipped, "weights": weights,
               "per_channel": per_channel, "max_correction": largest, "float_shift": shift,
-              "padding": "exact (spatial mean of conv(mean input, dW) with the layer's pads)",
+              "method": "empirical, layer by layer in graph order (mean output of the rounded-weight model "
+                        "minus the float model's)",
+              "padding": "exact (spatial mean of conv(mean input, W) with the layer's pads)",
               "samples": min(int(calib.num_samples), num_samples)}
     return work, report
+
+
+def _bias(g: Graph, node: Any, shape: tuple[int, ...]) -> np.ndarray:
+    has = len(node.input) > 2 and bool(node.input[2])
+    return np.asarray(g.array(node.input[2]), dtype=np.float64) if has else np.zeros(shape)
+
+
+def _bias_shape_ok(g: Graph, node: Any, skipped: list[dict[str, str]]) -> bool:
+    """A bias of one value per output channel (or none): a broadcast Gemm bias is left alone."""
+    w = g.array(node.input[1])
+    assert w is not None
+    out = w.shape[0] if node.op_type == "Conv" or attr(node, "transB", 0) else w.shape[1]
+    has = len(node.input) > 2 and bool(node.input[2])
+    b = g.array(node.input[2]) if has else None
+    if b is not None and tuple(b.shape) != (out,):
+        skipped.append({"node": node.name, "why": f"bias of shape {list(b.shape)} (broadcast)"})
+        return False
+    return True
