@@ -313,7 +313,7 @@ def test_bias_correction_leaves_float_layers_alone(setup, tmp_path):
 
 
 class _Chain(nn.Module):
-    """Conv 3x3 -> ReLU -> 1x1 conv (unpadded: absorbable) -> ReLU -> depthwise 3x3 -> ReLU -> conv 3x3."""
+    """Conv 3x3 -> ReLU -> 1x1 conv (unpadded: absorbable) -> ReLU -> depthwise 3x3 -> ReLU -> conv 3x3 -> 1x1 conv."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -321,13 +321,15 @@ class _Chain(nn.Module):
         self.b = nn.Conv2d(8, 8, 1)
         self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.c = nn.Conv2d(8, 4, 3, padding=1)
+        self.d = nn.Conv2d(4, 4, 1)  # straight after c: an identity pair
         with torch.no_grad():
             self.a.weight.mul_(0.2)
             self.a.bias.copy_(torch.linspace(-0.5, 2.0, 8))  # channels with a positive floor before the ReLU
             self.b.weight[:, 0] *= 30.0  # a range spread for equalization to fix
+            self.d.weight[:, 1] *= 20.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c(torch.relu(self.dw(torch.relu(self.b(torch.relu(self.a(x)))))))
+        return self.d(self.c(torch.relu(self.dw(torch.relu(self.b(torch.relu(self.a(x))))))))
 
 
 def test_absorption_and_depthwise_consumer_stay_exact(tmp_path):
@@ -343,11 +345,14 @@ def test_absorption_and_depthwise_consumer_stay_exact(tmp_path):
     out = tmp_path / "eq.onnx"
     report = apply_repairs(src, out, ["equalize"], calib=calib, num_samples=48)
     eq = report["equalize"]
-    assert [p["through"] for p in eq["pairs"]] == ["Relu"] * 3  # a->b, b->dw (depthwise), dw->c
+    # a->b, b->dw (depthwise consumer), dw->c, c->d (nothing between)
+    assert [p["through"] for p in eq["pairs"]] == ["Relu"] * 3 + ["identity"]
     assert eq["absorbed_bias"] > 0  # into b (1x1, no padding) only
     assert report["float_check"]["ok"]
     x = _calib_x(calib, 48)
     before, after = _run64(src, x), _run64(out, x)
     assert np.max(np.abs(after - before)) / np.max(np.abs(before)) < 1e-5
-    b_row = next(p for p in eq["pairs"] if p["consumer"].endswith("b/Conv"))
-    assert b_row["consumer_in_spread_before"] > 10 and b_row["consumer_in_spread_after"] < 3
+    for consumer in ("/b/Conv", "/d/Conv"):
+        row = next(p for p in eq["pairs"] if p["consumer"] == consumer)
+        assert row["consumer_in_spread_before"] > 10, row
+        assert row["consumer_in_spread_after"] < row["consumer_in_spread_before"] / 4, row
