@@ -23,7 +23,7 @@ EXACT = ("equalize",)  # repairs that must leave the float function unchanged
 
 def check_repairs(repairs: Sequence[str] | None, *, backend_name: str | None = None) -> list[str]:
     """The repair names, each known (and, given `backend_name`, offered on that backend)."""
-    names = [str(r) for r in (repairs or [])]
+    names = [repairs] if isinstance(repairs, str) else [str(r) for r in (repairs or [])]
     unknown = [r for r in names if r not in REPAIRS]
     if unknown:
         raise UserError(f"{REPAIR_OPTION}: unknown repair {', '.join(unknown)} (known: {', '.join(REPAIRS)})")

@@ -7,6 +7,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from edgerep.errors import UserError
+
 # Samples the float checks and the data-driven statistics read: enough for stable means on small images.
 DEFAULT_SAMPLES = 128
 _DYNAMIC_BATCH = 16
@@ -110,6 +112,9 @@ def run_outputs(model: Any, calib: Any, num_samples: int) -> list[np.ndarray]:
         per = per or [[] for _ in outs]
         for acc, out in zip(per, outs):
             acc.append(np.asarray(out, dtype=np.float64))
+    if not per:
+        raise UserError(f"--calib {getattr(calib, 'path', '')}: {getattr(calib, 'num_samples', 0)} samples, not one "
+                        f"batch of the model's for the range repairs; pass more calibration data")
     return [np.concatenate(acc) for acc in per]
 
 
