@@ -211,6 +211,20 @@ def test_same_repaired_onnx_on_every_backend(setup, equalized, tmp_path):
     assert set(hashes.values()) == {expected}, hashes
 
 
+def test_a_repair_that_moves_the_float_output_is_refused(setup, tmp_path, monkeypatch):
+    """With a zero tolerance even float32 rounding of the rescaled weights counts as a change: the repair is refused,
+    the written model is the original's function unchanged, and the report says why."""
+    import edgerep.backends.repair.equalize as eq_mod
+
+    monkeypatch.setattr(eq_mod, "TOLERANCE", 0.0)
+    out = tmp_path / "refused.onnx"
+    report = apply_repairs(setup["onnx"]["stress"], out, ["equalize"], calib=setup["calib"], num_samples=16)
+    assert not report["equalize"]["float_check"]["ok"] and "not applied" in report["equalize"]["skipped"]
+    assert not report["float_check"]["ok"]
+    w0, w1 = _weights(setup["onnx"]["stress"]), _weights(out)
+    assert all(np.array_equal(w0[k], w1[k]) for k in w0)
+
+
 def test_fp32_build_ignores_the_repairs(setup, tmp_path):
     art = get_backend("onnxruntime").build(setup["onnx"]["stress"], "fp32", out_dir=tmp_path,
                                            profile=load_target("onnxruntime-cpu"),
@@ -240,30 +254,51 @@ def test_unknown_or_unoffered_repair_is_a_user_error(setup, tmp_path):
 # --- bias correction ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("weights", ["s8", "s7"])
-def test_bias_correction_models_the_backend_weight_rounding(setup, tmp_path, weights):
-    """fake_quant is what ONNX Runtime's quantizer does to the weights: read back from the built Q/DQ model."""
-    from edgerep.backends.onnxruntime.quantize import quantize_qdq
-
-    onnx_path = setup["onnx"]["normal"]
-    qdq = tmp_path / "q.onnx"
-    quantize_qdq(onnx_path, qdq, setup["calib"], num_samples=16, weights=weights)
+def _assert_rounding_matches(qdq: Path, float_onnx: Path, weights: str) -> int:
+    """fake_quant of each float weight equals the weight the Q/DQ model dequantizes; returns the layers compared."""
     model = onnx.load(str(qdq))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    float_w = _weights(onnx_path)
+    float_w = _weights(float_onnx)
+    compared = 0
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm"):
             continue
         dq = producer[node.input[1]]
-        q, scale = inits[dq.input[0]].astype(np.float64), inits[dq.input[1]].astype(np.float64)
+        scale = inits[dq.input[1]].astype(np.float64)
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        if dq.input[0] in inits:  # ONNX Runtime's placement: the weight stored quantized
+            q = inits[dq.input[0]].astype(np.float64)
+        else:  # TensorRT's: the float weight through a QuantizeLinear of the same scale (int8, round half to even)
+            w = inits[producer[dq.input[0]].input[0]].astype(np.float64)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            q = np.clip(np.round(w / scale.reshape(shape)), -128, 127)
+        assert scale.ndim == 1 and axis == _weight_axis(node), node.name  # per output channel, as modelled
         shape = [1] * q.ndim
         shape[axis] = -1
-        deq = q * scale.reshape(shape) if scale.ndim else q * scale
-        assert scale.ndim == 1 and axis == _weight_axis(node), node.name  # per output channel, as modelled
+        deq = q * scale.reshape(shape)
         mine = fake_quant(float_w[node.name], weights, _weight_axis(node))
         assert np.allclose(mine, deq, rtol=0, atol=1e-7 * np.abs(deq).max()), node.name
+        compared += 1
+    return compared
+
+
+@pytest.mark.parametrize("weights", ["s8", "s7"])
+def test_bias_correction_models_onnxruntime_weight_rounding(setup, tmp_path, weights):
+    """fake_quant is what ONNX Runtime's quantizer does to the weights: read back from the built Q/DQ model."""
+    from edgerep.backends.onnxruntime.quantize import quantize_qdq
+
+    qdq = tmp_path / "q.onnx"
+    quantize_qdq(setup["onnx"]["normal"], qdq, setup["calib"], num_samples=16, weights=weights)
+    assert _assert_rounding_matches(qdq, setup["onnx"]["normal"], weights) == 10
+
+
+def test_bias_correction_models_tensorrt_weight_rounding(setup, tmp_path):
+    """The TensorRT host Q/DQ model (symmetric int8 per channel) rounds weights as fake_quant "s8" does."""
+    art = get_backend("tensorrt").build(setup["onnx"]["normal"], "int8", out_dir=tmp_path, profile=load_target("tensorrt"),
+                                        calib=setup["calib"], options={"num_samples": 16})
+    assert _assert_rounding_matches(Path(art.info["qdq"]), setup["onnx"]["normal"], "s8") == 10
 
 
 def test_bias_correction_cancels_the_mean_shift_of_weight_rounding(setup, tmp_path):
