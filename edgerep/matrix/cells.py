@@ -56,6 +56,8 @@ MODEL_OPTIONS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "channel_order": ("channel_order", str), "simplifier": ("simplifier", str), "seed": ("seed", int),
     "max_drop": ("max_drop", (int, float)), "fuse_tol": ("fuse_tol", (int, float)),
     "export_tol": ("export_tol", (int, float)),
+    # INT8: layers kept in float on every backend, as `edgerep build --keep-float` (ONNX node names or module paths)
+    "keep_float": ("keep_float", list),
     # what accuracy means for this model (edgerep.tasks), and the detect thresholds
     "task": ("task", str), "score_threshold": ("score_threshold", (int, float)),
     "iou_threshold": ("iou_threshold", (int, float)),
@@ -209,6 +211,8 @@ def _check_options(table: dict[str, Any], where: str, fail: Any, *, allow: set[s
         numbers = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         if key in ("mean", "std") and not numbers:
             raise fail(f"{where}.{key}", f"{value!r}: expected a list of numbers like [0.485, 0.456, 0.406]")
+        if key == "keep_float" and not all(isinstance(v, str) and v for v in value):
+            raise fail(f"{where}.{key}", f"{value!r}: expected a list of layer names like [\"stages.1.0\"]")
 
 
 def _build_options(entry: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -222,6 +226,8 @@ def _build_options(entry: dict[str, Any], base: Path) -> dict[str, Any]:
             value = str((base / value).resolve())
         elif key in ("mean", "std"):
             value = tuple(float(v) for v in value)
+        elif key == "keep_float":
+            value = list(value)
         options[field_name] = value
     return options
 

@@ -260,6 +260,10 @@ def test_killed_driver_then_rerun_completes(tmp_path):
     ('targets = ["openvino-cpu"]\n[[models]]\nspec = "zoo:repvgg_digits"\nval_samples = "ten"\n',
      "models[0].val_samples: 'ten': expected int"),
     ('targets = ["openvino-cpu"\n', "not a readable TOML file"),
+    ('targets = ["openvino-cpu"]\n[[models]]\nspec = "zoo:repvgg_digits"\nkeep_float = "stages.1.0"\n',
+     "models[0].keep_float: 'stages.1.0': expected list"),
+    ('targets = ["openvino-cpu"]\n[[models]]\nspec = "zoo:repvgg_digits"\nkeep_float = [1]\n',
+     "models[0].keep_float: [1]: expected a list of layer names"),
 ])
 def test_bad_matrix_file_is_one_line_exit_2(tmp_path, text, expect):
     path = tmp_path / "bad.toml"
@@ -268,6 +272,23 @@ def test_bad_matrix_file_is_one_line_exit_2(tmp_path, text, expect):
     line = error_line(err)
     assert code == 2 and line.startswith(f"error: {path}: ") and expect in line
     assert not (tmp_path / "out").exists()
+
+
+def test_keep_float_reaches_each_cell_build(tmp_path):
+    """A model's keep_float (as `edgerep build --keep-float`) is a build option of each of its cells, and part of
+    the cells' content keys: changing it rebuilds them."""
+    from edgerep.matrix.cells import cell_keys, load_matrix
+
+    path = tmp_path / "m.toml"
+    keys = []
+    for floats in (["stages.1.0"], ["stages.1.1"]):
+        path.write_text(matrix_toml([{"name": "demo", "spec": "zoo:repvgg_digits", "keep_float": floats}],
+                                    ["onnxruntime-cpu"], ["int8"]))
+        matrix = load_matrix(path)
+        cell_keys(matrix)
+        assert [c.options["keep_float"] for c in matrix.cells] == [floats]
+        keys.append(matrix.cells[0].key)
+    assert keys[0] != keys[1]
 
 
 @pytest.mark.slow
