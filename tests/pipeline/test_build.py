@@ -199,7 +199,7 @@ def test_timm_model_small_input(tmp_path):
     pytest.importorskip("timm")
     out_dir = tmp_path / "timm"
     code, _, err = cli(["build", "--model", "timm:resnet18", "--input-shape", "1x3x64x64", "--num-classes", "10",
-                        "-t", "onnxruntime-cpu", "-o", str(out_dir)])
+                        "-t", "onnxruntime-cpu", "--no-baselines", "-o", str(out_dir)])  # fuse + engines, not baselines
     rep = json.loads((out_dir / "report.json").read_text())
     fp32, int8 = rep["engines"]
     # Calibrated and validated on the shipped photos (no labels): reference = the unfused timm model.
