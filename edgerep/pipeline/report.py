@@ -179,7 +179,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _pictures_lines(report)
     lines += _output_lines(report)
     lines += _isa_lines(report)
-    lines += _int8_plan_lines(report)
+    lines += int8_plan_lines(report)
     lines += head_plan_lines(report)
     stages = report.get("stages")
     if isinstance(stages, list) and stages:
@@ -324,7 +324,7 @@ def _isa_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _int8_plan_lines(report: dict[str, Any]) -> list[str]:
+def int8_plan_lines(report: dict[str, Any]) -> list[str]:
     """What `--max-drop` decided per INT8 engine: the layers kept in float, whether the budget holds at the speed
     floor (else the one-line verdict), every drop with its standard error, the frontier of candidates (drop vs
     speed-up, also plotted), the float MAC share, the repairs and the calibration that won."""
