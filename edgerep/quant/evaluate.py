@@ -13,7 +13,7 @@ from edgerep.tasks import task_named
 from edgerep.tasks.base import Task
 
 DYNAMIC_EVAL_BATCH = 32
-BOOTSTRAP_DRAWS = 30  # mAP's standard error: resamples of the images (each one a full scoring, so few)
+BOOTSTRAP_DRAWS = 20  # mAP's standard error: resamples of the images (each one a full rescoring, so few)
 BOOTSTRAP_SEED = 0
 
 

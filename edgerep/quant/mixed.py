@@ -12,7 +12,7 @@ The search, for one backend:
   3. rank the layers by sensitivity (sensitivity.py, ONNX Runtime Q/DQ in the backend's quantizer placement);
   4. keep the top-k layers in float for k = 1, 2, ... until the engine is within budget, then try dropping each
      chosen layer again (fewest layers); stop adding layers as soon as an engine falls below min_speedup
-     (the speed stop: more float layers only make it slower);
+     (the speed stop: more float layers only make it slower), and do not start when the plain engine already is;
   5. on OpenVINO, also run NNCF's quantize_with_accuracy_control, express its float layers as the same
      exclusion list, rebuild, and keep whichever result is better.
 Every candidate is the backend's real engine (backend.build with options), scored on the validation data and,
@@ -115,6 +115,7 @@ class MixedResult:
     warnings: list[str] = field(default_factory=list)
     num_samples: int = 0
     fp32_p50_ms: float | None = None
+    timing: dict[str, Any] | None = None  # the protocol the candidates were timed with (SpeedProbe.protocol)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -131,7 +132,7 @@ class MixedResult:
             "chosen": c.to_dict(), "calibration": self.calibration, "repairs": self.repairs,
             "sensitivity": self.sensitivity, "nncf_accuracy_control": self.nncf,
             "candidates": [x.to_dict() for x in self.candidates], "frontier": frontier(self.candidates, c),
-            "stopped": self.stopped, "timed": self.timed, "fp32_p50_ms": self.fp32_p50_ms,
+            "stopped": self.stopped, "timed": self.timed, "fp32_p50_ms": self.fp32_p50_ms, "timing": self.timing,
             "num_samples": self.num_samples, "resolution": resolution(self.num_samples) if self.num_samples else None,
             "warnings": self.warnings, "seconds": self.seconds,
             "note": "the budget is measured on the validation data the search also used; hold out data to confirm it",
@@ -141,8 +142,14 @@ class MixedResult:
 class SpeedProbe:
     """Times INT8 engines against the FP32 engine of the same backend (built on first use, once per search): both
     side by side in interleaved rounds in a child process (validate.timing.time_engines), at `engine_batch`, with
-    the profile's latency protocol. `interval(slow_rounds, fast_rounds)` -> (median, low, high) of a speed-up (the
-    caller's rule, pipeline.recommend.speedup_interval; None: the ratio of the p50s alone)."""
+    the profile's latency protocol (rounds, warm-up, iterations). An engine of a few tens of microseconds gives a
+    round of the profile's calls well under a millisecond, where the ratio is noise: the iterations are raised so
+    that each engine's round lasts at least MIN_ROUND_MS (from a first timing of the FP32 engine alone).
+    `interval(slow_rounds, fast_rounds)` -> (median, low, high) of a speed-up (the caller's rule,
+    pipeline.recommend.speedup_interval; None: the ratio of the p50s alone)."""
+
+    MIN_ROUND_MS = 20.0
+    MAX_ITERATIONS = 20000
 
     def __init__(self, backend: Any, onnx_path: Path, profile: Any, work_dir: Path, sample: Any, *,
                  engine_batch: int = 1, interval: Interval | None = None) -> None:
@@ -150,6 +157,7 @@ class SpeedProbe:
         self.sample, self.engine_batch, self.interval = sample, int(engine_batch), interval
         self.fp32: Path | None = None
         self.fp32_p50: list[float] = []
+        self.iterations = int(profile.latency.iterations)
 
     def _fp32(self) -> Path:
         if self.fp32 is None:
@@ -158,17 +166,24 @@ class SpeedProbe:
             if artifact.status != "ok" or not artifact.path:
                 raise RuntimeError(f"the FP32 engine to time against did not build ({artifact.status}: {artifact.reason})")
             self.fp32 = Path(artifact.path)
+            p50 = self._time({"fp32": self.fp32})["fp32"]["latency_by_batch"][0]["p50"]
+            rounds = int(self.profile.latency.rounds)
+            per_round = math.ceil(self.MIN_ROUND_MS / max(float(p50), 1e-6))
+            self.iterations = min(max(self.iterations, rounds * per_round), self.MAX_ITERATIONS)
         return self.fp32
 
-    def __call__(self, int8_path: Path) -> tuple[float, float, list[float] | None]:
-        """(INT8 p50 ms, speed-up over FP32, its interval [low, high] or None)."""
+    def _time(self, engines: dict[str, Path]) -> dict[str, Any]:
         from edgerep.validate.timing import time_engines
 
         lat = self.profile.latency
-        timed = time_engines({"fp32": self._fp32(), "int8": Path(int8_path)}, self.sample,
-                             batch_sizes=[self.engine_batch], engine_batch=self.engine_batch,
-                             dynamic_batch=self.profile.dynamic_batch, rounds=lat.rounds, warmup=lat.warmup,
-                             iterations=lat.iterations)
+        return time_engines(engines, self.sample, batch_sizes=[self.engine_batch], engine_batch=self.engine_batch,
+                            dynamic_batch=self.profile.dynamic_batch, rounds=lat.rounds, warmup=lat.warmup,
+                            iterations=self.iterations)
+
+    def __call__(self, int8_path: Path) -> tuple[float, float, list[float] | None]:
+        """(INT8 p50 ms, speed-up over FP32, its interval [low, high] or None)."""
+        fp32 = self._fp32()
+        timed = self._time({"fp32": fp32, "int8": Path(int8_path)})
 
         def at(name: str) -> tuple[float, list[float]]:
             row = timed[name]["latency_by_batch"][0]
@@ -180,6 +195,11 @@ class SpeedProbe:
         if found is None:
             return q_p50, fp_p50 / q_p50, None
         return q_p50, float(found[0]), [float(found[1]), float(found[2])]
+
+    def protocol(self) -> dict[str, Any]:
+        lat = self.profile.latency
+        return {"rounds": lat.rounds, "warmup": lat.warmup, "iterations": self.iterations,
+                "batch": self.engine_batch, "min_round_ms": self.MIN_ROUND_MS}
 
     def close(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -434,7 +454,10 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
                                   lambda c: (not c.fast(floor), c is not best_plain, c.metrics.get("nsr") or 0.0))
             repairs["chosen"] = start.options.get(option) if start is not best_plain else None
     start_opts = {k: v for k, v in start.options.items() if k != "ignored_nodes"}
-    if not (start.meets(max_drop) and start.fast(floor)):
+    if not start.fast(floor):  # float layers only make an engine slower: none of them can reach the floor
+        stopped = (f"not started: the plain INT8 engine already runs at {start.speedup or 0:.2f}x FP32, below "
+                   f"min_speedup {floor:g}x")
+    elif not start.meets(max_drop):
         # 3. rank layers by sensitivity, in this backend's quantizer placement
         chosen_method = start_opts.get("calib_method")
         method = str(chosen_method) if chosen_method in QDQ_METHODS else "minmax"
@@ -489,8 +512,9 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
                        modules=modules, seconds=time.perf_counter() - t0, drop_unit=drop_unit(metrics),
                        task=reference.task, met=met, verdict=verdict, min_speedup=floor,
                        timed=speed is not None, stopped=stopped, repairs=repairs, warnings=warnings,
-                       num_samples=n, fp32_p50_ms=(sorted(speed.fp32_p50)[len(speed.fp32_p50) // 2]
-                                                   if speed is not None and speed.fp32_p50 else None))
+                       num_samples=n, timing=speed.protocol() if speed is not None else None,
+                       fp32_p50_ms=(sorted(speed.fp32_p50)[len(speed.fp32_p50) // 2]
+                                    if speed is not None and speed.fp32_p50 else None))
 
 
 def _floats(nodes: list[str]) -> dict[str, Any]:
