@@ -357,7 +357,8 @@ def int8_plan_lines(report: dict[str, Any]) -> list[str]:
         calib = plan.get("calibration") or {}
         if calib.get("tried"):
             chosen_cal = ", ".join(f"{k}={v}" for k, v in (calib.get("chosen") or {}).items())
-            lines.append(f"- calibration: tried {len(calib['tried'])} settings, chose {chosen_cal} ({calib.get('rule', '')})")
+            lines.append(f"- calibration: tried {len(calib['tried'])} settings; the repairs and the float-layer search "
+                         f"start from {chosen_cal} ({calib.get('rule', '')})")
         for note in calib.get("not_selectable") or []:
             lines.append(f"- {note}")
         repairs = plan.get("repairs") or {}
