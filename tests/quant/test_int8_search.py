@@ -239,7 +239,7 @@ def test_speed_stop_and_the_unreachable_budget(demo, stressed, tmp_path):
     ref = compute_reference(demo["info"].module, demo["val"], limit=150)
     sample = next(ref.source.iter_batches(1, limit=1))[0]
     probe = SpeedProbe(backend, stressed, prof, tmp_path / "speed", sample, engine_batch=1, interval=speedup_interval)
-    floor = 1.2  # every layer in float runs at about 0.8x, 8 of 10 at about 1.0x: well below
+    floor = 1.2  # plain INT8 runs at 1.2-1.7x here, every layer in float at about 0.8x, 8 of 10 at about 1.1x
     # No range repair here: equalization would undo this stress (that is what it is for, and what the repair
     # tests check); this test is about the float layers and their speed.
     options = {**ONE_CANDIDATE, **_no_repair(backend)}
@@ -252,16 +252,25 @@ def test_speed_stop_and_the_unreachable_budget(demo, stressed, tmp_path):
     everything = len(quantizable_layers(stressed))
     top_k = [c for c in result.candidates if c.name.startswith("top-")]
     assert all(c.speedup is not None and c.speedup_interval is not None for c in result.candidates)
-    # the speed stop: the search ended at the first float-layer engine below the floor, before all-float
-    assert top_k and not top_k[-1].fast(floor) and all(c.fast(floor) for c in top_k[:-1])
-    assert max(len(c.float_layers) for c in result.candidates) < everything
-    assert result.stopped and f"below min_speedup {floor:g}x" in result.stopped
-    # not met: the plan is the best *fast* candidate, and the one line says both facts with its numbers
+    # The speed stop: a float-layer engine below the floor ends the search, so only the last one can be slow; with
+    # a budget of 0 on this stress nothing short of (nearly) every layer in float meets it, and those run near
+    # 0.8-1.1x, so the search ends by speed (or, when the plain engine is already below the floor on a loaded
+    # machine, never starts), not by running out of layers.
+    slow = [i for i, c in enumerate(top_k) if not c.fast(floor)]
+    assert slow == ([len(top_k) - 1] if slow else []), [(c.name, c.speedup) for c in top_k]
+    assert result.stopped and "min_speedup 1.2x" in result.stopped
+    assert result.stopped.startswith("not started") == (not top_k)
     chosen = result.chosen
-    assert not result.met and chosen.fast(floor) and chosen.drop > 0
+    assert len(chosen.float_layers) < everything
+    assert not result.met and chosen.drop > 0, (chosen.name, chosen.drop, chosen.speedup)
     k = len(chosen.float_layers)
-    pattern = (rf"budget 0 pt not reachable at >= 1\.2x: best {chosen.drop:.2f} ± {chosen.drop_se:.2f} pt at "
-               rf"{chosen.speedup:.2f}x with {k} float layers?(; within budget only at [0-9.]+x)?; all-float would be FP32")
+    if any(c.fast(floor) for c in result.candidates):  # the plan is the best *fast* one, and the line says both facts
+        assert chosen.fast(floor)
+        pattern = (rf"budget 0 pt not reachable at >= 1\.2x: best {chosen.drop:.2f} ± {chosen.drop_se:.2f} pt at "
+                   rf"{chosen.speedup:.2f}x with {k} float layers?(; within budget only at [0-9.]+x)?; "
+                   rf"all-float would be FP32")
+    else:
+        pattern = r"no INT8 plan reaches 1\.2x FP32 here: the fastest, .+, runs at [0-9.]+x \(drop [0-9.]+ pt\); FP32 .+"
     assert re.fullmatch(pattern, str(result.verdict)), result.verdict
     # the plan makes the INT8 engine fail its gate with that line, and the report shows the frontier
     plan = result.to_dict()
@@ -319,3 +328,19 @@ def test_plan_cache_is_invalidated_by_data_budget_and_repairs(demo, tmp_path):
     assert len({plain, repaired, both}) == 3
     faster = dataclasses.replace(prof, int8=dataclasses.replace(prof.int8, min_speedup=2.0))
     assert plan_key(options=ONE_CANDIDATE, **{**key, "profile": faster}) != plain  # the speed floor
+
+
+@pytest.mark.slow
+def test_sensitivity_keeps_the_fixed_layers_in_float(tmp_path, capsys):
+    import json
+
+    from edgerep.cli import main
+
+    out = tmp_path / "sens"
+    main(["sensitivity", "-m", "zoo:repvgg_digits", "-t", "onnxruntime-cpu", "--calib-samples", "32",
+          "--val-samples", "64", "--no-study", "--keep-float", "stages.1", "-o", str(out), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    fixed = ["/stages.1.0.reparam/Conv", "/stages.1.1.reparam/Conv"]
+    assert result["keep_float"] == fixed
+    measured = [r["node"] for r in result["sensitivity"]["layers"]]
+    assert len(measured) == 8 and not set(measured) & set(fixed)  # the fixed ones are not candidates
