@@ -4,7 +4,8 @@
 # same (/proc/cpuinfo still describes the real host under qemu-user). Slow: about 6 minutes per INT8 test.
 #   apt-get install qemu-user      # Debian
 #   scripts/test_on_avx2.sh tests/quant/test_quant.py::test_search_meets_the_budget_on_onnxruntime ...
-# With no arguments: the four INT8 tests that once failed on AVX2 machines.
+# With no arguments: the INT8 tests that once failed on AVX2 machines, and the TensorRT Q/DQ prediction check.
+# CI (.ci/run) runs one of them, the Q/DQ check (about 90 s under emulation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v qemu-x86_64 >/dev/null || { echo "qemu-x86_64 not found: apt-get install qemu-user" >&2; exit 2; }
@@ -14,5 +15,6 @@ tests=("$@")
   tests/pipeline/test_build.py::test_demo_on_onnxruntime_every_precision_then_force
   tests/quant/test_quant.py::test_sensitivity_ranks_the_range_blown_layer_first
   tests/quant/test_quant.py::test_search_meets_the_budget_on_onnxruntime
-  tests/quant/test_quant.py::test_build_max_drop_end_to_end)
+  tests/quant/test_quant.py::test_build_max_drop_end_to_end
+  tests/backends/tensorrt/test_tensorrt_host.py::test_qdq_accuracy_close_to_fp32_on_digits)
 EDGEREP_HOST_ISA=avx2 exec qemu-x86_64 -cpu Haswell "$python" -m pytest -q -p no:cacheprovider -o timeout=3600 "${tests[@]}" 2> >(grep -v "TCG doesn't support" >&2)

@@ -21,14 +21,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from edgerep.backends.repair import REPAIR_OPTION
 from edgerep.files.artifacts import Artifact
 
 if TYPE_CHECKING:
     from edgerep.targets import TargetProfile
 
 # Options every backend's build takes; each backend lists its own on top in its Capabilities. ignored_nodes: the
-# user's float layers; head_float_nodes: those INT8 keeps in float by default (quant.float_policy decides them).
-COMMON_OPTIONS = frozenset({"ignored_nodes", "head_float_nodes", "calib_method", "num_samples"})
+# user's float layers; head_float_nodes: those INT8 keeps in float by default (quant.float_policy decides them);
+# range_repair (REPAIR_OPTION): range repairs applied to the float ONNX before INT8 (backends.repair), in order.
+COMMON_OPTIONS = frozenset({"ignored_nodes", "head_float_nodes", "calib_method", "num_samples", REPAIR_OPTION})
 # `edgerep validate --inference-precision VALUE`, for that process and its children (the timing child): a backend
 # whose Capabilities.inference_precisions lists VALUE compiles engines at it instead of at their own; "default"
 # compiles with no precision hint, as a plain deployment does.

@@ -12,7 +12,9 @@ from edgerep.backends.base import Backend
 from edgerep.cpu.isa import target_isa
 from edgerep.errors import UserError
 from edgerep.files.artifacts import Artifact, package_versions
-from edgerep.files.onnx_files import onnx_input, onnx_node_names, onnx_sha256
+from edgerep.files.onnx_files import int8_float_nodes, onnx_input, onnx_node_names, onnx_sha256
+
+REPAIRED_ONNX = "model.repaired.onnx"  # the range-repaired float ONNX an INT8 build quantizes, in its out_dir
 
 
 def require_precision(backend: Backend, precision: str) -> None:
@@ -95,11 +97,34 @@ def calib_settings(profile: Any, options: dict[str, Any], backend: Backend) -> t
     return method, int(num)
 
 
+def int8_source(backend: Backend, onnx_path: Path, out_dir: Path, options: dict[str, Any], calib: Any, *,
+                weights: str = "s8", per_channel: bool = True) -> tuple[Path, dict[str, Any] | None]:
+    """The float ONNX an INT8 build quantizes, and the range-repair report: `onnx_path` itself (None) without
+    options[REPAIR_OPTION], else the repaired model written to `out_dir`/REPAIRED_ONNX by backends.repair.apply_repairs.
+
+    The one call every backend makes, with the same inputs (the calibration data, options["num_samples"] or the
+    repairs' default, the plan's float nodes), so the repaired model is the same bytes on each; `weights` and
+    `per_channel` (the backend's weight quantizer) only matter to bias_correction."""
+    from edgerep.backends.repair import REPAIR_OPTION, apply_repairs, check_repairs
+    from edgerep.backends.repair.graph import DEFAULT_SAMPLES
+
+    names = check_repairs(options.get(REPAIR_OPTION), backend_name=backend.name)
+    if not names:
+        return Path(onnx_path), None
+    require_calib(calib, backend.name)
+    report = apply_repairs(Path(onnx_path), Path(out_dir) / REPAIRED_ONNX, names, calib=calib, weights=weights,
+                           num_samples=int(options.get("num_samples") or DEFAULT_SAMPLES), per_channel=per_channel,
+                           float_nodes=int8_float_nodes(options.get("ignored_nodes"), options.get("head_float_nodes")))
+    return Path(report["onnx"]), report
+
+
 def engine_info(*, backend: str, precision: str, onnx_path: Path, profile: Any, calib: Any, settings: dict,
-                packages: tuple[str, ...]) -> dict:
-    """The sidecar body shared by every backend: what was built, from what, with what."""
+                packages: tuple[str, ...], range_repair: dict[str, Any] | None = None) -> dict:
+    """The sidecar body shared by every backend: what was built, from what, with what. `onnx` is the model the
+    user gave; with `range_repair` (int8_source's report) the engine was quantized from its repaired copy."""
     name, shape = onnx_input(onnx_path)
     onnx_path = Path(onnx_path)
+    extra = {"range_repair": range_repair} if range_repair is not None else {}
     return {
         "backend": backend,
         "precision": precision,
@@ -113,16 +138,17 @@ def engine_info(*, backend: str, precision: str, onnx_path: Path, profile: Any, 
         "input_shape": shape,
         "settings": settings,
         "packages": package_versions("edgerep", "onnx", *packages),
+        **extra,
     }
 
 
 def finish_build(backend: Backend, precision: str, path: Path, *, onnx_path: Path, profile: Any, calib: Any,
-                 settings: dict[str, Any]) -> Artifact:
+                 settings: dict[str, Any], range_repair: dict[str, Any] | None = None) -> Artifact:
     """The end of every CPU build: the engine's sidecar (engine_info) beside `path`, and its Artifact."""
     from edgerep.files.artifacts import write_sidecar
 
     info = engine_info(backend=backend.name, precision=precision, onnx_path=onnx_path, profile=profile, calib=calib,
-                       settings=settings, packages=backend.capabilities.packages)
+                       settings=settings, packages=backend.capabilities.packages, range_repair=range_repair)
     sidecar = write_sidecar(path, info)
     return Artifact(backend=backend.name, precision=precision, path=path, sidecar=sidecar, info=info)
 

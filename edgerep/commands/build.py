@@ -5,6 +5,7 @@ import re
 from typing import Any
 
 from edgerep.errors import UserError
+from edgerep.files.output_lock import locks_output
 from edgerep.pipeline.build import BuildOptions, build
 
 
@@ -22,6 +23,9 @@ def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 
 
+# -o given: locked before the model loads, so a second writer stops at once; the default folder (named after the
+# model) is locked by pipeline.build once it is known
+@locks_output("output")
 def run_build(*, console: Any = None, out: Any = None, **kwargs: Any) -> int:
     """Run `edgerep build` with BuildOptions fields as keywords; print a summary table; return the exit code
     (0: every engine passed its gate, 1: some engine failed or the fuse check failed). UserErrors propagate."""

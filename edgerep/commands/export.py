@@ -8,8 +8,10 @@ import torch.nn as nn
 
 from edgerep.errors import UserError
 from edgerep.export.pipeline import export_pipeline
+from edgerep.files.output_lock import locks_output
 
 
+@locks_output("output")  # one writer per folder, taken before anything loads
 def run_export(*, model: str, weights: Path | None, input_shape: str | None, num_classes: int | None,
                trust_pickle: bool, target: str, dynamic_batch: bool | None, simplifier: str, output: Path,
                tol: float, as_json: bool, out: Any, console: Any) -> int:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgerep.errors import UserError
+from edgerep.files.output_lock import locks_output
 from edgerep.fuse import FuseReport, FuseResult, fuse
 from edgerep.models.specs import ModelInfo, example_input, load_model
 
@@ -72,6 +73,7 @@ def report_table(report: FuseReport, tol: float) -> Table:
     return table
 
 
+@locks_output("output")  # one writer per folder: before the model loads, so a second run stops at once
 def run_fuse(*, model: str, weights: Path | None, input_shape: str | None, num_classes: int | None,
              trust_pickle: bool, output: Path, tol: float, as_json: bool, out: Console, console: Console) -> int:
     info = load_model(model, weights=weights, input_shape=input_shape, num_classes=num_classes,

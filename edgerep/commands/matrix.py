@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerep.errors import UserError
+from edgerep.files.output_lock import locks_output
 
 LOCAL_HOW = ("after every cell was built, one cell at a time on this machine, in one process with the runtimes' "
              "default threads (no other cell running)")
@@ -17,6 +18,14 @@ RAY_HOW = ("after every cell was built, on the node that built it, as a Ray task
            "(one cell per node at a time)")
 
 
+def output_folder(matrix_file: Path, output: Path | None) -> Path:
+    """-o, or runs/matrix-<file name>."""
+    return Path(output) if output is not None else Path("runs") / f"matrix-{Path(matrix_file).stem}"
+
+
+# One writer per folder, taken before anything is written. The cells are this run's own writers (its pool's
+# processes, or Ray tasks whose files this driver writes), so its lock covers them.
+@locks_output(lambda kw: output_folder(kw["matrix_file"], kw["output"]))
 def run_matrix(*, matrix_file: Path, output: Path | None = None, workers: int | None = None, ray: bool = False,
                ray_address: str | None = None, force: bool = False, out: Any = None, console: Any = None) -> int:
     from edgerep.matrix.cells import cell_keys, finish_cell, latency_job, load_matrix, reusable
@@ -28,7 +37,7 @@ def run_matrix(*, matrix_file: Path, output: Path | None = None, workers: int | 
     if workers is not None and workers < 1:
         raise UserError(f"--workers {workers}: must be >= 1")
     matrix = load_matrix(matrix_file)
-    out_dir = Path(output) if output is not None else Path("runs") / f"matrix-{Path(matrix_file).stem}"
+    out_dir = output_folder(matrix_file, output)
     try:
         (out_dir / "cells").mkdir(parents=True, exist_ok=True)
     except OSError as exc:

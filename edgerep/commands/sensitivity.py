@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from edgerep.errors import UserError
+from edgerep.files.output_lock import locks_output
 from edgerep.tasks import task_named
 
 
+@locks_output("output")  # one writer per folder, taken before anything loads
 def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str | None = None,
                     num_classes: int | None = None, trust_pickle: bool = False, target: str = "openvino-cpu",
                     calib: Path | None = None, val: Path | None = None, calib_samples: int | None = None,

@@ -19,7 +19,7 @@ Matrix file (TOML), e.g. examples/matrix.toml:
     val_samples = 200
     [ray]                                             # optional: resources declared per cell on Ray
     num_cpus = 1
-    num_gpus = 1                                      # TensorRT cells only
+    num_gpus = 1                                      # TensorRT cells only; 0: device bundles on CPU nodes
     [[models]]
     spec = "zoo:repvgg_digits"                        # required; any `edgerep build --model` spec
     name = "repvgg"                                   # optional; default from the spec
@@ -63,6 +63,7 @@ MODEL_OPTIONS: dict[str, tuple[str, type | tuple[type, ...]]] = {
 PATH_OPTIONS = ("weights", "calib", "val")
 TOP_KEYS = ("targets", "precisions", "defaults", "models", "ray")
 RAY_KEYS = {"num_cpus": (int, float), "num_gpus": (int, float)}
+STATE_RECHECKED_BYTES = 1 << 20  # finish_cell re-hashes the listed files up to this size (the rewritten reports)
 
 
 @dataclass
@@ -323,6 +324,10 @@ def reusable(cell: Cell, cell_dir: Path, *, force: bool) -> dict[str, Any] | Non
         return None
     if state.get("report") and not (Path(cell_dir) / "report.json").is_file():
         return None
+    for entry in state.get("files") or []:  # delivered by Ray: every file it listed is still here, whole
+        path = Path(cell_dir) / entry["path"]
+        if not path.is_file() or path.stat().st_size != entry["size"]:
+            return None
     return state
 
 
@@ -413,15 +418,34 @@ def time_cell(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def timed_engines(report_path: Path) -> list[dict[str, Any]]:
+    """The engines of a built cell's report.json that time_cell times (built here, not a prediction)."""
+    report = json.loads(Path(report_path).read_text())
+    return [{"precision": e["precision"], "path": e["path"], "status": e["status"]} for e in report["engines"]
+            if e.get("status") == "ok" and e.get("path") and not e.get("prediction")]
+
+
 def latency_job(cell: Cell, cell_dir: Path, outcome: dict[str, Any]) -> dict[str, Any] | None:
-    """The timing job of a built cell (None when it has no engine to time)."""
-    report = json.loads((Path(cell_dir) / "report.json").read_text())
-    engines = [{"precision": e["precision"], "path": e["path"], "status": e["status"]} for e in report["engines"]
-               if e.get("status") == "ok" and e.get("path") and not e.get("prediction")]
+    """The timing job of a built cell (None when it has no engine to time). On Ray it names the node and the
+    scratch folder that still hold the cell's engines."""
+    engines = timed_engines(Path(cell_dir) / "report.json")
     if not engines:
         return None
     return {"cell": cell.name, "cell_dir": str(cell_dir), "target_arg": cell.target_arg, "engines": engines,
-            "engine_batch": outcome.get("engine_batch") or 1, "node_id": outcome.get("node_id")}
+            "engine_batch": outcome.get("engine_batch") or 1, "node_id": outcome.get("node_id"),
+            "scratch": outcome.get("scratch"), "backend": cell.backend}
+
+
+def device_resource(target_arg: str) -> str | None:
+    """The Ray resource naming the device a TensorRT profile describes (a Jetson profile: its name, e.g.
+    jetson-orin-nano -> "jetson_orin_nano"), None for a generic one. A node of that kind is started with
+    `ray start --resources '{"jetson_orin_nano": 1}'`."""
+    from edgerep.targets import load_target
+
+    profile = load_target(target_arg)
+    if profile.tensorrt is None or not profile.tensorrt.jetpack:
+        return None
+    return re.sub(r"[^a-z0-9]+", "_", profile.name.lower()).strip("_")
 
 
 def finish_cell(cell: Cell, cell_dir: Path, outcome: dict[str, Any], timing: dict[str, Any] | None, how: str) -> None:
@@ -439,7 +463,18 @@ def finish_cell(cell: Cell, cell_dir: Path, outcome: dict[str, Any], timing: dic
                              "node": (timing or {}).get("node"), "reason": (timing or {}).get("reason")}
         report_stage(cell_dir, report)
         outcome["stages"] = report["stages"]
+    if outcome.get("files"):  # the report files just rewritten: list them as they are now
+        outcome["files"] = [_restat(cell_dir, e) for e in outcome["files"]]
     write_cell_state(cell_dir, {**outcome, "phase": "done", "latency_reason": (timing or {}).get("reason")})
+
+
+def _restat(cell_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    from edgerep.files.artifacts import file_sha256
+
+    path = Path(cell_dir) / entry["path"]
+    if not path.is_file() or path.stat().st_size > STATE_RECHECKED_BYTES:
+        return entry
+    return {**entry, "size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 @contextmanager

@@ -2,12 +2,13 @@
 
 Both run the same two functions of edgerep.matrix in two phases, so timing never shares the cores:
   1. build_cell for every cell, in parallel. Locally: `workers` spawned processes, each capped to
-     cores // workers runtime threads. On Ray: one task per cell declaring
-     num_cpus (threads capped to it) and, for TensorRT targets, num_gpus.
+     cores // workers runtime threads, writing straight into -o. On Ray: one task per cell declaring the CPUs
+     its threads are capped to (and, for TensorRT targets, a GPU and the device's resource); it builds in a
+     scratch folder on its node and streams the files back to the driver, which alone writes -o.
   2. time_cell for every built cell, one cell per machine at a time. Locally: one uncapped process after the
      pool has finished. On Ray: a task pinned to the node that built the cell and declaring all of that node's
-     CPUs, so Ray runs nothing else there while it times.
-We write no scheduler of our own: concurrent.futures and Ray do the queueing.
+     CPUs, so Ray runs nothing else there while it times the engines still in its scratch.
+We write no scheduler of our own: concurrent.futures and Ray do the queueing; Ray's object store carries the files.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import socket
 from typing import Any, Callable
 
 from edgerep.errors import UserError, one_line
+from edgerep.matrix.transfer import WriteError
 
 RAY_CONNECT_TIMEOUT_S = 5.0  # TCP connect to the head
 RAY_PROBE_TIMEOUT_S = 20.0  # joining it, in a child process
@@ -158,77 +160,326 @@ def _host_port(address: str) -> tuple[str, int]:
         raise UserError(f"--ray {address}: expected host:port, ray://host:port, auto, or nothing") from None
 
 
+TEST_RESOURCES_ENV = "EDGEREP_RAY_TEST_RESOURCES"  # JSON {"name": amount} every cell also asks for (tests pin cells)
+WATCH_S = 2.0  # how often a wait for Ray looks at the cluster: a task no alive node can hold is failed, not awaited
+BACKPRESSURE = 8  # chunks a cell's task may have in the object store before the driver has read them
+
+
+def cell_demand(job: dict[str, Any], *, threads: int, num_gpus: float, resources: dict[str, float]) -> dict[str, Any]:
+    """What one cell asks Ray for: the CPUs its runtimes are capped to; a TensorRT cell also `num_gpus` and, when
+    its target is a named device (a Jetson profile), one unit of that device's resource (such a node starts with
+    `ray start --resources '{"jetson_orin_nano": 1}'`). `resources`: asked by every cell (tests pin cells)."""
+    from edgerep.matrix.cells import device_resource
+
+    wanted = dict(resources)
+    gpus = 0.0
+    if job.get("backend") == "tensorrt" and num_gpus > 0:
+        gpus = float(num_gpus)
+        kind = device_resource(job["target_arg"])
+        if kind:
+            wanted[kind] = 1.0
+    return {"num_cpus": threads, "num_gpus": gpus, "resources": wanted}
+
+
+def fits(demand: dict[str, Any], have: dict[str, float]) -> bool:
+    """Whether a node with the resources `have` (Ray's totals) can run a task asking `demand`."""
+    want = {"CPU": demand["num_cpus"], "GPU": demand["num_gpus"], **demand["resources"]}
+    return all(have.get(k, 0.0) >= v for k, v in want.items() if v)
+
+
+def placement_error(demands: list[tuple[dict[str, Any], dict[str, Any]]], nodes: list[dict[str, float]]) -> str | None:
+    """Why some cell (job, demand) cannot run on any of `nodes` (their resources), or None."""
+    for job, want in demands:
+        if any(fits(want, have) for have in nodes):
+            continue
+        if want["num_gpus"] and not any(have.get("GPU") for have in nodes):
+            count = sum(1 for j, w in demands if w["num_gpus"])
+            return (f"{count} TensorRT cell(s) need a GPU node and no node of the cluster has a GPU; join one "
+                    f"(`ray start --address=...` on a GPU machine) or set [ray] num_gpus = 0 in the matrix to build "
+                    f"device bundles on CPU nodes")
+        asked = ", ".join(f"{k}={v:g}" for k, v in {"CPU": want["num_cpus"], "GPU": want["num_gpus"],
+                                                     **want["resources"]}.items() if v)
+        return (f"cell {job['cell']} asks for {asked} and no node of the cluster has that; start a node with those "
+                f"resources (`ray start --resources`) or lower [ray] num_cpus in the matrix")
+    return None
+
+
 class RayExecutor:
-    """Cells as Ray tasks. Artifacts go straight into the output folder, which every node must reach (a shared
-    path such as NFS; on one machine any folder is)."""
+    """Cells as Ray tasks, on nodes that share no folder with the driver.
+
+    Build: a task per cell builds in a scratch folder on its node (transfer.new_scratch), then streams back, as a
+    Ray generator, a manifest and the cell's files in chunks; the driver writes them into the cell's folder in -o
+    (transfer.receive: temporary names, renamed once size and sha256 match) and writes cell.json last. A task or
+    transfer that fails is run once more, then the cell is recorded as crashed; a retried cell starts clean.
+    Time: a task pinned to the node that built the cell, holding all of that node's CPUs, times the engines still
+    in its scratch (nothing moves but the numbers) and removes the scratch. When that scratch is gone (the node
+    left, or the run was killed between the phases) the driver ships the cell's files from -o to a node that can
+    run the cell and times them there. Timing where the engines were built keeps TensorRT cells on their GPU.
+    """
 
     name = "ray"
 
     def __init__(self, address: str | None, *, num_cpus: float = 1.0, num_gpus: float = 1.0) -> None:
+        import json
+        import os
+
         self.ray = connect_ray(address)
         self.address = address or "local"
-        self.num_cpus = max(num_cpus, 0.001)
+        self.threads = max(1, int(num_cpus))  # a CPU cell asks for exactly the cores its runtimes are capped to
         self.num_gpus = num_gpus
+        try:
+            self.resources: dict[str, float] = json.loads(os.environ.get(TEST_RESOURCES_ENV) or "{}")
+        except ValueError:
+            raise UserError(f"${TEST_RESOURCES_ENV}: not JSON; set it like '{{\"node_b\": 1}}' or unset it") from None
+        self.moved = {"cells": 0, "files": 0, "bytes": 0, "seconds": 0.0, "retries": 0, "shipped_for_timing": 0}
 
     def describe(self) -> dict[str, Any]:
-        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        nodes = self._alive()
         return {"mode": "ray", "address": self.address, "nodes": len(nodes),
-                "cpus": sum(n.get("Resources", {}).get("CPU", 0) for n in nodes),
-                "num_cpus_per_cell": self.num_cpus}
+                "cpus": sum(n.get("Resources", {}).get("CPU", 0) for n in nodes.values()),
+                "num_cpus_per_cell": self.threads, "transfer": dict(self.moved)}
+
+    # --- resources ---------------------------------------------------------------------------------
+
+    def demand(self, job: dict[str, Any]) -> dict[str, Any]:
+        return cell_demand(job, threads=self.threads, num_gpus=self.num_gpus, resources=self.resources)
+
+    def _alive(self) -> dict[str, dict[str, Any]]:
+        return {n["NodeID"]: n for n in self.ray.nodes() if n.get("Alive")}
+
+    @staticmethod
+    def _fits(demand: dict[str, Any], node: dict[str, Any]) -> bool:
+        return fits(demand, node.get("Resources", {}))
+
+    def _check_placeable(self, jobs: list[dict[str, Any]]) -> None:
+        """Refuse, before anything starts, a matrix whose cells no node of the cluster can run."""
+        why = placement_error([(job, self.demand(job)) for job in jobs],
+                              [n.get("Resources", {}) for n in self._alive().values()])
+        if why:
+            raise UserError(f"--ray {self.address}: {why}")
+
+    def _options(self, want: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"num_cpus": want["num_cpus"], "num_gpus": want["num_gpus"]}
+        if want["resources"]:
+            out["resources"] = want["resources"]
+        return out
+
+    # --- build ---------------------------------------------------------------------------------------
 
     def build(self, jobs: list[dict[str, Any]], done: Callback) -> None:
+        if not jobs:
+            return
+        self._check_placeable(jobs)
+        # max_calls=1: a fresh worker per cell, so one cell's thread cap never carries into the next task.
+        task = self.ray.remote(max_calls=1)(_ray_build_cell)
+
+        def submit(job: dict[str, Any]) -> Any:
+            return task.options(num_returns="streaming", max_retries=0,
+                                _generator_backpressure_num_objects=BACKPRESSURE,
+                                **self._options(self.demand(job))).remote(job)
+
+        pending = [(submit(job), job, 0) for job in jobs]
+        while pending:
+            ready, _ = self.ray.wait([p[0] for p in pending], num_returns=1, timeout=WATCH_S)
+            if not ready:
+                pending = self._drop_unplaceable(pending, done, lambda job, why: _crashed(job, why))
+                continue
+            item = next(p for p in pending if p[0] is ready[0] or p[0] == ready[0])
+            pending.remove(item)
+            gen, job, tries = item
+            try:
+                outcome = self._receive(gen, job)
+            except WriteError as exc:  # -o refused a file: a second build would meet the same disk
+                self._cancel(gen)
+                outcome = {**_crashed(job, str(exc)), "status": "error"}
+            except Exception as exc:  # the task failed, its node died, or a file arrived damaged
+                self._cancel(gen)
+                if tries == 0:
+                    self.moved["retries"] += 1
+                    pending.append((submit(job), job, 1))
+                    continue
+                outcome = _crashed(job, f"Ray task or its transfer failed twice: {one_line(exc)}")
+            done(outcome)
+
+    def _receive(self, gen: Any, job: dict[str, Any]) -> dict[str, Any]:
+        """Write one cell's streamed files into its folder in -o; cell.json comes last, so a cell whose transfer
+        broke off has no state that vouches for it (the next run builds it again)."""
+        import time
+        from pathlib import Path
+
+        from edgerep.matrix.cells import CELL_STATE, write_cell_state
+        from edgerep.matrix.transfer import clear_partials, receive
+
         ray = self.ray
-        task = ray.remote(_ray_build_cell)
-        refs = {}
-        for job in jobs:
-            gpus = self.num_gpus if job.get("backend") == "tensorrt" else 0
-            job = {**job, "threads": max(1, int(self.num_cpus))}
-            refs[task.options(num_cpus=self.num_cpus, num_gpus=gpus, max_retries=1).remote(job)] = job
-        self._drain(refs, done, lambda job, exc: _crashed(job, f"Ray task failed: {one_line(exc)}"))
+        head = ray.get(next(gen))
+        outcome, files = head["outcome"], head["files"]
+        t0 = time.perf_counter()
+        dest = Path(job["cell_dir"])
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / CELL_STATE).unlink(missing_ok=True)  # the previous state must not vouch for files being replaced
+            clear_partials(dest)
+        except OSError as exc:
+            raise WriteError(f"{dest}: cannot write ({exc.strerror or exc})") from None
+        moved = receive(dest, files, (ray.get(ref) for ref in gen))
+        self.moved["cells"] += 1
+        self.moved["files"] += len(files)
+        self.moved["bytes"] += moved
+        self.moved["seconds"] += time.perf_counter() - t0
+        outcome["files"] = [{"path": f["path"], "size": f["size"], "sha256": f["sha256"]} for f in files]
+        write_cell_state(dest, {**outcome, "phase": "accuracy" if outcome.get("report") else "done"})
+        return outcome
+
+    def _drop_unplaceable(self, pending: list[tuple[Any, dict[str, Any], Any]], done: Callback,
+                          fail: Callable[[dict[str, Any], str], dict[str, Any]]) -> list[tuple[Any, dict[str, Any], Any]]:
+        """Fail the waiting tasks that no alive node can run any more (a node left the cluster): Ray would keep
+        them queued for ever."""
+        nodes = self._alive()
+        keep = []
+        for item in pending:
+            ref, job, extra = item
+            pinned = job.get("_pinned")
+            if (nodes.get(pinned) is not None) if pinned else any(self._fits(self.demand(job), n) for n in nodes.values()):
+                keep.append(item)
+                continue
+            self._cancel(ref)
+            done(fail(job, "no alive node of the Ray cluster can run it any more (a node left the cluster)"))
+        return keep
+
+    def _cancel(self, ref: Any) -> None:
+        try:
+            self.ray.cancel(ref)  # a generator still streaming stops, and its scratch is removed
+        except Exception:  # already finished, or gone with its node
+            pass
+
+    # --- time ----------------------------------------------------------------------------------------
 
     def time(self, jobs: list[dict[str, Any]], done: Callback) -> None:
+        pending: list[tuple[Any, dict[str, Any], Any]] = []
+
+        def failed(job: dict[str, Any], why: str) -> dict[str, Any]:
+            return {"cell": job["cell"], "latency": {}, "stages": [], "node": None, "reason": f"latency not measured: {why}"}
+
+        def submit(job: dict[str, Any], ship: bool) -> None:
+            item = self._submit_time(job, ship)
+            if item is None:
+                done(failed(job, "no alive node of the Ray cluster can run this cell"))
+            else:
+                pending.append(item)
+
+        nodes = self._alive()
+        for job in jobs:
+            submit(job, ship=not (job.get("scratch") and job.get("node_id") in nodes))
+        while pending:
+            ready, _ = self.ray.wait([p[0] for p in pending], num_returns=1, timeout=WATCH_S)
+            if not ready:
+                pending = self._drop_unplaceable(pending, done, failed)
+                continue
+            item = next(p for p in pending if p[0] is ready[0] or p[0] == ready[0])
+            pending.remove(item)
+            ref, job, shipped = item
+            try:
+                result = self.ray.get(ref)
+            except Exception as exc:  # the node died while timing, or the task failed
+                if not shipped:
+                    submit(job, ship=True)
+                else:
+                    done(failed(job, one_line(exc)))
+                continue
+            if result.get("scratch_missing") and not shipped:
+                submit(job, ship=True)
+                continue
+            done(result)
+
+    def _submit_time(self, job: dict[str, Any], ship: bool) -> tuple[Any, dict[str, Any], bool] | None:
+        """A timing task holding all of one node's CPUs: the node that built the cell (its scratch still holds
+        the engines), or with `ship` any node that can run the cell, with the cell's files sent from -o."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        ray = self.ray
-        cpus = {n["NodeID"]: n.get("Resources", {}).get("CPU", 1) for n in ray.nodes() if n.get("Alive")}
-        task = ray.remote(_ray_time_cell)
-        refs = {}
-        for job in jobs:
-            node = job.get("node_id") if job.get("node_id") in cpus else None
-            options: dict[str, Any] = {"max_retries": 0}
-            if node is not None:  # the node that built it, all of its CPUs: nothing else runs there meanwhile
-                options.update(num_cpus=cpus[node],
-                               scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False))
-            refs[task.options(**options).remote(job)] = job
-        self._drain(refs, done, lambda job, exc: {"cell": job["cell"], "latency": {}, "stages": [], "node": None,
-                                                   "reason": f"latency not measured: {one_line(exc)}"})
+        nodes = self._alive()
+        want = self.demand(job)
+        if ship:
+            node_id = next((nid for nid, n in nodes.items() if self._fits(want, n)), None)
+        else:
+            node_id = job.get("node_id")
+        if node_id not in nodes:
+            return None
+        have = nodes[node_id].get("Resources", {})
+        options = {"num_cpus": have.get("CPU", 1), "num_gpus": have.get("GPU", 0) if want["num_gpus"] else 0,
+                   "max_retries": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)}
+        uploads = self._upload(job) if ship else None
+        ref = self.ray.remote(_ray_time_cell).options(**options).remote(job, uploads)
+        return ref, {**job, "_pinned": node_id}, ship
 
-    def _drain(self, refs: dict[Any, dict[str, Any]], done: Callback, on_error: Any) -> None:
-        ray = self.ray
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for ref in ready:
-                try:
-                    done(ray.get(ref))
-                except Exception as exc:  # RayTaskError, WorkerCrashedError, node lost
-                    done(on_error(refs[ref], exc))
+    def _upload(self, job: dict[str, Any]) -> list[tuple[dict[str, Any], list[Any]]]:
+        """The cell's files from -o as object-store chunks (one chunk in the driver's memory at a time)."""
+        from pathlib import Path
+
+        from edgerep.matrix.cells import CELL_STATE
+        from edgerep.matrix.transfer import manifest, read_chunks
+
+        root = Path(job["cell_dir"])
+        files = manifest(root, skip=[CELL_STATE])
+        uploads = [(entry, [self.ray.put(chunk) for chunk in read_chunks(root, [entry])]) for entry in files]
+        self.moved["shipped_for_timing"] += 1
+        self.moved["files"] += len(files)
+        self.moved["bytes"] += sum(int(e["size"]) for e in files)
+        return uploads
 
 
-def _ray_build_cell(job: dict[str, Any]) -> dict[str, Any]:
+def _ray_build_cell(job: dict[str, Any]) -> Any:
+    """Build one cell in a scratch folder on this node, then yield {"outcome", "files"} and the files' chunks.
+    The scratch stays when the cell has engines to time (the timing task removes it)."""
     import ray
 
-    from edgerep.matrix.cells import build_cell
+    from edgerep.matrix import transfer
+    from edgerep.matrix.cells import CELL_STATE, build_cell, timed_engines
 
-    outcome = build_cell(job)
-    outcome["node_id"] = ray.get_runtime_context().get_node_id()
-    return outcome
+    scratch = transfer.new_scratch(job["cell"])
+    keep = delivered = False
+    try:
+        outcome = build_cell({**job, "cell_dir": str(scratch)})
+        transfer.rewrite_paths(scratch, str(scratch), job["cell_dir"])  # reports name the -o folder, as locally
+        files = transfer.manifest(scratch, skip=[CELL_STATE])
+        keep = bool(outcome.get("report")) and bool(timed_engines(scratch / "report.json"))
+        outcome.update(node_id=ray.get_runtime_context().get_node_id(), scratch=str(scratch) if keep else None)
+        yield {"outcome": outcome, "files": files}
+        yield from transfer.read_chunks(scratch, files)
+        delivered = True
+    finally:  # cancelled, failed, or nothing left to time here
+        if not (keep and delivered):
+            transfer.drop_scratch(scratch)
 
 
-def _ray_time_cell(job: dict[str, Any]) -> dict[str, Any]:
+def _ray_time_cell(job: dict[str, Any], uploads: list[tuple[dict[str, Any], list[Any]]] | None) -> dict[str, Any]:
+    """Time a cell's engines in this node's scratch: the one its build left, or a new one filled from `uploads`."""
+    from pathlib import Path
+
+    import ray
+
+    from edgerep.matrix import transfer
     from edgerep.matrix.cells import time_cell
 
-    return time_cell(job)
-
-
-
+    if uploads is not None:
+        scratch = transfer.new_scratch(job["cell"])
+        try:
+            for entry, refs in uploads:
+                transfer.receive(scratch, [entry], (ray.get(ref) for ref in refs))
+        except BaseException:
+            transfer.drop_scratch(scratch)
+            raise
+    elif job.get("scratch") and Path(job["scratch"]).is_dir():
+        scratch = Path(job["scratch"])
+    else:
+        return {"cell": job["cell"], "scratch_missing": True}
+    try:
+        dest = Path(job["cell_dir"])
+        engines = []
+        for eng in job["engines"]:  # the report names -o; the engines are here
+            path = Path(eng["path"])
+            if not path.is_absolute() or path.is_relative_to(dest):
+                path = scratch / (path.relative_to(dest) if path.is_absolute() else path)
+            engines.append({**eng, "path": str(path)})
+        return time_cell({**job, "cell_dir": str(scratch), "engines": engines})
+    finally:
+        transfer.drop_scratch(scratch)

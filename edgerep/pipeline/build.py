@@ -11,11 +11,13 @@ Default output folder: runs/<model-name>-<target> (e.g. runs/repvgg_digits-openv
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from edgerep.errors import UserError
+from edgerep.files.output_lock import output_lock
 from edgerep.pipeline import stages
 from edgerep.pipeline.stages import DEMO_MODEL, StageLog
 
@@ -96,7 +98,16 @@ def build(opts: BuildOptions, *, console: Console | None = None, measure_latency
 
     measure_latency=False leaves every engine's latency empty (the report's `latency.measured` says so) and
     saves the timing input as DIR/latency_input.npy, for a scheduler that times engines later on a quiet
-    machine (edgerep.matrix runs stages.latency_stage then)."""
+    machine (edgerep.matrix runs stages.latency_stage then).
+
+    The output folder is locked (files.output_lock) from the moment it is known, before its first write, until
+    the build returns: a second writer stops with one line instead of mixing its files into this one's."""
+    with ExitStack() as held:
+        return _build(opts, console=console, measure_latency=measure_latency, hold=held.enter_context)
+
+
+def _build(opts: BuildOptions, *, console: Console | None, measure_latency: bool,
+           hold: Callable[[AbstractContextManager[None]], None]) -> BuildResult:
     log = StageLog(console)
     plan = stages.plan_stage(opts.target, opts.precisions, backend_options=opts.backend_options,
                              max_drop=opts.max_drop, isa=opts.isa, console=console, static_batch=opts.static_batch)
@@ -115,6 +126,7 @@ def build(opts: BuildOptions, *, console: Console | None = None, measure_latency
                              preprocess=dict(mean=opts.mean, std=opts.std, resize=opts.resize,
                                              interpolation=opts.interpolation, channel_order=opts.channel_order))
     out_dir = Path(opts.output) if opts.output is not None else default_output(info.name, profile.name)
+    hold(output_lock(out_dir))
     manifest = stages.prepare_output(out_dir)
 
     onnx = stages.onnx_stage(log, loaded, profile, out_dir, manifest, force=opts.force, seed=opts.seed,

@@ -15,6 +15,7 @@ from edgerep.backends.common import (
     calib_settings,
     engine_file,
     finish_build,
+    int8_source,
     require_available,
     require_calib,
     runtime_missing,
@@ -50,6 +51,7 @@ class OnnxRuntimeBackend:
         options = start_build(self, precision, options)
         onnx_path = Path(onnx_path)
         path = self.artifact_path(out_dir, precision)
+        repair = None
         if precision == "fp32":
             _copy_onnx(onnx_path, path)
             settings: dict[str, Any] = {"graph_optimization": "ORT_ENABLE_ALL at load"}
@@ -59,13 +61,18 @@ class OnnxRuntimeBackend:
             act = options.get("activation_type", "uint8")
             isa = target_isa(profile)
             weights = weight_format_for(isa, options.get("int8_weights"))
-            settings = quantize_qdq(onnx_path, path, calib, method=method, num_samples=num,
+            per_channel = bool(options.get("per_channel", True))
+            # the range-repaired model when options name repairs (the same call on every backend)
+            source, repair = int8_source(self, onnx_path, Path(out_dir), options, calib, weights=weights,
+                                         per_channel=per_channel)
+            settings = quantize_qdq(source, path, calib, method=method, num_samples=num,
                                     ignored_nodes=options.get("ignored_nodes"),
                                     head_float_nodes=options.get("head_float_nodes"), activation_type=act,
-                                    per_channel=bool(options.get("per_channel", True)), weights=weights)
+                                    per_channel=per_channel, weights=weights)
             settings["isa"] = isa
             settings["int16_saturation"] = int16_saturation_check(path)
-        return finish_build(self, precision, path, onnx_path=onnx_path, profile=profile, calib=calib, settings=settings)
+        return finish_build(self, precision, path, onnx_path=onnx_path, profile=profile, calib=calib, settings=settings,
+                            range_repair=repair)
 
     def load(self, artifact: Artifact) -> "OrtRunner":
         require_available(self)

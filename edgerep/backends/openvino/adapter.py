@@ -17,6 +17,7 @@ from edgerep.backends.base import COMMON_OPTIONS, RUNTIME_DEFAULT, Capabilities
 from edgerep.backends.common import (
     engine_file,
     finish_build,
+    int8_source,
     require_available,
     require_calib,
     runtime_missing,
@@ -60,8 +61,14 @@ class OpenVINOBackend:
 
         onnx_path = Path(onnx_path)
         path = self.artifact_path(out_dir, precision)
+        source, repair = onnx_path, None
+        if precision == "int8":
+            require_calib(calib, self.name)
+            # the range-repaired model when options name repairs (the same call on every backend); NNCF
+            # quantizes it, its node names are the original's
+            source, repair = int8_source(self, onnx_path, Path(out_dir), options, calib)
         try:
-            model = ov.convert_model(str(onnx_path))
+            model = ov.convert_model(str(source))
         except Exception as exc:
             raise UserError(f"openvino: cannot convert {onnx_path.name} ({type(exc).__name__}: {first_line(exc)})") from None
         hint = inference_precision(precision)
@@ -70,8 +77,7 @@ class OpenVINOBackend:
                                     # the ONNX outputs in graph order: the runner returns its ports in this order
                                     "output_names": onnx_output_names(onnx_path)}
         if precision == "int8":
-            require_calib(calib, self.name)
-            model, quant = quantize_nncf(model, onnx_path, calib, profile, options, self)
+            model, quant = quantize_nncf(model, source, calib, profile, options, self)
             settings.update(quant)
         with atomic_files(path) as tmp:
             try:
@@ -82,7 +88,8 @@ class OpenVINOBackend:
                 raise OSError(errno.EIO, "OpenVINO could not write the IR: disk full or folder not writable",
                               str(path)) from None
             settings["compile_properties"] = write_config(tmp, config_for(hint))
-        return finish_build(self, precision, path, onnx_path=onnx_path, profile=profile, calib=calib, settings=settings)
+        return finish_build(self, precision, path, onnx_path=onnx_path, profile=profile, calib=calib, settings=settings,
+                            range_repair=repair)
 
     def load(self, artifact: Artifact) -> "OpenVINORunner":
         require_available(self)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerep.backends.base import COMMON_OPTIONS, Capabilities
-from edgerep.backends.common import calib_settings, check_options, require_precision
+from edgerep.backends.common import calib_settings, check_options, int8_source, require_precision
 from edgerep.errors import UserError
 from edgerep.files.artifacts import Artifact
 from edgerep.files.onnx_files import onnx_output_names
@@ -61,21 +61,27 @@ class TensorRTBackend:
             profile = replace(profile, tensorrt=trt_settings)
         host_dir = out_dir / host.HOST_DIR
         int8 = fp16_onnx = None
+        source, repair = onnx_path, None  # the float ONNX the INT8 artifacts and engine come from
         if precision == "int8":
             if calib is None:
                 raise UserError("--calib: TensorRT INT8 needs calibration data (host calibration for the cache and "
                                 "the Q/DQ model); pass --calib")
             method, num = calib_settings(profile, options, self)
-            int8 = host.prepare_int8(onnx_path, profile, calib, host_dir, method=method, num_samples=num,
+            # the range-repaired model when options name repairs (the same call on every backend): the Q/DQ model,
+            # the calibration cache and the calibrate-mode engine's ONNX all come from it
+            source, repair = int8_source(self, onnx_path, host_dir, options, calib)
+            int8 = host.prepare_int8(source, profile, calib, host_dir, method=method, num_samples=num,
                                      ignored_nodes=options.get("ignored_nodes"), head_float_nodes=options.get("head_float_nodes"),
                                      entropy_bins=options.get("entropy_bins"))
+            if repair is not None:
+                int8 = {**int8, "repaired_onnx": source}
         fp16_graph = None
         if version[0] >= 11 and precision in ("fp16", "int8"):
             # TensorRT 11 takes precision from the graph (strongly typed): FP16 from model.fp16.onnx, INT8 from the
             # Q/DQ model with its float parts in FP16 (else its unquantized layers would run FP32)
             from edgerep.backends.tensorrt.qdq import prepare_fp16_graph
 
-            fp16_graph = prepare_fp16_graph(onnx_path, host_dir, calib,
+            fp16_graph = prepare_fp16_graph(source, host_dir, calib,
                                             qdq_of=Path(int8["qdq"]) if int8 is not None else None)
             if int8 is not None:
                 int8 = {**int8, "qdq": Path(fp16_graph["path"])}
@@ -90,7 +96,8 @@ class TensorRTBackend:
                     # the ONNX outputs in graph order: the runner's run_all returns the engine's outputs in it
                     "output_names": onnx_output_names(Path(onnx_path))}
         info: dict[str, Any] = {"settings": settings, "qdq": str(int8["qdq"]) if int8 else None,
-                                "calibration_cache": str(int8["cache"]) if int8 else None}
+                                "calibration_cache": str(int8["cache"]) if int8 else None,
+                                "range_repair": repair}
 
         reason = self.available()
         if reason is not None:
@@ -103,7 +110,7 @@ class TensorRTBackend:
                             info=info)
         from edgerep.backends.tensorrt.engine_build import build_engine
 
-        return build_engine(onnx_path, precision, out_dir=out_dir, profile=profile, calib=calib, int8=int8,
+        return build_engine(source, precision, out_dir=out_dir, profile=profile, calib=calib, int8=int8,
                             fp16_onnx=fp16_onnx, int8_mode=int8_mode, dla_core=dla_core,
                             timing_cache=options.get("timing_cache"), info=info)
 

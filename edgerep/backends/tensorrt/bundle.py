@@ -28,7 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from edgerep.backends.tensorrt.trtexec import ONNX_FP16, ONNX_FP32, ONNX_QDQ, engine_name, engine_source, trtexec_args
+from edgerep.backends.tensorrt.trtexec import (
+    ONNX_FP16,
+    ONNX_FP32,
+    ONNX_QDQ,
+    ONNX_REPAIRED,
+    engine_name,
+    engine_source,
+    trtexec_args,
+)
 from edgerep.backends.tensorrt.versions import (
     Version,
     api_features,
@@ -168,7 +176,7 @@ def variant_engine_name(precision: str, dla_core: int | None) -> str:
 
 
 def engine_plan(profile: Any, version: Version, precisions: list[str], *, input_name: str,
-                input_shape: list[int | None]) -> list[dict[str, Any]]:
+                input_shape: list[int | None], repaired: bool = False) -> list[dict[str, Any]]:
     """One entry per engine to build on the device: its source ONNX, engine file, DLA core and trtexec arguments.
 
     A profile with a DLA core gets each FP16/INT8 engine twice: on the GPU (model.int8.engine) and on the DLA
@@ -185,8 +193,10 @@ def engine_plan(profile: Any, version: Version, precisions: list[str], *, input_
             args = trtexec_args(version, precision, int8_mode=trt.int8_mode, input_name=input_name,
                                 input_shape=[int(d) if d else 1 for d in input_shape], workspace_mb=trt.workspace_mb,
                                 dynamic_batch=dynamic, dla_core=core, engine=name,
-                                calib_cache=CACHE if precision == "int8" and trt.int8_mode == "calibrate" else None)
-            plan.append({"precision": precision, "onnx": engine_source(version, precision, trt.int8_mode),
+                                calib_cache=CACHE if precision == "int8" and trt.int8_mode == "calibrate" else None,
+                                repaired=repaired)
+            plan.append({"precision": precision, "onnx": engine_source(version, precision, trt.int8_mode,
+                                                                       repaired=repaired),
                          "engine": name, "dla_core": core, "trtexec": args})
     return plan
 
@@ -582,6 +592,7 @@ def write_text(bundle_dir: Path, name: str, text: str, *, executable: bool = Fal
 
 
 __all__ = ["Bundle", "BUNDLE_FORMAT", "CACHE", "CACHE_RANGES", "MANIFEST", "ONNX_FP16", "ONNX_FP32", "ONNX_QDQ",
+           "ONNX_REPAIRED",
            "REFERENCE", "batch_profile", "build_script", "copy_in", "device_check_command", "engine_plan",
            "input_profile", "variant_engine_name", "label_array", "load_bundle", "new_manifest",
            "read_reference", "read_reference_all", "readme", "reference_keys", "reference_limit",

@@ -206,7 +206,8 @@ def _build_in_context(onnx_path: Path, precision: str, *, out_dir: Path, profile
     on_dla = dla_core is not None and precision != "fp32"
     extra = {"target": profile.name, "onnx": str(source), "dla_layers": dla_layers,
              # with a DLA core asked for, every GPU layer is a fallback, also when none landed on the DLA
-             "gpu_fallback_layers": gpu_layers if on_dla else [], "settings": info["settings"]}
+             "gpu_fallback_layers": gpu_layers if on_dla else [], "settings": info["settings"],
+             "range_repair": info.get("range_repair")}  # the repaired model `source` is (backends.repair)
     if calibrator is not None:
         extra["calibration_cache_rejected"] = calibrator.batches_fed > 0
         if calibrator.written is not None:

@@ -165,24 +165,34 @@ def update_bundle(bundle_dir: Path, *, onnx_path: Path, profile: Any, precisions
     keep = old if same_model else {}
     prec = list(dict.fromkeys([*(e["precision"] for e in keep.get("engines", [])), *precisions]))
     prec = [p for p in ("fp32", "fp16", "int8") if p in prec]
-    for name in (B.ONNX_QDQ, B.CACHE, B.CACHE + ".json", B.CACHE_RANGES, B.ONNX_FP16, B.REFERENCE):
+    for name in (B.ONNX_QDQ, B.CACHE, B.CACHE + ".json", B.CACHE_RANGES, B.ONNX_FP16, B.REFERENCE, B.ONNX_REPAIRED):
         if name in keep.get("files", {}) and (bundle_dir / name).is_file():
             files[name] = keep["files"][name]
+    # the INT8 artifacts' float model: the range-repaired copy when the build repaired it (backends.repair)
+    repaired = bool(int8.get("repaired_onnx")) if int8 is not None else \
+        (keep.get("calibration") or {}).get("onnx") == B.ONNX_REPAIRED
     if int8 is not None:
+        files.pop(B.ONNX_REPAIRED, None)
+        if repaired:
+            files[B.ONNX_REPAIRED] = B.copy_in(bundle_dir, Path(int8["repaired_onnx"]), B.ONNX_REPAIRED)
+        else:
+            (bundle_dir / B.ONNX_REPAIRED).unlink(missing_ok=True)
         files[B.ONNX_QDQ] = B.copy_in(bundle_dir, Path(int8["qdq"]), B.ONNX_QDQ)
         files[B.CACHE] = B.copy_in(bundle_dir, Path(int8["cache"]), B.CACHE)
         files[B.CACHE + ".json"] = B.copy_in(bundle_dir, Path(str(int8["cache"]) + ".json"), B.CACHE + ".json")
         files[B.CACHE_RANGES] = B.copy_in(bundle_dir, Path(int8["ranges"]), B.CACHE_RANGES)
         manifest["calibration"] = {"method": int8["method"], "num_samples": int8["num_samples"],
                                    "data_sha256": int8["data_sha256"], "cache": B.CACHE, "ranges": B.CACHE_RANGES,
-                                   "produced_by": "onnxruntime-host"}
+                                   "produced_by": "onnxruntime-host",
+                                   "onnx": B.ONNX_REPAIRED if repaired else B.ONNX_FP32}
     elif keep.get("calibration"):
         manifest["calibration"] = keep["calibration"]
     if fp16_onnx is not None:
         files[B.ONNX_FP16] = B.copy_in(bundle_dir, Path(fp16_onnx), B.ONNX_FP16)
     if profile.source is not None and Path(profile.source).is_file():
         files["profile.toml"] = B.copy_in(bundle_dir, Path(profile.source), "profile.toml")
-    manifest["engines"] = B.engine_plan(profile, version, prec, input_name=input_name, input_shape=shape)
+    manifest["engines"] = B.engine_plan(profile, version, prec, input_name=input_name, input_shape=shape,
+                                        repaired=repaired)
     for eng in manifest["engines"]:
         if eng["onnx"] not in files:
             raise RuntimeError(f"bundle: {eng['onnx']} for the {eng['precision']} engine was not prepared")

@@ -22,15 +22,19 @@ from edgerep.errors import UserError
 
 # The ONNX file of the bundle each engine is built from.
 ONNX_FP32, ONNX_FP16, ONNX_QDQ = "model.onnx", "model.fp16.onnx", "model.qdq.onnx"
+# The range-repaired float ONNX (backends.repair) a calibrate-mode INT8 engine is built from, with the cache made
+# from it; a Q/DQ engine needs no extra file (its Q/DQ model is made from the repaired ONNX).
+ONNX_REPAIRED = "model.repaired.onnx"
 
 
-def engine_source(version: Version, precision: str, int8_mode: str) -> str:
-    """Which bundle ONNX an engine of `precision` starts from on TensorRT `version`."""
+def engine_source(version: Version, precision: str, int8_mode: str, *, repaired: bool = False) -> str:
+    """Which bundle ONNX an engine of `precision` starts from on TensorRT `version` (`repaired`: the INT8
+    artifacts were made from the range-repaired model)."""
     feats = api_features(version)
     if precision == "int8":
         if int8_mode == "calibrate" and not feats.calibrators:
             raise UserError(f"int8_mode calibrate: TensorRT {version_str(version)} removed calibrators; use int8_mode qdq")
-        return ONNX_QDQ if int8_mode == "qdq" else ONNX_FP32
+        return ONNX_QDQ if int8_mode == "qdq" else (ONNX_REPAIRED if repaired else ONNX_FP32)
     if precision == "fp16" and feats.always_strongly_typed:
         return ONNX_FP16
     return ONNX_FP32
@@ -59,7 +63,7 @@ def shape_text(name: str, shape: list[int]) -> str:
 def trtexec_args(version: Version, precision: str, *, int8_mode: str, input_name: str, input_shape: list[int],
                  workspace_mb: int, dynamic_batch: tuple[int, int, int] | None = None, dla_core: int | None = None,
                  calib_cache: str | None = None, timing_cache: str | None = "timing.cache",
-                 layer_info: bool = True, engine: str | None = None) -> list[str]:
+                 layer_info: bool = True, engine: str | None = None, repaired: bool = False) -> list[str]:
     """The trtexec arguments that build `engine` (default `engine_name(precision)`) from `engine_source(...)` in
     the bundle.
 
@@ -67,7 +71,7 @@ def trtexec_args(version: Version, precision: str, *, int8_mode: str, input_name
     max) batch sizes for an optimization profile."""
     feats = api_features(version)
     mm = (version[0], version[1])
-    onnx = engine_source(version, precision, int8_mode)
+    onnx = engine_source(version, precision, int8_mode, repaired=repaired)
     engine = engine or engine_name(precision)
     args = [f"--onnx={onnx}", f"--saveEngine={engine}"]
     if mm < (8, 4):
