@@ -364,8 +364,8 @@ def int8_plan_lines(report: dict[str, Any]) -> list[str]:
         repairs = plan.get("repairs") or {}
         if repairs.get("tried"):
             lines.append("- range repair before any float layer: " + "; ".join(
-                f"{'+'.join(r['repairs'])} drop {_pm(r['drop'], r.get('drop_se'))}" for r in repairs["tried"])
-                + f"; kept {'+'.join(repairs['chosen']) if repairs.get('chosen') else 'none'}")
+                f"{'+'.join(r['repairs'])} drop {_pm(r['drop'], r.get('drop_se'))}{_repair_detail(r.get('report'))}"
+                for r in repairs["tried"]) + f"; kept {'+'.join(repairs['chosen']) if repairs.get('chosen') else 'none'}")
         elif repairs.get("note"):
             lines.append(f"- range repair: {repairs['note']}")
         latency = (eng.get("latency_ms") or {}).get("p50")
@@ -386,6 +386,22 @@ def int8_plan_lines(report: dict[str, Any]) -> list[str]:
         if plan.get("frontier_plot"):
             lines += ["", f"![INT8 plan frontier]({plan['frontier_plot']})"]
     return lines
+
+
+def _repair_detail(rep: dict[str, Any] | None) -> str:
+    """What a repair did, in brackets: pairs equalized with the worst range spread before -> after, biases corrected."""
+    if not rep:
+        return ""
+    parts = []
+    if rep.get("pairs"):
+        spread = (f", spread {rep['spread_before']:.3g} -> {rep['spread_after']:.3g}"
+                  if rep.get("spread_before") is not None and rep.get("spread_after") is not None else "")
+        parts.append(f"{len(rep['pairs'])} pair(s) equalized{spread}")
+    if rep.get("skipped"):
+        parts.append(str(rep["skipped"]))
+    if rep.get("bias_corrected"):
+        parts.append(f"{rep['bias_corrected']} bias(es) corrected")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _pm(value: Any, se: Any) -> str:

@@ -70,6 +70,7 @@ class Candidate:
     speedup_interval: list[float] | None = None  # [low, high] over the interleaved rounds
     p50_ms: float | None = None
     float_mac_share: float | None = None  # MACs of the layers the engine runs in float / all weighted MACs
+    repair: dict[str, Any] | None = None  # repair_summary of the build's range-repair report
 
     @property
     def drop(self) -> float:
@@ -90,7 +91,7 @@ class Candidate:
         return {"name": self.name, "source": self.source, "options": self.options, "float_layers": self.float_layers,
                 "engine_float_layers": self.engine_float_layers, "metrics": self.metrics, "seconds": self.seconds,
                 "speedup": self.speedup, "speedup_interval": self.speedup_interval, "p50_ms": self.p50_ms,
-                "float_mac_share": self.float_mac_share, "note": self.note}
+                "float_mac_share": self.float_mac_share, "repair": self.repair, "note": self.note}
 
 
 @dataclass
@@ -226,6 +227,7 @@ class Evaluator:
         try:
             artifact = self.backend.build(self.onnx_path, "int8", out_dir=out_dir, profile=self.profile,
                                           calib=self.calib, options=dict(options))
+            repair = repair_summary((artifact.info or {}).get("range_repair"))
             metrics, engine_floats = self._score(artifact, options.get("ignored_nodes") or [])
             if self.speed is not None and artifact.status == "ok" and artifact.path:
                 timing = self.speed(Path(artifact.path))
@@ -235,6 +237,7 @@ class Evaluator:
         cand = Candidate(name=name, source=source, options=dict(options), float_layers=floats,
                          metrics=brief(metrics), seconds=time.perf_counter() - t0, engine_float_layers=engine_floats,
                          float_mac_share=self.mac_share(engine_floats if engine_floats is not None else floats))
+        cand.repair = repair
         if timing is not None:
             cand.p50_ms, cand.speedup, cand.speedup_interval = timing
         if self.log is not None:
@@ -304,8 +307,6 @@ def repair_sets(backend: Any, base: dict[str, Any]) -> tuple[list[list[str]], st
     """The range repairs to try as candidates (each repair alone, then all together), and why none, if none:
     the user fixed them (range_repair in `base`), or the backend applies none."""
     option, capable = _repair_interface(backend.name)
-    if option is None:
-        return [], "range repair is not available in this edgerep (quant.repair missing)"
     if option in base:
         return [], f"range repair fixed by the build options ({option}={base[option]})"
     if option not in accepted_options(backend) or not capable:
@@ -316,14 +317,30 @@ def repair_sets(backend: Any, base: dict[str, Any]) -> tuple[list[list[str]], st
     return sets, None
 
 
-def _repair_interface(backend_name: str) -> tuple[str | None, tuple[str, ...]]:
-    """(quant.repair.REPAIR_OPTION, repair_capable(backend)). The repairs are built on another branch; until it is
-    merged the module may be missing, and then the search has no repair candidates."""
-    try:
-        from edgerep.quant.repair import REPAIR_OPTION, repair_capable  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # TODO(merge of the repair branch): drop this fallback
-        return None, ()
+def _repair_interface(backend_name: str) -> tuple[str, tuple[str, ...]]:
+    """(quant.repair.REPAIR_OPTION, repair_capable(backend))."""
+    from edgerep.quant.repair import REPAIR_OPTION, repair_capable
+
     return str(REPAIR_OPTION), tuple(repair_capable(backend_name))
+
+
+def repair_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The part of a build's range-repair report (artifact.info["range_repair"], backends.repair) the plan shows:
+    the pairs equalized with the largest per-channel range spread before and after, the layers bias-corrected,
+    and whether the float check held."""
+    if not report:
+        return None
+    eq = report.get("equalize") or {}
+    pairs = eq.get("pairs") or []
+    bc = report.get("bias_correction") or {}
+    return {"repairs": report.get("repairs"),
+            "pairs": [[p.get("producer"), p.get("consumer")] for p in pairs],
+            "spread_before": max((float(p.get("spread_before") or 0) for p in pairs), default=None),
+            "spread_after": max((float(p.get("spread_after") or 0) for p in pairs), default=None),
+            "absorbed_bias": eq.get("absorbed_bias"), "skipped": eq.get("skipped"),
+            "bias_corrected": (bc["layers"] if isinstance(bc.get("layers"), int) else len(bc.get("layers") or []))
+            if bc else None,
+            "float_check": report.get("float_check")}
 
 
 def within_noise(a: Candidate, b: Candidate) -> bool:
@@ -442,16 +459,16 @@ def search(*, backend: Any, onnx_path: Path, profile: Any, calib: Any, reference
         # 2. range repairs on the best calibration, before any layer is given up to float
         sets, why_none = repair_sets(backend, base)
         repairs["note"] = why_none
-        option = str(_repair_interface(backend.name)[0])
+        option = _repair_interface(backend.name)[0]
         for names_ in sets:
             cand = evaluate(f"repair {'+'.join(names_)}", "repair", {**calib_opts, option: list(names_),
                                                                     **_floats(fixed_float)})
             candidates.append(cand)
             repairs["tried"].append({"repairs": names_, "drop": cand.drop, "drop_se": cand.metrics.get("drop_se"),
-                                     "nsr": cand.metrics.get("nsr"), "speedup": cand.speedup})
+                                     "nsr": cand.metrics.get("nsr"), "speedup": cand.speedup, "report": cand.repair})
         if sets:
             start = smallest_drop([best_plain, *candidates[len(tried):]],
-                                  lambda c: (not c.fast(floor), c is not best_plain, c.metrics.get("nsr") or 0.0))
+                                  noise_then_nsr)  # within noise, the smaller output noise: a repair that helps
             repairs["chosen"] = start.options.get(option) if start is not best_plain else None
     start_opts = {k: v for k, v in start.options.items() if k != "ignored_nodes"}
     if not start.fast(floor):  # float layers only make an engine slower: none of them can reach the floor

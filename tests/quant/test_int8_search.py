@@ -206,11 +206,10 @@ def test_keep_float_reaches_the_engine(tmp_path):
 
 
 def _no_repair(backend) -> dict:
-    """Build options that fix "no range repair" where the backend takes the option (quant.repair's)."""
-    from edgerep.quant.mixed import _repair_interface
+    """Build options that fix "no range repair" (quant.repair's option) where the backend takes it."""
+    from edgerep.quant.repair import REPAIR_OPTION
 
-    option = _repair_interface(backend.name)[0]
-    return {option: []} if option is not None and option in backend.capabilities.options else {}
+    return {REPAIR_OPTION: []} if REPAIR_OPTION in backend.capabilities.options else {}
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +317,10 @@ def test_plan_cache_is_invalidated_by_data_budget_and_repairs(demo, tmp_path):
     assert not reused()
     plan(max_drop=4.0, val_samples=80, calib=demo["val"])
     assert reused()
-    # the repair options: part of the build options the key holds (the backends take them once quant.repair lands)
+    plan(max_drop=4.0, val_samples=80, calib=demo["val"], options={**ONE_CANDIDATE, "range_repair": ["equalize"]})
+    assert not reused()  # the repair options
+    plan(max_drop=4.0, val_samples=80, calib=demo["val"], options={**ONE_CANDIDATE, "range_repair": ["equalize"]})
+    assert reused()
     key = dict(backend=backend, onnx_path=demo["onnx"], profile=prof, calib=demo["calib"], val=demo["val"],
                val_samples=100, max_drop=5.0, task=None, engine_batch=1, timed=False)
     plain = plan_key(options=ONE_CANDIDATE, **key)
@@ -344,3 +346,33 @@ def test_sensitivity_keeps_the_fixed_layers_in_float(tmp_path, capsys):
     assert result["keep_float"] == fixed
     measured = [r["node"] for r in result["sensitivity"]["layers"]]
     assert len(measured) == 8 and not set(measured) & set(fixed)  # the fixed ones are not candidates
+
+
+@pytest.mark.slow
+def test_repairs_are_tried_before_any_float_layer(demo, stressed, tmp_path):
+    from edgerep.quant.mixed import search
+    from edgerep.quant.repair import REPAIR_OPTION, repair_capable
+
+    backend = get_backend("onnxruntime")
+    ref = compute_reference(demo["info"].module, demo["val"], limit=150)
+    result = search(backend=backend, onnx_path=stressed, profile=load_target("onnxruntime-cpu"), calib=demo["calib"],
+                    reference=ref, max_drop=0.0, work_dir=tmp_path / "search", base_options=ONE_CANDIDATE,
+                    module_names=module_names_of(demo["info"].module))
+    sources = [c.source for c in result.candidates]
+    repaired = [c for c in result.candidates if c.source == "repair"]
+    names = [c.options[REPAIR_OPTION] for c in repaired]
+    capable = list(repair_capable("onnxruntime"))
+    assert names == [[r] for r in capable] + ([capable] if len(capable) > 1 else [])
+    # before any float layer: every repair candidate comes after the calibration and before the first top-k
+    first_float = sources.index("edgerep") if "edgerep" in sources else len(sources)
+    assert all(i < first_float for i, s in enumerate(sources) if s == "repair")
+    assert [r["repairs"] for r in result.repairs["tried"]] == names
+    plain = next(c for c in result.candidates if c.source == "calibration")
+    equalized = next(c for c in repaired if c.options[REPAIR_OPTION] == ["equalize"])
+    rep = equalized.repair
+    assert rep and len(rep["pairs"]) >= len(CHAIN) - 1 and rep["spread_after"] < rep["spread_before"]
+    assert equalized.drop < plain.drop  # equalization undoes the stress (what it is for)
+    # the float-layer search, if any, starts from the repair that won
+    if result.repairs["chosen"]:
+        assert all(c.options.get(REPAIR_OPTION) == result.repairs["chosen"]
+                   for c in result.candidates if c.source == "edgerep")
