@@ -62,7 +62,7 @@ def nsr_of(metrics: dict[str, Any]) -> float:
     return float(10.0 ** (-sqnr / 10.0))
 
 
-def score(reference: Any, outputs: Any) -> dict[str, Any]:
+def score(reference: Any, outputs: Any, *, bootstrap: bool = False) -> dict[str, Any]:
     """The reference's task's metrics of `outputs` (every output in ONNX order, or the first as one array) against
     a validate.Reference, with `drop` (None when the task has nothing to budget), `drop_metric` and `nsr` added."""
     outs = [outputs] if isinstance(outputs, np.ndarray) else list(outputs)
@@ -74,7 +74,9 @@ def score(reference: Any, outputs: Any) -> dict[str, Any]:
     except ValueError:
         metrics["drop"], metrics["drop_metric"] = None, None
     metrics["n"] = int(np.asarray(outs[0]).shape[0])
-    metrics["drop_se"] = drop_stderr(reference, outs, metrics) if metrics["drop"] is not None else None
+    # the classifiers' error is a closed form; a detector's is a bootstrap of full rescorings, done only on request
+    wanted = metrics["drop"] is not None and (bootstrap or reference.task == "classify")
+    metrics["drop_se"] = drop_stderr(reference, outs, metrics) if wanted else None
     return metrics
 
 
@@ -140,13 +142,15 @@ def eval_batch(onnx_path: Path) -> int:
     return int(shape[0]) if shape and shape[0] is not None else DYNAMIC_EVAL_BATCH
 
 
-def evaluate_runner(runner: Any, reference: Any, batch: int) -> dict[str, Any]:
+def evaluate_runner(runner: Any, reference: Any, batch: int, *, bootstrap: bool = False) -> dict[str, Any]:
     from edgerep.validate.engine import engine_outputs_all
 
-    return score(reference, engine_outputs_all(runner, reference.source, batch, limit=reference.limit))
+    return score(reference, engine_outputs_all(runner, reference.source, batch, limit=reference.limit),
+                 bootstrap=bootstrap)
 
 
-def evaluate_onnx(onnx_path: Path, reference: Any, batch: int | None = None) -> dict[str, Any]:
+def evaluate_onnx(onnx_path: Path, reference: Any, batch: int | None = None, *,
+                  bootstrap: bool = False) -> dict[str, Any]:
     """Run an ONNX (e.g. Q/DQ) model in ONNX Runtime on the CPU over the reference's data and score it.
 
     Q/DQ runs as simulated (float) quantization, so the score is the same on every CPU: this evaluates a
@@ -154,12 +158,13 @@ def evaluate_onnx(onnx_path: Path, reference: Any, batch: int | None = None) -> 
     from edgerep.backends.onnxruntime.runner import OrtRunner
 
     with OrtRunner(Path(onnx_path), simulate_qdq=True) as runner:
-        return evaluate_runner(runner, reference, batch or eval_batch(onnx_path))
+        return evaluate_runner(runner, reference, batch or eval_batch(onnx_path), bootstrap=bootstrap)
 
 
 def brief(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics worth keeping per candidate in a report."""
-    keys = ("drop", "drop_se", "n", "drop_metric", "nsr", "cosine", "sqnr_db", "top1", "ref_top1", "top1_drop", "top1_agreement",
+    keys = ("drop", "drop_se", "drop_se_from", "n", "drop_metric",
+            "nsr", "cosine", "sqnr_db", "top1", "ref_top1", "top1_drop", "top1_agreement",
             "max_abs_err")
     out = {k: metrics.get(k) for k in keys}
     out.update({k: metrics.get(k) for k in _task_of(metrics).plan_keys})
