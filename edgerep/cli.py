@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
@@ -68,6 +68,9 @@ _DETECT_VAL_HELP = (
     "detectors: a YOLO-format split (DIR with images/ + labels/), a COCO .json (images in images/ beside it) or an image "
     "folder (agreement only)"
 )
+
+_KEEP_FLOAT_HELP = ("INT8: keep this layer in float on every backend (repeatable): an ONNX node name "
+                    "(/stages.1.0.reparam/Conv) or a PyTorch module path (stages.1.0); `edgerep sensitivity` lists them")
 
 
 def _print_version(value: bool) -> None:
@@ -159,6 +162,7 @@ def build_cmd(
     static_batch: bool = typer.Option(False, "--static-batch",
                                       help="engines with a fixed batch of 1, timed at batch 1 (no dynamic axes: faster "
                                            "on ONNX Runtime)"),
+    keep_float: Optional[List[str]] = typer.Option(None, "--keep-float", help=_KEEP_FLOAT_HELP),
 ) -> None:
     """Fuse, export, build and validate engines for a target; writes report.json, report.md and a plot.
 
@@ -173,7 +177,7 @@ def build_cmd(
                      interpolation=interpolation, channel_order=channel_order, simplifier=simplifier,
                      force=force, output=output, console=console, out=out, max_drop=max_drop, isa=isa,
                      task=task, score_threshold=score_threshold, iou_threshold=iou_threshold, baselines=baselines,
-                     head_search=head_search, static_batch=static_batch,
+                     head_search=head_search, static_batch=static_batch, keep_float=list(keep_float or []),
                      backend_options={k: v for k, v in (("int8_mode", int8_mode), ("dla_core", dla_core)) if v is not None})
     raise typer.Exit(code)
 
@@ -294,6 +298,8 @@ def sensitivity_cmd(
     task: Optional[str] = typer.Option(None, "--task", help=_TASK_HELP),
     score_threshold: Optional[float] = typer.Option(None, "--score-threshold", help=_SCORE_HELP),
     iou_threshold: Optional[float] = typer.Option(None, "--iou-threshold", help=_IOU_HELP),
+    keep_float: Optional[List[str]] = typer.Option(None, "--keep-float", help=_KEEP_FLOAT_HELP + "; they stay float in "
+                                                                              "every measurement"),
 ) -> None:
     """INT8 sensitivity per layer (ONNX node and PyTorch module), weight/activation range outliers, and a
     calibration study; writes sensitivity.json, sensitivity.md and sensitivity.png."""
@@ -303,7 +309,7 @@ def sensitivity_cmd(
                            trust_pickle=trust_pickle, target=target, calib=calib, val=val, calib_samples=calib_samples,
                            calib_method=calib_method, val_samples=val_samples, top=top, study=study, output=output, isa=isa,
                            task=task, score_threshold=score_threshold, iou_threshold=iou_threshold,
-                           as_json=as_json, out=out, console=console)
+                           keep_float=list(keep_float or []), as_json=as_json, out=out, console=console)
     raise typer.Exit(code)
 
 

@@ -136,6 +136,13 @@ class CalibrationSettings:
 
 
 @dataclass
+class Int8Settings:
+    # The INT8 plan search (quant.mixed) stops adding float layers when the engine's measured speed-up over FP32
+    # at the deploy batch falls below this: an "INT8" engine no faster than FP32 is FP32 with rounding errors.
+    min_speedup: float = 1.3
+
+
+@dataclass
 class TargetProfile:
     name: str
     description: str
@@ -148,6 +155,7 @@ class TargetProfile:
     task_gates: dict[str, dict[str, Any]] = field(default_factory=dict)  # [gates.<task>.<precision>], per TASK_GATES
     tensorrt: TensorRTSettings | None = None
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    int8: Int8Settings = field(default_factory=Int8Settings)
     # The CPU instruction set the engine must hold on (CPU backends): "auto" (the machine running edgerep)
     # or one of edgerep.cpu.isa.ISAS. INT8 choices depend on it (see edgerep/cpu/isa.py).
     isa: str = "auto"
@@ -173,6 +181,7 @@ class TargetProfile:
             "gates": {k: g.to_dict() for k, g in self.gates.items()},
             **{f"{t}_gates": {k: g.to_dict() for k, g in tables.items()} for t, tables in self.task_gates.items()},
             "calibration": vars(self.calibration).copy(),
+            "int8": vars(self.int8).copy(),
             "isa": self.isa,
             "source": str(self.source) if self.source else None,
             "unavailable": dict(self.unavailable),
@@ -344,7 +353,7 @@ class _Checker:
 
 
 _TOP = {"name", "description", "backend", "precisions", "opset", "dynamic_batch", "latency", "gates",
-        "tensorrt", "calibration", "isa"}
+        "tensorrt", "calibration", "isa", "int8"}
 
 
 def _load_file(path: Path) -> TargetProfile:
@@ -425,6 +434,12 @@ def parse_profile(data: dict[str, Any], path: Path) -> TargetProfile:
     if num_samples < 1:
         raise c.fail("calibration.num_samples", "must be >= 1")
 
+    int8_data = c.table(data.get("int8", {}), "int8")
+    c.no_unknown(int8_data, {"min_speedup"}, "int8.")
+    min_speedup = c.get(int8_data, "min_speedup", float, "int8.", default=Int8Settings.min_speedup)
+    if not 0 < float(min_speedup) <= 100:
+        raise c.fail("int8.min_speedup", f"{min_speedup} must be a speed-up over FP32 in (0, 100], e.g. 1.3")
+
     isa = c.get(data, "isa", str, default="auto")
     if backend == "tensorrt" and "isa" in data:
         raise c.fail("isa", "applies to CPU backends only; a TensorRT profile describes its GPU in [tensorrt]")
@@ -434,7 +449,7 @@ def parse_profile(data: dict[str, Any], path: Path) -> TargetProfile:
                          opset=opset, dynamic_batch=dynamic_batch, latency=latency, gates=gates,
                          task_gates=task_gates, tensorrt=trt,
                          calibration=CalibrationSettings(method=method, num_samples=num_samples), isa=isa,
-                         source=path)
+                         int8=Int8Settings(min_speedup=float(min_speedup)), source=path)
 
 
 

@@ -24,8 +24,9 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
                     calib_method: str | None = None, val_samples: int | None = None, top: int = 10,
                     study: bool = True, output: Path = Path("sensitivity"), as_json: bool = False, isa: str | None = None,
                     task: str | None = None, score_threshold: float | None = None, iou_threshold: float | None = None,
-                    out: Any = None, console: Any = None) -> int:
-    """Run the analysis; returns the exit code (0)."""
+                    keep_float: list[str] | None = None, out: Any = None, console: Any = None) -> int:
+    """Run the analysis; returns the exit code (0). `keep_float`: layers (ONNX nodes or module paths) that stay in
+    float in every measurement, as `edgerep build --keep-float` keeps them."""
     import torch
 
     from edgerep.backends import backend_for
@@ -34,7 +35,7 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
     from edgerep.fuse import fuse
     from edgerep.models.specs import load_model
     from edgerep.quant.evaluate import drop_unit
-    from edgerep.quant.layers import module_names_of
+    from edgerep.quant.layers import module_names_of, resolve_keep_float
     from edgerep.quant.plot import plot_sensitivity
     from edgerep.quant.qdq import METHODS, weights_for
     from edgerep.quant.ranges import range_stats
@@ -69,6 +70,7 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
                                dynamic_batch=profile.dynamic_batch)
     onnx_path = Path(exported.sim_path)
     names = module_names_of(fused.model) | module_names_of(info.module)
+    fixed = resolve_keep_float(keep_float, onnx_path, module_names_of(info.module)) if keep_float else []
     reference = compute_reference(info.module, val_source, limit=val_samples, task=scorer)
     if not reference.scorer.can_budget(reference):
         _say(console, f"task {reference.task} ({reference.scorer.note or 'tensor metrics only'}): sensitivity is "
@@ -78,7 +80,7 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
         _say(console, f"measuring each layer ({style} Q/DQ placement, {method} calibration, {num} samples)")
         weight_format = weights_for(style, profile)
         sens = layer_sensitivity(onnx_path, calib_source, reference, work / "layers", style=style, method=method,
-                                 num_samples=num, module_names=names, weights=weight_format,
+                                 num_samples=num, module_names=names, weights=weight_format, keep_float=fixed,
                                  progress=(lambda m: _say(console, m, dim=True)) if console is not None else None)
         _say(console, "range statistics")
         ranges = range_stats(onnx_path, calib_source, num_samples=min(num, 128), module_names=names)
@@ -93,7 +95,7 @@ def run_sensitivity(*, model: str, weights: Path | None = None, input_shape: str
                                                                      "top1": reference.top1,
                                                                      **reference.report_fields()},
         "task": reference.task, "drop_unit": drop_unit({**sens.all_int8, "task": reference.task}),
-        "sensitivity": sens.to_dict(), "ranges": ranges, "calibration_study": studied,
+        "keep_float": fixed, "sensitivity": sens.to_dict(), "ranges": ranges, "calibration_study": studied,
         "seconds": time.perf_counter() - t0,
     }
     write_json_atomic(output / "sensitivity.json", result)

@@ -68,6 +68,9 @@ class BuildOptions:
     # fixed rule (quant.float_policy: the decode and the prediction convs feeding it)
     head_search: bool = True
     static_batch: bool = False  # engines with a fixed batch of 1 (stages.static_profile), whatever the profile says
+    # INT8: layers every backend keeps in float (`--keep-float`): ONNX node names or PyTorch module paths
+    # (quant.layers.resolve_keep_float), merged into ignored_nodes; the --max-drop search starts from them.
+    keep_float: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -129,12 +132,19 @@ def _build(opts: BuildOptions, *, console: Console | None, measure_latency: bool
     onnx = stages.onnx_stage(log, loaded, profile, out_dir, manifest, force=opts.force, seed=opts.seed,
                              fuse_tol=opts.fuse_tol, export_tol=opts.export_tol, simplifier=opts.simplifier)
 
+    keep_float: list[str] = []
+    if opts.keep_float and "int8" in precisions:
+        from edgerep.quant.layers import module_names_of, resolve_keep_float
+
+        keep_float = resolve_keep_float(opts.keep_float, onnx.sim_path, module_names_of(info.module))
     artifacts: dict[str, Any] = {}
     engine_records: dict[str, dict[str, Any]] = {}
     for precision in precisions:
         options = stages.engine_options(opts.backend_options, precision, onnx_path=onnx.sim_path,
                                         calib_samples=opts.calib_samples,
                                         calib_method=opts.calib_method)
+        if precision == "int8" and keep_float:
+            options["ignored_nodes"] = list(dict.fromkeys([*(options.get("ignored_nodes") or []), *keep_float]))
         int8_plan = head_plan = None
         if precision == "int8" and opts.head_search and opts.max_drop is None:
             options, head_plan = stages.head_plan_stage(
@@ -174,6 +184,7 @@ def _build(opts: BuildOptions, *, console: Console | None, measure_latency: bool
             continue
         stages.validate_stage(log, backend, artifact, record, reference, profile, precision,
                               engine_batch=engine_batch, out_dir=out_dir)
+        stages.int8_plan_gate(record)  # a --max-drop plan that is not met fails the INT8 engine, saying why
     import numpy as np
 
     from edgerep.files.artifacts import atomic_path

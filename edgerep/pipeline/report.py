@@ -179,7 +179,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _pictures_lines(report)
     lines += _output_lines(report)
     lines += _isa_lines(report)
-    lines += _int8_plan_lines(report)
+    lines += int8_plan_lines(report)
     lines += head_plan_lines(report)
     stages = report.get("stages")
     if isinstance(stages, list) and stages:
@@ -324,29 +324,95 @@ def _isa_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _int8_plan_lines(report: dict[str, Any]) -> list[str]:
-    """What `--max-drop` decided per INT8 engine: the layers kept in float and the calibration that won."""
+def int8_plan_lines(report: dict[str, Any]) -> list[str]:
+    """What `--max-drop` decided per INT8 engine: the layers kept in float, whether the budget holds at the speed
+    floor (else the one-line verdict), every drop with its standard error, the frontier of candidates (drop vs
+    speed-up, also plotted), the float MAC share, the repairs and the calibration that won."""
     lines: list[str] = []
     for eng in report["engines"]:
         plan = eng.get("int8_plan")
         if not isinstance(plan, dict):
             continue
         floats = eng.get("float_layers") or []
+        floor = plan.get("min_speedup")
+        met = "met" + (f" at >= {floor:g}x FP32" if floor is not None and plan.get("timed") else "")
         lines += ["", f"## INT8 plan: {eng['backend']} (--max-drop {plan.get('max_drop')})", "",
-                  f"- budget {'met' if plan.get('met') else 'NOT met'}; layers kept in float: "
-                  + (", ".join(f"`{name}`" for name in floats) if floats else "none")]
+                  f"- budget {met if plan.get('met') else 'NOT met: ' + str(plan.get('verdict'))}; layers kept in "
+                  "float: " + (", ".join(f"`{name}`" for name in floats) if floats else "none")]
+        chosen = plan.get("chosen") or {}
+        if chosen:
+            lines.append(f"- chosen: {chosen.get('name')}, drop {_pm(chosen.get('metrics', {}).get('drop'), plan.get('drop_se'))}"
+                         + (f", {_speed(chosen)} FP32" if chosen.get("speedup") is not None else "")
+                         + (f", {plan['float_mac_share']:.0%} of the MACs in float"
+                            if plan.get("float_mac_share") is not None else ""))
+        for warning in plan.get("warnings") or []:
+            lines.append(f"- **warning**: {warning}")
         if plan.get("drop_unit"):
-            lines.append(f"- drop measured in {plan['drop_unit']}")
+            res = plan.get("resolution")
+            lines.append(f"- drop measured in {plan['drop_unit']}" + (
+                f" on {plan.get('num_samples')} samples (one sample = {res:.2f} pt); ± is the standard error over "
+                f"the images (classifiers: of the paired per-image difference; detectors: a bootstrap)" if res else ""))
+        if plan.get("stopped"):
+            lines.append(f"- float-layer search {plan['stopped']}")
         calib = plan.get("calibration") or {}
         if calib.get("tried"):
-            chosen = ", ".join(f"{k}={v}" for k, v in (calib.get("chosen") or {}).items())
-            lines.append(f"- calibration: tried {len(calib['tried'])} settings, chose {chosen} ({calib.get('rule', '')})")
+            chosen_cal = ", ".join(f"{k}={v}" for k, v in (calib.get("chosen") or {}).items())
+            lines.append(f"- calibration: tried {len(calib['tried'])} settings; the repairs and the float-layer search "
+                         f"start from {chosen_cal} ({calib.get('rule', '')})")
         for note in calib.get("not_selectable") or []:
             lines.append(f"- {note}")
+        repairs = plan.get("repairs") or {}
+        if repairs.get("tried"):
+            lines.append("- range repair before any float layer: " + "; ".join(
+                f"{'+'.join(r['repairs'])} drop {_pm(r['drop'], r.get('drop_se'))}{_repair_detail(r.get('report'))}"
+                for r in repairs["tried"]) + f"; kept {'+'.join(repairs['chosen']) if repairs.get('chosen') else 'none'}")
+        elif repairs.get("note"):
+            lines.append(f"- range repair: {repairs['note']}")
         latency = (eng.get("latency_ms") or {}).get("p50")
         if latency is not None:
             lines.append(f"- resulting latency p50 {latency:.3f} ms")
+        rows = plan.get("frontier") or []
+        if rows:
+            lines += ["", "Candidates (every one a real engine of this backend, scored on the validation data"
+                      + (" and timed against FP32 side by side at the deploy batch" if plan.get("timed") else "")
+                      + "; * = on the Pareto frontier of drop vs speed-up):", "",
+                      "| candidate | float layers | float MACs | drop (± s.e.) | speed-up over FP32 | |",
+                      "|---|---|---|---|---|---|"]
+            for r in rows:
+                share = r.get("float_mac_share")
+                lines.append(f"| {r['name']}{' *' if r.get('pareto') else ''} | {r['float_layers']} | "
+                             f"{'-' if share is None else format(share, '.0%')} | {_pm(r['drop'], r.get('drop_se'))} | "
+                             f"{_speed(r) if r.get('speedup') is not None else '-'} | {'chosen' if r.get('chosen') else ''} |")
+        if plan.get("frontier_plot"):
+            lines += ["", f"![INT8 plan frontier]({plan['frontier_plot']})"]
     return lines
+
+
+def _repair_detail(rep: dict[str, Any] | None) -> str:
+    """What a repair did, in brackets: pairs equalized with the worst range spread before -> after, biases corrected."""
+    if not rep:
+        return ""
+    parts = []
+    if rep.get("pairs"):
+        spread = (f", spread {rep['spread_before']:.3g} -> {rep['spread_after']:.3g}"
+                  if rep.get("spread_before") is not None and rep.get("spread_after") is not None else "")
+        parts.append(f"{len(rep['pairs'])} pair(s) equalized{spread}")
+    if rep.get("skipped"):
+        parts.append(str(rep["skipped"]))
+    if rep.get("bias_corrected"):
+        parts.append(f"{rep['bias_corrected']} bias(es) corrected")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _pm(value: Any, se: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{float(value):.2f}" + (f" ± {float(se):.2f}" if se is not None else "") + " pt"
+
+
+def _speed(row: dict[str, Any]) -> str:
+    interval = row.get("speedup_interval")
+    return f"{row['speedup']:.2f}x" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
 
 
 # --- plot ------------------------------------------------------------------------------------------

@@ -494,18 +494,55 @@ def engine_options(backend_options: dict[str, Any], precision: str, *, onnx_path
 def int8_plan_stage(log: StageLog, *, backend: Backend, onnx: OnnxProduct, profile: TargetProfile, data: Data, model: nn.Module,
                     max_drop: float, options: dict[str, Any], work_dir: Path, val_samples: int | None,
                     val_batch: int, task: Task | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Accuracy-budgeted mixed precision (edgerep.quant): the options that keep the fewest sensitive layers in
-    float until the drop is within `max_drop`, and the plan for the report."""
+    """Accuracy-budgeted mixed precision (edgerep.quant.mixed): the options that keep the fewest sensitive layers in
+    float until the drop is within `max_drop` while the engine stays `[int8] min_speedup` times faster than FP32
+    (timed at the deploy batch), and the plan for the report; its frontier plot goes beside the report
+    (int8_frontier.png, FRONTIER_PLOT)."""
+    from edgerep.pipeline.recommend import deploy_batch, speedup_interval
     from edgerep.quant.mixed import plan_int8
+    from edgerep.quant.plot import plot_frontier
 
-    with log.stage("int8 plan", f"choosing the layers to keep in float (max drop {max_drop:g} pp)") as st:
+    with log.stage("int8 plan", f"choosing the layers to keep in float (max drop {max_drop:g} pp, "
+                                f">= {profile.int8.min_speedup:g}x FP32)") as st:
         plan, int8_plan = plan_int8(backend=backend, onnx_path=onnx.sim_path, profile=profile, calib=data.calib,
                                     val=data.val_source, model=model, max_drop=max_drop, options=options,
-                                    work_dir=work_dir, val_samples=val_samples, val_batch=val_batch, task=task)
-        st["detail"] = (f"{len(int8_plan['float_layers'])} layer(s) in float, drop "
-                        f"{int8_plan['chosen']['metrics']['drop']:.2f} pp of {int8_plan.get('drop_metric')} "
-                        f"({int8_plan['chosen']['source']})")
+                                    work_dir=work_dir, val_samples=val_samples, val_batch=val_batch, task=task,
+                                    engine_batch=deploy_batch(profile.to_dict()), interval=speedup_interval)
+        picture = plot_frontier(int8_plan, Path(work_dir).parent / FRONTIER_PLOT,
+                                title=f"INT8 plan candidates, {backend.name} (green: Pareto frontier, circled: "
+                                      f"chosen; Nf = N float layers)")
+        int8_plan["frontier_plot"] = FRONTIER_PLOT if picture is not None else None
+        st["detail"] = int8_plan_detail(int8_plan)
+        if not int8_plan.get("met"):
+            st["status"] = "failed"
     return plan, int8_plan
+
+
+FRONTIER_PLOT = "int8_frontier.png"
+
+
+def int8_plan_detail(plan: dict[str, Any]) -> str:
+    """The stage line of an INT8 plan: float layers, drop ± its error, speed-up, and any verdict or warning."""
+    chosen = plan["chosen"]
+    se = chosen["metrics"].get("drop_se")
+    speed = f" at {chosen['speedup']:.2f}x FP32" if chosen.get("speedup") is not None else ""
+    text = (f"{len(plan['float_layers'])} layer(s) in float, drop {chosen['metrics']['drop']:.2f}"
+            + (f" ± {se:.2f}" if se is not None else "") + f" pp of {plan.get('drop_metric')}{speed} "
+            f"({chosen['source']})")
+    if not plan.get("met") and plan.get("verdict"):
+        text += f"; NOT met: {plan['verdict']}"
+    return "; ".join([text, *[f"warning: {w}" for w in plan.get("warnings") or []]])
+
+
+def int8_plan_gate(record: dict[str, Any]) -> None:
+    """An INT8 engine whose plan is not met fails its gate with the plan's one-line verdict (the engine is still
+    the best plan that is fast enough, validated and timed, so the report shows what was found)."""
+    plan = record.get("int8_plan")
+    if not isinstance(plan, dict) or plan.get("met", True) or record.get("status") != "ok":
+        return
+    verdict = plan.get("verdict") or f"INT8 plan not within --max-drop {plan.get('max_drop')}"
+    reason = record.get("reason") if record.get("passed") is False else None
+    record.update(passed=False, reason=f"{verdict}; {reason}" if reason else verdict)
 
 
 HEAD_SAMPLES = 200  # calibration images the head search scores its probes on

@@ -1,6 +1,7 @@
 """Scoring an INT8 candidate against the reference: the metrics of the reference's task (edgerep.tasks) plus the
-two numbers the search works with, `drop` (the budgeted quantity, in the task's unit: points of top-1 for
-classifiers, points of mAP@0.5:0.95 for detectors) and `nsr` (a smooth error for ranking)."""
+numbers the search works with, `drop` (the budgeted quantity, in the task's unit: points of top-1 for
+classifiers, points of mAP@0.5:0.95 for detectors), its standard error `drop_se` (drop_stderr) and `nsr` (a smooth
+error for ranking)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +13,8 @@ from edgerep.tasks import task_named
 from edgerep.tasks.base import Task
 
 DYNAMIC_EVAL_BATCH = 32
+BOOTSTRAP_DRAWS = 20  # mAP's standard error: resamples of the images (each one a full rescoring, so few)
+BOOTSTRAP_SEED = 0
 
 
 def _task_of(metrics: dict[str, Any]) -> Task:
@@ -59,7 +62,7 @@ def nsr_of(metrics: dict[str, Any]) -> float:
     return float(10.0 ** (-sqnr / 10.0))
 
 
-def score(reference: Any, outputs: Any) -> dict[str, Any]:
+def score(reference: Any, outputs: Any, *, bootstrap: bool = False) -> dict[str, Any]:
     """The reference's task's metrics of `outputs` (every output in ONNX order, or the first as one array) against
     a validate.Reference, with `drop` (None when the task has nothing to budget), `drop_metric` and `nsr` added."""
     outs = [outputs] if isinstance(outputs, np.ndarray) else list(outputs)
@@ -70,7 +73,51 @@ def score(reference: Any, outputs: Any) -> dict[str, Any]:
         metrics["drop_metric"] = reference.scorer.drop_metric(metrics)
     except ValueError:
         metrics["drop"], metrics["drop_metric"] = None, None
+    metrics["n"] = int(np.asarray(outs[0]).shape[0])
+    # the classifiers' error is a closed form; a detector's is a bootstrap of full rescorings, done only on request
+    wanted = metrics["drop"] is not None and (bootstrap or reference.task == "classify")
+    metrics["drop_se"] = drop_stderr(reference, outs, metrics) if wanted else None
     return metrics
+
+
+def drop_stderr(reference: Any, outs: list[Any], metrics: dict[str, Any]) -> float | None:
+    """The standard error of `drop` in points, over the validation images.
+
+    Classifiers: the drop is the mean over images of a paired difference d_i (labelled: reference correct minus
+    engine correct, in {-1, 0, 1}; agreement: 1 where the engine's class differs from the reference's), so its
+    error is sd(d) / sqrt(n): for agreement that is the binomial sqrt(q (1 - q) / n) of the disagreement rate q;
+    labelled, it counts only the images the two models disagree on, which is far smaller than the error of two
+    separate top-1 figures (most images are right in both). Detectors: a bootstrap over images (BOOTSTRAP_DRAWS
+    resamples, fixed seed) of the whole drop, reference and engine rescored on each resample."""
+    first = np.asarray(outs[0])
+    n = int(first.shape[0])
+    if n < 2:
+        return None
+    if reference.task == "classify":
+        ref = np.asarray(reference.outputs[:n])
+        eng = first.reshape(ref.shape).argmax(axis=1)
+        ref_cls = ref.argmax(axis=1)
+        if metrics.get("drop_metric") == "top1":
+            labels = np.asarray(reference.labels[:n]).reshape(-1)
+            d = (ref_cls == labels).astype(np.float64) - (eng == labels).astype(np.float64)
+        else:
+            d = (eng != ref_cls).astype(np.float64)
+        return float(100.0 * d.std(ddof=1) / np.sqrt(n))
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    drops = []
+    for _ in range(BOOTSTRAP_DRAWS):
+        idx = rng.integers(0, n, size=n)
+        sub = subset_view(reference, idx)  # carries the reference's detections; its labelled mAP is rescored
+        try:
+            drops.append(float(reference.scorer.drop(reference.scorer.score(sub, [np.asarray(o)[idx] for o in outs]))))
+        except (ValueError, KeyError, TypeError):
+            return None
+    return float(np.std(drops, ddof=1)) if len(drops) > 1 else None
+
+
+def resolution(n: int) -> float:
+    """Points one validation image is worth (100 / n): no drop can be measured finer than that."""
+    return 100.0 / max(int(n), 1)
 
 
 def subset_view(reference: Any, indices: Any) -> Any:
@@ -95,13 +142,15 @@ def eval_batch(onnx_path: Path) -> int:
     return int(shape[0]) if shape and shape[0] is not None else DYNAMIC_EVAL_BATCH
 
 
-def evaluate_runner(runner: Any, reference: Any, batch: int) -> dict[str, Any]:
+def evaluate_runner(runner: Any, reference: Any, batch: int, *, bootstrap: bool = False) -> dict[str, Any]:
     from edgerep.validate.engine import engine_outputs_all
 
-    return score(reference, engine_outputs_all(runner, reference.source, batch, limit=reference.limit))
+    return score(reference, engine_outputs_all(runner, reference.source, batch, limit=reference.limit),
+                 bootstrap=bootstrap)
 
 
-def evaluate_onnx(onnx_path: Path, reference: Any, batch: int | None = None) -> dict[str, Any]:
+def evaluate_onnx(onnx_path: Path, reference: Any, batch: int | None = None, *,
+                  bootstrap: bool = False) -> dict[str, Any]:
     """Run an ONNX (e.g. Q/DQ) model in ONNX Runtime on the CPU over the reference's data and score it.
 
     Q/DQ runs as simulated (float) quantization, so the score is the same on every CPU: this evaluates a
@@ -109,12 +158,13 @@ def evaluate_onnx(onnx_path: Path, reference: Any, batch: int | None = None) -> 
     from edgerep.backends.onnxruntime.runner import OrtRunner
 
     with OrtRunner(Path(onnx_path), simulate_qdq=True) as runner:
-        return evaluate_runner(runner, reference, batch or eval_batch(onnx_path))
+        return evaluate_runner(runner, reference, batch or eval_batch(onnx_path), bootstrap=bootstrap)
 
 
 def brief(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics worth keeping per candidate in a report."""
-    keys = ("drop", "drop_metric", "nsr", "cosine", "sqnr_db", "top1", "ref_top1", "top1_drop", "top1_agreement",
+    keys = ("drop", "drop_se", "drop_se_from", "n", "drop_metric",
+            "nsr", "cosine", "sqnr_db", "top1", "ref_top1", "top1_drop", "top1_agreement",
             "max_abs_err")
     out = {k: metrics.get(k) for k in keys}
     out.update({k: metrics.get(k) for k in _task_of(metrics).plan_keys})

@@ -109,3 +109,87 @@ def quantizable_layers(onnx_path: Path | Any, module_names: Iterable[str] | None
 def module_names_of(model: Any) -> set[str]:
     """Qualified names of a torch module's submodules (for matching flattened exporter names)."""
     return {name for name, _ in model.named_modules() if name}
+
+
+def layer_macs(onnx_path: Path | Any) -> dict[str, int]:
+    """Multiply-accumulates per sample of every weighted node (quantizable_layers), from ONNX shape inference: a
+    Conv's output elements x (input channels / groups) x kernel area, a Gemm/MatMul's output elements x the
+    contracted size. A symbolic batch counts as 1; a node whose shapes cannot be inferred counts 0."""
+    import onnx
+
+    model: Any = onnx.load(str(onnx_path), load_external_data=False) if not hasattr(onnx_path, "graph") else onnx_path
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - an uninferable graph leaves every count at 0, which the caller reports
+        pass
+    shapes: dict[str, list[int]] = {}
+    for vi in [*model.graph.value_info, *model.graph.output, *model.graph.input]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    out: dict[str, int] = {}
+    for layer in quantizable_layers(model):
+        node, w = nodes[layer.node], inits.get(layer.weight or "", [])
+        y = shapes.get(layer.output)
+        if not y or not w:
+            out[layer.node] = 0
+            continue
+        elems = 1
+        for d in y[1:] if len(y) > 1 else y:
+            elems *= max(int(d), 1)
+        if node.op_type in ("Conv", "ConvTranspose"):
+            per = 1
+            for d in w[1:]:
+                per *= int(d)  # Conv weight (M, C/group, kh, kw): each output element sums C/group x kh x kw products
+            if node.op_type == "ConvTranspose":  # weight (C, M/group, kh, kw): each input element spreads
+                x = shapes.get(node.input[0]) or []
+                elems = 1
+                for d in x[1:]:
+                    elems *= max(int(d), 1)
+            out[layer.node] = elems * per
+        else:  # Gemm / MatMul: the contracted dimension is the weight's other one
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            k = int(w[-1] if trans_b else w[0]) if len(w) >= 2 else int(w[0])
+            out[layer.node] = elems * k
+    return out
+
+
+def layer_names(onnx_path: Path | Any, module_names: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """Every name --keep-float takes, with the ONNX nodes it stands for: each weighted node's own name, and each
+    module path that holds weighted nodes (the fused module `stages.1.0.reparam`, its blocks `stages.1.0`,
+    `stages.1`, ..., and the unfused model's modules among `module_names`)."""
+    names: dict[str, list[str]] = {}
+    known = set(module_names or ())
+    for layer in quantizable_layers(onnx_path, module_names):
+        names.setdefault(layer.node, []).append(layer.node)
+        paths = {p for p in (layer.module, module_from_node_name(layer.node),
+                             owning_module(layer.node, known) if known else None) if p}
+        for path in paths:
+            while path:  # every enclosing module holds the node too
+                names.setdefault(path, [])
+                if layer.node not in names[path]:
+                    names[path].append(layer.node)
+                path = path.rpartition(".")[0]
+    return names
+
+
+def resolve_keep_float(wanted: Iterable[str], onnx_path: Path | Any, module_names: Iterable[str] | None = None, *,
+                       flag: str = "--keep-float") -> list[str]:
+    """The ONNX nodes of `--keep-float NAME ...` (node names or PyTorch module paths), in graph order without
+    repeats; an unknown name is a UserError that lists the closest names."""
+    import difflib
+
+    from edgerep.errors import UserError
+
+    names = layer_names(onnx_path, module_names)
+    order = {layer.node: i for i, layer in enumerate(quantizable_layers(onnx_path))}
+    nodes: list[str] = []
+    for name in wanted:
+        key = name.strip()
+        if key not in names:
+            close = difflib.get_close_matches(key, list(names), n=5, cutoff=0.5) or sorted(names, key=len)[:5]
+            raise UserError(f"{flag} {name}: no weighted ONNX node or module of the model has that name; closest: "
+                            f"{', '.join(close)} (`edgerep sensitivity` lists them all)")
+        nodes += [n for n in names[key] if n not in nodes]
+    return sorted(nodes, key=lambda n: order.get(n, 0))

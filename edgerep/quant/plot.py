@@ -47,3 +47,46 @@ def plot_sensitivity(result: dict[str, Any], path: Path, *, ranges: list[dict[st
         fig.savefig(str(tmp), format=path.suffix.lstrip(".") or "png", dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_frontier(plan: dict[str, Any], path: Path, *, title: str = "") -> Path | None:
+    """The INT8 plan's candidates as points: speed-up over FP32 (x, with its interval) against drop (y, ± its
+    standard error), each labelled with its float layers; the budget and min_speedup as lines, the chosen plan
+    circled. None (nothing written) when no candidate was timed. Written atomically."""
+    rows = [r for r in plan.get("frontier") or [] if r.get("speedup") is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgerep.files.artifacts import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        x, y = r["speedup"], r["drop"]
+        low, high = r.get("speedup_interval") or (x, x)
+        color = "tab:green" if r.get("pareto") else "tab:gray"
+        ax.errorbar([x], [y], xerr=[[max(x - low, 0.0)], [max(high - x, 0.0)]], yerr=[[r.get("drop_se") or 0.0]] * 2,
+                    fmt="o", color=color, ecolor=color, alpha=0.8, capsize=2, markersize=5)
+        ax.annotate(f"{r['float_layers']}f", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if r.get("chosen"):
+            ax.plot([x], [y], "o", markersize=13, markerfacecolor="none", markeredgecolor="tab:red")
+    ax.axhline(float(plan["max_drop"]), color="tab:red", linestyle="--", linewidth=1,
+               label=f"budget {plan['max_drop']:g} pt")
+    if plan.get("min_speedup") is not None:
+        ax.axvline(float(plan["min_speedup"]), color="tab:blue", linestyle=":", linewidth=1,
+                   label=f"min speed-up {plan['min_speedup']:g}x")
+    ax.axvline(1.0, color="gray", linewidth=0.8)
+    ax.set_xlabel("speed-up over FP32 at the deploy batch (interval over interleaved rounds)")
+    ax.set_ylabel(f"drop, pt of {plan.get('drop_metric') or 'the metric'} (± standard error)")
+    ax.set_title(title or "INT8 plan candidates (green: Pareto frontier, circled: chosen; Nf = N float layers)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(str(tmp), format="png", dpi=110)
+    plt.close(fig)
+    return path

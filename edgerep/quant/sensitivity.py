@@ -63,23 +63,26 @@ class SensitivityResult:
 def layer_sensitivity(onnx_path: Path, calib: Any, reference: Any, work_dir: Path, *, style: str = "onnxruntime",
                       method: str = "minmax", num_samples: int = 300, per_channel: bool = True, weights: str = "s8",
                       module_names: set[str] | None = None, nodes: list[str] | None = None,
+                      keep_float: list[str] | None = None,
                       progress: Callable[[str], None] | None = None) -> SensitivityResult:
-    """Measure every weighted layer's sensitivity (or only `nodes`); `reference` is a validate.Reference."""
+    """Measure every weighted layer's sensitivity (or only `nodes`); `reference` is a validate.Reference.
+    `keep_float`: nodes that stay in float in every measurement (the user's fixed float list), not measured."""
     t0 = time.perf_counter()
-    layers = quantizable_layers(onnx_path, module_names)
+    fixed = list(keep_float or [])
+    layers = [layer for layer in quantizable_layers(onnx_path, module_names) if layer.node not in set(fixed)]
     if nodes is not None:
         wanted = set(nodes)
         layers = [layer for layer in layers if layer.node in wanted]
     maker = QdqMaker(onnx_path, calib, Path(work_dir), style=style, method=method, num_samples=num_samples,
                      per_channel=per_channel, weights=weights)
     work = Path(work_dir)
-    all_path = maker.make(work / "all.onnx")
+    all_path = maker.make(work / "all.onnx", exclude=fixed)
     all_metrics = evaluate_onnx(all_path, reference)
     results = []
     for i, layer in enumerate(layers):
         if progress is not None:
             progress(f"layer {i + 1}/{len(layers)}: {layer.node}")
-        f_path = maker.make(work / "float_one.onnx", exclude=[layer.node])
+        f_path = maker.make(work / "float_one.onnx", exclude=[*fixed, layer.node])
         f_metrics = evaluate_onnx(f_path, reference)
         q_path = maker.make(work / "quant_one.onnx", only=[layer.node])
         q_metrics = evaluate_onnx(q_path, reference)
