@@ -211,7 +211,7 @@ def _check_options(table: dict[str, Any], where: str, fail: Any, *, allow: set[s
         numbers = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         if key in ("mean", "std") and not numbers:
             raise fail(f"{where}.{key}", f"{value!r}: expected a list of numbers like [0.485, 0.456, 0.406]")
-        if key == "keep_float" and not all(isinstance(v, str) and v for v in value):
+        if key == "keep_float" and not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
             raise fail(f"{where}.{key}", f"{value!r}: expected a list of layer names like [\"stages.1.0\"]")
 
 
