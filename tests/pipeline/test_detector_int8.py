@@ -218,8 +218,11 @@ def test_openvino_ir_keeps_the_policys_head_in_float(builds):
 def test_max_drop_budgets_map_points_on_a_detector(tmp_path):
     budget = 1.0
     # the profile's default calibration alone (minmax) is over this budget on the 100 labelled images: the plan decides
+    # per-channel weights fixed (per-tensor loses far more on this model): the plan still chooses the calibration
+    # method and weight format, in half the candidates
     result = build(BuildOptions(model=MODEL, target="onnxruntime-cpu", precisions="int8", max_drop=budget, baselines=False,
-                                calib_samples=CALIB_SAMPLES, output=tmp_path / "run"))
+                                calib_samples=CALIB_SAMPLES, backend_options={"per_channel": True},
+                                output=tmp_path / "run"))
     assert result.exit_code == 0, [e.get("reason") for e in result.report["engines"]]
     engine = _int8_of(result)
     plan = engine["int8_plan"]
