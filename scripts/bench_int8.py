@@ -56,6 +56,29 @@ def a0_weights(work: Path, epochs: int, console) -> Path:
     return path
 
 
+def markdown_table(body: dict) -> str:
+    """The INT8 section's table from a bench JSON: every engine with its drop (and the search's standard error),
+    float layers, batch-1 latency with its round range, speed-ups, and the targets; then the search's verdicts."""
+    sizes = [str(b) for b in body["batch_sizes"]]
+    head = ["model", "backend", "engine", "top-1 %", "drop pp", "float layers", "p50 b1 ms (round range)",
+            *[f"x FP32 b{b}" for b in sizes], "target met", "search"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in body["rows"]:
+        rounds = r["latency_rounds_ms"].get("1") or []
+        spread = f" ({min(rounds):.3f}-{max(rounds):.3f})" if rounds else ""
+        drop = f"{r['drop']:+.2f}" + (f" ± {r['drop_se']:.2f}" if r.get("drop_se") is not None else "")
+        search = ""
+        if r["engine"] == "int8 edgerep":
+            search = "met" if r.get("plan_met") else f"not met: {r.get('plan_verdict') or '?'}"
+        elif r.get("recovered_share") is not None:
+            search = f"repair alone recovers {100 * r['recovered_share']:.0f}% of plain's loss"
+        met = "-" if r["engine"] == "fp32" else ("yes" if r.get("meets_target") else "no")
+        lines.append("| " + " | ".join([r["model"], r["target"].split("-")[0], r["engine"], f"{r['top1']:.2f}", drop,
+                                        str(len(r["float_layers"])), f"{r['latency_ms']['1']:.3f}{spread}",
+                                        *[f"{r['speedup_vs_fp32'][b]:.2f}x" for b in sizes], met, search]) + " |")
+    return "\n".join(lines)
+
+
 def first_repair_set(plan: dict, backend) -> list[str]:
     """The repair set the search tried first (its repairs-before-float-layers step), else "equalize": the repair
     every backend offers."""
@@ -155,7 +178,13 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--a0-epochs", type=int, default=30)
+    ap.add_argument("--markdown", action="store_true", help="print --out's table (Markdown) and stop")
     args = ap.parse_args()
+    if args.markdown:
+        import json
+
+        print(markdown_table(json.loads(args.out.read_text())))
+        return 0
 
     import torch
     from rich.console import Console
