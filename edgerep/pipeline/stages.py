@@ -153,7 +153,17 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process nobody reaped (its parent died too, and a container's pid 1 may never reap it) still
+    answers kill(pid, 0); it writes nothing any more, so its temporaries are stale. Linux only (/proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return bool(fields) and fields[0] in ("Z", "X")
 
 
 def versions(*names: str) -> dict[str, str | None]:

@@ -55,3 +55,30 @@ def test_onnx_stage_reuses_its_product(tmp_path: Path):
     k32 = stages.engine_key(first, backend, "fp32", {}, None, profile)
     assert k32 != stages.engine_key(first, backend, "int8", {}, None, profile)
     assert k32 == stages.engine_key(again, backend, "fp32", {}, None, profile)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are read from Linux's /proc")
+def test_a_killed_unreaped_writer_leaves_no_temporaries_behind(tmp_path):
+    """A run killed with its parent (a matrix driver and its pool worker) can stay a zombie when nothing reaps it
+    (a container's pid 1): kill(pid, 0) still answers, yet its half-written files are stale and the next run drops
+    them, while a live writer's are kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.05)  # killed, not yet reaped: a zombie
+        dead = tmp_path / "onnx" / f".model.onnx.partial-{child.pid}"
+        live = tmp_path / "onnx" / f".model.onnx.partial-{os.getpid()}"
+        for path in (dead, live):
+            path.mkdir(parents=True)
+        stages.remove_stale_partials(tmp_path)
+        assert not dead.exists() and live.exists()
+    finally:
+        child.wait()
