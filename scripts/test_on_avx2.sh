@@ -5,7 +5,8 @@
 #   apt-get install qemu-user      # Debian
 #   scripts/test_on_avx2.sh tests/quant/test_quant.py::test_search_meets_the_budget_on_onnxruntime ...
 # With no arguments: the INT8 tests that once failed on AVX2 machines, and the TensorRT Q/DQ prediction check.
-# CI (.ci/run) runs one of them, the Q/DQ check (about 90 s under emulation).
+# CI runs cheaper emulated cases inside the test suite (only the runtime under qemu): tests/cpu/test_isa.py and
+# test_tensorrt_host.py::test_qdq_prediction_is_the_same_on_an_emulated_avx2_cpu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v qemu-x86_64 >/dev/null || { echo "qemu-x86_64 not found: apt-get install qemu-user" >&2; exit 2; }

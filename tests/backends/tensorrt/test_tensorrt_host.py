@@ -545,8 +545,8 @@ def test_qdq_accuracy_close_to_fp32_on_digits(host_qdq):
     """The TensorRT Q/DQ model's full-range INT8 (weights up to +-127) predicted in ONNX Runtime the way the
     product predicts it (simulated Q/DQ: float ops, the same on every CPU). ONNX Runtime's integer kernels would
     depend on the CPU (on AVX2 without VNNI full-range u8s8 pair sums can saturate int16), which is no prediction
-    of TensorRT's; the check is in the emulated set of scripts/test_on_avx2.sh, which CI runs under qemu -cpu
-    Haswell, so it is seen to hold on an AVX2 CPU too."""
+    of TensorRT's. The next test runs the same prediction on an emulated AVX2 CPU (CI installs qemu-user), and this
+    whole test is in scripts/test_on_avx2.sh's emulated set."""
     import onnxruntime as ort
 
     from edgerep.backends.onnxruntime.runner import OrtRunner
@@ -563,6 +563,40 @@ def test_qdq_accuracy_close_to_fp32_on_digits(host_qdq):
     assert top1_int8 >= top1_fp32 - 2.0  # 360 labelled digits: within two points of FP32
     cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.mean() > 0.97
+
+
+# The Q/DQ prediction as the product runs it (simulated Q/DQ), in a child that imports only numpy and ONNX Runtime,
+# so it is cheap under emulation: prints the top-1 over the labelled digits.
+_QDQ_CHILD = """
+import sys
+import numpy as np
+import onnxruntime as ort
+opts = ort.SessionOptions()
+opts.log_severity_level = 3
+opts.add_session_config_entry("session.disable_quant_qdq", "1")
+session = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
+with np.load(sys.argv[2]) as data:
+    x, y = data["x"], data["y"]
+logits = np.concatenate([session.run(None, {"input": x[i:i + 32]})[0] for i in range(0, len(x), 32)])
+print((logits.argmax(1) == y).mean() * 100)
+"""
+
+
+@pytest.mark.skipif(not (shutil.which("qemu-x86_64") and os.uname().machine == "x86_64"),
+                    reason="needs qemu-user (apt-get install qemu-user) on x86-64 to emulate an AVX2 CPU")
+def test_qdq_prediction_is_the_same_on_an_emulated_avx2_cpu(host_qdq):
+    """The check above on an emulated AVX2 CPU without VNNI (qemu-x86_64 -cpu Haswell, the kernels an AVX2 box
+    picks): the full-range Q/DQ model predicted the product's way gives the same top-1 there as here. CI installs
+    qemu-user, so this INT8 case runs under emulation on every CI run."""
+    _, qdq_path = host_qdq
+    val = DIGITS / "val.npz"
+    here = subprocess.run([sys.executable, "-c", _QDQ_CHILD, str(qdq_path), str(val)], capture_output=True, text=True,
+                          timeout=300, check=True)
+    emulated = subprocess.run([shutil.which("qemu-x86_64") or "qemu-x86_64", "-cpu", "Haswell", sys.executable, "-c",
+                               _QDQ_CHILD, str(qdq_path), str(val)], capture_output=True, text=True, timeout=900)
+    assert emulated.returncode == 0, emulated.stderr[-2000:]
+    top1_here, top1_avx2 = float(here.stdout.split()[-1]), float(emulated.stdout.split()[-1])
+    assert top1_avx2 >= 97.0 and abs(top1_avx2 - top1_here) <= 0.3  # 360 digits: at most one image apart
 
 
 @pytest.mark.slow
