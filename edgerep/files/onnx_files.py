@@ -86,13 +86,19 @@ def onnx_input(onnx_path: Path, *, single: bool = False) -> tuple[str, list[int 
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
+    inputs = graph_inputs(model)
     if single and len(inputs) != 1:
         raise UserError(f"{onnx_path}: calibration supports one model input, this model has {len(inputs)}")
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in inputs[0].type.tensor_type.shape.dim]
-    return inputs[0].name, dims
+    return inputs[0]
+
+
+def graph_inputs(model: Any) -> list[tuple[str, list[int | None]]]:
+    """Name and shape (None for a symbolic dimension) of each real input of a ModelProto (initializers that old
+    exporters list as inputs left out)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [(i.name, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                      for d in i.type.tensor_type.shape.dim])
+            for i in model.graph.input if i.name not in inits]
 
 
 def onnx_output_names(onnx_path: Path) -> list[str]:

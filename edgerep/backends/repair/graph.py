@@ -71,11 +71,10 @@ def attr(node: Any, name: str, default: Any = None) -> Any:
 
 def model_input(model: Any) -> tuple[str, int | None]:
     """(name, fixed batch or None) of the model's one real input (initializers listed as inputs excluded)."""
-    inits = {t.name for t in model.graph.initializer}
-    inp = next(i for i in model.graph.input if i.name not in inits)
-    dims = inp.type.tensor_type.shape.dim
-    batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
-    return inp.name, batch
+    from edgerep.files.onnx_files import graph_inputs
+
+    name, dims = graph_inputs(model)[0]
+    return name, dims[0] if dims else None
 
 
 def calib_batches(model: Any, calib: Any, num_samples: int) -> Iterator[np.ndarray]:
