@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar, cast
 
 from edgerep.errors import UserError
+from edgerep.files.processes import pid_alive
 
 try:
     import fcntl
@@ -231,18 +232,6 @@ def _note_takeover(folder: Path, previous: dict[str, Any]) -> None:
     if previous.get("host") not in (None, socket.gethostname()):
         state = "which no longer holds it"
     else:
-        state = "which no longer runs" if not _pid_alive(pid) else "which no longer holds it"
+        state = "which no longer runs" if not pid_alive(pid) else "which no longer holds it"
     sys.stderr.write(f"note: {folder}: taking over the lock of {_who(previous)}, {state}\n")
     sys.stderr.flush()
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from edgerep.errors import UserError, one_line
+from edgerep.files.processes import pid_alive
 from edgerep.targets import PRECISIONS
 
 if TYPE_CHECKING:
@@ -136,34 +136,12 @@ def remove_stale_partials(out_dir: Path) -> None:
 
     for path in list(Path(out_dir).rglob("*.partial-*")):
         m = re.search(r"\.partial-(\d+)$", path.name)
-        if not m or _pid_alive(int(m.group(1))):
+        if not m or pid_alive(int(m.group(1))):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """A killed process nobody reaped (its parent died too, and a container's pid 1 may never reap it) still
-    answers kill(pid, 0); it writes nothing any more, so its temporaries are stale. Linux only (/proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return bool(fields) and fields[0] in ("Z", "X")
 
 
 def versions(*names: str) -> dict[str, str | None]:
